@@ -1,0 +1,147 @@
+//! The fallback-claim schedule: when each instance tries to claim an interaction.
+//!
+//! The effective owner claims at once. Every other instance that believes itself alive waits
+//! `grace + rank · step`, where `rank` counts live instances on the ladder after the owner
+//! (0 for the first), and then tries the same `SET NX`. If the owner claimed, the key exists
+//! and the fallback drops the interaction; if the owner crashed or stalled, the first fallback
+//! answers. Fallback times are squeezed so that the last one still lands before the ack
+//! deadline derived from the interaction's snowflake, but never below `grace`, so a skewed
+//! local clock cannot make fallbacks race a healthy owner.
+
+use std::time::Duration;
+
+use crate::load::{Membership, OverloadPolicy};
+use crate::owner::{effective_owner, ladder_from, Assignment};
+use crate::snowflake::ack_deadline_ms;
+use crate::{InstanceId, UserId};
+
+/// Timing of fallback claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimTiming {
+    /// How long the first fallback gives the owner to claim.
+    pub grace: Duration,
+    /// How much longer each further fallback waits than the one before it.
+    pub step: Duration,
+    /// Time kept in hand before the ack deadline for the claim and the callback request.
+    pub margin: Duration,
+}
+
+impl Default for ClaimTiming {
+    fn default() -> Self {
+        Self {
+            // An owner claims within a Redis round trip of receiving the event (well under 10 ms);
+            // 400 ms covers a GC-free but busy process and gateway jitter between sessions.
+            grace: Duration::from_millis(400),
+            step: Duration::from_millis(300),
+            // The claim plus the callback POST; generous for a loopback or same-region Discord.
+            margin: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What one instance should do with an interaction it received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimTurn {
+    /// This instance is the effective owner: claim now.
+    Now(Assignment),
+    /// This instance is fallback number `rank` (0-based): try to claim after `delay`.
+    After {
+        assignment: Assignment,
+        rank: u32,
+        delay: Duration,
+    },
+}
+
+impl ClaimTurn {
+    pub fn assignment(&self) -> &Assignment {
+        match self {
+            ClaimTurn::Now(a) | ClaimTurn::After { assignment: a, .. } => a,
+        }
+    }
+
+    /// How long to wait before trying to claim.
+    pub fn delay(&self) -> Duration {
+        match self {
+            ClaimTurn::Now(_) => Duration::ZERO,
+            ClaimTurn::After { delay, .. } => *delay,
+        }
+    }
+}
+
+/// When instance `me` should try to claim interaction `interaction_id` from `user`, received at
+/// Unix time `now_ms`. `me` counts as alive whatever the snapshot says: it is running this code.
+pub fn claim_turn(
+    me: InstanceId,
+    user: UserId,
+    interaction_id: u64,
+    now_ms: u64,
+    members: &Membership,
+    policy: &OverloadPolicy,
+    timing: &ClaimTiming,
+) -> ClaimTurn {
+    let mut view = members.clone();
+    if let Some(own) = view.get(me).cloned() {
+        view.set(crate::InstanceState { alive: true, ..own });
+    }
+    let assignment = effective_owner(user, &view, policy);
+    let owner = match assignment.owner {
+        Some(owner) if owner != me => owner,
+        _ => return ClaimTurn::Now(assignment),
+    };
+
+    let count = view.count();
+    let rank = ladder_from(owner, count)
+        .skip(1)
+        .filter(|&id| id == me || view.get(id).is_some_and(|s| s.alive))
+        .position(|id| id == me)
+        .unwrap_or(0) as u32;
+    let wanted = timing.grace + timing.step * rank;
+    let latest = ack_deadline_ms(interaction_id)
+        .saturating_sub(timing.margin.as_millis() as u64)
+        .saturating_sub(now_ms);
+    let delay = wanted.min(Duration::from_millis(latest).max(timing.grace));
+    ClaimTurn::After {
+        assignment,
+        rank,
+        delay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snowflake::snowflake_at;
+
+    const NOW: u64 = 1_790_000_000_000;
+
+    #[test]
+    fn owner_claims_now_others_wait_by_rank() {
+        let m = Membership::all_idle(4);
+        let id = snowflake_at(NOW, 1);
+        let t = ClaimTiming::default();
+        let p = OverloadPolicy::default();
+        // user 1 -> primary 2; ladder after 2 is 3, 4, 1.
+        assert!(matches!(
+            claim_turn(2, 1, id, NOW, &m, &p, &t),
+            ClaimTurn::Now(_)
+        ));
+        let delays: Vec<_> = [3, 4, 1]
+            .iter()
+            .map(|&me| claim_turn(me, 1, id, NOW, &m, &p, &t).delay())
+            .collect();
+        assert_eq!(
+            delays,
+            vec![t.grace, t.grace + t.step, t.grace + t.step * 2]
+        );
+    }
+
+    #[test]
+    fn late_arrival_is_squeezed_but_keeps_grace() {
+        let m = Membership::all_idle(4);
+        let id = snowflake_at(NOW, 1);
+        let t = ClaimTiming::default();
+        // Received 2.2 s after creation: only 300 ms left before deadline - margin.
+        let turn = claim_turn(1, 1, id, NOW + 2_200, &m, &OverloadPolicy::default(), &t);
+        assert_eq!(turn.delay(), t.grace);
+    }
+}

@@ -1,0 +1,30 @@
+//! Pure routing policy for a keyshard cluster: who owns a user, when an instance counts as
+//! overloaded, who answers when the owner cannot, and how long a fallback waits before it
+//! tries to claim an interaction.
+//!
+//! Nothing in this crate does I/O or reads a clock. Callers pass in a [`Membership`] snapshot
+//! (built by `keyshard-cluster` from Redis) and the current time, and get plain answers back,
+//! so every rule here is tested with property tests over random snapshots.
+//!
+//! - [`owner`]: `primary(u) = u % N + 1`, the ladder, and the effective owner with its reason.
+//! - [`load`]: one instance's published load, its estimated queue wait and the overload rule.
+//! - [`claim`]: the fallback-claim schedule by rank on the ladder.
+//! - [`snowflake`]: a Discord snowflake's creation time and the 3 s acknowledgement deadline.
+
+pub mod claim;
+pub mod load;
+pub mod owner;
+pub mod snowflake;
+
+pub use claim::{claim_turn, ClaimTiming, ClaimTurn};
+pub use load::{InstanceState, Membership, OverloadPolicy};
+pub use owner::{effective_owner, ladder, ladder_from, primary, Assignment, Reason};
+pub use snowflake::{
+    ack_deadline_ms, created_at_ms, snowflake_at, ACK_WINDOW_MS, DISCORD_EPOCH_MS,
+};
+
+/// An instance number, 1-based: instance `k` of an `N`-instance cluster has `1 <= k <= N`.
+pub type InstanceId = u32;
+
+/// A Discord user id (a snowflake).
+pub type UserId = u64;
