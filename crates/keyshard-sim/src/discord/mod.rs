@@ -1,0 +1,1 @@
+//! Fake Discord: REST under `/api/v10` and a gateway websocket.

@@ -1,0 +1,1 @@
+//! Fake AI providers (OpenAI, MiniMax, Stability) with the real request and response shapes.
