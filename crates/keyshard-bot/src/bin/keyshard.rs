@@ -1,0 +1,95 @@
+//! The `keyshard` binary: serve as one instance of the cluster, or print the cluster view.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keyshard_bot::{cli, Config, ViewConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "keyshard", version, about = "A Discord AI bot that runs as a cluster of instances")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve as one instance (the default).
+    Run,
+    /// Every instance: alive or not, heartbeat age, load.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which instance serves a user: the primary, the effective owner now, and why.
+    Assign {
+        user_id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,serenity=warn,poise=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing();
+    // One crypto provider for every TLS client in the process (serenity's and the providers').
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyshard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command.unwrap_or(Command::Run) {
+            Command::Run => {
+                let config = Config::from_env()?;
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signal_shutdown(shutdown.clone()));
+                keyshard_bot::run(config, shutdown).await
+            }
+            Command::Status { json } => cli::status(&ViewConfig::from_env()?, json).await,
+            Command::Assign { user_id, json } => cli::assign(&ViewConfig::from_env()?, user_id, json).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyshard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM (docker stop, rolling restart) or Ctrl-C.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

@@ -1,0 +1,246 @@
+//! The poise framework around the commands: the claim as a framework-wide check, the one place
+//! that turns errors into what a Discord user reads, and the Discord client pointed at Discord
+//! or at `DISCORD_API_BASE`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keyshard_cluster::{ClaimOutcome, Cluster};
+use keyshard_routing::Assignment;
+use poise::serenity_prelude as serenity;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::redact::redact;
+
+pub type Error = anyhow::Error;
+pub type Context<'a> = poise::Context<'a, Data, Error>;
+
+/// What every command can reach: handles, not logic.
+pub struct Data {
+    pub config: Arc<Config>,
+    pub cluster: Cluster,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<EdgeState>,
+}
+
+/// Lifecycle flags shared by the bot, the HTTP server and the shutdown path.
+#[derive(Default)]
+pub struct EdgeState {
+    /// The gateway session is READY.
+    pub gateway_ready: AtomicBool,
+    /// The slash commands are registered.
+    pub commands_registered: AtomicBool,
+    /// Shutting down: take no new interactions, finish the ones in hand.
+    pub draining: AtomicBool,
+    /// Interactions this instance has claimed and not finished answering.
+    pub in_flight: AtomicUsize,
+}
+
+impl EdgeState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// What the claim decided, kept for the command (as poise invocation data): it also counts the
+/// interaction as in flight until the invocation ends, so a draining instance waits for it.
+pub struct Claimed {
+    pub assignment: Assignment,
+    /// The claim decision, the start of the ack latency this instance controls.
+    pub decided_at: Instant,
+    state: Arc<EdgeState>,
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The framework-wide check: route and claim. `Ok(false)` means another instance answers.
+fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
+    Box::pin(async move {
+        let poise::Context::Application(app) = ctx else {
+            return Ok(false);
+        };
+        let data = ctx.data();
+        let command = ctx.command().name.as_str();
+        if data.state.is_draining() {
+            // Peers see the draining flag in our heartbeat and the fallback ladder takes over.
+            data.metrics.interactions.inc(&[command, "draining"]);
+            return Ok(false);
+        }
+        let interaction = app.interaction;
+        let outcome = data
+            .cluster
+            .claim(interaction.id.get(), interaction.user.id.get(), unix_ms())
+            .await;
+        let assignment = match outcome {
+            ClaimOutcome::Won { assignment, .. } => assignment,
+            ClaimOutcome::Degraded {
+                answer: true,
+                assignment,
+            } => assignment,
+            ClaimOutcome::Lost | ClaimOutcome::Degraded { answer: false, .. } => {
+                data.metrics.interactions.inc(&[command, "not_ours"]);
+                return Ok(false);
+            }
+        };
+        data.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        ctx.set_invocation_data(Claimed {
+            assignment,
+            decided_at: Instant::now(),
+            state: data.state.clone(),
+        })
+        .await;
+        data.metrics.interactions.inc(&[command, "answered"]);
+        Ok(true)
+    })
+}
+
+/// Whether Discord says the interaction was already answered or is gone: another instance won
+/// the race, or the 3 s window passed. Never a user-facing error.
+pub fn is_lost_race(err: &serenity::Error) -> bool {
+    match err {
+        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(resp)) => {
+            matches!(resp.error.code, 40060 | 10062)
+        }
+        _ => false,
+    }
+}
+
+/// A log-safe description of an error: Discord's code and message, never a token.
+pub fn describe(err: &Error) -> String {
+    if let Some(serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(resp))) =
+        err.downcast_ref::<serenity::Error>()
+    {
+        return format!(
+            "Discord {} (code {}): {}",
+            resp.status_code.as_u16(),
+            resp.error.code,
+            resp.error.message
+        );
+    }
+    redact(&format!("{err:#}"))
+}
+
+/// The one place where errors become what a Discord user reads (in Korean, starting with ⚠️).
+fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'_, ()> {
+    Box::pin(async move {
+        match error {
+            poise::FrameworkError::CommandCheckFailed { error: None, .. } => {
+                // Another instance owns this interaction: nothing to do.
+            }
+            poise::FrameworkError::Command { error, ctx, .. } => {
+                if error
+                    .downcast_ref::<serenity::Error>()
+                    .is_some_and(is_lost_race)
+                {
+                    tracing::debug!(command = %ctx.command().name, "lost the acknowledgement race: {}", describe(&error));
+                    return;
+                }
+                tracing::warn!(command = %ctx.command().name, "command failed: {}", describe(&error));
+                ctx.data().metrics.interactions.inc(&[&ctx.command().name, "error"]);
+                let reply = poise::CreateReply::default()
+                    .content("⚠️ 요청을 처리하는 중 문제가 생겼어요. 잠시 후 다시 시도해 주세요.")
+                    .ephemeral(true);
+                if let Err(e) = ctx.send(reply).await {
+                    tracing::debug!("could not report the error to the user: {}", redact(&e.to_string()));
+                }
+            }
+            poise::FrameworkError::CommandCheckFailed { error: Some(error), ctx, .. } => {
+                tracing::warn!(command = %ctx.command().name, "claim check failed: {}", describe(&error));
+            }
+            other => {
+                if let Err(e) = poise::builtins::on_error(other).await {
+                    tracing::warn!("error while handling an error: {}", redact(&e.to_string()));
+                }
+            }
+        }
+    })
+}
+
+/// Builds the serenity client with the poise framework.
+pub async fn build_client(data: Data) -> anyhow::Result<serenity::Client> {
+    let config = data.config.clone();
+    let state = data.state.clone();
+    let commands = crate::commands::all();
+    let framework = poise::Framework::builder()
+        .options(poise::FrameworkOptions {
+            commands,
+            command_check: Some(claim_check),
+            on_error,
+            event_handler: |_ctx, event, _framework, data| {
+                Box::pin(async move {
+                    match event {
+                        serenity::FullEvent::Ready { .. } | serenity::FullEvent::Resume { .. } => {
+                            data.state.gateway_ready.store(true, Ordering::Release);
+                        }
+                        serenity::FullEvent::ShardStageUpdate { event } => {
+                            let connected = event.new == serenity::ConnectionStage::Connected;
+                            data.state.gateway_ready.store(connected, Ordering::Release);
+                            tracing::info!(stage = ?event.new, "gateway stage");
+                        }
+                        _ => {}
+                    }
+                    Ok(())
+                })
+            },
+            // Owners come from ADMIN_USER_IDS, not from the application's owner list.
+            initialize_owners: false,
+            ..Default::default()
+        })
+        .setup(move |ctx, ready, framework| {
+            Box::pin(async move {
+                tracing::info!(session = %ready.session_id.len(), "gateway READY");
+                state.gateway_ready.store(true, Ordering::Release);
+                let commands = &framework.options().commands;
+                match config.guild_id {
+                    Some(guild) => {
+                        poise::builtins::register_in_guild(ctx, commands, serenity::GuildId::new(guild)).await?
+                    }
+                    None => poise::builtins::register_globally(ctx, commands).await?,
+                }
+                state.commands_registered.store(true, Ordering::Release);
+                tracing::info!(count = commands.len(), "slash commands registered");
+                Ok(data)
+            })
+        })
+        .build();
+
+    let token = data_token(&config);
+    // Interactions arrive whatever the intents; asking for none keeps the gateway quiet and
+    // the idle memory small.
+    let intents = serenity::GatewayIntents::empty();
+    let builder = match &config.discord_api_base {
+        Some(base) => {
+            // serenity ignores the proxy while its own ratelimiter is on (notes/discord.md), so
+            // proxy mode relies on the proxy (or the simulator) for rate limits.
+            let http = serenity::HttpBuilder::new(token)
+                .proxy(base.clone())
+                .ratelimiter_disabled(true)
+                .build();
+            serenity::ClientBuilder::new_with_http(http, intents)
+        }
+        None => serenity::ClientBuilder::new(token, intents),
+    };
+    Ok(builder.framework(framework).await?)
+}
+
+fn data_token(config: &Config) -> String {
+    config.discord_token.expose().to_owned()
+}
+
+/// How long shutdown waits for interactions in hand before it leaves anyway: an ack is due
+/// within 3 s and a deferred answer within 15 min, but a stuck provider must not hold a
+/// rolling restart forever.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

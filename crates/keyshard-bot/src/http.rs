@@ -1,0 +1,129 @@
+//! `/healthz`, `/readyz` and `/metrics` on `HTTP_BIND`, for docker healthchecks, rolling
+//! restarts and Prometheus.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use keyshard_cluster::Cluster;
+use tokio_util::sync::CancellationToken;
+
+use crate::edge::EdgeState;
+use crate::metrics::{ClusterSample, Metrics};
+
+/// What the HTTP endpoints read.
+#[derive(Clone)]
+pub struct Probe {
+    pub state: Arc<EdgeState>,
+    pub cluster: Cluster,
+    pub metrics: Arc<Metrics>,
+    /// Redis has answered at least once since start.
+    redis_seen: Arc<AtomicBool>,
+}
+
+impl Probe {
+    pub fn new(state: Arc<EdgeState>, cluster: Cluster, metrics: Arc<Metrics>) -> Self {
+        Self {
+            state,
+            cluster,
+            metrics,
+            redis_seen: Arc::default(),
+        }
+    }
+
+    /// Ready: the gateway session is up, the commands are registered, Redis has answered at
+    /// least once since start (later outages are served in degraded mode, so they do not make
+    /// the instance unready), and it is not draining.
+    pub fn readiness(&self) -> Readiness {
+        if !self.cluster.is_degraded() {
+            self.redis_seen.store(true, Ordering::Release);
+        }
+        let r = Readiness {
+            gateway: self.state.gateway_ready.load(Ordering::Acquire),
+            commands: self.state.commands_registered.load(Ordering::Acquire),
+            redis: self.redis_seen.load(Ordering::Acquire),
+            redis_degraded: self.cluster.is_degraded(),
+            draining: self.state.is_draining(),
+            ready: false,
+        };
+        Readiness {
+            ready: r.gateway && r.commands && r.redis && !r.draining,
+            ..r
+        }
+    }
+
+    pub fn sample(&self) -> ClusterSample {
+        let m = self.cluster.metrics().snapshot();
+        let load = self.cluster.load();
+        ClusterSample {
+            claims_won: m.claims_won,
+            claims_lost: m.claims_lost,
+            degraded_decisions: m.degraded_decisions,
+            takeovers_down: m.takeovers_down,
+            takeovers_overload: m.takeovers_overload,
+            redis_errors: m.redis_errors,
+            degraded: self.cluster.is_degraded(),
+            alive_instances: self.cluster.membership().alive_count(),
+            queue_depth: load.queue_depth,
+            in_flight: load.in_flight,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub gateway: bool,
+    pub commands: bool,
+    pub redis: bool,
+    pub redis_degraded: bool,
+    pub draining: bool,
+}
+
+pub fn router(probe: Probe) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(probe)
+}
+
+async fn readyz(State(probe): State<Probe>) -> impl IntoResponse {
+    let r = probe.readiness();
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(r))
+}
+
+async fn metrics(State(probe): State<Probe>) -> impl IntoResponse {
+    let body = probe.metrics.render(&probe.sample());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// Binds `addr` (failing fast if it is taken) and serves until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    probe: Probe,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on HTTP_BIND={addr}: {e}"))?;
+    tracing::info!(%addr, "serving /healthz /readyz /metrics");
+    Ok(tokio::spawn(async move {
+        let result = axum::serve(listener, router(probe))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = result {
+            tracing::warn!("HTTP server stopped: {e}");
+        }
+    }))
+}

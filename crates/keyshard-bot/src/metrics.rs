@@ -1,0 +1,195 @@
+//! The Prometheus series this instance exports on `/metrics`.
+//!
+//! A handful of labelled counters and one histogram do not justify a metrics framework: the
+//! series are atomics and small maps rendered in the text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Counters keyed by their label values, in a fixed label order.
+#[derive(Default)]
+pub struct CounterVec {
+    labels: &'static [&'static str],
+    values: Mutex<BTreeMap<Vec<String>, u64>>,
+}
+
+impl CounterVec {
+    pub fn new(labels: &'static [&'static str]) -> Self {
+        Self {
+            labels,
+            values: Mutex::default(),
+        }
+    }
+
+    pub fn inc(&self, label_values: &[&str]) {
+        self.add(label_values, 1);
+    }
+
+    pub fn add(&self, label_values: &[&str], n: u64) {
+        debug_assert_eq!(label_values.len(), self.labels.len());
+        let key = label_values.iter().map(|s| s.to_string()).collect();
+        // A std Mutex is right here: the critical section is a map update, never held across an await.
+        *self.values.lock().expect("metrics lock").entry(key).or_default() += n;
+    }
+
+    pub fn get(&self, label_values: &[&str]) -> u64 {
+        let key: Vec<String> = label_values.iter().map(|s| s.to_string()).collect();
+        self.values.lock().expect("metrics lock").get(&key).copied().unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (values, n) in self.values.lock().expect("metrics lock").iter() {
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .zip(values)
+                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            let _ = writeln!(out, "{name}{{{}}} {n}", labels.join(","));
+        }
+    }
+}
+
+/// A latency histogram with fixed buckets (seconds).
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// Every series of the instance, besides those kept by the cluster handle.
+pub struct Metrics {
+    /// `command`, `outcome` (answered, not_ours, error).
+    pub interactions: CounterVec,
+    /// From the claim decision to the acknowledgement sent.
+    pub ack_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            interactions: CounterVec::new(&["command", "outcome"]),
+            ack_latency: Histogram::new(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        }
+    }
+}
+
+/// The cluster handle's counters and gauges at one moment, as `/metrics` shows them.
+pub struct ClusterSample {
+    pub claims_won: u64,
+    pub claims_lost: u64,
+    pub degraded_decisions: u64,
+    pub takeovers_down: u64,
+    pub takeovers_overload: u64,
+    pub redis_errors: u64,
+    pub degraded: bool,
+    pub alive_instances: usize,
+    pub queue_depth: u64,
+    pub in_flight: u64,
+}
+
+impl Metrics {
+    /// The whole exposition text.
+    pub fn render(&self, cluster: &ClusterSample) -> String {
+        let mut out = String::with_capacity(4096);
+        self.interactions.render(&mut out, "keyshard_interactions_total", "Interactions seen, by command and outcome.");
+        self.ack_latency.render(&mut out, "keyshard_ack_latency_seconds", "From the claim decision to the acknowledgement sent to Discord.");
+        let gauge = |out: &mut String, name: &str, help: &str, v: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let _ = writeln!(
+            out,
+            "# HELP keyshard_claims_total Claim attempts, by result.\n# TYPE keyshard_claims_total counter\n\
+             keyshard_claims_total{{result=\"won\"}} {}\nkeyshard_claims_total{{result=\"lost\"}} {}\nkeyshard_claims_total{{result=\"degraded\"}} {}",
+            cluster.claims_won, cluster.claims_lost, cluster.degraded_decisions
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keyshard_takeovers_total Interactions this instance answered for another instance's user.\n# TYPE keyshard_takeovers_total counter\n\
+             keyshard_takeovers_total{{reason=\"down\"}} {}\nkeyshard_takeovers_total{{reason=\"overload\"}} {}",
+            cluster.takeovers_down, cluster.takeovers_overload
+        );
+        let _ = writeln!(
+            out,
+            "# HELP keyshard_redis_errors_total Redis calls that failed or timed out.\n# TYPE keyshard_redis_errors_total counter\nkeyshard_redis_errors_total {}",
+            cluster.redis_errors
+        );
+        gauge(&mut out, "keyshard_redis_degraded", "1 while Redis is unreachable and the static rule is in force.", u8::from(cluster.degraded).to_string());
+        gauge(&mut out, "keyshard_cluster_alive_instances", "Instances whose heartbeat this instance sees.", cluster.alive_instances.to_string());
+        gauge(&mut out, "keyshard_queue_depth", "Jobs waiting in this instance's queue.", cluster.queue_depth.to_string());
+        gauge(&mut out, "keyshard_jobs_in_flight", "Jobs this instance is running.", cluster.in_flight.to_string());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labelled_counters_and_histogram() {
+        let m = Metrics::default();
+        m.interactions.inc(&["핑", "answered"]);
+        m.interactions.inc(&["핑", "answered"]);
+        m.ack_latency.observe(Duration::from_millis(3));
+        let text = m.render(&ClusterSample {
+            claims_won: 2,
+            claims_lost: 6,
+            degraded_decisions: 0,
+            takeovers_down: 1,
+            takeovers_overload: 0,
+            redis_errors: 0,
+            degraded: false,
+            alive_instances: 4,
+            queue_depth: 0,
+            in_flight: 0,
+        });
+        assert!(text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"), "{text}");
+        assert!(text.contains("keyshard_ack_latency_seconds_bucket{le=\"0.0025\"} 0"));
+        assert!(text.contains("keyshard_ack_latency_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("keyshard_claims_total{result=\"lost\"} 6"));
+        assert!(text.contains("keyshard_cluster_alive_instances 4"));
+    }
+}
