@@ -1,5 +1,29 @@
 //! keyshard-sim: a faithful fake Discord, fake AI providers, and an orchestrator that runs N
 //! real `keyshard` processes against them and writes a JSON report.
+//!
+//! - [`discord`]: the fake Discord (REST + gateway), attributing every call to an instance and
+//!   recording every interaction's callbacks and messages.
+//! - [`providers`]: fake OpenAI / MiniMax / Stability endpoints.
+//! - [`cluster`]: [`cluster::ProcessCluster`], N real `keyshard` processes with their env,
+//!   readiness, kill/terminate/restart, logs in a run directory.
+//! - [`scenario`]: the load scenario (seeded users, commands, open-loop arrivals, kills) and
+//!   [`scenario::run_scenario`], the one call the CLI and the end-to-end tests make.
+//! - [`report`]: the JSON report (DESIGN.md §6 field names) and the readable table.
 
+pub mod cluster;
 pub mod discord;
 pub mod providers;
+pub mod report;
+pub mod scenario;
+
+/// A loopback HTTP client. reqwest is built without a default crypto provider (the workspace
+/// picks ring once for every crate), so install it before the first client is built; plain
+/// `http://` to the fakes never uses it, but reqwest refuses to build without one.
+pub fn http_client() -> reqwest::Client {
+    // Fails only when a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("building a reqwest client with an installed crypto provider")
+}

@@ -1,0 +1,250 @@
+//! What the fake Discord remembers about each interaction: every callback attempt and every
+//! message, with the instance that made it and the time since the dispatch.
+//!
+//! The report is computed from these records alone, so the rules that turn raw calls into
+//! "acked", "completed" or "duplicate" live here, next to the data.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Interaction callback type 4: reply with a message at once.
+pub const CALLBACK_MESSAGE: u8 = 4;
+/// Interaction callback type 5: deferred reply ("thinking…"), edited later.
+pub const CALLBACK_DEFERRED: u8 = 5;
+
+/// The bot's user-facing error prefix (ARCHITECTURE.md): such a final answer counts as failed.
+pub const ERROR_PREFIX: &str = "⚠️";
+
+/// One file part of a multipart request (`files[n]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileRecord {
+    /// The multipart field name, e.g. `files[0]`.
+    pub field: String,
+    pub filename: String,
+    pub size: usize,
+    pub content_type: Option<String>,
+}
+
+/// One `POST /interactions/{id}/{token}/callback`, whatever the fake answered.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallbackAttempt {
+    /// The instance whose `DISCORD_API_BASE` the call came through (0 for the bare `/api/v10`).
+    pub instance: u32,
+    /// Milliseconds from the dispatch of the interaction to the arrival of the call.
+    pub after_ms: f64,
+    /// The HTTP status the fake returned (204, 400 for 40060, 404 for 10062, …).
+    pub status: u16,
+    /// The Discord error code in the answer, when the status is not 2xx.
+    pub error_code: Option<u32>,
+    /// The callback `type` (4 message, 5 deferred, …); 0 when the body had none.
+    pub kind: u8,
+    pub content: Option<String>,
+    pub embeds: Vec<serde_json::Value>,
+    pub files: Vec<FileRecord>,
+    /// Whether the answer was meant to be visible only to the caller (flag 64).
+    pub ephemeral: bool,
+}
+
+impl CallbackAttempt {
+    /// Whether Discord accepted this callback (the one and only acknowledgement).
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Which REST call produced a [`MessageRecord`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// `POST /webhooks/{app}/{token}`.
+    Followup,
+    /// `PATCH /webhooks/{app}/{token}/messages/@original`.
+    EditOriginal,
+    /// `PATCH /webhooks/{app}/{token}/messages/{id}` for a followup.
+    EditFollowup,
+    /// `POST /channels/{id}/messages`, attributed to an interaction (see `rest.rs`).
+    Channel,
+}
+
+/// One message written on behalf of an interaction.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageRecord {
+    pub instance: u32,
+    pub after_ms: f64,
+    pub kind: MessageKind,
+    pub status: u16,
+    pub error_code: Option<u32>,
+    pub content: Option<String>,
+    pub embeds: Vec<serde_json::Value>,
+    pub files: Vec<FileRecord>,
+}
+
+impl MessageRecord {
+    /// Whether Discord accepted the message.
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Everything about one interaction the fake dispatched.
+#[derive(Clone, Debug, Serialize)]
+pub struct InteractionRecord {
+    pub id: u64,
+    pub command: String,
+    pub user_id: u64,
+    pub guild_id: Option<u64>,
+    pub channel_id: u64,
+    /// When the interaction was dispatched (monotonic; not serialized).
+    #[serde(skip)]
+    pub sent_at: Instant,
+    /// When the interaction was dispatched, Unix milliseconds (the snowflake's time).
+    pub sent_unix_ms: u64,
+    /// The instances whose sessions it was dispatched to (live or resumable).
+    pub delivered_to: Vec<u32>,
+    pub callbacks: Vec<CallbackAttempt>,
+    pub messages: Vec<MessageRecord>,
+}
+
+/// The final answer of an interaction: who gave it and when.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Completion {
+    pub instance: u32,
+    pub after_ms: f64,
+    /// The answer starts with the bot's error prefix.
+    pub failed: bool,
+}
+
+impl InteractionRecord {
+    /// The accepted callback, if any (there is at most one).
+    pub fn ack(&self) -> Option<&CallbackAttempt> {
+        self.callbacks.iter().find(|c| c.accepted())
+    }
+
+    /// The instance that acknowledged the interaction.
+    pub fn acked_by(&self) -> Option<u32> {
+        self.ack().map(|c| c.instance)
+    }
+
+    /// Callback attempts after the first accepted one, whatever the fake answered them: each
+    /// is an instance that believed it should answer although another already had.
+    pub fn duplicate_acks(&self) -> usize {
+        match self.callbacks.iter().position(|c| c.accepted()) {
+            Some(first) => self.callbacks.len() - first - 1,
+            None => 0,
+        }
+    }
+
+    /// Callback attempts that came after the acknowledgement window with nobody having acked.
+    pub fn late_acks(&self, ack_window: Duration) -> usize {
+        let window_ms = ack_window.as_secs_f64() * 1000.0;
+        self.callbacks
+            .iter()
+            .take_while(|c| !c.accepted())
+            .filter(|c| c.after_ms >= window_ms)
+            .count()
+    }
+
+    /// The final answer: a type-4 callback is one; after a deferred ack it is the last accepted
+    /// edit, followup or channel message (a streamed answer edits the reply several times, and
+    /// only the last edit is the answer the user keeps).
+    pub fn completion(&self) -> Option<Completion> {
+        let ack = self.ack()?;
+        if ack.kind == CALLBACK_MESSAGE {
+            return Some(Completion {
+                instance: ack.instance,
+                after_ms: ack.after_ms,
+                failed: starts_with_error(ack.content.as_deref()),
+            });
+        }
+        let last = self.messages.iter().rev().find(|m| m.accepted())?;
+        Some(Completion {
+            instance: last.instance,
+            after_ms: last.after_ms,
+            failed: starts_with_error(last.content.as_deref()),
+        })
+    }
+
+    /// Whether this record has reached a final answer.
+    pub fn is_completed(&self) -> bool {
+        self.completion().is_some()
+    }
+}
+
+fn starts_with_error(content: Option<&str>) -> bool {
+    content.is_some_and(|c| c.trim_start().starts_with(ERROR_PREFIX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cb(instance: u32, after_ms: f64, status: u16, kind: u8, content: &str) -> CallbackAttempt {
+        CallbackAttempt {
+            instance,
+            after_ms,
+            status,
+            error_code: None,
+            kind,
+            content: Some(content.into()),
+            embeds: vec![],
+            files: vec![],
+            ephemeral: false,
+        }
+    }
+
+    fn record(callbacks: Vec<CallbackAttempt>, messages: Vec<MessageRecord>) -> InteractionRecord {
+        InteractionRecord {
+            id: 1,
+            command: "핑".into(),
+            user_id: 2,
+            guild_id: None,
+            channel_id: 3,
+            sent_at: Instant::now(),
+            sent_unix_ms: 0,
+            delivered_to: vec![1, 2],
+            callbacks,
+            messages,
+        }
+    }
+
+    #[test]
+    fn duplicates_count_every_attempt_after_the_first_accepted_one() {
+        let r = record(
+            vec![
+                cb(3, 3100.0, 404, 4, "late"),
+                cb(1, 2.0, 204, 4, "pong"),
+                cb(2, 5.0, 400, 4, "pong"),
+                cb(3, 6.0, 204, 4, "pong"),
+            ],
+            vec![],
+        );
+        assert_eq!(r.acked_by(), Some(1));
+        assert_eq!(r.duplicate_acks(), 2);
+        assert_eq!(r.late_acks(Duration::from_secs(3)), 1);
+        let done = r.completion().unwrap();
+        assert_eq!((done.instance, done.failed), (1, false));
+    }
+
+    #[test]
+    fn deferred_completes_with_its_last_accepted_message() {
+        let msg = |after_ms, status, content: &str| MessageRecord {
+            instance: 2,
+            after_ms,
+            kind: MessageKind::EditOriginal,
+            status,
+            error_code: None,
+            content: Some(content.into()),
+            embeds: vec![],
+            files: vec![],
+        };
+        let mut r = record(vec![cb(2, 1.0, 204, 5, "")], vec![]);
+        assert!(r.completion().is_none());
+        r.messages.push(msg(50.0, 200, "partial"));
+        r.messages.push(msg(90.0, 200, "⚠️ provider down"));
+        r.messages.push(msg(95.0, 401, "rejected"));
+        let done = r.completion().unwrap();
+        assert_eq!(done.after_ms, 90.0);
+        assert!(done.failed);
+    }
+}
