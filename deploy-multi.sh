@@ -8,6 +8,8 @@
 #   COMPOSE_PROJECT_NAME   compose project (default keyshard)
 #   DOCKER                 docker CLI to use (default docker)
 #   READY_TIMEOUT_SECS     how long rolling-restart waits for an instance's /readyz (default 180)
+#   READY_POLL_SECS        how often it asks (default 2)
+#   SETTLE_SECS            pause after an instance is ready, before the next goes (default 2)
 #   START_STAGGER_SECS     pause between instance starts, so IDENTIFYs don't collide (default 6)
 #   CARGO_TARGET_DIR       where cargo builds (default ./target)
 set -euo pipefail
@@ -20,6 +22,10 @@ COMPOSE_FILE_PATH=${KEYSHARD_COMPOSE_FILE:-docker-compose.multi.yml}
 PROJECT=${COMPOSE_PROJECT_NAME:-keyshard}
 DOCKER=${DOCKER:-docker}
 READY_TIMEOUT_SECS=${READY_TIMEOUT_SECS:-180}
+READY_POLL_SECS=${READY_POLL_SECS:-2}
+# A few heartbeats (HEARTBEAT_MS, 1 s by default), so the peers' membership snapshots see the
+# restarted instance alive before the next one leaves.
+SETTLE_SECS=${SETTLE_SECS:-2}
 START_STAGGER_SECS=${START_STAGGER_SECS:-6}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 # Must match the keyshard service's stop_grace_period in the compose file: the drain budget.
@@ -143,13 +149,10 @@ instance_ready() {
 }
 
 wait_ready() {
-  local n=$1 waited=0
+  local n=$1 deadline=$((SECONDS + READY_TIMEOUT_SECS))
   until instance_ready "$n"; do
-    if ((waited >= READY_TIMEOUT_SECS)); then
-      return 1
-    fi
-    sleep 2
-    waited=$((waited + 2))
+    ((SECONDS < deadline)) || return 1
+    sleep "$READY_POLL_SECS"
   done
 }
 
@@ -222,8 +225,7 @@ cmd_rolling_restart() {
     The other instances keep serving its users. Look at: ./deploy-multi.sh logs $n"
     fi
     say "keyshard-$n: ready"
-    # Give the peers' membership snapshots a beat to see it alive before the next one goes.
-    sleep 2
+    sleep "$SETTLE_SECS"
   done
   say "rolling restart done"
 }
@@ -308,6 +310,7 @@ declare -A MIN_VALUE=(
 )
 
 declare -A VAL=() LINE=()
+KEYS=() # the file's variables in the order they appear
 PROBLEMS=()
 WARNINGS=()
 problem() { PROBLEMS+=("$*"); }
@@ -362,6 +365,7 @@ parse_env_file() {
     if [[ -n ${LINE[$key]:-} ]]; then
       problem "$key is set twice (lines ${LINE[$key]} and $lineno): the bot keeps the first, docker compose the last; keep one"
     fi
+    [[ -n ${LINE[$key]:-} ]] || KEYS+=("$key")
     VAL[$key]=$value
     LINE[$key]=$lineno
   done <"$file"
@@ -433,6 +437,7 @@ cmd_validate() {
   local file=${1:-$ENV_FILE}
   VAL=()
   LINE=()
+  KEYS=()
   PROBLEMS=()
   WARNINGS=()
   if [[ ! -f $file ]]; then
@@ -463,7 +468,7 @@ cmd_validate() {
 
   # ── Every variable: known name, per-instance form, format
   local key base
-  for key in "${!VAL[@]}"; do
+  for key in "${KEYS[@]}"; do
     [[ $key == INSTANCE_ID ]] && continue
     if is_known "$key"; then
       check_value "$key" "$key"
