@@ -1,0 +1,215 @@
+//! Per-provider configuration: key, base URL, timeouts, per-key limits and retry policy.
+//!
+//! The bot builds these from its env; the simulator and tests build them directly.
+
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+/// The limits of one key, as the provider publishes them for the account's tier.
+///
+/// **Window semantics** (shared with the fake providers in `keyshard-sim`): a key may *start*
+/// at most `rpm` requests within any sliding `window` (60 s in production; tests scale it down
+/// to keep runs short without changing the rule). The client counts its own start times and
+/// adds a small guard to the window (see [`KeyLimits::guard`]) so that network delay between
+/// its clock and the provider's never squeezes `rpm + 1` arrivals into one provider window.
+/// `tpm` works the same way with token counts, `rpd` counts requests per UTC day.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyLimits {
+    /// Requests per `window`.
+    pub rpm: u32,
+    /// Tokens per `window` (OpenAI chat only).
+    pub tpm: Option<u32>,
+    /// Requests per UTC day, counted in Redis.
+    pub rpd: Option<u32>,
+    /// Requests in flight at once.
+    pub concurrency: u32,
+    /// The rate window; 60 s in production.
+    pub window: Duration,
+}
+
+impl KeyLimits {
+    /// `rpm` requests per minute, no token or daily limit, at most `concurrency` in flight.
+    pub fn per_minute(rpm: u32, concurrency: u32) -> Self {
+        KeyLimits {
+            rpm,
+            tpm: None,
+            rpd: None,
+            concurrency,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    /// Extra time the client adds to `window` before it reuses a slot: it absorbs the spread
+    /// of delays between the client taking a slot and the provider seeing the request (queueing
+    /// in the connection pool, a TLS handshake, scheduling). 1/60 of the window, between
+    /// 50 ms and 1 s: 1 s at 60 s (costs 1.6 % of the rate in steady state, covers a slow TLS
+    /// handshake), 50 ms for a 3 s test window (loopback jitter on a loaded CI box).
+    pub fn guard(&self) -> Duration {
+        (self.window / 60).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+}
+
+impl Default for KeyLimits {
+    /// Conservative tier-1-like defaults: 60 requests per minute, 4 in flight.
+    fn default() -> Self {
+        KeyLimits::per_minute(60, 4)
+    }
+}
+
+/// How keyshard retries a failed attempt (only `Retryable` and `RateLimited` errors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included. 4 rides out a provider blip of a few seconds
+    /// without holding a Discord user for long.
+    pub max_attempts: u32,
+    /// First backoff; doubled each attempt ("full jitter": a random delay up to the value).
+    pub base_delay: Duration,
+    /// Backoff cap, so a long outage does not turn into minute-long sleeps.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+        }
+    }
+}
+
+/// What every provider needs.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub api_key: Secret,
+    /// OpenAI: including `/v1` (`https://api.openai.com/v1`); MiniMax: the host root
+    /// (`https://api.minimax.io`); Stability: the host root (`https://api.stability.ai`).
+    pub base_url: String,
+    /// Time limit of one attempt (request sent → whole answer read; for a chat stream, the
+    /// first byte and then each gap between events).
+    pub timeout: Duration,
+    pub limits: KeyLimits,
+    /// Longest a call waits for capacity (rate window, cooldown, concurrency) before it gives
+    /// up with `RateLimited`. It must exceed `limits.window`, or a saturated key would fail
+    /// calls instead of queueing them.
+    pub max_wait: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl ProviderConfig {
+    /// A config with the default limits, a 60 s attempt timeout, 3 min `max_wait` (three
+    /// windows) and the default retry policy.
+    pub fn new(api_key: impl Into<Secret>, base_url: impl Into<String>) -> Self {
+        ProviderConfig {
+            api_key: api_key.into(),
+            base_url: base_url.into(),
+            timeout: Duration::from_secs(60),
+            limits: KeyLimits::default(),
+            max_wait: Duration::from_secs(180),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: KeyLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub(crate) fn base(&self) -> &str {
+        self.base_url.trim_end_matches('/')
+    }
+}
+
+/// OpenAI: chat (`chat_model`) and images (`image_model`).
+#[derive(Debug, Clone)]
+pub struct OpenAiConfig {
+    /// `limits` apply to chat.
+    pub common: ProviderConfig,
+    pub chat_model: String,
+    pub image_model: String,
+    /// Image requests per `common.limits.window`; image models have their own, much lower,
+    /// limit (gpt-image-1 tier 1: 5 per minute).
+    pub image_rpm: u32,
+    /// Sent as `max_completion_tokens` and counted in the token estimate before the call,
+    /// as OpenAI's own limiter does.
+    pub max_completion_tokens: u32,
+}
+
+impl OpenAiConfig {
+    pub fn new(common: ProviderConfig) -> Self {
+        OpenAiConfig {
+            common,
+            chat_model: "gpt-4o-mini".into(),
+            image_model: "gpt-image-1".into(),
+            image_rpm: 5,
+            max_completion_tokens: 1024,
+        }
+    }
+}
+
+/// MiniMax: `image-01` and Hailuo video.
+#[derive(Debug, Clone)]
+pub struct MiniMaxConfig {
+    /// `limits` apply to image generation (image-01: 10 per minute).
+    pub common: ProviderConfig,
+    pub image_model: String,
+    pub video_model: String,
+    /// Video task creations per `common.limits.window` (Hailuo: 5, 20 on some paid plans).
+    /// Polling and file retrieval are not counted: MiniMax publishes no limit for them.
+    pub video_rpm: u32,
+}
+
+impl MiniMaxConfig {
+    pub fn new(common: ProviderConfig) -> Self {
+        MiniMaxConfig {
+            common,
+            image_model: "image-01".into(),
+            video_model: "MiniMax-Hailuo-02".into(),
+            video_rpm: 5,
+        }
+    }
+}
+
+/// Stability: `stable-image/generate/core`.
+#[derive(Debug, Clone)]
+pub struct StabilityConfig {
+    /// Stability publishes 150 requests per 10 s: set `limits.window` to 10 s and `rpm` to 150.
+    pub common: ProviderConfig,
+}
+
+impl StabilityConfig {
+    pub fn new(common: ProviderConfig) -> Self {
+        StabilityConfig { common }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_scales_with_the_window_within_bounds() {
+        let mut l = KeyLimits::per_minute(120, 16);
+        assert_eq!(l.guard(), Duration::from_secs(1));
+        l.window = Duration::from_secs(3);
+        assert_eq!(l.guard(), Duration::from_millis(50));
+        l.window = Duration::from_secs(6);
+        assert_eq!(l.guard(), Duration::from_millis(100));
+        l.window = Duration::from_secs(3600);
+        assert_eq!(l.guard(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn config_debug_hides_the_key() {
+        let c = ProviderConfig::new("sk-very-secret", "http://x/v1");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("very-secret"), "{dbg}");
+        assert!(dbg.contains("***"));
+    }
+}

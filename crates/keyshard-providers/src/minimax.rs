@@ -1,0 +1,406 @@
+//! MiniMax: `image-01` images and Hailuo video (create → poll → retrieve → download).
+//!
+//! MiniMax reports most errors as HTTP 200 with `base_resp.status_code != 0`; both that and
+//! plain HTTP errors are classified. Video tasks are identified by their task id alone, so a
+//! task created by one process can be polled and finished by another ([`VideoTaskId`] is
+//! what the bot stores in its job).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::config::{KeyLimits, MiniMaxConfig};
+use crate::error::{classify_minimax, classify_status, ErrorClass, ProviderError, ProviderKind};
+use crate::headers::RateHints;
+use crate::http;
+use crate::image::{AspectRatio, GeneratedImage};
+use crate::limits::daily::RedisTarget;
+use crate::limits::{Lane, LaneBudget, StatsCell};
+use crate::retry::{self, AttemptError};
+
+const P: ProviderKind = ProviderKind::MiniMax;
+
+/// Polling and file lookups per window: MiniMax publishes no limit for them; 10 per second
+/// keeps a busy bot polling many tasks from hammering the API.
+const QUERY_RPM: u32 = 600;
+
+/// A MiniMax video task, as stored in a job so that any instance can resume it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct VideoTaskId(pub String);
+
+impl std::fmt::Display for VideoTaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a video task is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VideoStatus {
+    Preparing,
+    Queueing,
+    Processing,
+    Success { file_id: String },
+    Failed(String),
+}
+
+impl VideoStatus {
+    pub fn is_done(&self) -> bool {
+        matches!(self, VideoStatus::Success { .. } | VideoStatus::Failed(_))
+    }
+}
+
+/// A finished video file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoFile {
+    pub file_id: String,
+    /// A signed URL: treat it like a secret (it is never logged).
+    pub download_url: String,
+    pub bytes: Option<u64>,
+    pub filename: String,
+}
+
+/// The MiniMax client of one key. Cheap to clone.
+#[derive(Clone)]
+pub struct MiniMax {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: MiniMaxConfig,
+    http: reqwest::Client,
+    images: Arc<Lane>,
+    video: Arc<Lane>,
+    query: Arc<Lane>,
+    stats: Arc<StatsCell>,
+}
+
+impl std::fmt::Debug for MiniMax {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiniMax")
+            .field("base_url", &self.inner.cfg.common.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MiniMax {
+    pub fn new(
+        cfg: MiniMaxConfig,
+        redis: Option<RedisTarget>,
+        key_namespace: &str,
+    ) -> Result<Self, ProviderError> {
+        let common = &cfg.common;
+        let (daily, stats) = crate::limits::key_parts(P, common, redis, key_namespace);
+        let lane = |name, limits: &KeyLimits, rpm| {
+            Lane::new(
+                P,
+                name,
+                limits,
+                rpm,
+                common.max_wait,
+                daily.clone(),
+                stats.clone(),
+            )
+        };
+        let images = lane("images", &common.limits, common.limits.rpm);
+        let video = lane("video", &common.limits, cfg.video_rpm);
+        let query = lane("video_query", &common.limits, QUERY_RPM);
+        Ok(MiniMax {
+            inner: Arc::new(Inner {
+                http: http::client(P)?,
+                images,
+                video,
+                query,
+                stats,
+                cfg,
+            }),
+        })
+    }
+
+    /// One `image-01` image (asked for as base64; a URL answer is downloaded).
+    pub async fn image(
+        &self,
+        prompt: &str,
+        ratio: AspectRatio,
+    ) -> Result<GeneratedImage, ProviderError> {
+        let body = json!({
+            "model": self.inner.cfg.image_model,
+            "prompt": prompt,
+            "aspect_ratio": ratio.as_ratio(),
+            "response_format": "base64",
+            "n": 1,
+        });
+        let v = self
+            .inner
+            .post(&self.inner.images, "/v1/image_generation", body)
+            .await?;
+        let data = &v["data"];
+        if let Some(b64) = data["image_base64"].get(0).and_then(Value::as_str) {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| {
+                    ProviderError::new(P, ErrorClass::Retryable, format!("bad base64: {e}"))
+                })?;
+            return GeneratedImage::new(Bytes::from(bytes), P);
+        }
+        if let Some(url) = data["image_urls"].get(0).and_then(Value::as_str) {
+            return GeneratedImage::new(self.download(url).await?, P);
+        }
+        // success_count 0: MiniMax filtered every image without an error code.
+        Err(ProviderError::new(
+            P,
+            ErrorClass::ContentRejected,
+            format!("no image in the answer (metadata {})", v["metadata"]),
+        ))
+    }
+
+    /// Starts a video task; store the id to resume it anywhere.
+    pub async fn video_create(&self, prompt: &str) -> Result<VideoTaskId, ProviderError> {
+        let body = json!({
+            "model": self.inner.cfg.video_model,
+            "prompt": prompt,
+            "duration": 6,
+            "resolution": "768P",
+        });
+        let v = self
+            .inner
+            .post(&self.inner.video, "/v1/video_generation", body)
+            .await?;
+        id_field(&v["task_id"])
+            .map(VideoTaskId)
+            .ok_or_else(|| ProviderError::new(P, ErrorClass::Retryable, "answer without task_id"))
+    }
+
+    /// Where the task is now.
+    pub async fn video_poll(&self, task: &VideoTaskId) -> Result<VideoStatus, ProviderError> {
+        let v = self
+            .inner
+            .get(
+                &self.inner.query,
+                "/v1/query/video_generation",
+                &[("task_id", &task.0)],
+            )
+            .await?;
+        let status = v["status"].as_str().unwrap_or_default();
+        Ok(match status {
+            "Preparing" => VideoStatus::Preparing,
+            "Queueing" => VideoStatus::Queueing,
+            "Processing" => VideoStatus::Processing,
+            "Success" => VideoStatus::Success {
+                file_id: id_field(&v["file_id"]).ok_or_else(|| {
+                    ProviderError::new(P, ErrorClass::Retryable, "Success without file_id")
+                })?,
+            },
+            "Fail" | "Failed" => VideoStatus::Failed(
+                v["base_resp"]["status_msg"]
+                    .as_str()
+                    .unwrap_or("video generation failed")
+                    .to_owned(),
+            ),
+            other => {
+                return Err(ProviderError::new(
+                    P,
+                    ErrorClass::Retryable,
+                    format!("unknown video status {other:?}"),
+                ))
+            }
+        })
+    }
+
+    /// The finished file's metadata and download URL.
+    pub async fn video_file(&self, file_id: &str) -> Result<VideoFile, ProviderError> {
+        let v = self
+            .inner
+            .get(
+                &self.inner.query,
+                "/v1/files/retrieve",
+                &[("file_id", file_id)],
+            )
+            .await?;
+        let file = &v["file"];
+        let download_url = file["download_url"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                ProviderError::new(P, ErrorClass::Retryable, "file without download_url")
+            })?
+            .to_owned();
+        Ok(VideoFile {
+            file_id: id_field(&file["file_id"]).unwrap_or_else(|| file_id.to_owned()),
+            download_url,
+            bytes: file["bytes"]
+                .as_u64()
+                .or_else(|| file["bytes"].as_str().and_then(|s| s.parse().ok())),
+            filename: file["filename"].as_str().unwrap_or("video.mp4").to_owned(),
+        })
+    }
+
+    /// Polls every `interval` until the task is done or `deadline` passes; returns the last
+    /// status seen (not done when the deadline passed first).
+    pub async fn video_wait(
+        &self,
+        task: &VideoTaskId,
+        interval: Duration,
+        deadline: Duration,
+    ) -> Result<VideoStatus, ProviderError> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let status = self.video_poll(task).await?;
+            if status.is_done() || tokio::time::Instant::now() + interval > until {
+                return Ok(status);
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// Downloads a file (the signed URL needs no key), bounded by the attempt timeout.
+    pub async fn download(&self, url: &str) -> Result<Bytes, ProviderError> {
+        let inner = self.inner.clone();
+        let common = &inner.cfg.common;
+        let (bytes, _) = retry::run(&inner.query, 0, common.timeout, &common.retry, |_| {
+            let request = inner.http.get(url);
+            async move {
+                let answer = http::send(P, request).await?;
+                if answer.status.is_success() {
+                    Ok(answer.body)
+                } else {
+                    Err(ProviderError::new(
+                        P,
+                        classify_status(answer.status.as_u16()),
+                        format!("download: HTTP {}", answer.status.as_u16()),
+                    )
+                    .into())
+                }
+            }
+        })
+        .await?;
+        Ok(bytes)
+    }
+
+    pub fn budget(&self) -> Vec<LaneBudget> {
+        vec![
+            self.inner.images.budget(),
+            self.inner.video.budget(),
+            self.inner.query.budget(),
+        ]
+    }
+
+    pub fn stats(&self) -> crate::ProviderStats {
+        crate::ProviderStats::from_cell(P, &self.inner.stats)
+    }
+}
+
+impl Inner {
+    async fn post(
+        &self,
+        lane: &Arc<Lane>,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, ProviderError> {
+        let url = format!("{}{path}", self.cfg.common.base());
+        let common = &self.cfg.common;
+        retry::run(lane, 0, common.timeout, &common.retry, |_| {
+            let request = self
+                .http
+                .post(&url)
+                .bearer_auth(common.api_key.expose())
+                .json(&body);
+            self.exchange(lane, request)
+        })
+        .await
+        .map(|(v, _)| v)
+    }
+
+    async fn get(
+        &self,
+        lane: &Arc<Lane>,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Value, ProviderError> {
+        let url = format!("{}{path}", self.cfg.common.base());
+        let common = &self.cfg.common;
+        retry::run(lane, 0, common.timeout, &common.retry, |_| {
+            let request = self
+                .http
+                .get(&url)
+                .query(query)
+                .bearer_auth(common.api_key.expose());
+            self.exchange(lane, request)
+        })
+        .await
+        .map(|(v, _)| v)
+    }
+
+    /// One attempt: send, read, classify HTTP errors and `base_resp` errors.
+    async fn exchange(
+        &self,
+        lane: &Lane,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, AttemptError> {
+        let answer = http::send(P, request).await?;
+        let hints = RateHints::from_headers(&answer.headers);
+        lane.observe(&hints);
+        let key = self.cfg.common.api_key.expose();
+        let parsed: Option<Value> = serde_json::from_slice(&answer.body).ok();
+        let base_code = parsed
+            .as_ref()
+            .and_then(|v| v["base_resp"]["status_code"].as_i64())
+            .filter(|c| *c != 0);
+        let status = answer.status.as_u16();
+        if !answer.status.is_success() || base_code.is_some() {
+            let class = match base_code {
+                Some(code) => classify_minimax(code),
+                None => classify_status(status),
+            };
+            let msg = parsed
+                .as_ref()
+                .and_then(|v| v["base_resp"]["status_msg"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| http::body_text(&answer.body, key));
+            return Err(AttemptError {
+                from_provider_429: class == ErrorClass::RateLimited
+                    && (status == 429 || base_code == Some(1002)),
+                error: ProviderError::new(
+                    P,
+                    class,
+                    format!(
+                        "HTTP {status} base_resp {}: {}",
+                        base_code.unwrap_or(0),
+                        http::scrub(&msg, key)
+                    ),
+                )
+                .with_retry_after(hints.blocked_for()),
+            });
+        }
+        parsed.ok_or_else(|| {
+            ProviderError::new(P, ErrorClass::Retryable, "answer is not JSON").into()
+        })
+    }
+}
+
+/// Ids come as strings or numbers depending on the endpoint and API version.
+fn id_field(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_strings_or_numbers() {
+        assert_eq!(id_field(&json!("123")), Some("123".into()));
+        assert_eq!(
+            id_field(&json!(123456789012u64)),
+            Some("123456789012".into())
+        );
+        assert_eq!(id_field(&json!("")), None);
+        assert_eq!(id_field(&json!(null)), None);
+    }
+}
