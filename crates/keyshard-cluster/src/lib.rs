@@ -1,1 +1,46 @@
-//! placeholder
+//! The Redis mechanism of a keyshard cluster; the policy it applies lives in
+//! `keyshard-routing`.
+//!
+//! Every instance holds one [`Cluster`] handle. Its background loops write the instance's
+//! heartbeat (`{c}:hb:{id}`, a JSON [`Heartbeat`] with a TTL, carrying the published [`Load`])
+//! and read every instance's heartbeat into a [`Membership`](keyshard_routing::Membership)
+//! snapshot. [`Cluster::claim`] turns the snapshot into a decision for one interaction: the
+//! effective owner claims `{c}:claim:{id}` with `SET NX` at once, fallbacks after their delay,
+//! and exactly one wins. While Redis is unreachable, the handle is degraded and claims follow
+//! the static rule (`primary(user) == me`); it recovers by itself.
+//!
+//! - [`config`]: [`ClusterConfig`] and the [`Load`] an instance publishes.
+//! - [`cluster`]: the [`Cluster`] handle, [`ClaimOutcome`], degraded mode.
+//! - [`status`]: the read-only view for the CLI and the simulator ([`fetch_status`],
+//!   [`ClusterStatus`], [`AssignReport`]).
+//! - [`heartbeat`]: the heartbeat JSON.
+//! - [`keys`]: the Redis key layout.
+//! - [`metrics`]: counters ([`ClusterMetrics`]).
+//! - [`error`]: [`ClusterError`].
+//! - `conn` (private): the self-reconnecting connection with a time budget on every call.
+//! - `task` (private): the shape shared by the background loops.
+
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod heartbeat;
+pub mod keys;
+pub mod metrics;
+pub mod status;
+
+mod conn;
+mod task;
+
+pub use cluster::{ClaimOutcome, Cluster, BACKGROUND_BUDGET, CLAIM_BUDGET};
+pub use config::{ClusterConfig, Load};
+pub use error::{redact_url, ClusterError};
+pub use heartbeat::Heartbeat;
+pub use metrics::{ClusterMetrics, MetricsSnapshot};
+pub use status::{
+    fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,
+};
+
+// Re-exported so callers name one crate for the cluster types.
+pub use keyshard_routing::{
+    Assignment, ClaimTiming, InstanceId, Membership, OverloadPolicy, Reason, UserId,
+};

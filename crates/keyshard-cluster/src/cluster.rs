@@ -1,0 +1,488 @@
+//! The [`Cluster`] handle: heartbeat and membership loops, load publication, the claim, and
+//! degraded mode while Redis is unreachable.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use keyshard_routing::{
+    claim_turn, primary, Assignment, ClaimTurn, InstanceId, Membership, Reason, UserId,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ClusterConfig, Load};
+use crate::conn::Redis;
+use crate::error::{redact_url, ClusterError};
+use crate::heartbeat::{Heartbeat, VERSION};
+use crate::keys;
+use crate::metrics::ClusterMetrics;
+use crate::status::{read_status, ClusterStatus};
+use crate::task::run_every;
+
+/// The time budget of the claim's `SET NX`. Discord drops an interaction that is not
+/// acknowledged within 3 s; a hung Redis may eat at most this much of it before the instance
+/// falls back to the static rule. A healthy Redis answers in about a millisecond.
+pub const CLAIM_BUDGET: Duration = Duration::from_millis(250);
+
+/// The time budget of a background call (heartbeat write, snapshot read, ping, leave). Long
+/// enough for a busy Redis, short enough that a loop notices an outage well within the
+/// default 3 s `DEAD_AFTER_MS` and the next tick is not delayed much.
+pub const BACKGROUND_BUDGET: Duration = Duration::from_millis(500);
+
+/// What happened to one claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This instance won the `SET NX` and answers. `rank` is `None` when it claimed as the
+    /// effective owner and `Some(r)` when it claimed as fallback number `r` after the owner
+    /// did not.
+    Won {
+        assignment: Assignment,
+        rank: Option<u32>,
+    },
+    /// Another instance claimed first: drop the interaction.
+    Lost,
+    /// Redis is unreachable: the static rule decided. `answer` is `primary(user) == me`;
+    /// `assignment` is the static one (the primary, whatever its state).
+    Degraded {
+        answer: bool,
+        assignment: Assignment,
+    },
+}
+
+impl ClaimOutcome {
+    /// Whether this instance should answer the interaction.
+    pub fn answers(&self) -> bool {
+        matches!(
+            self,
+            ClaimOutcome::Won { .. } | ClaimOutcome::Degraded { answer: true, .. }
+        )
+    }
+}
+
+/// Connection state, for degraded mode and its once-per-transition logs.
+const LINK_CONNECTING: u8 = 0;
+const LINK_UP: u8 = 1;
+const LINK_DOWN: u8 = 2;
+
+/// One instance's handle on the cluster. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ClusterConfig,
+    redis: Redis,
+    hb_key: String,
+    membership: RwLock<Arc<Membership>>,
+    status: RwLock<Option<(Instant, Arc<ClusterStatus>)>>,
+    load: Mutex<Load>,
+    draining: AtomicBool,
+    /// Set by `leave`: the heartbeat loop must not bring the key back.
+    left: AtomicBool,
+    link: AtomicU8,
+    wake_heartbeat: Arc<Notify>,
+    wake_snapshot: Arc<Notify>,
+    metrics: ClusterMetrics,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("config", &self.inner.cfg)
+            .field("degraded", &self.is_degraded())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Validates the settings and the URL. Does not connect: the handle starts degraded and
+    /// [`spawn`](Self::spawn)'s loops connect in the background (and keep retrying).
+    pub fn new(cfg: ClusterConfig) -> Result<Cluster, ClusterError> {
+        cfg.validate()?;
+        let redis = Redis::open(&cfg.redis_url)?;
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                hb_key: keys::heartbeat(&cfg.cluster_name, cfg.instance_id),
+                membership: RwLock::new(Arc::new(Membership::new(cfg.instance_count))),
+                status: RwLock::new(None),
+                load: Mutex::new(Load::default()),
+                draining: AtomicBool::new(false),
+                left: AtomicBool::new(false),
+                link: AtomicU8::new(LINK_CONNECTING),
+                wake_heartbeat: Arc::new(Notify::new()),
+                wake_snapshot: Arc::new(Notify::new()),
+                metrics: ClusterMetrics::default(),
+                redis,
+                cfg,
+            }),
+        })
+    }
+
+    /// Starts the heartbeat loop and the membership loop; both stop when `shutdown` is
+    /// cancelled (aborting the handle stops them too, without a goodbye: like a crash).
+    /// Reconnecting is done by the connection manager, driven by these loops' calls.
+    pub fn spawn(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let cfg = &self.inner.cfg;
+        tracing::info!(
+            instance = cfg.instance_id,
+            count = cfg.instance_count,
+            cluster = %cfg.cluster_name,
+            redis = %redact_url(&cfg.redis_url),
+            "cluster membership starting"
+        );
+        let hb = {
+            let me = self.clone();
+            run_every(
+                "heartbeat",
+                cfg.heartbeat,
+                shutdown.clone(),
+                Some(self.inner.wake_heartbeat.clone()),
+                move || {
+                    let me = me.clone();
+                    async move { me.publish_heartbeat().await }
+                },
+            )
+        };
+        let snap = {
+            let me = self.clone();
+            run_every(
+                "membership",
+                cfg.snapshot_every,
+                shutdown,
+                Some(self.inner.wake_snapshot.clone()),
+                move || {
+                    let me = me.clone();
+                    async move { me.refresh_membership().await }
+                },
+            )
+        };
+        tokio::spawn(async move {
+            tokio::join!(hb, snap);
+        })
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.cfg
+    }
+
+    pub fn instance_id(&self) -> InstanceId {
+        self.inner.cfg.instance_id
+    }
+
+    /// The latest membership snapshot (all dead until the first one is read).
+    pub fn membership(&self) -> Arc<Membership> {
+        self.inner
+            .membership
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The latest full status (heartbeat ages, load, versions), if one was read yet.
+    pub fn status(&self) -> Option<Arc<ClusterStatus>> {
+        self.inner
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, s)| s.clone())
+    }
+
+    /// How old the membership snapshot is; `None` before the first one.
+    pub fn snapshot_age(&self) -> Option<Duration> {
+        self.inner
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(at, _)| at.elapsed())
+    }
+
+    /// Redis answered the last call and a snapshot has been read: routing decisions are
+    /// informed (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        !self.is_degraded() && self.snapshot_age().is_some()
+    }
+
+    /// Redis is unreachable right now (or has not been reached yet): claims use the static rule.
+    pub fn is_degraded(&self) -> bool {
+        self.inner.link.load(Ordering::Relaxed) != LINK_UP
+    }
+
+    /// Sets the load published with the next heartbeat.
+    pub fn set_load(&self, load: Load) {
+        *self.inner.load.lock().unwrap_or_else(|e| e.into_inner()) = load;
+    }
+
+    /// Marks this instance draining (it takes no new users) and publishes it at once.
+    pub fn set_draining(&self, draining: bool) {
+        if self.inner.draining.swap(draining, Ordering::Relaxed) != draining {
+            self.inner.wake_heartbeat.notify_one();
+        }
+    }
+
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.inner.metrics
+    }
+
+    /// Decides whether this instance answers interaction `interaction_id` from `user`,
+    /// received at Unix time `received_ms`.
+    ///
+    /// The effective owner claims at once; a fallback first sleeps its delay from
+    /// [`claim_turn`]. Cancel-safe: dropping the future during the delay claims nothing.
+    /// While Redis is unreachable the static rule decides (`primary(user) == me`) without
+    /// waiting; the primary still tries the `SET NX` first, so a Redis that is back already
+    /// keeps exactly-once with peers that noticed it earlier.
+    pub async fn claim(&self, interaction_id: u64, user: UserId, received_ms: u64) -> ClaimOutcome {
+        let cfg = &self.inner.cfg;
+        let me = cfg.instance_id;
+        let is_primary = primary(user, cfg.instance_count) == me;
+
+        if self.is_degraded() {
+            if !is_primary {
+                return self.degraded(user, false);
+            }
+            return match self.try_claim(interaction_id).await {
+                Ok(true) => self.won(
+                    Assignment {
+                        user,
+                        primary: me,
+                        owner: Some(me),
+                        reason: Reason::Primary,
+                    },
+                    None,
+                ),
+                Ok(false) => self.lost(),
+                Err(_) => self.degraded(user, true),
+            };
+        }
+
+        let members = self.membership();
+        let turn = claim_turn(
+            me,
+            user,
+            interaction_id,
+            received_ms,
+            &members,
+            &cfg.overload,
+            &cfg.claim,
+        );
+        let (assignment, rank) = match turn {
+            ClaimTurn::Now(a) => (a, None),
+            ClaimTurn::After {
+                assignment,
+                rank,
+                delay,
+            } => {
+                tokio::time::sleep(delay).await;
+                (assignment, Some(rank))
+            }
+        };
+        match self.try_claim(interaction_id).await {
+            Ok(true) => self.won(assignment, rank),
+            Ok(false) => self.lost(),
+            Err(_) => self.degraded(user, is_primary),
+        }
+    }
+
+    fn won(&self, assignment: Assignment, rank: Option<u32>) -> ClaimOutcome {
+        self.inner.metrics.won(assignment.reason, rank.is_some());
+        ClaimOutcome::Won { assignment, rank }
+    }
+
+    fn lost(&self) -> ClaimOutcome {
+        self.inner.metrics.lost();
+        ClaimOutcome::Lost
+    }
+
+    fn degraded(&self, user: UserId, answer: bool) -> ClaimOutcome {
+        self.inner.metrics.degraded(answer);
+        let primary = primary(user, self.inner.cfg.instance_count);
+        ClaimOutcome::Degraded {
+            answer,
+            assignment: Assignment {
+                user,
+                primary,
+                owner: Some(primary),
+                reason: Reason::Primary,
+            },
+        }
+    }
+
+    /// `SET {c}:claim:{id} {me} NX PX 900000`: `Ok(true)` when this instance won.
+    async fn try_claim(&self, interaction_id: u64) -> Result<bool, ClusterError> {
+        let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
+        let me = self.inner.cfg.instance_id;
+        let result = self
+            .inner
+            .redis
+            .run("claim", CLAIM_BUDGET, |mut c| {
+                let key = key.clone();
+                async move {
+                    let set: Option<String> = redis::cmd("SET")
+                        .arg(&key)
+                        .arg(me)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(keys::CLAIM_TTL_MS)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok(set.is_some())
+                }
+            })
+            .await;
+        self.observe(&result);
+        result
+    }
+
+    /// One round trip to Redis (`PING`), for health checks.
+    pub async fn redis_ping(&self) -> Result<Duration, ClusterError> {
+        let start = Instant::now();
+        let result = self
+            .inner
+            .redis
+            .run("ping", BACKGROUND_BUDGET, |mut c| async move {
+                redis::cmd("PING").query_async::<()>(&mut c).await
+            })
+            .await;
+        self.observe(&result);
+        result.map(|()| start.elapsed())
+    }
+
+    /// Deletes this instance's heartbeat so peers take over its users at once instead of
+    /// after `DEAD_AFTER_MS` (graceful shutdown). The heartbeat loop writes no more after it.
+    pub async fn leave(&self) {
+        self.inner.left.store(true, Ordering::Relaxed);
+        let key = self.inner.hb_key.clone();
+        let result = self
+            .inner
+            .redis
+            .run("leave", BACKGROUND_BUDGET, |mut c| {
+                let key = key.clone();
+                async move { redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await }
+            })
+            .await;
+        match result {
+            Ok(()) => tracing::info!(instance = self.instance_id(), "left the cluster"),
+            // Not fatal: the key expires by itself after DEAD_AFTER_MS.
+            Err(e) => tracing::warn!(
+                instance = self.instance_id(),
+                error = %e,
+                "could not delete the heartbeat; it expires by itself"
+            ),
+        }
+    }
+
+    /// Heartbeat tick: `SET {c}:hb:{me} <json> PX dead_after`.
+    async fn publish_heartbeat(&self) -> Result<(), ClusterError> {
+        if self.inner.left.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let cfg = &self.inner.cfg;
+        let load = *self.inner.load.lock().unwrap_or_else(|e| e.into_inner());
+        let hb = Heartbeat {
+            id: cfg.instance_id,
+            draining: self.inner.draining.load(Ordering::Relaxed),
+            queue_depth: load.queue_depth,
+            in_flight: load.in_flight,
+            // JSON has no NaN/inf; an unmeasurable rate is published as "unknown".
+            service_rate: if load.service_rate.is_finite() {
+                load.service_rate.max(0.0)
+            } else {
+                0.0
+            },
+            dead_after_ms: u64::try_from(cfg.dead_after.as_millis()).unwrap_or(u64::MAX),
+            version: VERSION.to_owned(),
+        };
+        let json = serde_json::to_string(&hb).expect("a Heartbeat always serializes");
+        let key = self.inner.hb_key.clone();
+        let ttl = hb.dead_after_ms;
+        let result = self
+            .inner
+            .redis
+            .run("heartbeat", BACKGROUND_BUDGET, |mut c| {
+                let (key, json) = (key.clone(), json.clone());
+                async move {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(json)
+                        .arg("PX")
+                        .arg(ttl)
+                        .query_async::<()>(&mut c)
+                        .await
+                }
+            })
+            .await;
+        self.observe(&result);
+        if result.is_ok() {
+            self.inner.metrics.heartbeat();
+        }
+        result
+    }
+
+    /// Membership tick: one pipelined read of every heartbeat.
+    async fn refresh_membership(&self) -> Result<(), ClusterError> {
+        let cfg = &self.inner.cfg;
+        let (name, count, policy) = (cfg.cluster_name.clone(), cfg.instance_count, cfg.overload);
+        let result = self
+            .inner
+            .redis
+            .run("snapshot", BACKGROUND_BUDGET, |mut c| {
+                let name = name.clone();
+                async move { read_status(&mut c, &name, count, &policy).await }
+            })
+            .await;
+        self.observe(&result);
+        let status = Arc::new(result?);
+        *self
+            .inner
+            .membership
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(status.membership());
+        *self.inner.status.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), status));
+        self.inner.metrics.snapshot_taken();
+        Ok(())
+    }
+
+    /// Tracks whether Redis answers, logging each transition once.
+    fn observe<T>(&self, result: &Result<T, ClusterError>) {
+        let inner = &self.inner;
+        match result {
+            Ok(_) => {
+                let before = inner.link.swap(LINK_UP, Ordering::Relaxed);
+                if before != LINK_UP {
+                    if before == LINK_DOWN {
+                        tracing::info!(
+                            instance = inner.cfg.instance_id,
+                            "Redis reachable again; leaving degraded mode"
+                        );
+                    } else {
+                        tracing::info!(instance = inner.cfg.instance_id, "connected to Redis");
+                    }
+                    // Re-announce ourselves and re-read the cluster at once rather than at
+                    // the next tick: a restarted Redis has lost every heartbeat.
+                    inner.wake_heartbeat.notify_one();
+                    inner.wake_snapshot.notify_one();
+                }
+            }
+            Err(e) => {
+                inner.metrics.redis_error();
+                let before = inner.link.swap(LINK_DOWN, Ordering::Relaxed);
+                if before != LINK_DOWN {
+                    tracing::warn!(
+                        instance = inner.cfg.instance_id,
+                        redis = %redact_url(&inner.cfg.redis_url),
+                        error = %e,
+                        "Redis unreachable; degraded mode: answering by the static rule (primary == me) until it returns"
+                    );
+                } else {
+                    tracing::debug!(instance = inner.cfg.instance_id, error = %e, "Redis call failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The claim: exactly one instance wins each interaction, the owner when it is there, the
+//! next instance on the ladder when it stalls.
+
+use std::collections::HashMap;
+
+use keyshard_cluster::{keys, ClaimOutcome, Reason};
+use keyshard_routing::primary;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn four_handles_race_and_each_interaction_is_claimed_once_by_its_owner() {
+    let tc = TestCluster::start().await;
+    let mut rng = SmallRng::seed_from_u64(0x6b65_7973);
+    const INTERACTIONS: u32 = 1_000;
+
+    let received = now_ms();
+    let mut claims = Vec::new();
+    let mut users = HashMap::new();
+    for seq in 0..INTERACTIONS {
+        // Snowflake-sized user ids, as Discord hands out.
+        let user = rng.random_range(100_000_000_000_000_000..1_500_000_000_000_000_000u64);
+        let id = interaction(seq);
+        users.insert(id, user);
+        for node in &tc.nodes {
+            let cluster = node.cluster.clone();
+            claims.push(async move {
+                (
+                    id,
+                    cluster.instance_id(),
+                    cluster.claim(id, user, received).await,
+                )
+            });
+        }
+    }
+    let outcomes = futures_join_all(claims).await;
+
+    let mut by_interaction: HashMap<u64, Vec<(u32, ClaimOutcome)>> = HashMap::new();
+    for (id, me, outcome) in outcomes {
+        by_interaction.entry(id).or_default().push((me, outcome));
+    }
+    assert_eq!(by_interaction.len(), INTERACTIONS as usize);
+    let mut per_instance = [0u32; N as usize];
+    for (id, outcomes) in &by_interaction {
+        let user = users[id];
+        let winners: Vec<_> = outcomes.iter().filter(|(_, o)| o.answers()).collect();
+        assert_eq!(winners.len(), 1, "interaction {id}: {outcomes:?}");
+        let (winner, outcome) = winners[0];
+        assert_eq!(
+            *winner,
+            primary(user, N),
+            "all alive and idle: the primary wins"
+        );
+        let ClaimOutcome::Won { assignment, rank } = outcome else {
+            panic!("Redis is up, yet {outcome:?}");
+        };
+        assert_eq!((assignment.reason, *rank), (Reason::Primary, None));
+        assert!(
+            outcomes
+                .iter()
+                .filter(|(me, _)| me != winner)
+                .all(|(_, o)| *o == ClaimOutcome::Lost),
+            "{outcomes:?}"
+        );
+        per_instance[*winner as usize - 1] += 1;
+    }
+    // Every instance got a share (uniform users: ~250 each).
+    assert!(per_instance.iter().all(|&n| n > 150), "{per_instance:?}");
+
+    // The claim key names the winner.
+    let (&some_id, &some_user) = users.iter().next().unwrap();
+    assert_eq!(
+        redis_get(&tc.redis.url(), &keys::claim(&tc.name, some_id)).await,
+        Some(primary(some_user, N).to_string())
+    );
+
+    let totals = tc
+        .nodes
+        .iter()
+        .map(|n| n.cluster.metrics().snapshot())
+        .fold((0, 0, 0), |acc, m| {
+            (
+                acc.0 + m.claims_won,
+                acc.1 + m.claims_lost,
+                acc.2 + m.degraded_decisions,
+            )
+        });
+    assert_eq!(totals, (1_000, 3_000, 0));
+}
+
+#[tokio::test]
+async fn stalled_owner_is_replaced_by_the_next_instance_within_its_grace() {
+    let tc = TestCluster::start().await;
+    // Primary 2 is alive (its heartbeat runs) but never claims: stalled.
+    let user = user_of(2, 7);
+    let id = interaction(1);
+
+    let outcomes = tc.claim_on(&[3, 4, 1], id, user).await;
+
+    let (_, first, took) = &outcomes[0];
+    let ClaimOutcome::Won { assignment, rank } = first else {
+        panic!("instance 3 should take over: {outcomes:?}");
+    };
+    assert_eq!(*rank, Some(0));
+    assert_eq!(
+        assignment.owner,
+        Some(2),
+        "the owner was 2; 3 answered as its first fallback"
+    );
+    assert!(
+        *took >= TIMING.grace && *took < TIMING.grace + TIMING.step,
+        "the first fallback claims after its grace, before the second one: {took:?}"
+    );
+    let (_, second, took_second) = &outcomes[1];
+    assert_eq!(*second, ClaimOutcome::Lost);
+    assert!(
+        *took_second >= TIMING.grace + TIMING.step,
+        "{took_second:?}"
+    );
+    assert_eq!(outcomes[2].1, ClaimOutcome::Lost);
+    assert_eq!(answering(&outcomes), vec![3]);
+    assert_eq!(tc.node(3).metrics().snapshot().fallback_wins, 1);
+
+    // The stalled owner wakes up late: it must not answer too.
+    assert_eq!(tc.claim_on(&[2], id, user).await[0].1, ClaimOutcome::Lost);
+    assert_eq!(
+        redis_get(&tc.redis.url(), &keys::claim(&tc.name, id))
+            .await
+            .as_deref(),
+        Some("3")
+    );
+}

@@ -1,0 +1,183 @@
+//! Shared test scaffolding: a private Redis with N cluster handles on it, fast timings,
+//! waiting for conditions with a deadline, and claiming one interaction on several handles.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keyshard_cluster::{ClaimOutcome, ClaimTiming, Cluster, ClusterConfig, InstanceId, UserId};
+use keyshard_routing::snowflake_at;
+use keyshard_testkit::RedisServer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const N: u32 = 4;
+pub const HEARTBEAT: Duration = Duration::from_millis(100);
+pub const DEAD_AFTER: Duration = Duration::from_millis(400);
+pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(50);
+pub const TIMING: ClaimTiming = ClaimTiming {
+    grace: Duration::from_millis(200),
+    step: Duration::from_millis(150),
+    margin: Duration::from_millis(500),
+};
+/// Scheduling slack for a loaded 2-core CI machine on top of the mechanism's own bounds.
+pub const SLACK: Duration = Duration::from_millis(150);
+/// How long a test waits for something that should take well under a second.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+pub fn config(url: &str, cluster_name: &str, id: InstanceId) -> ClusterConfig {
+    ClusterConfig {
+        heartbeat: HEARTBEAT,
+        dead_after: DEAD_AFTER,
+        snapshot_every: SNAPSHOT_EVERY,
+        claim: TIMING,
+        ..ClusterConfig::new(url, cluster_name, id, N)
+    }
+}
+
+/// One running instance: its handle, and what stops its loops.
+pub struct Node {
+    pub cluster: Cluster,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+/// A private Redis with `N` cluster handles on it, all alive.
+pub struct TestCluster {
+    pub redis: RedisServer,
+    pub name: String,
+    pub nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    pub async fn start() -> TestCluster {
+        let redis = RedisServer::start();
+        let name = "kstest".to_owned();
+        let nodes = (1..=N)
+            .map(|id| {
+                let cluster = Cluster::new(config(&redis.url(), &name, id)).expect("valid config");
+                let shutdown = CancellationToken::new();
+                let task = cluster.spawn(shutdown.clone());
+                Node {
+                    cluster,
+                    shutdown,
+                    task,
+                }
+            })
+            .collect();
+        let tc = TestCluster { redis, name, nodes };
+        tc.wait_all_see_all_alive().await;
+        tc
+    }
+
+    pub fn node(&self, id: InstanceId) -> &Cluster {
+        &self.nodes[id as usize - 1].cluster
+    }
+
+    pub async fn wait_all_see_all_alive(&self) {
+        wait_for("every node to see every node alive", PATIENCE, || {
+            self.nodes.iter().all(|n| {
+                !n.cluster.is_degraded() && n.cluster.membership().alive_count() == N as usize
+            })
+        })
+        .await;
+    }
+
+    /// Claims one interaction on each of `ids` at once; outcomes in the order of `ids`, with
+    /// how long each claim took.
+    pub async fn claim_on(
+        &self,
+        ids: &[InstanceId],
+        interaction: u64,
+        user: UserId,
+    ) -> Vec<(InstanceId, ClaimOutcome, Duration)> {
+        let received = now_ms();
+        let claims = ids.iter().map(|&id| {
+            let cluster = self.node(id).clone();
+            async move {
+                let start = Instant::now();
+                let outcome = cluster.claim(interaction, user, received).await;
+                (id, outcome, start.elapsed())
+            }
+        });
+        futures_join_all(claims).await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.shutdown.cancel();
+        }
+    }
+}
+
+/// Runs futures concurrently on the current task and collects their outputs in order
+/// (`futures::join_all` without the extra dependency).
+pub async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+    F: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("claim task panicked"));
+    }
+    out
+}
+
+/// Polls `cond` every 5 ms until it holds; returns how long that took.
+///
+/// # Panics
+/// When `cond` does not hold within `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// A fresh interaction id (a snowflake created now), distinct for distinct `seq`.
+pub fn interaction(seq: u32) -> u64 {
+    snowflake_at(now_ms(), seq)
+}
+
+/// A user whose primary is `primary` (1-based) in an `N`-instance cluster.
+pub fn user_of(primary: InstanceId, k: u64) -> UserId {
+    k * u64::from(N) + u64::from(primary - 1)
+}
+
+/// Which instances answer (won, or degraded with `answer: true`).
+pub fn answering(outcomes: &[(InstanceId, ClaimOutcome, Duration)]) -> Vec<InstanceId> {
+    outcomes
+        .iter()
+        .filter(|(_, o, _)| o.answers())
+        .map(|(id, _, _)| *id)
+        .collect()
+}
+
+/// The value of a key, read on a fresh connection.
+pub async fn redis_get(url: &str, key: &str) -> Option<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
