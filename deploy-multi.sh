@@ -761,6 +761,7 @@ cmd_test() {
   require_cargo
   ensure_command redis-server redis-server
   ensure_command shellcheck shellcheck
+  ensure_command python3 python3 # tests-deploy/dashboard_test.sh reads the dashboard JSON
   if ! command -v docker-compose >/dev/null 2>&1 && ! "$DOCKER" compose version >/dev/null 2>&1; then
     ensure_command docker-compose docker-compose
   fi
