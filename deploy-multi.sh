@@ -230,25 +230,37 @@ cmd_rolling_restart() {
   say "rolling restart done"
 }
 
-# Runs a read-only keyshard CLI verb (status, assign): inside a running instance container when
-# the cluster runs under compose, else with the native binary, which reads the same env file.
+running() {
+  local container
+  container=$(container_of "$1")
+  [[ -n $container ]] && [[ $("$DOCKER" inspect -f '{{.State.Running}}' "$container" 2>/dev/null) == true ]]
+}
+
+# Runs a read-only keyshard CLI verb (status, assign) against the cluster's Redis: inside a
+# running instance container; or, when no instance runs but Redis does, in a one-off container
+# (compose's Redis is not published on the host); else with the native binary, which reads the
+# same env file.
 keyshard_cli() {
-  local native=$TARGET_DIR/release/keyshard svc container
+  local native=$TARGET_DIR/release/keyshard svc
   if [[ -f $ENV_FILE ]] && detect_docker >/dev/null; then
     for svc in $(instance_services); do
-      container=$(container_of "$svc")
-      if [[ -n $container ]] && [[ $("$DOCKER" inspect -f '{{.State.Running}}' "$container" 2>/dev/null) == true ]]; then
+      if running "$svc"; then
         compose exec -T "$svc" keyshard "$@"
         return
       fi
     done
+    if running redis; then
+      svc=$(instance_services | head -n 1)
+      compose run --rm --no-deps -T "$svc" "$@"
+      return
+    fi
   fi
   if [[ -x $native ]]; then
     KEYSHARD_ENV_FILE=$ENV_FILE "$native" "$@"
     return
   fi
-  die "no running instance container and no native binary at $native
-    (build it: cargo build --release -p keyshard-bot)."
+  die "no running cluster container and no native binary at $native
+    (start the cluster, or build the binary: cargo build --release -p keyshard-bot)."
 }
 
 cmd_status() {

@@ -112,7 +112,7 @@ expect "status runs keyshard status in an instance" 0 "exec -T keyshard-1 keysha
 reset_fake
 expect "assign passes the user id" 0 "exec -T keyshard-1 keyshard assign 12345 --json" \
   -- run_then_log assign 12345 --json
-expect "status with neither docker nor a native binary" 1 "no running instance container and no native binary" \
+expect "status with neither docker nor a native binary" 1 "no running cluster container and no native binary" \
   -- env DOCKER="$TMP/bin/no-such-docker" CARGO_TARGET_DIR="$TMP/no-target" "$SCRIPT" status
 
 # ── rolling-restart
