@@ -721,7 +721,7 @@ step_compose_config() {
     echo "compose services are '$services', expected '$expected'"
     return 1
   fi
-  echo "compose config ok: $services"
+  echo "compose config ok: ${services% }"
 }
 
 # The Docker build's dependency layer stubs the sources (deploy/stub-workspace.sh); check that the
