@@ -1,1 +1,685 @@
-//! Fake AI providers (OpenAI, MiniMax, Stability) with the real request and response shapes.
+//! Fake AI providers (OpenAI, MiniMax, Stability) with the real request and response shapes,
+//! served in-process by one axum server under three prefixes:
+//!
+//! | provider | base URL given to clients | endpoints |
+//! |---|---|---|
+//! | OpenAI | `{root}/openai/v1` | `POST /chat/completions` (JSON or SSE with a usage chunk), `POST /images/generations` (b64_json) |
+//! | MiniMax | `{root}/minimax` | `POST /v1/image_generation`, `POST /v1/video_generation`, `GET /v1/query/video_generation`, `GET /v1/files/retrieve`, downloads under `/download/` |
+//! | Stability | `{root}/stability` | `POST /v2beta/stable-image/generate/core` (multipart in; `image/*` or JSON out) |
+//!
+//! **Limits.** Each key has its own sliding windows, one per [`FakeLane`]: a request is
+//! admitted when fewer than `limit` requests of that key were admitted in the last `window`,
+//! measured when the request reaches the handler. Otherwise it gets the provider's 429 (MiniMax:
+//! HTTP 200 with `base_resp.status_code` 1002) with `Retry-After` (whole seconds, rounded up)
+//! and is not counted. OpenAI answers also carry `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`;
+//! `reset` is the time until the oldest admitted request leaves the window (when the next slot
+//! frees). These are the semantics `keyshard-providers`' `KeyLimits` documents.
+//!
+//! **Failures.** [`FailurePlan`]: random 500s, hangs (client timeouts) and content rejections
+//! at seeded rates, keys that are bad or out of quota, and deterministic triggers: a prompt (or
+//! last chat message) containing `fake:<what>` fails that way (see [`Failure::from_marker`]).
+//!
+//! - [`media`]: real PNG and MP4 bytes. [`bench`]: the provider-level benchmark harness.
+
+pub mod bench;
+pub mod media;
+mod minimax;
+mod openai;
+mod stability;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long the fake takes to answer (sampled per request from a seeded RNG).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LatencyDist {
+    None,
+    Fixed(Duration),
+    Uniform { min: Duration, max: Duration },
+}
+
+impl LatencyDist {
+    fn sample(&self, rng: &mut StdRng) -> Duration {
+        match self {
+            LatencyDist::None => Duration::ZERO,
+            LatencyDist::Fixed(d) => *d,
+            LatencyDist::Uniform { min, max } if max > min => {
+                *min + (*max - *min).mul_f64(rng.random::<f64>())
+            }
+            LatencyDist::Uniform { min, .. } => *min,
+        }
+    }
+}
+
+/// `limit` requests (or tokens) per sliding `window`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowLimit {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl WindowLimit {
+    pub fn per_minute(limit: u32) -> Self {
+        WindowLimit {
+            limit,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    /// The same limit per minute, whatever the window.
+    pub fn per_min(&self) -> f64 {
+        f64::from(self.limit) * 60.0 / self.window.as_secs_f64()
+    }
+}
+
+/// A rate-limited stream of one key's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FakeLane {
+    OpenAiChat,
+    OpenAiImages,
+    MiniMaxImages,
+    MiniMaxVideo,
+    StabilityImages,
+}
+
+impl FakeLane {
+    pub fn provider(self) -> &'static str {
+        match self {
+            FakeLane::OpenAiChat | FakeLane::OpenAiImages => "openai",
+            FakeLane::MiniMaxImages | FakeLane::MiniMaxVideo => "minimax",
+            FakeLane::StabilityImages => "stability",
+        }
+    }
+}
+
+/// Per-key limits of every lane (the same for every key; each key is counted separately).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeLimits {
+    pub openai_chat: WindowLimit,
+    pub openai_chat_tokens: Option<WindowLimit>,
+    pub openai_images: WindowLimit,
+    pub minimax_images: WindowLimit,
+    pub minimax_video: WindowLimit,
+    pub stability: WindowLimit,
+}
+
+impl FakeLimits {
+    /// The published limits of a small paid tier: gpt-4o-mini 500 RPM / 200k TPM,
+    /// gpt-image-1 5 images/min, MiniMax image-01 10 RPM and Hailuo 5 RPM, Stability 150 / 10 s.
+    pub fn published() -> Self {
+        FakeLimits {
+            openai_chat: WindowLimit::per_minute(500),
+            openai_chat_tokens: Some(WindowLimit::per_minute(200_000)),
+            openai_images: WindowLimit::per_minute(5),
+            minimax_images: WindowLimit::per_minute(10),
+            minimax_video: WindowLimit::per_minute(5),
+            stability: WindowLimit {
+                limit: 150,
+                window: Duration::from_secs(10),
+            },
+        }
+    }
+
+    /// Every lane at `limit` per `window`, no token limit (tests and benchmarks).
+    pub fn uniform(limit: u32, window: Duration) -> Self {
+        let w = WindowLimit { limit, window };
+        FakeLimits {
+            openai_chat: w,
+            openai_chat_tokens: None,
+            openai_images: w,
+            minimax_images: w,
+            minimax_video: w,
+            stability: w,
+        }
+    }
+
+    pub fn lane(&self, lane: FakeLane) -> WindowLimit {
+        match lane {
+            FakeLane::OpenAiChat => self.openai_chat,
+            FakeLane::OpenAiImages => self.openai_images,
+            FakeLane::MiniMaxImages => self.minimax_images,
+            FakeLane::MiniMaxVideo => self.minimax_video,
+            FakeLane::StabilityImages => self.stability,
+        }
+    }
+}
+
+impl Default for FakeLimits {
+    fn default() -> Self {
+        FakeLimits::published()
+    }
+}
+
+/// Injected failures.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FailurePlan {
+    /// Share of admitted requests answered with a 500.
+    pub error_rate: f64,
+    /// Share of admitted requests that hang for `hang` (the client times out).
+    pub timeout_rate: f64,
+    /// Share of admitted requests rejected by "moderation".
+    pub content_reject_rate: f64,
+    /// Keys answered as invalid (401 / MiniMax 1004 / Stability 401).
+    pub bad_keys: HashSet<String>,
+    /// Keys out of money (OpenAI `insufficient_quota`, MiniMax 1008, Stability 402).
+    pub no_quota_keys: HashSet<String>,
+    /// How long a hanging request hangs before it gets a 504 (unless the fake shuts down).
+    pub hang: Duration,
+}
+
+/// What the fake does to one request instead of answering it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    ServerError,
+    Hang,
+    Content,
+    Quota,
+    RateLimit,
+    BadRequest,
+    BadKey,
+    /// MiniMax only: HTTP 200 with this `base_resp.status_code`.
+    MiniMaxCode(i64),
+    /// Stability only: a 200 image with `finish-reason: CONTENT_FILTERED`.
+    Filtered,
+}
+
+impl Failure {
+    /// `fake:500`, `fake:timeout`, `fake:content`, `fake:quota`, `fake:429`, `fake:400`,
+    /// `fake:badkey`, `fake:filtered`, `fake:minimax=<code>` anywhere in a prompt.
+    pub fn from_marker(text: &str) -> Option<Failure> {
+        let start = text.find("fake:")? + 5;
+        let word: String = text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '=' || *c == '_')
+            .collect();
+        Some(match word.as_str() {
+            "500" => Failure::ServerError,
+            "timeout" => Failure::Hang,
+            "content" => Failure::Content,
+            "quota" => Failure::Quota,
+            "429" => Failure::RateLimit,
+            "400" => Failure::BadRequest,
+            "badkey" => Failure::BadKey,
+            "filtered" => Failure::Filtered,
+            w => Failure::MiniMaxCode(w.strip_prefix("minimax=")?.parse().ok()?),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FakeProvidersConfig {
+    pub latency: LatencyDist,
+    pub limits: FakeLimits,
+    pub failures: FailurePlan,
+    /// Time a video task spends in each of Preparing, Queueing and Processing.
+    pub video_step: Duration,
+    /// Words in a chat answer (one SSE delta per word).
+    pub chat_words: usize,
+    /// Pause between two SSE chunks of a streamed chat answer.
+    pub stream_gap: Duration,
+    /// Seeds latency and random failures.
+    pub seed: u64,
+}
+
+impl Default for FakeProvidersConfig {
+    fn default() -> Self {
+        FakeProvidersConfig {
+            latency: LatencyDist::Fixed(Duration::from_millis(20)),
+            limits: FakeLimits::published(),
+            failures: FailurePlan {
+                hang: Duration::from_secs(300),
+                ..FailurePlan::default()
+            },
+            video_step: Duration::from_secs(2),
+            chat_words: 12,
+            stream_gap: Duration::from_millis(5),
+            seed: 1,
+        }
+    }
+}
+
+/// Counters of one key.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct KeyCounts {
+    /// Answered successfully.
+    pub ok: u64,
+    /// Answered 429 (or MiniMax 1002) because the key was over its limit.
+    pub rate_limited: u64,
+    /// Answered with an injected failure (500, hang, moderation, scripted codes).
+    pub errors: u64,
+    /// Refused as a bad key or a key without quota (not counted against the limits).
+    pub auth_failures: u64,
+}
+
+/// Counters of the whole fake.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct FakeStats {
+    /// Keyed by `provider:key` (fake keys only).
+    pub per_key: BTreeMap<String, KeyCounts>,
+    pub total_ok: u64,
+    /// 429s from the limits (scripted `fake:429` answers are counted as errors, not here).
+    pub total_429: u64,
+}
+
+impl FakeStats {
+    pub fn key(&self, provider: &str, key: &str) -> KeyCounts {
+        self.per_key
+            .get(&format!("{provider}:{key}"))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// A video task's life.
+#[derive(Debug, Clone)]
+pub(crate) struct VideoTask {
+    created: Instant,
+    fail: bool,
+    file_id: u64,
+}
+
+/// Outcome of the rate-limit check.
+pub(crate) enum Gate {
+    Admitted(LimitView),
+    Limited {
+        view: LimitView,
+        retry_after: Duration,
+        /// `requests` or `tokens`, as OpenAI's error `type`.
+        kind: &'static str,
+    },
+}
+
+/// What the x-ratelimit headers say after this request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LimitView {
+    limit: u32,
+    remaining: u32,
+    reset: Duration,
+    tokens: Option<(u32, u32, Duration)>,
+}
+
+pub(crate) struct Shared {
+    cfg: FakeProvidersConfig,
+    root: String,
+    rng: Mutex<StdRng>,
+    windows: Mutex<HashMap<(FakeLane, String), VecDeque<Instant>>>,
+    tokens: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
+    stats: Mutex<FakeStats>,
+    videos: Mutex<HashMap<String, VideoTask>>,
+    downloads: Mutex<HashMap<String, (Vec<u8>, &'static str)>>,
+    next_id: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn latency(&self) -> Duration {
+        self.cfg
+            .latency
+            .sample(&mut self.rng.lock().expect("rng lock"))
+    }
+
+    /// Sleeps for the sampled latency (cut short by shutdown).
+    async fn delay(&self) {
+        let d = self.latency();
+        if !d.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = self.cancel.cancelled() => {}
+            }
+        }
+    }
+
+    /// Hangs like an overloaded upstream: until `hang` passes or the fake shuts down.
+    async fn hang(&self) {
+        tokio::select! {
+            _ = tokio::time::sleep(self.cfg.failures.hang) => {}
+            _ = self.cancel.cancelled() => {}
+        }
+    }
+
+    fn count(&self, provider: &str, key: &str, f: impl FnOnce(&mut KeyCounts)) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        f(stats
+            .per_key
+            .entry(format!("{provider}:{key}"))
+            .or_default());
+    }
+
+    fn ok(&self, provider: &str, key: &str) {
+        self.count(provider, key, |c| c.ok += 1);
+        self.stats.lock().expect("stats lock").total_ok += 1;
+    }
+
+    fn error(&self, provider: &str, key: &str) {
+        self.count(provider, key, |c| c.errors += 1);
+    }
+
+    /// Auth check: the key's fixed failure, if it has one.
+    fn key_failure(&self, key: &str) -> Option<Failure> {
+        if key.is_empty() || self.cfg.failures.bad_keys.contains(key) {
+            Some(Failure::BadKey)
+        } else if self.cfg.failures.no_quota_keys.contains(key) {
+            Some(Failure::Quota)
+        } else {
+            None
+        }
+    }
+
+    /// An admitted request's injected failure: a marker in `text` first, then the random rates.
+    fn failure(&self, text: &str) -> Option<Failure> {
+        if let Some(f) = Failure::from_marker(text) {
+            return Some(f);
+        }
+        let plan = &self.cfg.failures;
+        if plan.error_rate <= 0.0 && plan.timeout_rate <= 0.0 && plan.content_reject_rate <= 0.0 {
+            return None;
+        }
+        let x: f64 = self.rng.lock().expect("rng lock").random();
+        if x < plan.error_rate {
+            Some(Failure::ServerError)
+        } else if x < plan.error_rate + plan.timeout_rate {
+            Some(Failure::Hang)
+        } else if x < plan.error_rate + plan.timeout_rate + plan.content_reject_rate {
+            Some(Failure::Content)
+        } else {
+            None
+        }
+    }
+
+    /// The sliding-window check; an admitted request is counted at once.
+    fn admit(&self, lane: FakeLane, key: &str, tokens: u64) -> Gate {
+        let now = Instant::now();
+        let lim = self.cfg.limits.lane(lane);
+        let mut windows = self.windows.lock().expect("windows lock");
+        let starts = windows.entry((lane, key.to_owned())).or_default();
+        while starts.front().is_some_and(|t| *t + lim.window <= now) {
+            starts.pop_front();
+        }
+        let reset_of = |starts: &VecDeque<Instant>| {
+            starts.front().map_or(Duration::ZERO, |t| {
+                (*t + lim.window).saturating_duration_since(now)
+            })
+        };
+        // Tokens (OpenAI chat only).
+        let mut token_view = None;
+        let mut token_wait = None;
+        if let (FakeLane::OpenAiChat, Some(tl)) = (lane, self.cfg.limits.openai_chat_tokens) {
+            let mut all = self.tokens.lock().expect("tokens lock");
+            let used = all.entry(key.to_owned()).or_default();
+            while used.front().is_some_and(|(t, _)| *t + tl.window <= now) {
+                used.pop_front();
+            }
+            let total: u64 = used.iter().map(|(_, n)| n).sum();
+            let tokens = tokens.min(u64::from(tl.limit));
+            if total + tokens > u64::from(tl.limit) {
+                let mut need = total + tokens - u64::from(tl.limit);
+                let mut wait = tl.window;
+                for (t, n) in used.iter() {
+                    if *n >= need {
+                        wait = (*t + tl.window).saturating_duration_since(now);
+                        break;
+                    }
+                    need -= n;
+                }
+                token_wait = Some(wait);
+                token_view = Some((tl.limit, tl.limit.saturating_sub(total as u32), wait));
+            } else if starts.len() < lim.limit as usize {
+                used.push_back((now, tokens));
+                let oldest = used.front().map_or(now, |(t, _)| *t);
+                token_view = Some((
+                    tl.limit,
+                    (u64::from(tl.limit) - total - tokens) as u32,
+                    (oldest + tl.window).saturating_duration_since(now),
+                ));
+            }
+        }
+        if starts.len() >= lim.limit as usize {
+            let reset = reset_of(starts);
+            let view = LimitView {
+                limit: lim.limit,
+                remaining: 0,
+                reset,
+                tokens: token_view,
+            };
+            drop(windows);
+            self.count_429(lane, key);
+            return Gate::Limited {
+                view,
+                retry_after: reset,
+                kind: "requests",
+            };
+        }
+        if let Some(wait) = token_wait {
+            let view = LimitView {
+                limit: lim.limit,
+                remaining: lim.limit - starts.len() as u32,
+                reset: reset_of(starts),
+                tokens: token_view,
+            };
+            drop(windows);
+            self.count_429(lane, key);
+            return Gate::Limited {
+                view,
+                retry_after: wait,
+                kind: "tokens",
+            };
+        }
+        starts.push_back(now);
+        Gate::Admitted(LimitView {
+            limit: lim.limit,
+            remaining: lim.limit - starts.len() as u32,
+            reset: reset_of(starts),
+            tokens: token_view,
+        })
+    }
+
+    fn count_429(&self, lane: FakeLane, key: &str) {
+        self.count(lane.provider(), key, |c| c.rate_limited += 1);
+        self.stats.lock().expect("stats lock").total_429 += 1;
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up (never 0 for a real wait).
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// The bearer token of a request (empty when missing).
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The running fake providers.
+pub struct FakeProviders {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FakeProviders {
+    /// Binds `127.0.0.1:0` and serves until [`shutdown`](Self::shutdown) (or drop).
+    pub async fn start(cfg: FakeProvidersConfig) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
+            cfg,
+            root: format!("http://{addr}"),
+            windows: Mutex::default(),
+            tokens: Mutex::default(),
+            stats: Mutex::default(),
+            videos: Mutex::default(),
+            downloads: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            cancel: CancellationToken::new(),
+        });
+        let app = Router::new()
+            .nest("/openai/v1", openai::routes())
+            .nest("/minimax", minimax::routes())
+            .nest("/stability", stability::routes())
+            .with_state(shared.clone());
+        let cancel = shared.cancel.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "fake providers server stopped");
+            }
+        });
+        tracing::debug!(%addr, "fake providers listening");
+        Ok(FakeProviders {
+            shared,
+            addr,
+            task: Some(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/openai/v1` (async-openai style, `/v1` included).
+    pub fn openai_base(&self) -> String {
+        format!("{}/openai/v1", self.shared.root)
+    }
+
+    /// `http://127.0.0.1:PORT/minimax` (clients append `/v1/...`).
+    pub fn minimax_base(&self) -> String {
+        format!("{}/minimax", self.shared.root)
+    }
+
+    /// `http://127.0.0.1:PORT/stability` (clients append `/v2beta/...`).
+    pub fn stability_base(&self) -> String {
+        format!("{}/stability", self.shared.root)
+    }
+
+    pub fn limits(&self) -> &FakeLimits {
+        &self.shared.cfg.limits
+    }
+
+    /// What `keys` keys can do per minute on `lane` (for the report's `capacity_per_min`).
+    pub fn capacity_per_min(&self, lane: FakeLane, keys: usize) -> f64 {
+        self.shared.cfg.limits.lane(lane).per_min() * keys as f64
+    }
+
+    pub fn stats(&self) -> FakeStats {
+        self.shared.stats.lock().expect("stats lock").clone()
+    }
+
+    /// Stops serving; hanging requests end at once.
+    pub async fn shutdown(mut self) {
+        self.shared.cancel.cancel();
+        let Some(task) = self.task.take() else { return };
+        // Idle keep-alive connections would hold graceful shutdown open; the handlers already
+        // returned, so stop waiting after a moment.
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+}
+
+impl Drop for FakeProviders {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers() {
+        assert_eq!(
+            Failure::from_marker("draw a cat fake:500"),
+            Some(Failure::ServerError)
+        );
+        assert_eq!(
+            Failure::from_marker("fake:minimax=1026 x"),
+            Some(Failure::MiniMaxCode(1026))
+        );
+        assert_eq!(Failure::from_marker("fake:timeout"), Some(Failure::Hang));
+        assert_eq!(Failure::from_marker("fake:nonsense"), None);
+        assert_eq!(Failure::from_marker("a cat"), None);
+    }
+
+    #[test]
+    fn latency_is_seeded() {
+        let d = LatencyDist::Uniform {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        };
+        let a: Vec<_> = {
+            let mut r = StdRng::seed_from_u64(3);
+            (0..5).map(|_| d.sample(&mut r)).collect()
+        };
+        let mut r = StdRng::seed_from_u64(3);
+        let b: Vec<_> = (0..5).map(|_| d.sample(&mut r)).collect();
+        assert_eq!(a, b);
+        assert!(a
+            .iter()
+            .all(|x| *x >= Duration::from_millis(10) && *x <= Duration::from_millis(20)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn window_admits_limit_then_429_until_the_oldest_leaves() {
+        let mut cfg = FakeProvidersConfig::default();
+        cfg.limits = FakeLimits::uniform(3, Duration::from_secs(10));
+        let fake = FakeProviders::start(cfg).await.unwrap();
+        let s = &fake.shared;
+        for _ in 0..3 {
+            assert!(matches!(
+                s.admit(FakeLane::MiniMaxVideo, "k", 0),
+                Gate::Admitted(_)
+            ));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        match s.admit(FakeLane::MiniMaxVideo, "k", 0) {
+            Gate::Limited { retry_after, .. } => assert_eq!(retry_after, Duration::from_secs(7)),
+            Gate::Admitted(_) => panic!("4th request in the window admitted"),
+        }
+        // Another key and another lane are separate.
+        assert!(matches!(
+            s.admit(FakeLane::MiniMaxVideo, "other", 0),
+            Gate::Admitted(_)
+        ));
+        assert!(matches!(
+            s.admit(FakeLane::MiniMaxImages, "k", 0),
+            Gate::Admitted(_)
+        ));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert!(matches!(
+            s.admit(FakeLane::MiniMaxVideo, "k", 0),
+            Gate::Admitted(_)
+        ));
+        assert_eq!(fake.stats().total_429, 1);
+        assert_eq!(fake.stats().key("minimax", "k").rate_limited, 1);
+        fake.shutdown().await;
+    }
+}
