@@ -319,7 +319,7 @@ impl Cluster {
         let result = self
             .inner
             .redis
-            .run("claim", CLAIM_BUDGET, |mut c| {
+            .run_retrying("claim", CLAIM_BUDGET, |mut c| {
                 let key = key.clone();
                 async move {
                     let set: Option<String> = redis::cmd("SET")
@@ -360,7 +360,7 @@ impl Cluster {
         let result = self
             .inner
             .redis
-            .run("leave", BACKGROUND_BUDGET, |mut c| {
+            .run_retrying("leave", BACKGROUND_BUDGET, |mut c| {
                 let key = key.clone();
                 async move { redis::cmd("DEL").arg(&key).query_async::<()>(&mut c).await }
             })
@@ -403,7 +403,7 @@ impl Cluster {
         let result = self
             .inner
             .redis
-            .run("heartbeat", BACKGROUND_BUDGET, |mut c| {
+            .run_retrying("heartbeat", BACKGROUND_BUDGET, |mut c| {
                 let (key, json) = (key.clone(), json.clone());
                 async move {
                     redis::cmd("SET")
@@ -430,7 +430,7 @@ impl Cluster {
         let result = self
             .inner
             .redis
-            .run("snapshot", BACKGROUND_BUDGET, |mut c| {
+            .run_retrying("snapshot", BACKGROUND_BUDGET, |mut c| {
                 let name = name.clone();
                 async move { read_status(&mut c, &name, count, &policy).await }
             })

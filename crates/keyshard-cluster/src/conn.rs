@@ -80,14 +80,33 @@ impl Redis {
         })
     }
 
-    /// Runs `f` on the shared connection within `budget`.
-    ///
-    /// A call that fails on a broken connection (refused, reset, dropped; not a timeout) is
-    /// tried once more within the same budget: the failure made the manager start a fresh
-    /// connection, and right after a Redis restart that second try is the one that reaches
-    /// the new server. Without it, the first claim after an outage would fall back to the
-    /// static rule while peers already claim through Redis again, and both could answer.
+    /// Runs `f` once on the shared connection within `budget`.
     pub(crate) async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        budget: Duration,
+        f: F,
+    ) -> Result<T, ClusterError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let attempt = async {
+            f(self.manager()?)
+                .await
+                .map_err(|source| ClusterError::Redis { op, source })
+        };
+        self.within(op, budget, attempt).await
+    }
+
+    /// Like [`run`](Self::run), but a call that fails on a broken connection (refused, reset,
+    /// dropped; not a timeout) is tried once more within the same budget: the failure made the
+    /// manager start a fresh connection, and right after a Redis restart that second try is
+    /// the one that reaches the new server. The claim needs this: without it, the first claim
+    /// after an outage would fall back to the static rule while peers already claim through
+    /// Redis again, and both could answer. Only for idempotent calls or ones whose first try
+    /// cannot have reached Redis.
+    pub(crate) async fn run_retrying<T, F, Fut>(
         &self,
         op: &'static str,
         budget: Duration,
@@ -107,7 +126,17 @@ impl Redis {
             }
             .map_err(|source| ClusterError::Redis { op, source })
         };
-        match tokio::time::timeout(budget, attempts).await {
+        self.within(op, budget, attempts).await
+    }
+
+    /// Bounds `work` by `budget` and keeps the count of timeouts in a row.
+    async fn within<T>(
+        &self,
+        op: &'static str,
+        budget: Duration,
+        work: impl Future<Output = Result<T, ClusterError>>,
+    ) -> Result<T, ClusterError> {
+        match tokio::time::timeout(budget, work).await {
             Ok(Ok(v)) => {
                 self.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 Ok(v)

@@ -16,7 +16,7 @@
 //! - [`heartbeat`]: the heartbeat JSON.
 //! - [`keys`]: the Redis key layout.
 //! - [`metrics`]: counters ([`ClusterMetrics`]).
-//! - [`error`]: [`ClusterError`].
+//! - [`error`]: the [`ClusterError`] enum.
 //! - `conn` (private): the self-reconnecting connection with a time budget on every call.
 //! - `task` (private): the shape shared by the background loops.
 

@@ -131,7 +131,7 @@ impl ClusterStatus {
         );
         let _ = writeln!(
             out,
-            "{:>3}  {:<5}  {:>8}  {:<8}  {:>6}  {:>9}  {:>7}  {:>9}  {:<10}  {}",
+            "{:>3}  {:<5}  {:>8}  {:<8}  {:>6}  {:>9}  {:>7}  {:>9}  {:<10}  version",
             "id",
             "alive",
             "hb age",
@@ -141,7 +141,6 @@ impl ClusterStatus {
             "rate/s",
             "est. wait",
             "overloaded",
-            "version"
         );
         for s in &self.instances {
             if !s.alive {

@@ -89,17 +89,29 @@ impl TestCluster {
         interaction: u64,
         user: UserId,
     ) -> Vec<(InstanceId, ClaimOutcome, Duration)> {
-        let received = now_ms();
-        let claims = ids.iter().map(|&id| {
-            let cluster = self.node(id).clone();
-            async move {
-                let start = Instant::now();
-                let outcome = cluster.claim(interaction, user, received).await;
-                (id, outcome, start.elapsed())
-            }
-        });
-        futures_join_all(claims).await
+        claim_with(self.handles(ids), interaction, user).await
     }
+
+    /// Clones of the handles of `ids`, for claims that outlive a borrow of `self`.
+    pub fn handles(&self, ids: &[InstanceId]) -> Vec<Cluster> {
+        ids.iter().map(|&id| self.node(id).clone()).collect()
+    }
+}
+
+/// Claims one interaction on every handle at once; outcomes in order, with how long each
+/// claim took.
+pub async fn claim_with(
+    handles: Vec<Cluster>,
+    interaction: u64,
+    user: UserId,
+) -> Vec<(InstanceId, ClaimOutcome, Duration)> {
+    let received = now_ms();
+    let claims = handles.into_iter().map(|cluster| async move {
+        let start = Instant::now();
+        let outcome = cluster.claim(interaction, user, received).await;
+        (cluster.instance_id(), outcome, start.elapsed())
+    });
+    futures_join_all(claims).await
 }
 
 impl Drop for TestCluster {
@@ -112,12 +124,10 @@ impl Drop for TestCluster {
 
 /// Runs futures concurrently on the current task and collects their outputs in order
 /// (`futures::join_all` without the extra dependency).
-pub async fn futures_join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output>
+pub async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
-    F: Send + 'static,
 {
     let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
     let mut out = Vec::with_capacity(handles.len());
