@@ -522,6 +522,14 @@ impl FakeDiscord {
         self.wait_until(deadline, |s| pred(&s.records)).await
     }
 
+    /// Waits for any change to the records or sessions; `false` when none came within
+    /// `deadline` (used to let streamed answers settle).
+    pub async fn wait_change(&self, deadline: Duration) -> bool {
+        tokio::time::timeout(deadline, self.shared.changed.notified())
+            .await
+            .is_ok()
+    }
+
     async fn wait_until<F>(&self, deadline: Duration, mut pred: F) -> bool
     where
         F: FnMut(&State) -> bool,

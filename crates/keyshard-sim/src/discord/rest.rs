@@ -491,7 +491,7 @@ fn channel_message(shared: &Shared, instance: u32, channel: &str, body: Parsed) 
         };
         candidates()
             .find(|(_, r)| r.ack().is_some() && !r.is_completed())
-            .or_else(|| candidates().last())
+            .or_else(|| candidates().next_back())
             .map(|(i, _)| i)
     });
     let message = |after_ms| MessageRecord {

@@ -1,0 +1,291 @@
+//! The `keyshard-sim` binary: `run` a scenario, `serve` only the fakes, or run the `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use keyshard_sim::discord::{DiscordConfig, FakeDiscord};
+use keyshard_sim::report::Report;
+use keyshard_sim::scenario::{
+    run_scenario, Chaos, ChaosAction, Mix, ProviderFakes, ScenarioConfig, Skew,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "keyshard-sim",
+    version,
+    about = "Fake Discord + fake providers + N real keyshard processes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario against N real `keyshard` processes and write the JSON report.
+    Run(RunArgs),
+    /// Run only the fakes (and a private Redis) and print the env that points an instance at them.
+    Serve(ServeArgs),
+    /// A canned scenario: 4 instances, ~40 users, every command, instance 2 killed half-way.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, default_value_t = 4)]
+    instances: u32,
+    #[arg(long, default_value_t = 100)]
+    users: u32,
+    /// Interactions per second (open loop).
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Weighted commands: ping=1[,chat=W,image=W,video=W].
+    #[arg(long, default_value = "ping=1")]
+    mix: Mix,
+    /// User popularity: uniform, or zipf:S.
+    #[arg(long, default_value = "uniform")]
+    skew: Skew,
+    /// SIGKILL an instance: INSTANCE@SECS (repeatable).
+    #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, ChaosAction::Kill))]
+    kill: Vec<Chaos>,
+    /// SIGTERM an instance: INSTANCE@SECS (repeatable).
+    #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, ChaosAction::Terminate))]
+    terminate: Vec<Chaos>,
+    /// Start an instance again: INSTANCE@SECS (repeatable).
+    #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, ChaosAction::Restart))]
+    restart: Vec<Chaos>,
+    /// Close an instance's gateway session: INSTANCE@SECS (repeatable).
+    #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, ChaosAction::DropSession))]
+    drop_session: Vec<Chaos>,
+    /// Kill and restart the private Redis at SECS (repeatable).
+    #[arg(long, value_parser = keyshard_sim::scenario::parse_secs)]
+    redis_restart: Vec<Duration>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// The `keyshard` binary (default: next to this executable).
+    #[arg(long)]
+    keyshard_bin: Option<PathBuf>,
+    /// Use this Redis instead of a private redis-server.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Where instance logs go (default: a fresh temp dir).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// RUST_LOG for the instances.
+    #[arg(long, default_value = "warn")]
+    instance_log: String,
+    /// Seconds to wait for outstanding answers after the load.
+    #[arg(long, default_value_t = 120.0)]
+    drain: f64,
+    /// OVERLOAD_WAIT_SECS for the instances.
+    #[arg(long)]
+    overload_wait_secs: Option<f64>,
+    /// Extra instance env, NAME=VALUE (repeatable).
+    #[arg(long = "instance-env", value_parser = parse_kv)]
+    instance_env: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value_t = 4)]
+    instances: u32,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn parse_kv(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s.split_once('=').context("expected NAME=VALUE")?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// The fake providers for a run, when the mix needs them.
+///
+/// Hook for `crate::providers`: start the fake providers here and return them as a
+/// [`ProviderFakes`]; the scenario then passes their env to each instance and reports their
+/// capacity and 429s. Without it, provider commands run with no provider configured.
+async fn start_providers(_mix: &Mix) -> anyhow::Result<Option<Arc<dyn ProviderFakes>>> {
+    Ok(None)
+}
+
+fn base_config(
+    instances: u32,
+    users: u32,
+    rate: f64,
+    duration: f64,
+    mix: Mix,
+    common: &CommonArgs,
+) -> anyhow::Result<ScenarioConfig> {
+    let mut cfg = ScenarioConfig::new(
+        instances,
+        users,
+        rate,
+        keyshard_sim::scenario::parse_secs(&duration.to_string())?,
+        mix,
+    );
+    if let Some(bin) = &common.keyshard_bin {
+        cfg.keyshard_bin = bin.clone();
+    }
+    cfg.redis_url = common.redis_url.clone().filter(|u| !u.is_empty());
+    cfg.run_dir = common.run_dir.clone();
+    cfg.rust_log = common.instance_log.clone();
+    cfg.drain_deadline = keyshard_sim::scenario::parse_secs(&common.drain.to_string())?;
+    cfg.overload_wait_secs = common.overload_wait_secs;
+    cfg.env = common.instance_env.clone();
+    Ok(cfg)
+}
+
+fn write_report(report: &Report, json: Option<&PathBuf>) -> anyhow::Result<()> {
+    println!("{}", report.render());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut cfg = base_config(
+        args.instances,
+        args.users,
+        args.rate,
+        args.duration,
+        args.mix.clone(),
+        &args.common,
+    )?;
+    cfg.skew = args.skew;
+    cfg.seed = args.seed;
+    cfg.chaos = [args.kill, args.terminate, args.restart, args.drop_session]
+        .concat()
+        .into_iter()
+        .chain(args.redis_restart.into_iter().map(|at| Chaos {
+            at,
+            action: ChaosAction::RedisRestart,
+        }))
+        .collect();
+    cfg.providers = start_providers(&args.mix).await?;
+    let report = run_scenario(cfg).await?;
+    write_report(&report, args.json.as_ref())
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    // Every command a user can send at a time; admin views are left to operators. A command
+    // the instances did not register is dropped from the mix rather than failing the demo.
+    let wanted = "ping=2,chat=3,image=2,video=1";
+    let mix: Mix = wanted.parse()?;
+    let duration = 30.0;
+    let mut cfg = base_config(4, 40, 4.0, duration, mix.clone(), &args.common)?;
+    cfg.seed = args.seed;
+    cfg.chaos = vec![Chaos {
+        at: Duration::from_secs_f64(duration / 2.0),
+        action: ChaosAction::Kill(2),
+    }];
+    cfg.providers = start_providers(&mix).await?;
+    if cfg.providers.is_none() {
+        // Without fake providers only `/핑` can be answered for real.
+        cfg.mix = "ping=1".parse()?;
+    }
+    println!(
+        "keyshard demo: 4 instances, 40 users, mix {}, instance 2 killed at {:.0} s",
+        cfg.mix,
+        duration / 2.0
+    );
+    let report = run_scenario(cfg).await?;
+    write_report(&report, args.json.as_ref())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let redis = tokio::task::spawn_blocking(keyshard_testkit::RedisServer::try_start)
+        .await?
+        .context("starting a private redis-server")?;
+    let discord = FakeDiscord::start(DiscordConfig::default()).await?;
+    println!(
+        "# fake Discord at {}, Redis at {}",
+        discord.base_url(),
+        redis.url()
+    );
+    println!("# env for instance k (1..={}):", args.instances);
+    for k in 1..=args.instances {
+        println!(
+            "DISCORD_TOKEN={} INSTANCE_ID={k} INSTANCE_COUNT={} REDIS_URL={} CLUSTER_NAME=sim DISCORD_API_BASE={} HTTP_BIND=127.0.0.1:{}",
+            keyshard_sim::cluster::SIM_DISCORD_TOKEN,
+            args.instances,
+            redis.url(),
+            discord.api_base(k),
+            8080 + k
+        );
+    }
+    println!("# Ctrl-C to stop");
+    tokio::signal::ctrl_c().await?;
+    let records = discord.records();
+    println!(
+        "# {} interactions, {} acknowledged",
+        records.len(),
+        records.iter().filter(|r| r.ack().is_some()).count()
+    );
+    drop(redis);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSHARD_SIM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,keyshard_sim=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyshard-sim: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let work = match cli.command {
+            // `serve` waits for Ctrl-C itself and ends normally on it.
+            Command::Serve(a) => return serve(a).await,
+            Command::Run(a) => Box::pin(run(a))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>,
+            Command::Demo(a) => Box::pin(demo(a)),
+        };
+        // Ctrl-C drops the scenario, and with it every child process (kill on drop).
+        tokio::select! {
+            r = work => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyshard-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
