@@ -21,9 +21,10 @@ use crate::metrics::ClusterMetrics;
 use crate::status::{read_status, ClusterStatus};
 use crate::task::run_every;
 
-/// The time budget of the claim's `SET NX`. Discord drops an interaction that is not
-/// acknowledged within 3 s; a hung Redis may eat at most this much of it before the instance
-/// falls back to the static rule. A healthy Redis answers in about a millisecond.
+/// The time budget of one try of the claim's `SET NX` (at most two tries, see
+/// `Cluster::try_claim`). Discord drops an interaction that is not acknowledged within 3 s; a
+/// hung Redis may eat at most twice this much of it before the instance falls back to the
+/// static rule. A healthy Redis answers in about a millisecond.
 pub const CLAIM_BUDGET: Duration = Duration::from_millis(250);
 
 /// The time budget of a background call (heartbeat write, snapshot read, ping, leave). Long
@@ -312,30 +313,50 @@ impl Cluster {
         }
     }
 
-    /// `SET {c}:claim:{id} {me} NX PX 900000`: `Ok(true)` when this instance won.
+    /// Claims the interaction: `Ok(true)` when this instance holds it.
+    ///
+    /// One try is `SET {c}:claim:{id} {me} NX PX 900000` pipelined with `GET` of the same key,
+    /// so a try tells who holds the claim rather than only whether this `SET` created it.
+    /// That makes a second try safe: when the first one times out (a slow Redis or a starved
+    /// process, not an unreachable one), its `SET` may still have landed, and the second try
+    /// reads back `{me}` instead of reporting a loss, or names the peer that won meanwhile,
+    /// instead of this instance answering by the static rule next to that peer.
     async fn try_claim(&self, interaction_id: u64) -> Result<bool, ClusterError> {
+        let mut result = self.claim_once(interaction_id).await;
+        if result.as_ref().is_err_and(ClusterError::is_timeout) {
+            tracing::debug!(
+                interaction_id,
+                "claim timed out; asking Redis again who holds it"
+            );
+            result = self.claim_once(interaction_id).await;
+        }
+        self.observe(&result);
+        result
+    }
+
+    async fn claim_once(&self, interaction_id: u64) -> Result<bool, ClusterError> {
         let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
-        let me = self.inner.cfg.instance_id;
-        let result = self
-            .inner
+        let me = self.inner.cfg.instance_id.to_string();
+        self.inner
             .redis
             .run_retrying("claim", CLAIM_BUDGET, |mut c| {
-                let key = key.clone();
+                let (key, me) = (key.clone(), me.clone());
                 async move {
-                    let set: Option<String> = redis::cmd("SET")
+                    let (_created, holder): (Option<String>, Option<String>) = redis::pipe()
+                        .cmd("SET")
                         .arg(&key)
-                        .arg(me)
+                        .arg(&me)
                         .arg("NX")
                         .arg("PX")
                         .arg(keys::CLAIM_TTL_MS)
+                        .cmd("GET")
+                        .arg(&key)
                         .query_async(&mut c)
                         .await?;
-                    Ok(set.is_some())
+                    Ok(holder.as_deref() == Some(me.as_str()))
                 }
             })
-            .await;
-        self.observe(&result);
-        result
+            .await
     }
 
     /// One round trip to Redis (`PING`), for health checks.

@@ -26,6 +26,16 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// Whether Redis (or this process) was too slow, as opposed to refusing or failing: the
+    /// operation may still have been carried out.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            ClusterError::Timeout { .. } => true,
+            ClusterError::Redis { source, .. } => source.is_timeout(),
+            _ => false,
+        }
+    }
+
     /// Whether the error means Redis is unreachable or misbehaving (as opposed to bad config).
     pub fn is_redis_unavailable(&self) -> bool {
         matches!(
