@@ -155,7 +155,7 @@ fn truncate(mut s: String) -> String {
 /// Class of a bare HTTP status, when the body says nothing more specific.
 pub fn classify_status(status: u16) -> ErrorClass {
     match status {
-        401 | 402 | 403 => ErrorClass::KeyProblem,
+        401..=403 => ErrorClass::KeyProblem,
         429 => ErrorClass::RateLimited,
         // 408 Request Timeout and 409 Conflict are transient by definition.
         408 | 409 => ErrorClass::Retryable,

@@ -260,6 +260,24 @@ impl Lane {
     }
 }
 
+/// The daily counter and statistics of one provider key, shared by the key's lanes. The
+/// daily counter's Redis key is `{ns}:rpd:{provider}:{fingerprint}`, day appended per call.
+pub(crate) fn key_parts(
+    provider: ProviderKind,
+    common: &crate::config::ProviderConfig,
+    redis: Option<daily::RedisTarget>,
+    key_namespace: &str,
+) -> (Arc<DailyCounter>, Arc<StatsCell>) {
+    let prefix = format!(
+        "{key_namespace}:rpd:{provider}:{}",
+        common.api_key.fingerprint()
+    );
+    (
+        Arc::new(DailyCounter::new(prefix, common.limits.rpd, redis)),
+        Arc::default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,22 +376,4 @@ mod tests {
         assert_eq!(err.class, ErrorClass::RateLimited);
         assert!(err.retry_after.unwrap() > Duration::from_secs(10));
     }
-}
-
-/// The daily counter and statistics of one provider key, shared by the key's lanes. The
-/// daily counter's Redis key is `{ns}:rpd:{provider}:{fingerprint}`, day appended per call.
-pub(crate) fn key_parts(
-    provider: ProviderKind,
-    common: &crate::config::ProviderConfig,
-    redis: Option<daily::RedisTarget>,
-    key_namespace: &str,
-) -> (Arc<DailyCounter>, Arc<StatsCell>) {
-    let prefix = format!(
-        "{key_namespace}:rpd:{provider}:{}",
-        common.api_key.fingerprint()
-    );
-    (
-        Arc::new(DailyCounter::new(prefix, common.limits.rpd, redis)),
-        Arc::default(),
-    )
 }

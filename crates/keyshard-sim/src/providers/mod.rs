@@ -649,8 +649,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn window_admits_limit_then_429_until_the_oldest_leaves() {
-        let mut cfg = FakeProvidersConfig::default();
-        cfg.limits = FakeLimits::uniform(3, Duration::from_secs(10));
+        let cfg = FakeProvidersConfig {
+            limits: FakeLimits::uniform(3, Duration::from_secs(10)),
+            ..FakeProvidersConfig::default()
+        };
         let fake = FakeProviders::start(cfg).await.unwrap();
         let s = &fake.shared;
         for _ in 0..3 {

@@ -1,0 +1,662 @@
+//! keyshard-providers against the fake providers of keyshard-sim (and a real redis-server
+//! for the daily counter): error classes from each provider's real error bodies, the
+//! rate-limit contract, daily counts across restarts, streaming, video resumption.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use keyshard_providers::{
+    AspectRatio, ChatEvent, ChatMessage, ChatRole, ErrorClass, KeyLimits, MiniMax, MiniMaxConfig,
+    OpenAi, OpenAiConfig, ProviderConfig, ProviderError, ProviderKind, Providers, RedisTarget,
+    RetryPolicy, Stability, StabilityConfig, VideoStatus,
+};
+use keyshard_sim::providers::bench::{self, BenchArgs, BenchClient};
+use keyshard_sim::providers::{
+    media, FailurePlan, FakeLimits, FakeProviders, FakeProvidersConfig, LatencyDist,
+};
+use keyshard_testkit::RedisServer;
+
+const KEY: &str = "sk-test-good-key-000001";
+const BAD_KEY: &str = "sk-test-bad-key-9999999";
+const BROKE_KEY: &str = "sk-test-no-money-777777";
+
+fn init() {
+    // reqwest is built without a default crypto provider (the bot installs ring at start).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn fake_config() -> FakeProvidersConfig {
+    FakeProvidersConfig {
+        latency: LatencyDist::None,
+        limits: FakeLimits::uniform(1000, Duration::from_secs(60)),
+        failures: FailurePlan {
+            bad_keys: HashSet::from([BAD_KEY.to_owned()]),
+            no_quota_keys: HashSet::from([BROKE_KEY.to_owned()]),
+            hang: Duration::from_secs(30),
+            ..FailurePlan::default()
+        },
+        video_step: Duration::from_millis(100),
+        chat_words: 6,
+        stream_gap: Duration::from_millis(1),
+        seed: 7,
+    }
+}
+
+/// Fast retries and short timeouts so failing paths finish in milliseconds.
+fn common(base: String, key: &str) -> ProviderConfig {
+    ProviderConfig {
+        api_key: key.into(),
+        base_url: base,
+        timeout: Duration::from_secs(5),
+        limits: KeyLimits {
+            rpm: 1000,
+            tpm: None,
+            rpd: None,
+            concurrency: 16,
+            window: Duration::from_secs(60),
+        },
+        max_wait: Duration::from_secs(120),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+        },
+    }
+}
+
+fn openai(fake: &FakeProviders, key: &str) -> OpenAi {
+    OpenAi::new(
+        OpenAiConfig::new(common(fake.openai_base(), key)),
+        None,
+        "t",
+    )
+    .unwrap()
+}
+
+fn minimax(fake: &FakeProviders, key: &str) -> MiniMax {
+    MiniMax::new(
+        MiniMaxConfig::new(common(fake.minimax_base(), key)),
+        None,
+        "t",
+    )
+    .unwrap()
+}
+
+fn stability(fake: &FakeProviders, key: &str) -> Stability {
+    Stability::new(
+        StabilityConfig::new(common(fake.stability_base(), key)),
+        None,
+        "t",
+    )
+    .unwrap()
+}
+
+fn user(text: &str) -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new(ChatRole::System, "You are terse."),
+        ChatMessage::new(ChatRole::User, text),
+    ]
+}
+
+fn assert_class(
+    r: Result<impl std::fmt::Debug, ProviderError>,
+    class: ErrorClass,
+    what: &str,
+) -> ProviderError {
+    let e = r.expect_err(what);
+    assert_eq!(e.class, class, "{what}: {e}");
+    assert!(
+        !e.message.contains(KEY) && !e.message.contains(BAD_KEY),
+        "{what}: key leaked: {e}"
+    );
+    e
+}
+
+#[tokio::test]
+async fn openai_error_classes() {
+    init();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    let ok = openai(&fake, KEY);
+
+    let e = assert_class(
+        openai(&fake, BAD_KEY).chat(user("hi")).await,
+        ErrorClass::KeyProblem,
+        "401",
+    );
+    assert!(e.message.contains("401"), "{e}");
+    assert_class(
+        openai(&fake, BROKE_KEY).chat(user("hi")).await,
+        ErrorClass::KeyProblem,
+        "insufficient_quota",
+    );
+    assert_class(
+        openai(&fake, BROKE_KEY)
+            .image("a cat", AspectRatio::Square)
+            .await,
+        ErrorClass::KeyProblem,
+        "insufficient_quota on images",
+    );
+    assert_class(
+        ok.image("a cat fake:content", AspectRatio::Square).await,
+        ErrorClass::ContentRejected,
+        "moderation_blocked",
+    );
+    assert_class(
+        ok.chat(user("fake:content")).await,
+        ErrorClass::ContentRejected,
+        "chat content policy",
+    );
+    assert_class(
+        ok.chat(user("fake:400")).await,
+        ErrorClass::BadRequest,
+        "400",
+    );
+    let before = ok.stats();
+    assert_class(
+        ok.chat(user("fake:500")).await,
+        ErrorClass::Retryable,
+        "500",
+    );
+    let after = ok.stats();
+    assert_eq!(
+        after.attempts - before.attempts,
+        3,
+        "500 is retried up to max_attempts"
+    );
+    assert_class(
+        ok.chat(user("fake:429")).await,
+        ErrorClass::RateLimited,
+        "scripted 429",
+    );
+    assert!(ok.stats().provider_429 >= 1);
+
+    // A hang: the attempt timeout ends each try.
+    let mut cfg = OpenAiConfig::new(common(fake.openai_base(), KEY));
+    cfg.common.timeout = Duration::from_millis(200);
+    cfg.common.retry.max_attempts = 2;
+    let slow = OpenAi::new(cfg, None, "t").unwrap();
+    let started = std::time::Instant::now();
+    assert_class(
+        slow.chat(user("fake:timeout")).await,
+        ErrorClass::Retryable,
+        "timeout",
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "two 200 ms attempts"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Key and content errors are not retried.
+    let s = openai(&fake, BAD_KEY);
+    let _ = s.chat(user("hi")).await;
+    assert_eq!(s.stats().attempts, 1);
+    assert_eq!(s.stats().failed_with(ErrorClass::KeyProblem), 1);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn minimax_error_classes_from_base_resp() {
+    init();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    let ok = minimax(&fake, KEY);
+    let img = |p: &'static str| {
+        let ok = ok.clone();
+        async move { ok.image(p, AspectRatio::Landscape).await }
+    };
+    assert_class(
+        minimax(&fake, BAD_KEY)
+            .image("a cat", AspectRatio::Square)
+            .await,
+        ErrorClass::KeyProblem,
+        "1004",
+    );
+    assert_class(
+        minimax(&fake, BROKE_KEY).video_create("a cat").await,
+        ErrorClass::KeyProblem,
+        "1008",
+    );
+    assert_class(
+        img("fake:minimax=2049").await,
+        ErrorClass::KeyProblem,
+        "2049",
+    );
+    assert_class(
+        img("fake:minimax=1008").await,
+        ErrorClass::KeyProblem,
+        "1008 scripted",
+    );
+    assert_class(
+        img("fake:content").await,
+        ErrorClass::ContentRejected,
+        "1026",
+    );
+    assert_class(
+        img("fake:minimax=1027").await,
+        ErrorClass::ContentRejected,
+        "1027",
+    );
+    assert_class(img("fake:400").await, ErrorClass::BadRequest, "2013");
+    assert_class(img("fake:500").await, ErrorClass::Retryable, "HTTP 500");
+    let before = ok.stats().provider_429;
+    assert_class(
+        img("fake:minimax=1002").await,
+        ErrorClass::RateLimited,
+        "1002",
+    );
+    assert!(
+        ok.stats().provider_429 > before,
+        "1002 counts as a provider 429"
+    );
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn stability_error_classes() {
+    init();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    let ok = stability(&fake, KEY);
+    assert_class(
+        stability(&fake, BAD_KEY)
+            .image("a cat", AspectRatio::Square)
+            .await,
+        ErrorClass::KeyProblem,
+        "401",
+    );
+    assert_class(
+        stability(&fake, BROKE_KEY)
+            .image("a cat", AspectRatio::Square)
+            .await,
+        ErrorClass::KeyProblem,
+        "402",
+    );
+    assert_class(
+        ok.image("fake:content", AspectRatio::Square).await,
+        ErrorClass::ContentRejected,
+        "403",
+    );
+    assert_class(
+        ok.image("fake:filtered", AspectRatio::Square).await,
+        ErrorClass::ContentRejected,
+        "CONTENT_FILTERED",
+    );
+    assert_class(
+        ok.image("fake:400", AspectRatio::Square).await,
+        ErrorClass::BadRequest,
+        "400",
+    );
+    assert_class(
+        ok.image("fake:500", AspectRatio::Square).await,
+        ErrorClass::Retryable,
+        "500",
+    );
+    assert_class(
+        ok.image("fake:429", AspectRatio::Square).await,
+        ErrorClass::RateLimited,
+        "429",
+    );
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn images_from_every_provider_are_real_pngs_and_fallback_skips_a_bad_key() {
+    init();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    for (img, kind) in [
+        (
+            openai(&fake, KEY).image("a cat", AspectRatio::Square).await,
+            ProviderKind::OpenAi,
+        ),
+        (
+            minimax(&fake, KEY)
+                .image("a cat", AspectRatio::Portrait)
+                .await,
+            ProviderKind::MiniMax,
+        ),
+        (
+            stability(&fake, KEY)
+                .image("a cat", AspectRatio::Landscape)
+                .await,
+            ProviderKind::Stability,
+        ),
+    ] {
+        let img = img.unwrap();
+        assert_eq!(img.provider, kind);
+        assert_eq!(img.mime, "image/png");
+        assert!(img.bytes.starts_with(b"\x89PNG\r\n\x1a\n"));
+        assert!(img.bytes.ends_with(&media::crc32(b"IEND").to_be_bytes()));
+    }
+    let providers = Providers::new(
+        Some(OpenAiConfig::new(common(fake.openai_base(), BAD_KEY))),
+        Some(MiniMaxConfig::new(common(fake.minimax_base(), KEY))),
+        None,
+        None,
+        "t",
+    )
+    .unwrap();
+    let order = [
+        ProviderKind::OpenAi,
+        ProviderKind::Stability,
+        ProviderKind::MiniMax,
+    ];
+    let img = providers
+        .image("a cat", AspectRatio::Square, &order)
+        .await
+        .unwrap();
+    assert_eq!(
+        img.provider,
+        ProviderKind::MiniMax,
+        "bad OpenAI key skipped, Stability not configured"
+    );
+    // Content rejection stops the chain instead of shopping for a laxer provider.
+    let e = providers
+        .image(
+            "fake:content",
+            AspectRatio::Square,
+            &[ProviderKind::MiniMax, ProviderKind::OpenAi],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.provider, e.class),
+        (ProviderKind::MiniMax, ErrorClass::ContentRejected)
+    );
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn streamed_chat_yields_deltas_incrementally_then_usage() {
+    init();
+    let mut cfg = fake_config();
+    cfg.chat_words = 6;
+    cfg.stream_gap = Duration::from_millis(40);
+    let fake = FakeProviders::start(cfg).await.unwrap();
+    let client = openai(&fake, KEY);
+    let mut stream = client
+        .chat_stream(user("tell me about crabs"))
+        .await
+        .unwrap();
+    let mut deltas = Vec::new();
+    let mut first_delta_at = None;
+    let mut usage = None;
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            ChatEvent::Delta(d) => {
+                first_delta_at.get_or_insert_with(std::time::Instant::now);
+                assert!(usage.is_none(), "usage comes last");
+                deltas.push(d);
+            }
+            ChatEvent::Usage {
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                usage = Some((prompt_tokens, completion_tokens, std::time::Instant::now()));
+            }
+        }
+    }
+    assert!(deltas.len() >= 2, "{deltas:?}");
+    assert_eq!(deltas.concat(), "Fake answer about tell me about");
+    let (prompt, completion, usage_at) = usage.expect("usage chunk");
+    assert_eq!(completion, 6);
+    assert!(prompt > 0);
+    // The first delta arrived while the rest were still being sent: at least 5 more gaps of
+    // 40 ms passed between it and the usage chunk (sleeps never end early).
+    assert!(usage_at - first_delta_at.unwrap() >= Duration::from_millis(200));
+    // The stream released its concurrency slot when it ended.
+    assert_eq!(client.budget()[0].in_flight, 0);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_budget_is_reconciled_with_reported_usage() {
+    init();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    let mut cfg = OpenAiConfig::new(common(fake.openai_base(), KEY));
+    cfg.common.limits.tpm = Some(100_000);
+    cfg.max_completion_tokens = 500;
+    let client = OpenAi::new(cfg, None, "t").unwrap();
+    let (text, usage) = client.chat(user("hello there")).await.unwrap();
+    assert!(!text.is_empty());
+    let (p, c) = usage.unwrap();
+    let chat = &client.budget()[0];
+    assert_eq!(chat.lane, "chat");
+    // The 500-token completion estimate was replaced by what the fake reported.
+    assert_eq!(chat.tokens_used, Some(u64::from(p + c)));
+    fake.shutdown().await;
+}
+
+struct Chat(OpenAi);
+
+impl BenchClient for Chat {
+    fn call(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .chat(user("bench"))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_key_driven_at_its_limit_reaches_95_percent_without_a_429() {
+    init();
+    // Production semantics on a short window: 10 requests per 2 s sliding window, 8
+    // concurrent callers, three windows.
+    let args = BenchArgs {
+        rpm: 10,
+        callers: 8,
+        duration: Duration::from_secs(6),
+        window: Duration::from_secs(2),
+        latency: LatencyDist::Uniform {
+            min: Duration::from_millis(5),
+            max: Duration::from_millis(40),
+        },
+        seed: 11,
+    };
+    let report = bench::run_with(args, |t| {
+        let mut c = common(t.openai_base.clone(), &t.key);
+        c.limits = KeyLimits {
+            rpm: t.rpm,
+            tpm: None,
+            rpd: None,
+            concurrency: 8,
+            window: t.window,
+        };
+        Ok((
+            Chat(OpenAi::new(OpenAiConfig::new(c), None, "bench")?),
+            "keyshard".into(),
+        ))
+    })
+    .await
+    .unwrap();
+    println!("{report}");
+    assert_eq!(report.limit, 30);
+    assert_eq!(report.provider_429, 0, "{report}");
+    assert_eq!(report.failed, 0, "{report}");
+    assert!(report.ratio >= 0.95, "{report}");
+}
+
+#[tokio::test]
+async fn requests_per_day_survive_a_restart() {
+    init();
+    let redis = RedisServer::start();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    let make = || {
+        let mut c = common(fake.minimax_base(), KEY);
+        c.limits.rpd = Some(3);
+        let client = redis::Client::open(redis.url()).unwrap();
+        MiniMax::new(
+            MiniMaxConfig::new(c),
+            Some(RedisTarget::Client(client)),
+            "rpdtest",
+        )
+        .unwrap()
+    };
+    let first = make();
+    for _ in 0..2 {
+        first.image("a cat", AspectRatio::Square).await.unwrap();
+    }
+    assert_eq!(first.budget()[0].day_used, 2);
+    drop(first);
+
+    // A new process: the count comes from Redis, not from zero.
+    let second = make();
+    second.image("a cat", AspectRatio::Square).await.unwrap();
+    assert_eq!(second.budget()[0].day_used, 3);
+    let e = second
+        .image("a cat", AspectRatio::Square)
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::RateLimited, "{e}");
+    assert!(e.message.contains("daily"), "{e}");
+    assert!(e.retry_after.unwrap() <= Duration::from_secs(86_400));
+    assert_eq!(
+        fake.stats().key("minimax", KEY).ok,
+        3,
+        "the refused call never reached the provider"
+    );
+
+    // The key in Redis names the key by fingerprint only, and expires.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("rpdtest:rpd:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        keys[0].starts_with("rpdtest:rpd:minimax:") && !keys[0].contains(KEY),
+        "{keys:?}"
+    );
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 86_400 && ttl <= 2 * 86_400, "{ttl}");
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_down_degrades_the_daily_counter_to_memory_without_blocking() {
+    init();
+    let mut redis = RedisServer::start();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    let mut c = common(fake.stability_base(), KEY);
+    c.limits.rpd = Some(100);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let s = Stability::new(StabilityConfig::new(c), Some(client.into()), "deg").unwrap();
+    s.image("a cat", AspectRatio::Square).await.unwrap();
+    redis.kill();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        s.image("a cat", AspectRatio::Square).await.unwrap();
+    }
+    // One bounded Redis timeout at most, then memory.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.budget()[0].day_used, 4);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_video_task_is_resumed_from_its_id_by_a_second_client() {
+    init();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    let creator = minimax(&fake, KEY);
+    let task = creator.video_create("a crab dancing").await.unwrap();
+    assert_eq!(
+        creator.video_poll(&task).await.unwrap(),
+        VideoStatus::Preparing
+    );
+    drop(creator); // the creating instance dies
+
+    // Another instance, its own key, only the stored task id.
+    let other = minimax(&fake, "sk-test-other-instance-02");
+    let stored: keyshard_providers::VideoTaskId =
+        serde_json::from_str(&serde_json::to_string(&task).unwrap()).unwrap();
+    let mut seen = Vec::new();
+    let status = loop {
+        let s = other.video_poll(&stored).await.unwrap();
+        if seen.last() != Some(&s) {
+            seen.push(s.clone());
+        }
+        if s.is_done() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let VideoStatus::Success { file_id } = status else {
+        panic!("{status:?}")
+    };
+    assert!(seen.contains(&VideoStatus::Processing), "{seen:?}");
+    let file = other.video_file(&file_id).await.unwrap();
+    assert_eq!(file.file_id, file_id);
+    let bytes = other.download(&file.download_url).await.unwrap();
+    assert_eq!(file.bytes, Some(bytes.len() as u64));
+    let boxes = media::mp4_boxes(&bytes).expect("a well-formed MP4");
+    assert_eq!(boxes[0].0, "ftyp");
+
+    let failing = other.video_create("fake:videofail").await.unwrap();
+    let end = other
+        .video_wait(&failing, Duration::from_millis(20), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(end, VideoStatus::Failed(_)), "{end:?}");
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn video_creation_waits_for_its_own_lane() {
+    init();
+    let mut cfg = fake_config();
+    cfg.limits.minimax_video.limit = 2;
+    cfg.limits.minimax_video.window = Duration::from_secs(1);
+    let fake = FakeProviders::start(cfg).await.unwrap();
+    let mut c = common(fake.minimax_base(), KEY);
+    c.limits.window = Duration::from_secs(1);
+    c.max_wait = Duration::from_secs(10);
+    let mut mc = MiniMaxConfig::new(c);
+    mc.video_rpm = 2;
+    let client = MiniMax::new(mc, None, "t").unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        client.video_create("a crab").await.unwrap();
+    }
+    // The third waited for the window (1 s + 50 ms guard) instead of getting a 1002.
+    assert!(started.elapsed() >= Duration::from_millis(1050));
+    assert_eq!(fake.stats().total_429, 0);
+    assert_eq!(client.stats().provider_429, 0);
+    fake.shutdown().await;
+}
+
+#[test]
+fn config_validation_rejects_placeholders_and_short_max_wait() {
+    init();
+    let e = Providers::new(
+        Some(OpenAiConfig::new(ProviderConfig::new(
+            "your-openai-key",
+            "https://api.openai.com/v1",
+        ))),
+        None,
+        None,
+        None,
+        "t",
+    )
+    .unwrap_err();
+    assert_eq!(e.class, ErrorClass::BadRequest);
+    assert!(!e.message.contains("your-openai-key"));
+    let mut c = ProviderConfig::new("sk-real-looking-key-1234", "https://api.openai.com/v1");
+    c.max_wait = Duration::from_secs(30);
+    assert!(Providers::new(Some(OpenAiConfig::new(c)), None, None, None, "t").is_err());
+}
