@@ -507,3 +507,45 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_rejects_a_bad_url_without_showing_the_password() {
+        let cfg = ClusterConfig::new("http://:hunter2@host:6379", "ks", 1, 4);
+        let err = Cluster::new(cfg).unwrap_err();
+        assert!(matches!(err, ClusterError::InvalidUrl { .. }), "{err:?}");
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn new_needs_no_redis_and_starts_degraded() {
+        // Port 1 on loopback: nothing listens there, and `new` must not try.
+        let cluster = Cluster::new(ClusterConfig::new("redis://127.0.0.1:1", "ks", 2, 4)).unwrap();
+        assert!(cluster.is_degraded());
+        assert!(!cluster.is_ready());
+        assert_eq!(cluster.membership().alive_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_means_the_static_rule() {
+        let cluster = Cluster::new(ClusterConfig::new("redis://127.0.0.1:1", "ks", 2, 4)).unwrap();
+        // 5 % 4 + 1 = 2: this instance is the primary and answers; user 6 belongs to 3.
+        let mine = cluster.claim(1, 5, 0).await;
+        assert!(
+            matches!(mine, ClaimOutcome::Degraded { answer: true, .. }),
+            "{mine:?}"
+        );
+        let theirs = cluster.claim(2, 6, 0).await;
+        assert!(
+            matches!(theirs, ClaimOutcome::Degraded { answer: false, .. }),
+            "{theirs:?}"
+        );
+        let m = cluster.metrics().snapshot();
+        assert_eq!((m.degraded_decisions, m.degraded_answers), (2, 1));
+        assert!(cluster.redis_ping().await.is_err());
+    }
+}

@@ -59,3 +59,78 @@ async fn woken(wake: &Option<Arc<Notify>>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    // Paused time: the loop's interval is driven by Tokio's clock, so the test needs no
+    // real waiting and the tick counts are exact.
+    #[tokio::test(start_paused = true)]
+    async fn failed_ticks_do_not_stop_the_loop_and_shutdown_does() {
+        let ticks = Arc::new(AtomicU32::new(0));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_every(
+            "test",
+            Duration::from_millis(100),
+            shutdown.clone(),
+            None,
+            {
+                let ticks = ticks.clone();
+                move || {
+                    let n = ticks.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n.is_multiple_of(2) {
+                            Err(ClusterError::InvalidConfig("boom".into()))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                }
+            },
+        ));
+        // Ticks at 0, 100, ..., 500 ms: six, half of them failing.
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), 6);
+        shutdown.cancel();
+        task.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), 6, "no tick after shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_up_runs_a_tick_at_once() {
+        let ticks = Arc::new(AtomicU32::new(0));
+        let wake = Arc::new(Notify::new());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_every(
+            "test",
+            Duration::from_secs(10),
+            shutdown.clone(),
+            Some(wake.clone()),
+            {
+                let ticks = ticks.clone();
+                move || {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    async { Ok(()) }
+                }
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            ticks.load(Ordering::SeqCst),
+            1,
+            "the first tick runs at once"
+        );
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            ticks.load(Ordering::SeqCst),
+            2,
+            "woken long before the 10 s interval"
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}

@@ -79,7 +79,12 @@ async fn leaving_instance_is_taken_over_at_once() {
         "leave deletes the key; no TTL wait: {took:?}"
     );
     // Nothing brings the heartbeat back.
-    tokio::time::sleep(HEARTBEAT * 2).await;
+    // Two heartbeat rounds of a peer: a stray heartbeat loop of 2 would have written by then.
+    let seen = tc.node(1).metrics().snapshot().heartbeats;
+    wait_for("two more heartbeats of instance 1", PATIENCE, || {
+        tc.node(1).metrics().snapshot().heartbeats >= seen + 2
+    })
+    .await;
     let status = fetch_status(&tc.redis.url(), &tc.name, N, &OverloadPolicy::default())
         .await
         .unwrap();

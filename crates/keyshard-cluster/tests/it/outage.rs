@@ -126,3 +126,36 @@ async fn after_a_restart_nodes_that_still_believe_redis_down_never_answer_twice(
         );
     }
 }
+
+#[tokio::test]
+async fn a_node_started_while_redis_is_down_serves_degraded_and_connects_later() {
+    let mut redis = keyshard_testkit::RedisServer::start();
+    redis.kill();
+    let cluster = keyshard_cluster::Cluster::new(config(&redis.url(), "kstest", 2)).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = cluster.spawn(shutdown.clone());
+
+    // A few ticks against the dead port: still degraded, still serving.
+    wait_for("a few failed ticks", PATIENCE, || {
+        cluster.metrics().snapshot().redis_errors >= 3
+    })
+    .await;
+    assert!(cluster.is_degraded() && !task.is_finished());
+    let outcome = cluster.claim(interaction(0), user_of(2, 1), now_ms()).await;
+    assert!(
+        matches!(outcome, ClaimOutcome::Degraded { answer: true, .. }),
+        "{outcome:?}"
+    );
+    assert!(cluster.redis_ping().await.is_err());
+
+    redis.restart();
+    wait_for("the node to connect by itself", PATIENCE, || {
+        cluster.is_ready() && cluster.membership().get(2).unwrap().alive
+    })
+    .await;
+    let outcome = cluster.claim(interaction(1), user_of(2, 1), now_ms()).await;
+    assert!(matches!(outcome, ClaimOutcome::Won { .. }), "{outcome:?}");
+    assert!(cluster.redis_ping().await.is_ok());
+    shutdown.cancel();
+    task.await.unwrap();
+}
