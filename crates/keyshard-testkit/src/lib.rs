@@ -9,6 +9,7 @@
 //! `#[test]`s, from `#[tokio::test]`s and from the simulator alike. The binary is
 //! `redis-server` from `PATH`, or the path in `KEYSHARD_REDIS_SERVER` when that is set.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -43,6 +44,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 /// A private `redis-server` on `127.0.0.1`, killed (and its temp dir removed) on drop.
 #[derive(Debug)]
 pub struct RedisServer {
+    bin: OsString,
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
@@ -55,7 +57,12 @@ impl RedisServer {
     /// If the server cannot be started, with a message that says how to install
     /// `redis-server` when the binary is missing.
     pub fn start() -> RedisServer {
-        match Self::try_start() {
+        Self::start_with(default_binary())
+    }
+
+    /// [`start`](Self::start) with an explicit `redis-server` binary.
+    pub fn start_with(bin: impl Into<OsString>) -> RedisServer {
+        match Self::try_start_with(bin) {
             Ok(server) => server,
             Err(e) if e.kind() == io::ErrorKind::NotFound => panic!(
                 "redis-server not found ({e}); install it: apt-get install redis-server, \
@@ -69,6 +76,11 @@ impl RedisServer {
     ///
     /// Fails with [`io::ErrorKind::NotFound`] when the `redis-server` binary is missing.
     pub fn try_start() -> io::Result<RedisServer> {
+        Self::try_start_with(default_binary())
+    }
+
+    /// [`try_start`](Self::try_start) with an explicit `redis-server` binary.
+    pub fn try_start_with(bin: impl Into<OsString>) -> io::Result<RedisServer> {
         let dir = std::env::temp_dir().join(format!(
             "keyshard-redis-{}-{}",
             std::process::id(),
@@ -76,6 +88,7 @@ impl RedisServer {
         ));
         fs::create_dir_all(&dir)?;
         let mut server = RedisServer {
+            bin: bin.into(),
             port: 0,
             dir,
             child: None,
@@ -160,8 +173,8 @@ impl RedisServer {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let bin = std::env::var_os(REDIS_SERVER_ENV).unwrap_or_else(|| "redis-server".into());
-        let child = Command::new(&bin)
+        let bin = &self.bin;
+        let child = Command::new(bin)
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
@@ -235,6 +248,11 @@ impl Drop for RedisServer {
         self.kill();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `redis-server` from `PATH`, or the binary named by [`REDIS_SERVER_ENV`].
+fn default_binary() -> OsString {
+    std::env::var_os(REDIS_SERVER_ENV).unwrap_or_else(|| "redis-server".into())
 }
 
 /// One raw `PING` over RESP; `Ok` only when the answer is `+PONG`.
@@ -341,6 +359,7 @@ mod tests {
     fn a_port_held_by_another_redis_is_not_taken_for_ours() {
         let other = RedisServer::start();
         let mut clash = RedisServer {
+            bin: default_binary(),
             port: other.port(),
             dir: other.dir.join("clash"),
             child: None,
@@ -349,6 +368,20 @@ mod tests {
         let err = clash.spawn_and_wait().expect_err("the port is taken");
         assert!(err.to_string().contains("exited during start"), "{err}");
         ping(other.port()).expect("the other server is untouched");
+    }
+
+    #[test]
+    fn a_missing_binary_is_reported_as_not_found() {
+        let err = RedisServer::try_start_with("/nonexistent/redis-server").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "install it: apt-get install redis-server, or run ./deploy-multi.sh test"
+    )]
+    fn start_explains_how_to_install_a_missing_binary() {
+        RedisServer::start_with("/nonexistent/redis-server");
     }
 
     #[test]
