@@ -1,15 +1,20 @@
 //! `keyshard status` and `keyshard assign <user_id>`: the cluster view from Redis, as readable
 //! tables or as JSON (`--json`) for scripts.
 
-use keyshard_cluster::{fetch_status, ClusterStatus};
-use keyshard_routing::{Assignment, UserId};
+use keyshard_cluster::{fetch_status, AssignReport, ClusterStatus};
+use keyshard_routing::UserId;
 
 use crate::config::ViewConfig;
 
 async fn read(view: &ViewConfig) -> anyhow::Result<ClusterStatus> {
-    fetch_status(&view.redis_url, &view.cluster_name, view.instance_count, &view.overload)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read the cluster view from Redis: {e}"))
+    fetch_status(
+        &view.redis_url,
+        &view.cluster_name,
+        view.instance_count,
+        &view.overload,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot read the cluster view from Redis: {e}"))
 }
 
 /// Prints every instance: alive or not, heartbeat age, load.
@@ -26,34 +31,29 @@ pub async fn status(view: &ViewConfig, json: bool) -> anyhow::Result<()> {
 /// Prints the user's primary instance, its effective owner now, and why.
 pub async fn assign(view: &ViewConfig, user: UserId, json: bool) -> anyhow::Result<()> {
     let status = read(view).await?;
-    let assignment = status.assign(user, &view.overload);
+    let report = status.assign_report(user, &view.overload);
     if json {
-        println!("{}", serde_json::to_string_pretty(&assignment_json(&assignment))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&assignment_json(&report))?
+        );
     } else {
-        print!("{}", render_assignment(&assignment));
+        print!("{}", report.render_table());
     }
     Ok(())
 }
 
-fn assignment_json(a: &Assignment) -> serde_json::Value {
+/// The JSON shape of `assign --json`: the report's fields, with `effective` naming the owner
+/// and the user id as a string (snowflakes overflow JavaScript numbers).
+fn assignment_json(r: &AssignReport) -> serde_json::Value {
     serde_json::json!({
-        "user_id": a.user.to_string(),
-        "primary": a.primary,
-        "effective": a.owner,
-        "reason": a.reason,
-        "explanation": a.reason.describe(),
+        "user_id": r.user.to_string(),
+        "primary": r.primary,
+        "effective": r.owner,
+        "reason": r.reason,
+        "explanation": r.reason_text,
+        "ladder": r.ladder,
     })
-}
-
-fn render_assignment(a: &Assignment) -> String {
-    let effective = a.owner.map_or_else(|| "none".to_owned(), |o| o.to_string());
-    format!(
-        "user       {}\nprimary    instance {}\neffective  instance {}\nreason     {}\n",
-        a.user,
-        a.primary,
-        effective,
-        a.reason.describe()
-    )
 }
 
 #[cfg(test)]
@@ -62,18 +62,19 @@ mod tests {
     use keyshard_routing::Reason;
 
     #[test]
-    fn assignment_renders_both_ways() {
-        let a = Assignment {
+    fn assign_json_names_primary_and_effective() {
+        let r = AssignReport {
             user: 12345,
             primary: 2,
             owner: Some(3),
             reason: Reason::PrimaryDown,
+            reason_text: Reason::PrimaryDown.describe().to_owned(),
+            ladder: Vec::new(),
         };
-        let v = assignment_json(&a);
+        let v = assignment_json(&r);
+        assert_eq!(v["user_id"], "12345");
         assert_eq!(v["primary"], 2);
         assert_eq!(v["effective"], 3);
         assert_eq!(v["reason"], "primary_down");
-        let text = render_assignment(&a);
-        assert!(text.contains("primary    instance 2") && text.contains("effective  instance 3"), "{text}");
     }
 }

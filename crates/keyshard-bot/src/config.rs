@@ -107,10 +107,14 @@ impl Config {
         let view = read_view(&mut env, instance_count);
         let admin_user_ids = env.id_list("ADMIN_USER_IDS");
         let guild_id = env.optional_parse::<u64>("GUILD_ID");
-        let discord_api_base = env.get("DISCORD_API_BASE").map(|b| b.trim_end_matches('/').to_owned());
+        let discord_api_base = env
+            .get("DISCORD_API_BASE")
+            .map(|b| b.trim_end_matches('/').to_owned());
         if let Some(base) = &discord_api_base {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
-                env.problem(format!("DISCORD_API_BASE={base:?} must start with http:// or https://"));
+                env.problem(format!(
+                    "DISCORD_API_BASE={base:?} must start with http:// or https://"
+                ));
             }
         }
         let http_bind = env.parse_with("HTTP_BIND", "0.0.0.0:8080", SocketAddr::from_str);
@@ -125,32 +129,77 @@ impl Config {
         }
         let defaults = ClaimTiming::default();
         let claim = ClaimTiming {
-            grace: Duration::from_millis(env.parse("CLAIM_GRACE_MS", defaults.grace.as_millis() as u64)),
-            step: Duration::from_millis(env.parse("CLAIM_STEP_MS", defaults.step.as_millis() as u64)),
+            grace: Duration::from_millis(
+                env.parse("CLAIM_GRACE_MS", defaults.grace.as_millis() as u64),
+            ),
+            step: Duration::from_millis(
+                env.parse("CLAIM_STEP_MS", defaults.step.as_millis() as u64),
+            ),
             margin: defaults.margin,
         };
 
-        let openai = env.provider("OPENAI", "https://api.openai.com/v1", 500, Some(200_000), Some(10_000), 16, 60).map(|common| {
-            OpenAiConfig {
-                chat_model: env.get("OPENAI_CHAT_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
-                image_model: env.get("OPENAI_IMAGE_MODEL").unwrap_or_else(|| "gpt-image-1".into()),
+        let openai = env
+            .provider(
+                "OPENAI",
+                "https://api.openai.com/v1",
+                500,
+                60,
+                Some(200_000),
+                Some(10_000),
+                16,
+                60,
+            )
+            .map(|common| OpenAiConfig {
+                chat_model: env
+                    .get("OPENAI_CHAT_MODEL")
+                    .unwrap_or_else(|| "gpt-4o-mini".into()),
+                image_model: env
+                    .get("OPENAI_IMAGE_MODEL")
+                    .unwrap_or_else(|| "gpt-image-1".into()),
+                // gpt-image-1 at tier 1 allows 5 images a minute, far below the chat limit.
+                image_rpm: env.parse("OPENAI_IMAGE_RPM", 5),
+                max_completion_tokens: env.parse("OPENAI_MAX_TOKENS", 1024),
                 common,
-            }
-        });
-        let minimax = env.provider("MINIMAX", "https://api.minimax.io", 10, None, None, 4, 120).map(|common| {
-            MiniMaxConfig {
-                image_model: env.get("MINIMAX_IMAGE_MODEL").unwrap_or_else(|| "image-01".into()),
-                video_model: env.get("MINIMAX_VIDEO_MODEL").unwrap_or_else(|| "MiniMax-Hailuo-02".into()),
+            });
+        let minimax = env
+            .provider(
+                "MINIMAX",
+                "https://api.minimax.io",
+                10,
+                60,
+                None,
+                None,
+                4,
+                120,
+            )
+            .map(|common| MiniMaxConfig {
+                image_model: env
+                    .get("MINIMAX_IMAGE_MODEL")
+                    .unwrap_or_else(|| "image-01".into()),
+                video_model: env
+                    .get("MINIMAX_VIDEO_MODEL")
+                    .unwrap_or_else(|| "MiniMax-Hailuo-02".into()),
                 video_rpm: env.parse("MINIMAX_VIDEO_RPM", 5),
                 common,
-            }
-        });
+            });
         let stability = env
-            .provider("STABILITY", "https://api.stability.ai", 600, None, None, 8, 90)
+            // Stability publishes 150 requests per 10 s (and a 60 s timeout beyond it).
+            .provider(
+                "STABILITY",
+                "https://api.stability.ai",
+                150,
+                10,
+                None,
+                None,
+                8,
+                90,
+            )
             .map(|common| StabilityConfig { common });
 
         if !env.problems.is_empty() {
-            return Err(ConfigError { problems: env.problems });
+            return Err(ConfigError {
+                problems: env.problems,
+            });
         }
         Ok(Config {
             discord_token,
@@ -207,7 +256,9 @@ impl ViewConfig {
         if env.problems.is_empty() {
             Ok(view)
         } else {
-            Err(ConfigError { problems: env.problems })
+            Err(ConfigError {
+                problems: env.problems,
+            })
         }
     }
 }
@@ -225,14 +276,21 @@ fn load_env_file() {
 }
 
 fn read_view(env: &mut Env<'_>, instance_count: u32) -> ViewConfig {
-    let redis_url = env.get("REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let redis_url = env
+        .get("REDIS_URL")
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     if redis::Client::open(redis_url.as_str()).is_err() {
         // The URL may carry a password: name the variable, not the value.
-        env.problem("REDIS_URL is not a valid Redis URL (expected redis://[:password@]host:port[/db])".into());
+        env.problem(
+            "REDIS_URL is not a valid Redis URL (expected redis://[:password@]host:port[/db])"
+                .into(),
+        );
     }
     let cluster_name = env.get("CLUSTER_NAME").unwrap_or_else(|| "keyshard".into());
     if cluster_name.is_empty() || cluster_name.contains(char::is_whitespace) {
-        env.problem(format!("CLUSTER_NAME={cluster_name:?} must be a non-empty word"));
+        env.problem(format!(
+            "CLUSTER_NAME={cluster_name:?} must be a non-empty word"
+        ));
     }
     let overload = OverloadPolicy {
         max_wait: Duration::from_secs_f64(env.parse("OVERLOAD_WAIT_SECS", 20.0f64).max(0.0)),
@@ -303,7 +361,12 @@ impl<'a> Env<'a> {
         }
     }
 
-    fn parse_with<T, E>(&mut self, name: &str, default: &str, f: impl Fn(&str) -> Result<T, E>) -> T {
+    fn parse_with<T, E>(
+        &mut self,
+        name: &str,
+        default: &str,
+        f: impl Fn(&str) -> Result<T, E>,
+    ) -> T {
         let v = self.get(name).unwrap_or_else(|| default.to_owned());
         match f(&v) {
             Ok(x) => x,
@@ -315,7 +378,9 @@ impl<'a> Env<'a> {
     }
 
     fn id_list(&mut self, name: &str) -> Vec<u64> {
-        let Some(v) = self.get(name) else { return Vec::new() };
+        let Some(v) = self.get(name) else {
+            return Vec::new();
+        };
         let mut ids = Vec::new();
         for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part.parse() {
@@ -330,7 +395,9 @@ impl<'a> Env<'a> {
     fn secret(&mut self, name: &str) -> Option<Secret> {
         let secret = Secret::new(self.get(name)?);
         if secret.looks_like_placeholder() {
-            self.problem(format!("{name} is still a placeholder; put the real value in .env.multi"));
+            self.problem(format!(
+                "{name} is still a placeholder; put the real value in .env.multi"
+            ));
         }
         Some(secret)
     }
@@ -342,6 +409,7 @@ impl<'a> Env<'a> {
         prefix: &str,
         base_url: &str,
         rpm: u32,
+        window_secs: u64,
         tpm: Option<u32>,
         rpd: Option<u32>,
         concurrency: u32,
@@ -354,24 +422,29 @@ impl<'a> Env<'a> {
             .trim_end_matches('/')
             .to_owned();
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            self.problem(format!("{prefix}_BASE_URL={base_url:?} must start with http:// or https://"));
+            self.problem(format!(
+                "{prefix}_BASE_URL={base_url:?} must start with http:// or https://"
+            ));
         }
         let limits = KeyLimits {
             rpm: self.parse(&format!("{prefix}_RPM"), rpm),
             tpm: self.optional_parse(&format!("{prefix}_TPM")).or(tpm),
             rpd: self.optional_parse(&format!("{prefix}_RPD")).or(rpd),
             concurrency: self.parse(&format!("{prefix}_CONCURRENCY"), concurrency),
+            window: Duration::from_secs(self.parse(&format!("{prefix}_WINDOW_SECS"), window_secs)),
         };
-        if limits.rpm == 0 || limits.concurrency == 0 {
-            self.problem(format!("{prefix}_RPM and {prefix}_CONCURRENCY must be at least 1"));
+        if limits.rpm == 0 || limits.concurrency == 0 || limits.window.is_zero() {
+            self.problem(format!(
+                "{prefix}_RPM, {prefix}_CONCURRENCY and {prefix}_WINDOW_SECS must be at least 1"
+            ));
         }
-        let timeout = Duration::from_secs(self.parse(&format!("{prefix}_TIMEOUT_SECS"), timeout_secs));
-        Some(ProviderConfig {
-            api_key,
-            base_url,
-            timeout,
-            limits,
-        })
+        let timeout =
+            Duration::from_secs(self.parse(&format!("{prefix}_TIMEOUT_SECS"), timeout_secs));
+        Some(
+            ProviderConfig::new(api_key, base_url)
+                .with_limits(limits)
+                .with_timeout(timeout),
+        )
     }
 }
 
@@ -380,7 +453,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -419,7 +495,12 @@ mod tests {
         .unwrap_err();
         let text = err.to_string();
         assert_eq!(err.problems.len(), 4, "{text}");
-        for needle in ["INSTANCE_ID=5", "DISCORD_TOKEN is missing", "REDIS_URL", "OPENAI_RPM=\"lots\""] {
+        for needle in [
+            "INSTANCE_ID=5",
+            "DISCORD_TOKEN is missing",
+            "REDIS_URL",
+            "OPENAI_RPM=\"lots\"",
+        ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
     }
@@ -433,7 +514,10 @@ mod tests {
         ]))
         .unwrap();
         let debug = format!("{c:?}");
-        assert!(!debug.contains("secret-token") && !debug.contains("sk-very-secret"), "{debug}");
+        assert!(
+            !debug.contains("secret-token") && !debug.contains("sk-very-secret"),
+            "{debug}"
+        );
         assert!(debug.contains("***"));
     }
 
@@ -446,14 +530,21 @@ mod tests {
         ]))
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("DISCORD_TOKEN is still a placeholder"), "{text}");
-        assert!(text.contains("MINIMAX_API_KEY is still a placeholder"), "{text}");
+        assert!(
+            text.contains("DISCORD_TOKEN is still a placeholder"),
+            "{text}"
+        );
+        assert!(
+            text.contains("MINIMAX_API_KEY is still a placeholder"),
+            "{text}"
+        );
         assert!(!text.contains("your-discord-bot-token"));
     }
 
     #[test]
     fn view_config_needs_no_token() {
-        let v = ViewConfig::from_lookup(|k| (k == "CLUSTER_NAME").then(|| "c1".to_string())).unwrap();
+        let v =
+            ViewConfig::from_lookup(|k| (k == "CLUSTER_NAME").then(|| "c1".to_string())).unwrap();
         assert_eq!((v.cluster_name.as_str(), v.instance_count), ("c1", 4));
     }
 }

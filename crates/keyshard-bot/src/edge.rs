@@ -73,7 +73,7 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
             return Ok(false);
         };
         let data = ctx.data();
-        let command = ctx.command().name.as_str();
+        let command: &str = &ctx.command().name;
         if data.state.is_draining() {
             // Peers see the draining flag in our heartbeat and the fallback ladder takes over.
             data.metrics.interactions.inc(&[command, "draining"]);
@@ -149,15 +149,25 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                     return;
                 }
                 tracing::warn!(command = %ctx.command().name, "command failed: {}", describe(&error));
-                ctx.data().metrics.interactions.inc(&[&ctx.command().name, "error"]);
+                ctx.data()
+                    .metrics
+                    .interactions
+                    .inc(&[&ctx.command().name, "error"]);
                 let reply = poise::CreateReply::default()
                     .content("⚠️ 요청을 처리하는 중 문제가 생겼어요. 잠시 후 다시 시도해 주세요.")
                     .ephemeral(true);
                 if let Err(e) = ctx.send(reply).await {
-                    tracing::debug!("could not report the error to the user: {}", redact(&e.to_string()));
+                    tracing::debug!(
+                        "could not report the error to the user: {}",
+                        redact(&e.to_string())
+                    );
                 }
             }
-            poise::FrameworkError::CommandCheckFailed { error: Some(error), ctx, .. } => {
+            poise::FrameworkError::CommandCheckFailed {
+                error: Some(error),
+                ctx,
+                ..
+            } => {
                 tracing::warn!(command = %ctx.command().name, "claim check failed: {}", describe(&error));
             }
             other => {
@@ -172,6 +182,7 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
 /// Builds the serenity client with the poise framework.
 pub async fn build_client(data: Data) -> anyhow::Result<serenity::Client> {
     let config = data.config.clone();
+    let setup_config = config.clone();
     let state = data.state.clone();
     let commands = crate::commands::all();
     let framework = poise::Framework::builder()
@@ -179,8 +190,9 @@ pub async fn build_client(data: Data) -> anyhow::Result<serenity::Client> {
             commands,
             command_check: Some(claim_check),
             on_error,
-            event_handler: |_ctx, event, _framework, data| {
+            event_handler: |framework, event| {
                 Box::pin(async move {
+                    let data = framework.user_data;
                     match event {
                         serenity::FullEvent::Ready { .. } | serenity::FullEvent::Resume { .. } => {
                             data.state.gateway_ready.store(true, Ordering::Release);
@@ -204,9 +216,14 @@ pub async fn build_client(data: Data) -> anyhow::Result<serenity::Client> {
                 tracing::info!(session = %ready.session_id.len(), "gateway READY");
                 state.gateway_ready.store(true, Ordering::Release);
                 let commands = &framework.options().commands;
-                match config.guild_id {
+                match setup_config.guild_id {
                     Some(guild) => {
-                        poise::builtins::register_in_guild(ctx, commands, serenity::GuildId::new(guild)).await?
+                        poise::builtins::register_in_guild(
+                            ctx,
+                            commands,
+                            serenity::GuildId::new(guild),
+                        )
+                        .await?
                     }
                     None => poise::builtins::register_globally(ctx, commands).await?,
                 }

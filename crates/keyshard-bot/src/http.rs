@@ -59,7 +59,6 @@ impl Probe {
 
     pub fn sample(&self) -> ClusterSample {
         let m = self.cluster.metrics().snapshot();
-        let load = self.cluster.load();
         ClusterSample {
             claims_won: m.claims_won,
             claims_lost: m.claims_lost,
@@ -69,8 +68,8 @@ impl Probe {
             redis_errors: m.redis_errors,
             degraded: self.cluster.is_degraded(),
             alive_instances: self.cluster.membership().alive_count(),
-            queue_depth: load.queue_depth,
-            in_flight: load.in_flight,
+            queue_depth: 0,
+            in_flight: self.state.in_flight.load(Ordering::Acquire) as u64,
         }
     }
 }

@@ -32,12 +32,22 @@ impl CounterVec {
         debug_assert_eq!(label_values.len(), self.labels.len());
         let key = label_values.iter().map(|s| s.to_string()).collect();
         // A std Mutex is right here: the critical section is a map update, never held across an await.
-        *self.values.lock().expect("metrics lock").entry(key).or_default() += n;
+        *self
+            .values
+            .lock()
+            .expect("metrics lock")
+            .entry(key)
+            .or_default() += n;
     }
 
     pub fn get(&self, label_values: &[&str]) -> u64 {
         let key: Vec<String> = label_values.iter().map(|s| s.to_string()).collect();
-        self.values.lock().expect("metrics lock").get(&key).copied().unwrap_or(0)
+        self.values
+            .lock()
+            .expect("metrics lock")
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -80,7 +90,8 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
@@ -90,7 +101,11 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
         }
         let count = self.count();
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
@@ -111,7 +126,9 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             interactions: CounterVec::new(&["command", "outcome"]),
-            ack_latency: Histogram::new(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            ack_latency: Histogram::new(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
         }
     }
 }
@@ -134,8 +151,16 @@ impl Metrics {
     /// The whole exposition text.
     pub fn render(&self, cluster: &ClusterSample) -> String {
         let mut out = String::with_capacity(4096);
-        self.interactions.render(&mut out, "keyshard_interactions_total", "Interactions seen, by command and outcome.");
-        self.ack_latency.render(&mut out, "keyshard_ack_latency_seconds", "From the claim decision to the acknowledgement sent to Discord.");
+        self.interactions.render(
+            &mut out,
+            "keyshard_interactions_total",
+            "Interactions seen, by command and outcome.",
+        );
+        self.ack_latency.render(
+            &mut out,
+            "keyshard_ack_latency_seconds",
+            "From the claim decision to the acknowledgement sent to Discord.",
+        );
         let gauge = |out: &mut String, name: &str, help: &str, v: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
@@ -156,10 +181,30 @@ impl Metrics {
             "# HELP keyshard_redis_errors_total Redis calls that failed or timed out.\n# TYPE keyshard_redis_errors_total counter\nkeyshard_redis_errors_total {}",
             cluster.redis_errors
         );
-        gauge(&mut out, "keyshard_redis_degraded", "1 while Redis is unreachable and the static rule is in force.", u8::from(cluster.degraded).to_string());
-        gauge(&mut out, "keyshard_cluster_alive_instances", "Instances whose heartbeat this instance sees.", cluster.alive_instances.to_string());
-        gauge(&mut out, "keyshard_queue_depth", "Jobs waiting in this instance's queue.", cluster.queue_depth.to_string());
-        gauge(&mut out, "keyshard_jobs_in_flight", "Jobs this instance is running.", cluster.in_flight.to_string());
+        gauge(
+            &mut out,
+            "keyshard_redis_degraded",
+            "1 while Redis is unreachable and the static rule is in force.",
+            u8::from(cluster.degraded).to_string(),
+        );
+        gauge(
+            &mut out,
+            "keyshard_cluster_alive_instances",
+            "Instances whose heartbeat this instance sees.",
+            cluster.alive_instances.to_string(),
+        );
+        gauge(
+            &mut out,
+            "keyshard_queue_depth",
+            "Jobs waiting in this instance's queue.",
+            cluster.queue_depth.to_string(),
+        );
+        gauge(
+            &mut out,
+            "keyshard_jobs_in_flight",
+            "Jobs this instance is running.",
+            cluster.in_flight.to_string(),
+        );
         out
     }
 }
@@ -186,7 +231,10 @@ mod tests {
             queue_depth: 0,
             in_flight: 0,
         });
-        assert!(text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"), "{text}");
+        assert!(
+            text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("keyshard_ack_latency_seconds_bucket{le=\"0.0025\"} 0"));
         assert!(text.contains("keyshard_ack_latency_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("keyshard_claims_total{result=\"lost\"} 6"));

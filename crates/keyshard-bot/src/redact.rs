@@ -18,12 +18,14 @@ pub fn redact(text: &str) -> String {
         out.push_str(&rest[..after]);
         rest = &rest[after..];
         // The id segment is kept; the segment after it is the token.
-        let id_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let id_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if id_end > 0 && rest[id_end..].starts_with('/') {
             out.push_str(&rest[..=id_end]);
             rest = &rest[id_end + 1..];
             let token_end = rest
-                .find(|c: char| matches!(c, '/' | '?' | ')' | ' ' | '"' | '\''))
+                .find(['/', '?', ')', ' ', '"', '\''])
                 .unwrap_or(rest.len());
             if token_end > 0 {
                 out.push_str("***");
@@ -47,7 +49,10 @@ mod tests {
             "error sending request for url (http://127.0.0.1:9/i/2/api/v10/interactions/1100/***/callback)"
         );
         let s = "PATCH /api/v10/webhooks/42/secret-token/messages/@original?&wait=true";
-        assert_eq!(redact(s), "PATCH /api/v10/webhooks/42/***/messages/@original?&wait=true");
+        assert_eq!(
+            redact(s),
+            "PATCH /api/v10/webhooks/42/***/messages/@original?&wait=true"
+        );
     }
 
     #[test]

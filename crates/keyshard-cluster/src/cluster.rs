@@ -75,7 +75,7 @@ pub struct Cluster {
 
 struct Inner {
     cfg: ClusterConfig,
-    redis: Redis,
+    redis: Arc<Redis>,
     hb_key: String,
     membership: RwLock<Arc<Membership>>,
     status: RwLock<Option<(Instant, Arc<ClusterStatus>)>>,
@@ -103,7 +103,7 @@ impl Cluster {
     /// [`spawn`](Self::spawn)'s loops connect in the background (and keep retrying).
     pub fn new(cfg: ClusterConfig) -> Result<Cluster, ClusterError> {
         cfg.validate()?;
-        let redis = Redis::open(&cfg.redis_url)?;
+        let redis = Arc::new(Redis::open(&cfg.redis_url)?);
         Ok(Cluster {
             inner: Arc::new(Inner {
                 hb_key: keys::heartbeat(&cfg.cluster_name, cfg.instance_id),
@@ -163,6 +163,16 @@ impl Cluster {
         tokio::spawn(async move {
             tokio::join!(hb, snap);
         })
+    }
+
+    /// The shared, self-reconnecting Redis handle (for the job and statistics modules).
+    pub(crate) fn redis(&self) -> Arc<Redis> {
+        self.inner.redis.clone()
+    }
+
+    /// A client for connections of their own (blocking stream reads).
+    pub(crate) fn redis_client(&self) -> redis::Client {
+        self.inner.redis.client()
     }
 
     pub fn config(&self) -> &ClusterConfig {

@@ -44,6 +44,10 @@ impl Redis {
         })
     }
 
+    pub(crate) fn client(&self) -> redis::Client {
+        self.client.clone()
+    }
+
     fn manager(&self) -> Result<ConnectionManager, ClusterError> {
         // The lock only guards a clone of an `Arc`-backed handle, never an await point, so a
         // std lock is right here (the mini-redis rule).

@@ -179,7 +179,10 @@ impl JobContext {
         match r {
             Ok(v) => v.is_some(),
             Err(e) => {
-                tracing::warn!(job = job_id, "cannot check the delivery marker, delivering anyway: {e}");
+                tracing::warn!(
+                    job = job_id,
+                    "cannot check the delivery marker, delivering anyway: {e}"
+                );
                 true
             }
         }
@@ -187,7 +190,11 @@ impl JobContext {
 
     /// Saves resumable progress (e.g. a provider's task id) so a rescuer continues the job
     /// instead of starting it again.
-    pub async fn save_state(&self, job_id: u64, state: &serde_json::Value) -> Result<(), ClusterError> {
+    pub async fn save_state(
+        &self,
+        job_id: u64,
+        state: &serde_json::Value,
+    ) -> Result<(), ClusterError> {
         let key = format!("{}:jobstate:{job_id}", self.jobs.inner.prefix);
         let value = state.to_string();
         self.jobs
@@ -206,7 +213,9 @@ impl JobContext {
             .jobs
             .inner
             .redis
-            .run("load job state", OP_BUDGET, move |mut c| async move { c.get(&key).await })
+            .run("load job state", OP_BUDGET, move |mut c| async move {
+                c.get(&key).await
+            })
             .await
             .ok()
             .flatten();
@@ -278,7 +287,10 @@ impl Jobs {
                 prefix: cfg.cluster_name.clone(),
                 me: cfg.instance_id,
                 count: cfg.instance_count,
-                kinds: JobKind::ALL.iter().map(|k| (*k, KindCounters::default())).collect(),
+                kinds: JobKind::ALL
+                    .iter()
+                    .map(|k| (*k, KindCounters::default()))
+                    .collect(),
                 completions: Mutex::new(VecDeque::new()),
                 started: Instant::now(),
                 local: Mutex::new(HashMap::new()),
@@ -306,7 +318,10 @@ impl Jobs {
         match self.xadd(&stream, &job).await {
             Ok(()) => Ok(()),
             Err(e) => {
-                tracing::warn!(job = job.id, "Redis cannot take the job; running it in-process: {e}");
+                tracing::warn!(
+                    job = job.id,
+                    "Redis cannot take the job; running it in-process: {e}"
+                );
                 self.run_local(job)
             }
         }
@@ -315,7 +330,9 @@ impl Jobs {
     fn run_local(&self, job: Job) -> Result<(), ClusterError> {
         let handler = self.inner.handler.lock().expect("jobs lock").clone();
         let Some(handler) = handler else {
-            return Err(ClusterError::InvalidConfig("job workers are not running".into()));
+            return Err(ClusterError::InvalidConfig(
+                "job workers are not running".into(),
+            ));
         };
         let permits = self
             .inner
@@ -329,9 +346,15 @@ impl Jobs {
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let kind = job.kind;
-            jobs.counters(kind).in_flight.fetch_add(1, Ordering::Relaxed);
-            let outcome = handler.handle(job.clone(), JobContext { jobs: jobs.clone() }).await;
-            jobs.counters(kind).in_flight.fetch_sub(1, Ordering::Relaxed);
+            jobs.counters(kind)
+                .in_flight
+                .fetch_add(1, Ordering::Relaxed);
+            let outcome = handler
+                .handle(job.clone(), JobContext { jobs: jobs.clone() })
+                .await;
+            jobs.counters(kind)
+                .in_flight
+                .fetch_sub(1, Ordering::Relaxed);
             jobs.finish(job, outcome).await;
         });
         Ok(())
@@ -389,7 +412,10 @@ impl Jobs {
                         self.inner.moved.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(job = job.id, to = peer, %reason, "moved the job to a peer");
                     }
-                    Err(e) => tracing::warn!(job = job.id, "could not move the job to instance {peer}: {e}"),
+                    Err(e) => tracing::warn!(
+                        job = job.id,
+                        "could not move the job to instance {peer}: {e}"
+                    ),
                 }
             }
         }
@@ -397,8 +423,18 @@ impl Jobs {
 
     /// The load to publish with the heartbeat.
     pub fn load(&self) -> Load {
-        let in_flight: u64 = self.inner.kinds.values().map(|k| k.in_flight.load(Ordering::Relaxed)).sum();
-        let stream_len: u64 = self.inner.kinds.values().map(|k| k.stream_len.load(Ordering::Relaxed)).sum();
+        let in_flight: u64 = self
+            .inner
+            .kinds
+            .values()
+            .map(|k| k.in_flight.load(Ordering::Relaxed))
+            .sum();
+        let stream_len: u64 = self
+            .inner
+            .kinds
+            .values()
+            .map(|k| k.stream_len.load(Ordering::Relaxed))
+            .sum();
         Load {
             // Entries stay in the stream while a worker runs them.
             queue_depth: stream_len.saturating_sub(in_flight),
@@ -415,7 +451,11 @@ impl Jobs {
         if c.is_empty() {
             return 0.0;
         }
-        let window = self.inner.started.elapsed().clamp(Duration::from_secs(5), RATE_WINDOW);
+        let window = self
+            .inner
+            .started
+            .elapsed()
+            .clamp(Duration::from_secs(5), RATE_WINDOW);
         c.len() as f64 / window.as_secs_f64()
     }
 
@@ -450,24 +490,41 @@ impl Jobs {
             let jobs = self.clone();
             let handler = handler.clone();
             let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move { jobs.reader(kind, n, handler, shutdown).await }));
+            tasks.push(tokio::spawn(async move {
+                jobs.reader(kind, n, handler, shutdown).await
+            }));
         }
         let interval = self.inner.cluster.config().heartbeat;
         let jobs = self.clone();
-        tasks.push(tokio::spawn(run_every("job load", interval, shutdown.clone(), None, move || {
-            let jobs = jobs.clone();
-            async move { jobs.sample_load().await }
-        })));
+        tasks.push(tokio::spawn(run_every(
+            "job load",
+            interval,
+            shutdown.clone(),
+            None,
+            move || {
+                let jobs = jobs.clone();
+                async move { jobs.sample_load().await }
+            },
+        )));
         let jobs = self.clone();
-        tasks.push(tokio::spawn(run_every("job rescue", interval, shutdown, None, move || {
-            let jobs = jobs.clone();
-            async move { jobs.rescue_dead().await }
-        })));
+        tasks.push(tokio::spawn(run_every(
+            "job rescue",
+            interval,
+            shutdown,
+            None,
+            move || {
+                let jobs = jobs.clone();
+                async move { jobs.rescue_dead().await }
+            },
+        )));
         tasks
     }
 
     async fn sample_load(&self) -> Result<(), ClusterError> {
-        let streams: Vec<(JobKind, String)> = JobKind::ALL.iter().map(|k| (*k, self.stream(self.inner.me, *k))).collect();
+        let streams: Vec<(JobKind, String)> = JobKind::ALL
+            .iter()
+            .map(|k| (*k, self.stream(self.inner.me, *k)))
+            .collect();
         let keys: Vec<String> = streams.iter().map(|(_, s)| s.clone()).collect();
         let lens: Vec<u64> = self
             .inner
@@ -481,7 +538,9 @@ impl Jobs {
             })
             .await?;
         for ((kind, _), len) in streams.iter().zip(lens) {
-            self.counters(*kind).stream_len.store(len, Ordering::Relaxed);
+            self.counters(*kind)
+                .stream_len
+                .store(len, Ordering::Relaxed);
         }
         self.inner.cluster.set_load(self.load());
         Ok(())
@@ -489,7 +548,13 @@ impl Jobs {
 
     /// One kind's reader: takes an entry whenever a worker slot is free, first this
     /// consumer's own pending entries (a restart resumes its unfinished jobs), then new ones.
-    async fn reader(&self, kind: JobKind, slots: usize, handler: Arc<dyn JobHandler>, shutdown: CancellationToken) {
+    async fn reader(
+        &self,
+        kind: JobKind,
+        slots: usize,
+        handler: Arc<dyn JobHandler>,
+        shutdown: CancellationToken,
+    ) {
         let stream = self.stream(self.inner.me, kind);
         let consumer = self.consumer();
         let permits = Arc::new(Semaphore::new(slots));
@@ -524,7 +589,11 @@ impl Jobs {
             };
             let start_id = if backlog_done { ">" } else { "0" };
             let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP").arg(GROUP).arg(&consumer).arg("COUNT").arg(1);
+            cmd.arg("GROUP")
+                .arg(GROUP)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(1);
             if backlog_done {
                 cmd.arg("BLOCK").arg(READ_BLOCK_MS);
             }
@@ -534,7 +603,9 @@ impl Jobs {
                 r = cmd.query_async(c) => r,
             };
             let entry = match read {
-                Ok(reply) => reply.and_then(|r| r.keys.into_iter().next()).and_then(|k| k.ids.into_iter().next()),
+                Ok(reply) => reply
+                    .and_then(|r| r.keys.into_iter().next())
+                    .and_then(|k| k.ids.into_iter().next()),
                 Err(e) => {
                     tracing::debug!(stream, "job read failed: {e}");
                     conn = None;
@@ -557,31 +628,43 @@ impl Jobs {
             let stream = stream.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                jobs.counters(kind).in_flight.fetch_add(1, Ordering::Relaxed);
-                let outcome = handler.handle(job.clone(), JobContext { jobs: jobs.clone() }).await;
+                jobs.counters(kind)
+                    .in_flight
+                    .fetch_add(1, Ordering::Relaxed);
+                let outcome = handler
+                    .handle(job.clone(), JobContext { jobs: jobs.clone() })
+                    .await;
                 jobs.finish(job, outcome).await;
                 if let Err(e) = jobs.ack(&stream, &entry.id).await {
                     // The entry stays pending; a restart or a rescuer runs it again and the
                     // done marker keeps the answer single.
                     tracing::warn!("could not acknowledge a finished job: {e}");
                 }
-                jobs.counters(kind).in_flight.fetch_sub(1, Ordering::Relaxed);
+                jobs.counters(kind)
+                    .in_flight
+                    .fetch_sub(1, Ordering::Relaxed);
             });
         }
     }
 
     /// A connection of its own for blocking reads, with the group created.
-    async fn dedicated(&self, stream: &str) -> Result<redis::aio::MultiplexedConnection, ClusterError> {
-        let mut c = tokio::time::timeout(Duration::from_secs(2), self.inner.client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| ClusterError::Timeout {
-                op: "job reader connect",
-                timeout: Duration::from_secs(2),
-            })?
-            .map_err(|source| ClusterError::Redis {
-                op: "job reader connect",
-                source,
-            })?;
+    async fn dedicated(
+        &self,
+        stream: &str,
+    ) -> Result<redis::aio::MultiplexedConnection, ClusterError> {
+        let mut c = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.inner.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| ClusterError::Timeout {
+            op: "job reader connect",
+            timeout: Duration::from_secs(2),
+        })?
+        .map_err(|source| ClusterError::Redis {
+            op: "job reader connect",
+            source,
+        })?;
         ensure_group(&mut c, stream).await?;
         Ok(c)
     }
@@ -620,7 +703,10 @@ impl Jobs {
             .map(|s| s.id)
             .collect();
         for d in dead {
-            let streams: Vec<(JobKind, String)> = JobKind::ALL.iter().map(|k| (*k, self.stream(d, *k))).collect();
+            let streams: Vec<(JobKind, String)> = JobKind::ALL
+                .iter()
+                .map(|k| (*k, self.stream(d, *k)))
+                .collect();
             let keys: Vec<String> = streams.iter().map(|(_, s)| s.clone()).collect();
             let lens: Vec<u64> = self
                 .inner
@@ -644,7 +730,12 @@ impl Jobs {
                     let moved = self.move_entries(&stream, kind).await?;
                     if moved > 0 {
                         self.inner.rescued.fetch_add(moved, Ordering::Relaxed);
-                        tracing::info!(from = d, kind = kind.as_str(), moved, "rescued jobs of a dead instance");
+                        tracing::info!(
+                            from = d,
+                            kind = kind.as_str(),
+                            moved,
+                            "rescued jobs of a dead instance"
+                        );
                     }
                 }
             }
@@ -677,7 +768,9 @@ impl Jobs {
         let holder: Option<String> = self
             .inner
             .redis
-            .run("rescue lock", OP_BUDGET, move |mut c| async move { c.get(&key).await })
+            .run("rescue lock", OP_BUDGET, move |mut c| async move {
+                c.get(&key).await
+            })
             .await?;
         Ok(holder.as_deref() == Some(me.to_string().as_str()))
     }
@@ -691,40 +784,44 @@ impl Jobs {
         let entries: Vec<StreamId> = self
             .inner
             .redis
-            .run("rescue read", Duration::from_secs(2), move |mut c| async move {
-                let _: redis::RedisResult<()> = redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async(&mut c)
-                    .await;
-                let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg(&consumer)
-                    .arg(0)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(RESCUE_BATCH)
-                    .query_async(&mut c)
-                    .await?;
-                let unread: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&consumer)
-                    .arg("COUNT")
-                    .arg(RESCUE_BATCH)
-                    .arg("STREAMS")
-                    .arg(&stream)
-                    .arg(">")
-                    .query_async(&mut c)
-                    .await?;
-                let mut all = claimed.claimed;
-                all.extend(unread.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
-                Ok(all)
-            })
+            .run(
+                "rescue read",
+                Duration::from_secs(2),
+                move |mut c| async move {
+                    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&stream)
+                        .arg(GROUP)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async(&mut c)
+                        .await;
+                    let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                        .arg(&stream)
+                        .arg(GROUP)
+                        .arg(&consumer)
+                        .arg(0)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(RESCUE_BATCH)
+                        .query_async(&mut c)
+                        .await?;
+                    let unread: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg(GROUP)
+                        .arg(&consumer)
+                        .arg("COUNT")
+                        .arg(RESCUE_BATCH)
+                        .arg("STREAMS")
+                        .arg(&stream)
+                        .arg(">")
+                        .query_async(&mut c)
+                        .await?;
+                    let mut all = claimed.claimed;
+                    all.extend(unread.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids));
+                    Ok(all)
+                },
+            )
             .await?;
         let mut moved = 0;
         for entry in entries {
@@ -751,7 +848,10 @@ pub fn stream_key(prefix: &str, instance: InstanceId, kind: JobKind) -> String {
     format!("{prefix}:jobs:{instance}:{}", kind.as_str())
 }
 
-async fn ensure_group(c: &mut redis::aio::MultiplexedConnection, stream: &str) -> Result<(), ClusterError> {
+async fn ensure_group(
+    c: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> Result<(), ClusterError> {
     let r: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)

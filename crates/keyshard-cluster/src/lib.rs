@@ -13,6 +13,9 @@
 //! - [`cluster`]: the [`Cluster`] handle, [`ClaimOutcome`], degraded mode.
 //! - [`status`]: the read-only view for the CLI and the simulator ([`fetch_status`],
 //!   [`ClusterStatus`], [`AssignReport`]).
+//! - [`jobs`]: durable jobs on per-instance Redis Streams, workers, rescue of a dead peer's
+//!   jobs, idempotent delivery ([`Jobs`], [`Job`], [`JobHandler`]).
+//! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
 //! - [`heartbeat`]: the heartbeat JSON.
 //! - [`keys`]: the Redis key layout.
 //! - [`metrics`]: counters ([`ClusterMetrics`]).
@@ -24,8 +27,10 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod heartbeat;
+pub mod jobs;
 pub mod keys;
 pub mod metrics;
+pub mod stats;
 pub mod status;
 
 mod conn;
@@ -35,7 +40,9 @@ pub use cluster::{ClaimOutcome, Cluster, BACKGROUND_BUDGET, CLAIM_BUDGET};
 pub use config::{ClusterConfig, Load};
 pub use error::{redact_url, ClusterError};
 pub use heartbeat::Heartbeat;
+pub use jobs::{Job, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
+pub use stats::{read_window, Stats, Window};
 pub use status::{
     fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,
 };

@@ -30,7 +30,20 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Upper bounds of the completion-latency buckets, in milliseconds (the last is open-ended).
 pub const LATENCY_BOUNDS_MS: [u64; 14] = [
-    50, 100, 250, 500, 1_000, 2_000, 4_000, 8_000, 15_000, 30_000, 60_000, 120_000, 300_000, u64::MAX,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_000,
+    4_000,
+    8_000,
+    15_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+    u64::MAX,
 ];
 
 fn minute_of(ms: u64) -> u64 {
@@ -90,7 +103,10 @@ impl Stats {
         let what = if ok { "done" } else { "failed" };
         self.add(format!("{what}:{}:{command}", self.me), 1);
         let ms = latency.as_millis() as u64;
-        let bucket = LATENCY_BOUNDS_MS.iter().position(|b| ms <= *b).unwrap_or(LATENCY_BOUNDS_MS.len() - 1);
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len() - 1);
         self.add(format!("lat:{command}:{bucket}"), 1);
     }
 
@@ -109,17 +125,21 @@ impl Stats {
         let to_send = batch.clone();
         let result = self
             .redis
-            .run("stats flush", Duration::from_millis(500), move |mut c| async move {
-                let mut pipe = redis::pipe();
-                for (minute, fields) in &to_send {
-                    let key = format!("{prefix}:stats:{minute}");
-                    for (field, n) in fields {
-                        pipe.cmd("HINCRBY").arg(&key).arg(field).arg(*n).ignore();
+            .run(
+                "stats flush",
+                Duration::from_millis(500),
+                move |mut c| async move {
+                    let mut pipe = redis::pipe();
+                    for (minute, fields) in &to_send {
+                        let key = format!("{prefix}:stats:{minute}");
+                        for (field, n) in fields {
+                            pipe.cmd("HINCRBY").arg(&key).arg(field).arg(*n).ignore();
+                        }
+                        pipe.cmd("PEXPIRE").arg(&key).arg(BUCKET_TTL_MS).ignore();
                     }
-                    pipe.cmd("PEXPIRE").arg(&key).arg(BUCKET_TTL_MS).ignore();
-                }
-                pipe.query_async::<()>(&mut c).await
-            })
+                    pipe.query_async::<()>(&mut c).await
+                },
+            )
             .await;
         if result.is_err() {
             // Put the counts back so an outage delays statistics instead of losing them.
@@ -185,7 +205,9 @@ impl Window {
         let mut out = BTreeMap::new();
         for (k, v) in &self.fields {
             let mut parts = k.splitn(3, ':');
-            if let (Some("provider"), Some(id), Some(provider)) = (parts.next(), parts.next(), parts.next()) {
+            if let (Some("provider"), Some(id), Some(provider)) =
+                (parts.next(), parts.next(), parts.next())
+            {
                 if let Ok(id) = id.parse() {
                     *out.entry((id, provider.to_owned())).or_default() += (*v).max(0) as u64;
                 }
@@ -197,7 +219,9 @@ impl Window {
     /// The `q` quantile (0..=1) of a command's completion latency, as the upper bound of the
     /// bucket it falls in; `None` without samples.
     pub fn latency_quantile_ms(&self, command: &str, q: f64) -> Option<u64> {
-        let counts: Vec<u64> = (0..LATENCY_BOUNDS_MS.len()).map(|b| self.get(&format!("lat:{command}:{b}"))).collect();
+        let counts: Vec<u64> = (0..LATENCY_BOUNDS_MS.len())
+            .map(|b| self.get(&format!("lat:{command}:{b}")))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -231,16 +255,22 @@ impl Window {
 pub async fn read_window(cluster: &Cluster, minutes: u64) -> Result<Window, ClusterError> {
     let prefix = cluster.config().cluster_name.clone();
     let now = minute_of(now_ms());
-    let keys: Vec<String> = (0..minutes.max(1)).map(|m| format!("{prefix}:stats:{}", now - m)).collect();
+    let keys: Vec<String> = (0..minutes.max(1))
+        .map(|m| format!("{prefix}:stats:{}", now - m))
+        .collect();
     let hashes: Vec<HashMap<String, i64>> = cluster
         .redis()
-        .run("stats read", Duration::from_millis(800), move |mut c| async move {
-            let mut pipe = redis::pipe();
-            for k in &keys {
-                pipe.cmd("HGETALL").arg(k);
-            }
-            pipe.query_async(&mut c).await
-        })
+        .run(
+            "stats read",
+            Duration::from_millis(800),
+            move |mut c| async move {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HGETALL").arg(k);
+                }
+                pipe.query_async(&mut c).await
+            },
+        )
         .await?;
     let mut fields: HashMap<String, i64> = HashMap::new();
     for h in hashes {

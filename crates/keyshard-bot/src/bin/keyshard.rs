@@ -7,7 +7,11 @@ use keyshard_bot::{cli, Config, ViewConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "keyshard", version, about = "A Discord AI bot that runs as a cluster of instances")]
+#[command(
+    name = "keyshard",
+    version,
+    about = "A Discord AI bot that runs as a cluster of instances"
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -33,7 +37,10 @@ enum Command {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,serenity=warn,poise=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -57,7 +64,9 @@ fn main() -> ExitCode {
                 keyshard_bot::run(config, shutdown).await
             }
             Command::Status { json } => cli::status(&ViewConfig::from_env()?, json).await,
-            Command::Assign { user_id, json } => cli::assign(&ViewConfig::from_env()?, user_id, json).await,
+            Command::Assign { user_id, json } => {
+                cli::assign(&ViewConfig::from_env()?, user_id, json).await
+            }
         }
     });
     match result {
@@ -74,15 +83,16 @@ async fn signal_shutdown(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -77,10 +77,20 @@ mod tests {
 
     #[test]
     fn takeover_is_explained() {
-        let text = render(3, 4, 2, Reason::PrimaryDown, Duration::from_millis(41), Some(Duration::from_micros(350)));
+        let text = render(
+            3,
+            4,
+            2,
+            Reason::PrimaryDown,
+            Duration::from_millis(41),
+            Some(Duration::from_micros(350)),
+        );
         assert!(text.starts_with("🏓 퐁! 인스턴스 3/4"), "{text}");
         assert!(text.contains("인스턴스 2이(가) 응답하지 않아"), "{text}");
-        assert!(text.contains("41 ms") && text.contains("0.3 ms") && text.contains("기본 인스턴스: 2"), "{text}");
+        assert!(
+            text.contains("41 ms") && text.contains("0.3 ms") && text.contains("기본 인스턴스: 2"),
+            "{text}"
+        );
     }
 
     #[test]
