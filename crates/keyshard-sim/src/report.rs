@@ -101,6 +101,32 @@ pub struct CommandReport {
     pub completion_p50_ms: f64,
 }
 
+/// One interaction answered by someone it should not have been.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RouteExample {
+    pub interaction_id: u64,
+    pub user_id: u64,
+    pub primary: u32,
+    pub answered_by: u32,
+    /// Seconds from the first dispatch to this one.
+    pub sent_at_s: f64,
+    pub ack_after_ms: f64,
+}
+
+/// One interaction nobody acknowledged, with the callback attempts it did get.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LostExample {
+    pub interaction_id: u64,
+    pub user_id: u64,
+    pub primary: u32,
+    pub sent_at_s: f64,
+    /// `(instance, ms after dispatch, status)` of each callback attempt.
+    pub attempts: Vec<(u32, f64, u16)>,
+}
+
+/// How many misrouted or lost interactions the report lists by id.
+const MAX_EXAMPLES: usize = 10;
+
 /// What the scenario was, echoed into the report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ScenarioSummary {
@@ -132,6 +158,10 @@ pub struct Report {
     /// `served[p-1][a-1]`: interactions of users with primary `p` acknowledged by instance `a`.
     pub served: Vec<Vec<u64>>,
     pub by_command: BTreeMap<String, CommandReport>,
+    /// The first few misrouted interactions, to look them up in the instance logs.
+    pub misrouted_examples: Vec<RouteExample>,
+    /// The first few lost interactions.
+    pub lost_examples: Vec<LostExample>,
     /// Channel messages that could not be tied to an interaction.
     pub unattributed_messages: u64,
     /// REST calls the fake had no route for (a fidelity gap, should be 0).
@@ -222,6 +252,8 @@ impl Report {
         let mut completions = Vec::new();
         let mut by_command: BTreeMap<String, (CommandReport, Vec<f64>)> = BTreeMap::new();
         let mut last_completion: Option<Instant> = None;
+        let mut misrouted_examples = Vec::new();
+        let mut lost_examples = Vec::new();
         let inst = |id: u32| (id >= 1 && id <= n).then(|| (id - 1) as usize);
 
         for r in input.records {
@@ -242,6 +274,22 @@ impl Report {
             }
             let Some(ack) = r.ack() else {
                 ix.lost += 1;
+                if lost_examples.len() < MAX_EXAMPLES {
+                    lost_examples.push(LostExample {
+                        interaction_id: r.id,
+                        user_id: r.user_id,
+                        primary: p,
+                        sent_at_s: r2(r
+                            .sent_at
+                            .saturating_duration_since(input.start)
+                            .as_secs_f64()),
+                        attempts: r
+                            .callbacks
+                            .iter()
+                            .map(|c| (c.instance, r2(c.after_ms), c.status))
+                            .collect(),
+                    });
+                }
                 continue;
             };
             ix.acked += 1;
@@ -261,7 +309,22 @@ impl Report {
                 Route::Primary => routing.primary += 1,
                 Route::Down => routing.takeover_down += 1,
                 Route::Overload => routing.takeover_overload += 1,
-                Route::Misrouted => routing.misrouted += 1,
+                Route::Misrouted => {
+                    routing.misrouted += 1;
+                    if misrouted_examples.len() < MAX_EXAMPLES {
+                        misrouted_examples.push(RouteExample {
+                            interaction_id: r.id,
+                            user_id: r.user_id,
+                            primary: p,
+                            answered_by: ack.instance,
+                            sent_at_s: r2(r
+                                .sent_at
+                                .saturating_duration_since(input.start)
+                                .as_secs_f64()),
+                            ack_after_ms: r2(ack.after_ms),
+                        });
+                    }
+                }
             }
             if let Some(done) = r.completion() {
                 ix.completed += 1;
@@ -335,6 +398,8 @@ impl Report {
                     (k, c)
                 })
                 .collect(),
+            misrouted_examples,
+            lost_examples,
             unattributed_messages: input.unattributed_messages,
             unknown_routes: input.unknown_routes,
             drain_timed_out: input.drain_timed_out,
@@ -450,6 +515,20 @@ impl Report {
                     c.sent, c.acked, c.completed, c.failed, c.completion_p50_ms
                 );
             }
+        }
+        for e in &self.misrouted_examples {
+            let _ = writeln!(
+                s,
+                "misrouted: interaction {} of user {} (primary #{}) answered by #{} at {:.2} s (+{:.1} ms)",
+                e.interaction_id, e.user_id, e.primary, e.answered_by, e.sent_at_s, e.ack_after_ms
+            );
+        }
+        for e in &self.lost_examples {
+            let _ = writeln!(
+                s,
+                "lost: interaction {} of user {} (primary #{}) sent at {:.2} s, callback attempts {:?}",
+                e.interaction_id, e.user_id, e.primary, e.sent_at_s, e.attempts
+            );
         }
         if self.drain_timed_out {
             let _ = writeln!(

@@ -569,10 +569,15 @@ pub async fn run_scenario(cfg: ScenarioConfig) -> anyhow::Result<Report> {
             .map_or(OverloadPolicy::default().max_wait, Duration::from_secs_f64),
         ..OverloadPolicy::default()
     };
+    wait_all_alive(&redis_url, &cluster_name, cfg.instances, &overload).await?;
+    // Each instance refreshes its own snapshot every quarter heartbeat; that refresh is not
+    // observable from outside, so give it one full heartbeat after Redis shows everyone alive.
+    // Otherwise the first interactions can meet a peer that has not seen the last starter yet.
+    tokio::time::sleep(Duration::from_millis(cfg.heartbeat_ms)).await;
     let samples: Arc<Mutex<Vec<(Instant, Membership)>>> = Arc::default();
     let sampler = tokio::spawn(sample_membership(
         redis_url.clone(),
-        cluster_name,
+        cluster_name.clone(),
         cfg.instances,
         overload,
         cfg.sample_period,
@@ -718,6 +723,31 @@ async fn run_chaos(
         }
     }
     Ok(())
+}
+
+/// Polls the membership until every instance's heartbeat is in Redis.
+async fn wait_all_alive(
+    redis_url: &str,
+    cluster_name: &str,
+    instances: u32,
+    policy: &OverloadPolicy,
+) -> anyhow::Result<()> {
+    // Instances write their first heartbeat before they report ready, so this is normally
+    // immediate; 10 s covers a loaded CI box.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m =
+            keyshard_cluster::fetch_membership(redis_url, cluster_name, instances, policy).await;
+        if let Ok(m) = &m {
+            if m.alive_count() == instances as usize {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("not every instance has a heartbeat in Redis after 10 s: {m:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Reads the membership from Redis every `period` until stopped; a failed read is skipped

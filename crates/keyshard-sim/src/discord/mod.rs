@@ -348,6 +348,12 @@ impl FakeDiscord {
         });
         let app = rest::router(shared.clone());
         let stop = shutdown.clone();
+        // Without TCP_NODELAY, back-to-back small frames (a dispatch right after another, a
+        // response after a request) meet Nagle and the client's delayed ACK: a 40 ms stall
+        // that would show up as ack latency that is not the bot's.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
             if let Err(e) = serve.await {
