@@ -36,11 +36,11 @@ impl Probe {
         }
     }
 
-    /// Ready: the gateway session is up, the commands are registered, Redis has answered at
-    /// least once since start (later outages are served in degraded mode, so they do not make
-    /// the instance unready), and it is not draining.
+    /// Ready: the gateway session is up, the commands are registered, a membership snapshot
+    /// has been read from Redis at least once since start (later outages are served in
+    /// degraded mode, so they do not make the instance unready), and it is not draining.
     pub fn readiness(&self) -> Readiness {
-        if !self.cluster.is_degraded() {
+        if self.cluster.is_ready() {
             self.redis_seen.store(true, Ordering::Release);
         }
         let r = Readiness {
@@ -49,6 +49,7 @@ impl Probe {
             redis: self.redis_seen.load(Ordering::Acquire),
             redis_degraded: self.cluster.is_degraded(),
             draining: self.state.is_draining(),
+            alive_instances: self.cluster.membership().alive_count(),
             ready: false,
         };
         Readiness {
@@ -82,6 +83,8 @@ pub struct Readiness {
     pub redis: bool,
     pub redis_degraded: bool,
     pub draining: bool,
+    /// Instances alive in this instance's snapshot (lets a test wait for a converged view).
+    pub alive_instances: usize,
 }
 
 pub fn router(probe: Probe) -> Router {

@@ -1,0 +1,5 @@
+//! End-to-end tests: real `keyshard` processes against a real `redis-server` and the fake
+//! Discord of `keyshard-sim`.
+
+mod ping;
+mod support;
