@@ -193,24 +193,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    // Every command a user can send at a time; admin views are left to operators. A command
-    // the instances did not register is dropped from the mix rather than failing the demo.
-    let wanted = "ping=2,chat=3,image=2,video=1";
-    let mix: Mix = wanted.parse()?;
+    // Every command a user can call; those needing a provider only when the fake providers
+    // run, and any the instances did not register are left out rather than failing the demo.
+    let mut mix: Mix = "ping=3,assign=1".parse()?;
+    let providers = start_providers(&mix).await?;
+    if providers.is_some() {
+        mix = "ping=3,chat=3,image=2,video=1,assign=1".parse()?;
+    }
     let duration = 30.0;
-    let mut cfg = base_config(4, 40, 4.0, duration, mix.clone(), &args.common)?;
+    let mut cfg = base_config(4, 40, 4.0, duration, mix, &args.common)?;
     cfg.seed = args.seed;
+    cfg.skip_unregistered = true;
+    cfg.providers = providers;
     cfg.chaos = vec![Chaos {
         at: Duration::from_secs_f64(duration / 2.0),
         action: ChaosAction::Kill(2),
     }];
-    cfg.providers = start_providers(&mix).await?;
-    if cfg.providers.is_none() {
-        // Without fake providers only `/핑` can be answered for real.
-        cfg.mix = "ping=1".parse()?;
-    }
     println!(
-        "keyshard demo: 4 instances, 40 users, mix {}, instance 2 killed at {:.0} s",
+        "keyshard demo: 4 instances, 40 users, requested mix {}, instance 2 killed at {:.0} s",
         cfg.mix,
         duration / 2.0
     );

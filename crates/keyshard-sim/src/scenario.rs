@@ -283,6 +283,9 @@ pub struct ScenarioConfig {
     pub providers: Option<Arc<dyn ProviderFakes>>,
     /// How often the cluster membership is read from Redis to classify takeovers.
     pub sample_period: Duration,
+    /// Drop mix entries the instances did not register instead of failing (the demo runs
+    /// whatever commands the bot has).
+    pub skip_unregistered: bool,
 }
 
 impl ScenarioConfig {
@@ -310,6 +313,7 @@ impl ScenarioConfig {
             env: Vec::new(),
             providers: None,
             sample_period: Duration::from_millis(100),
+            skip_unregistered: false,
         }
     }
 
@@ -480,6 +484,14 @@ impl RedisHandle {
 /// Runs a whole scenario: Redis, fake Discord, fake providers (when given), N instances, the
 /// load, the chaos, the drain, and the report.
 pub async fn run_scenario(cfg: ScenarioConfig) -> anyhow::Result<Report> {
+    Ok(run_scenario_with_records(cfg).await?.0)
+}
+
+/// [`run_scenario`], also returning every interaction's record, for tests that check more
+/// than the totals (who answered each interaction, when).
+pub async fn run_scenario_with_records(
+    mut cfg: ScenarioConfig,
+) -> anyhow::Result<(Report, Vec<crate::discord::InteractionRecord>)> {
     if cfg.instances == 0 || cfg.users == 0 {
         bail!("a scenario needs at least one instance and one user");
     }
@@ -554,11 +566,18 @@ pub async fn run_scenario(cfg: ScenarioConfig) -> anyhow::Result<Report> {
         .filter(|n| !registered.contains_key(*n))
         .collect();
     if !missing.is_empty() {
-        bail!(
-            "the mix names commands the instances did not register: {} (registered: {})",
-            missing.join(", "),
-            registered.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
+        let names = registered.keys().cloned().collect::<Vec<_>>().join(", ");
+        if !cfg.skip_unregistered {
+            bail!(
+                "the mix names commands the instances did not register: {} (registered: {names})",
+                missing.join(", ")
+            );
+        }
+        tracing::info!(skipped = %missing.join(", "), registered = %names, "commands not registered; left out of the mix");
+        cfg.mix.0.retain(|(k, _)| registered.contains_key(k.name()));
+        if cfg.mix.0.is_empty() {
+            bail!("none of the mix's commands is registered (registered: {names})");
+        }
     }
 
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
@@ -685,7 +704,7 @@ pub async fn run_scenario(cfg: ScenarioConfig) -> anyhow::Result<Report> {
         drain_timed_out: !drained,
     });
     tracing::info!(run_dir = %run_dir.display(), "scenario finished");
-    Ok(report)
+    Ok((report, records))
 }
 
 /// Performs the chaos actions at their times.
