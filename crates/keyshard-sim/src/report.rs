@@ -41,6 +41,8 @@ pub struct Interactions {
     pub completed: u64,
     /// Completed interactions whose final answer starts with "⚠️".
     pub failed: u64,
+    /// Interactions answered more than once (see `InteractionRecord::has_duplicate_answer`).
+    pub duplicate_answers: u64,
 }
 
 /// `ack_latency_ms.*`: dispatch → accepted callback.
@@ -326,6 +328,9 @@ impl Report {
                     }
                 }
             }
+            if r.has_duplicate_answer() {
+                ix.duplicate_answers += 1;
+            }
             if let Some(done) = r.completion() {
                 ix.completed += 1;
                 cmd.0.completed += 1;
@@ -433,8 +438,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "interactions  sent {}  acked {}  lost {}  duplicate_acks {}  late_acks {}  completed {}  failed {}",
-            ix.sent, ix.acked, ix.lost, ix.duplicate_acks, ix.late_acks, ix.completed, ix.failed
+            "interactions  sent {}  acked {}  lost {}  duplicate_acks {}  late_acks {}  completed {}  failed {}  duplicate_answers {}",
+            ix.sent, ix.acked, ix.lost, ix.duplicate_acks, ix.late_acks, ix.completed, ix.failed, ix.duplicate_answers
         );
         let _ = writeln!(
             s,

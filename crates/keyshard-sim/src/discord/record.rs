@@ -165,6 +165,25 @@ impl InteractionRecord {
         })
     }
 
+    /// Whether more than one answer reached the user: accepted messages from two or more
+    /// instances (a job finished twice), or two or more accepted followups / channel messages.
+    /// Repeated edits of the original reply by one instance are one answer being streamed.
+    pub fn has_duplicate_answer(&self) -> bool {
+        let accepted = || self.messages.iter().filter(|m| m.accepted());
+        let mut instances: Vec<u32> = accepted().map(|m| m.instance).collect();
+        if let Some(ack) = self.ack() {
+            if ack.kind == CALLBACK_MESSAGE {
+                instances.push(ack.instance);
+            }
+        }
+        instances.sort_unstable();
+        instances.dedup();
+        let separate = accepted()
+            .filter(|m| matches!(m.kind, MessageKind::Followup | MessageKind::Channel))
+            .count();
+        instances.len() > 1 || separate > 1
+    }
+
     /// Whether this record has reached a final answer.
     pub fn is_completed(&self) -> bool {
         self.completion().is_some()
@@ -246,5 +265,10 @@ mod tests {
         let done = r.completion().unwrap();
         assert_eq!(done.after_ms, 90.0);
         assert!(done.failed);
+        assert!(!r.has_duplicate_answer(), "one instance streaming edits");
+        let mut other = msg(120.0, 200, "again");
+        other.instance = 3;
+        r.messages.push(other);
+        assert!(r.has_duplicate_answer(), "a second instance answered too");
     }
 }
