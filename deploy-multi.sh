@@ -523,12 +523,13 @@ cmd_validate() {
   fi
 
   # ── Provider keys: each instance its own, no placeholders, no sharing
-  local p var enabled any_enabled=0 missing_on names
+  local p var enabled any_enabled=0 missing_on shared_by names
   local -A by_value=()
   for p in "${PROVIDERS[@]}"; do
     var=${p}_API_KEY
     enabled=0
     missing_on=()
+    shared_by=()
     by_value=()
     for n in $(seq 1 "$count"); do
       src=$(source_of "$var" "$n")
@@ -542,9 +543,7 @@ cmd_validate() {
         reported[$src]=1
         continue
       fi
-      if [[ $src == "$var" ]]; then
-        warning "instance $n takes the shared $var; docker-compose.multi.yml passes only ${var}_$n to keyshard-$n"
-      fi
+      [[ $src != "$var" ]] || shared_by+=("$n")
       # Group instances by key value (the value never leaves this function).
       by_value[${VAL[$src]}]+="$src "
     done
@@ -553,6 +552,9 @@ cmd_validate() {
       continue
     fi
     any_enabled=1
+    if ((${#shared_by[@]})); then
+      warning "instances ${shared_by[*]} take the shared $var, which only natively started instances read; docker-compose.multi.yml passes ${var}_N to keyshard-N"
+    fi
     for n in "${missing_on[@]}"; do
       problem "${var}_$n is missing: other instances have ${PROVIDER_NAME[$p]} keys, instance $n has none (each instance serves its users with its own keys)"
     done
