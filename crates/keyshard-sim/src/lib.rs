@@ -9,12 +9,14 @@
 //! - [`scenario`]: the load scenario (seeded users, commands, open-loop arrivals, kills) and
 //!   [`scenario::run_scenario`], the one call the CLI and the end-to-end tests make.
 //! - [`report`]: the JSON report (DESIGN.md §6 field names) and the readable table.
+//! - [`wiring`]: the fake providers plugged into a scenario (per-instance keys, capacity, 429s).
 
 pub mod cluster;
 pub mod discord;
 pub mod providers;
 pub mod report;
 pub mod scenario;
+pub mod wiring;
 
 /// A loopback HTTP client. reqwest is built without a default crypto provider (the workspace
 /// picks ring once for every crate), so install it before the first client is built; plain

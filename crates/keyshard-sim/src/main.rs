@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use keyshard_sim::discord::{DiscordConfig, FakeDiscord};
+use keyshard_sim::providers::{FakeLimits, FakeProvidersConfig};
 use keyshard_sim::report::Report;
 use keyshard_sim::scenario::{
-    run_scenario, Chaos, ChaosAction, Mix, ProviderFakes, ScenarioConfig, Skew,
+    run_scenario, Chaos, ChaosAction, CommandKind, Mix, ProviderFakes, ScenarioConfig, Skew,
 };
+use keyshard_sim::wiring::ScenarioProviders;
 
 #[derive(Parser)]
 #[command(
@@ -96,6 +98,10 @@ struct CommonArgs {
     /// OVERLOAD_WAIT_SECS for the instances.
     #[arg(long)]
     overload_wait_secs: Option<f64>,
+    /// Every fake provider key allows this many requests per minute on every lane (default:
+    /// the providers' published limits).
+    #[arg(long)]
+    provider_rpm: Option<u32>,
     /// Extra instance env, NAME=VALUE (repeatable).
     #[arg(long = "instance-env", value_parser = parse_kv)]
     instance_env: Vec<(String, String)>,
@@ -122,13 +128,33 @@ fn parse_kv(s: &str) -> anyhow::Result<(String, String)> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// The fake providers for a run, when the mix needs them.
-///
-/// Hook for `crate::providers`: start the fake providers here and return them as a
-/// [`ProviderFakes`]; the scenario then passes their env to each instance and reports their
-/// capacity and 429s. Without it, provider commands run with no provider configured.
-async fn start_providers(_mix: &Mix) -> anyhow::Result<Option<Arc<dyn ProviderFakes>>> {
-    Ok(None)
+/// The fake providers for a run, when the mix has a command that calls one.
+async fn start_providers(
+    mix: &Mix,
+    common: &CommonArgs,
+) -> anyhow::Result<Option<Arc<dyn ProviderFakes>>> {
+    let needs = mix.kinds().any(|k| {
+        matches!(
+            k,
+            CommandKind::Chat | CommandKind::Image | CommandKind::Video
+        )
+    });
+    if !needs {
+        return Ok(None);
+    }
+    Ok(Some(
+        ScenarioProviders::start(provider_config(common))
+            .await?
+            .shared(),
+    ))
+}
+
+fn provider_config(common: &CommonArgs) -> FakeProvidersConfig {
+    let mut cfg = FakeProvidersConfig::default();
+    if let Some(rpm) = common.provider_rpm {
+        cfg.limits = FakeLimits::uniform(rpm, Duration::from_secs(60));
+    }
+    cfg
 }
 
 fn base_config(
@@ -187,7 +213,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             action: ChaosAction::RedisRestart,
         }))
         .collect();
-    cfg.providers = start_providers(&args.mix).await?;
+    cfg.providers = start_providers(&args.mix, &args.common).await?;
     let report = run_scenario(cfg).await?;
     write_report(&report, args.json.as_ref())
 }
@@ -195,11 +221,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // Every command a user can call; those needing a provider only when the fake providers
     // run, and any the instances did not register are left out rather than failing the demo.
-    let mut mix: Mix = "ping=3,assign=1".parse()?;
-    let providers = start_providers(&mix).await?;
-    if providers.is_some() {
-        mix = "ping=3,chat=3,image=2,video=1,assign=1".parse()?;
-    }
+    let mix: Mix = "ping=3,chat=3,image=2,video=1,assign=1".parse()?;
+    let providers = start_providers(&mix, &args.common).await?;
     let duration = 30.0;
     let mut cfg = base_config(4, 40, 4.0, duration, mix, &args.common)?;
     cfg.seed = args.seed;
@@ -223,21 +246,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await?
         .context("starting a private redis-server")?;
     let discord = FakeDiscord::start(DiscordConfig::default()).await?;
+    let providers = ScenarioProviders::start(FakeProvidersConfig::default()).await?;
     println!(
-        "# fake Discord at {}, Redis at {}",
+        "# fake Discord at {}, fake providers at http://{}, Redis at {}",
         discord.base_url(),
+        providers.fakes().addr(),
         redis.url()
     );
     println!("# env for instance k (1..={}):", args.instances);
     for k in 1..=args.instances {
-        println!(
-            "DISCORD_TOKEN={} INSTANCE_ID={k} INSTANCE_COUNT={} REDIS_URL={} CLUSTER_NAME=sim DISCORD_API_BASE={} HTTP_BIND=127.0.0.1:{}",
-            keyshard_sim::cluster::SIM_DISCORD_TOKEN,
-            args.instances,
-            redis.url(),
-            discord.api_base(k),
-            8080 + k
-        );
+        let mut env = vec![
+            (
+                "DISCORD_TOKEN".to_string(),
+                keyshard_sim::cluster::SIM_DISCORD_TOKEN.to_string(),
+            ),
+            ("INSTANCE_ID".into(), k.to_string()),
+            ("INSTANCE_COUNT".into(), args.instances.to_string()),
+            ("REDIS_URL".into(), redis.url()),
+            ("CLUSTER_NAME".into(), "sim".into()),
+            ("DISCORD_API_BASE".into(), discord.api_base(k)),
+            ("HTTP_BIND".into(), format!("127.0.0.1:{}", 8080 + k)),
+        ];
+        env.extend(providers.instance_env(k));
+        let line: Vec<String> = env.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        println!("{}", line.join(" "));
     }
     println!("# Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
