@@ -234,6 +234,8 @@ pub(crate) struct State {
     pub(crate) followups: HashMap<u64, (u64, OriginalMessage)>,
     /// Channel messages no interaction could be attributed to.
     pub(crate) unattributed: Vec<MessageRecord>,
+    /// REST calls by `(instance, route kind)`.
+    pub(crate) rest_calls: std::collections::BTreeMap<(u32, &'static str), u64>,
     /// REST calls no route matched: `(instance, method, path)` — a fidelity gap to look at.
     pub(crate) unknown_routes: Vec<(u32, String, String)>,
     next_session: u64,
@@ -487,6 +489,12 @@ impl FakeDiscord {
     /// REST calls that matched no route: `(instance, method, path)`.
     pub fn unknown_routes(&self) -> Vec<(u32, String, String)> {
         self.shared.lock().unknown_routes.clone()
+    }
+
+    /// REST calls by `(instance, route kind)`: `gateway`, `application`, `commands`,
+    /// `callback`, `followup`, `webhook_message`, `channel_message`, `other`.
+    pub fn rest_calls(&self) -> std::collections::BTreeMap<(u32, &'static str), u64> {
+        self.shared.lock().rest_calls.clone()
     }
 
     /// The commands registered so far (every instance registers the same set).

@@ -147,6 +147,21 @@ async fn rest(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         );
     }
     let segs: Vec<&str> = rest.split('/').collect();
+    let label = match segs.as_slice() {
+        ["interactions", ..] => "callback",
+        ["webhooks", _, _] => "followup",
+        ["webhooks", ..] => "webhook_message",
+        ["channels", ..] => "channel_message",
+        ["applications", ..] => "commands",
+        ["oauth2", ..] | ["users", ..] => "application",
+        ["gateway", ..] => "gateway",
+        _ => "other",
+    };
+    *shared
+        .lock()
+        .rest_calls
+        .entry((instance, label))
+        .or_default() += 1;
     let app = shared.cfg.application_id;
     let resp = match (&method, segs.as_slice()) {
         (&Method::GET, ["gateway"]) => reply(

@@ -66,7 +66,8 @@ pub trait BenchClient: Send + Sync + 'static {
 pub struct BenchReport {
     /// Calls that completed successfully within the run.
     pub completed: u64,
-    /// What the key allows over the run: `rpm × duration ÷ window`.
+    /// The most the fake can admit over the run: `rpm × ⌈duration ÷ window⌉` (a sliding window
+    /// admits `rpm` in each of the run's windows, the last one possibly partial).
     pub limit: u64,
     /// `completed ÷ limit`.
     pub ratio: f64,
@@ -157,8 +158,8 @@ where
     }
     let stats = fake.stats();
     fake.shutdown().await;
-    let limit = (f64::from(args.rpm) * args.duration.as_secs_f64() / args.window.as_secs_f64())
-        .round() as u64;
+    let windows = (args.duration.as_secs_f64() / args.window.as_secs_f64() - 1e-9).ceil();
+    let limit = (f64::from(args.rpm) * windows.max(1.0)) as u64;
     let completed = completed.load(Ordering::Relaxed);
     Ok(BenchReport {
         completed,
@@ -242,7 +243,7 @@ mod tests {
             seed: 1,
         };
         let report = run(args).await.unwrap();
-        assert_eq!(report.limit, 8); // 5 per second over 1.5 s, rounded
+        assert_eq!(report.limit, 10); // 5 per 1 s window, two windows started in 1.5 s
         assert!(report.provider_429 > 0, "{report}");
         assert!(
             report.completed <= 10,

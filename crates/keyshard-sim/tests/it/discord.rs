@@ -194,6 +194,9 @@ async fn first_callback_wins_later_ones_get_40060_and_edits_are_recorded() {
     assert_eq!(unknown.status(), 404);
     assert_eq!(unknown.json::<Value>().await.unwrap()["code"], 10062);
 
+    let calls = fake.rest_calls();
+    assert_eq!(calls.get(&(3, "callback")), Some(&1));
+    assert_eq!(calls.get(&(1, "callback")), Some(&2));
     let rec = fake.interaction(sent.id).unwrap();
     assert_eq!(rec.acked_by(), Some(3));
     assert_eq!(rec.duplicate_acks(), 1);
