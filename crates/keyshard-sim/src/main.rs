@@ -283,6 +283,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSHARD_SIM_LOG")
@@ -307,10 +323,10 @@ fn main() -> ExitCode {
                 as std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>,
             Command::Demo(a) => Box::pin(demo(a)),
         };
-        // Ctrl-C drops the scenario, and with it every child process (kill on drop).
+        // Ctrl-C or SIGTERM drops the scenario, and with it every child process (kill on drop).
         tokio::select! {
             r = work => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            () = interrupted() => Err(anyhow::anyhow!("interrupted")),
         }
     });
     match result {
