@@ -13,6 +13,8 @@ use crate::secret::Secret;
 /// to keep runs short without changing the rule). The client counts its own start times and
 /// adds a small guard to the window (see [`KeyLimits::guard`]) so that network delay between
 /// its clock and the provider's never squeezes `rpm + 1` arrivals into one provider window.
+/// Within that cap requests are paced `window / rpm` apart after a burst of
+/// [`KeyLimits::burst`], so the window's budget is spread over the window.
 /// `tpm` works the same way with token counts, `rpd` counts requests per UTC day.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyLimits {
@@ -38,6 +40,15 @@ impl KeyLimits {
             concurrency,
             window: Duration::from_secs(60),
         }
+    }
+
+    /// How many requests of a lane limited to `rpm` may start back to back; beyond that the
+    /// lane paces them `window / rpm` apart. Bursts of up to 10 (a handful of users asking at
+    /// once is served at once), or a tenth of the limit for large limits: a provider that
+    /// enforces "per minute" over shorter slices then sees a smooth flow. The sliding window
+    /// stays the hard cap; pacing changes the shape, not the long-run rate.
+    pub fn burst(rpm: u32) -> u32 {
+        (rpm / 10).max(rpm.min(10)).max(1)
     }
 
     /// Extra time the client adds to `window` before it reuses a slot: it absorbs the spread
@@ -203,6 +214,15 @@ mod tests {
         assert_eq!(l.guard(), Duration::from_millis(100));
         l.window = Duration::from_secs(3600);
         assert_eq!(l.guard(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bursts() {
+        assert_eq!(KeyLimits::burst(1), 1);
+        assert_eq!(KeyLimits::burst(5), 5);
+        assert_eq!(KeyLimits::burst(30), 10);
+        assert_eq!(KeyLimits::burst(120), 12);
+        assert_eq!(KeyLimits::burst(500), 50);
     }
 
     #[test]

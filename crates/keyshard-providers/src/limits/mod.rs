@@ -2,7 +2,8 @@
 //! OpenAI images, MiniMax images, MiniMax video creation, Stability images). It combines
 //!
 //! - concurrency (a fair semaphore),
-//! - requests per window and tokens per window ([`window`], pure bookkeeping),
+//! - requests per window (a hard sliding-window cap plus GCRA pacing with a small burst) and
+//!   tokens per window ([`window`], pure bookkeeping),
 //! - cooldowns the provider asked for (`Retry-After`, `x-ratelimit-remaining-*: 0`),
 //! - requests per UTC day ([`daily`], in Redis, shared by the lanes of one key),
 //!
@@ -22,7 +23,7 @@ use crate::config::KeyLimits;
 use crate::error::{ErrorClass, ProviderError, ProviderKind};
 use crate::headers::RateHints;
 use daily::DailyCounter;
-use window::{RequestWindow, TokenWindow};
+use window::{Pacer, RequestWindow, TokenWindow};
 
 /// Counters of one provider, shared by its lanes.
 #[derive(Debug, Default)]
@@ -67,6 +68,7 @@ pub struct LaneBudget {
 
 struct LaneState {
     requests: RequestWindow,
+    pacer: Pacer,
     tokens: Option<TokenWindow>,
     cooldown_until: Option<Instant>,
 }
@@ -129,6 +131,7 @@ impl Lane {
             max_wait,
             state: Mutex::new(LaneState {
                 requests: RequestWindow::new(rpm, span),
+                pacer: Pacer::new(rpm, limits.window, KeyLimits::burst(rpm)),
                 tokens: limits.tpm.map(|t| TokenWindow::new(t, span)),
                 cooldown_until: None,
             }),
@@ -156,7 +159,7 @@ impl Lane {
             let now = Instant::now();
             let ready = {
                 let mut st = self.state.lock().expect("lane lock");
-                let mut ready = st.requests.ready_at(now);
+                let mut ready = st.requests.ready_at(now).max(st.pacer.ready_at(now));
                 if let Some(until) = st.cooldown_until {
                     ready = ready.max(until);
                 }
@@ -165,6 +168,7 @@ impl Lane {
                 }
                 if ready <= now {
                     st.requests.record(now);
+                    st.pacer.record(now);
                     break st.tokens.as_mut().map(|t| t.record(now, tokens));
                 }
                 ready

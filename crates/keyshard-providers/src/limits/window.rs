@@ -62,6 +62,42 @@ impl RequestWindow {
     }
 }
 
+/// GCRA pacing: requests spaced `window / limit` apart on average, with bursts of up to
+/// `burst` back to back. It never admits more than the sliding window does over a whole
+/// window; it spreads the window's requests out, so a provider that enforces a per-minute
+/// limit over shorter slices (OpenAI documents this) sees a smooth flow, not the whole
+/// minute's budget in the first second.
+#[derive(Debug)]
+pub struct Pacer {
+    interval: Duration,
+    tolerance: Duration,
+    /// Theoretical arrival time of the next request.
+    tat: Option<Instant>,
+}
+
+impl Pacer {
+    pub fn new(limit: u32, window: Duration, burst: u32) -> Self {
+        let interval = window / limit.max(1);
+        Pacer {
+            interval,
+            tolerance: interval * burst.max(1).saturating_sub(1),
+            tat: None,
+        }
+    }
+
+    pub fn ready_at(&self, now: Instant) -> Instant {
+        match self.tat {
+            Some(tat) => now.max(tat.checked_sub(self.tolerance).unwrap_or(now)),
+            None => now,
+        }
+    }
+
+    pub fn record(&mut self, now: Instant) {
+        let base = self.tat.map_or(now, |tat| tat.max(now));
+        self.tat = Some(base + self.interval);
+    }
+}
+
 /// Token charges of the last `span`, each one correctable once the real usage is known.
 #[derive(Debug)]
 pub struct TokenWindow {
@@ -189,6 +225,27 @@ mod tests {
         }
         // And it is greedy: 6 full windows of 5 in 60 s.
         assert_eq!(starts.len(), 30);
+    }
+
+    #[test]
+    fn pacer_allows_a_burst_then_spaces_requests() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(120, secs(60.0), 3);
+        let mut now = t0;
+        let mut starts = Vec::new();
+        for _ in 0..7 {
+            now = p.ready_at(now);
+            p.record(now);
+            starts.push((now - t0).as_secs_f64());
+        }
+        assert_eq!(starts, [0.0, 0.0, 0.0, 0.5, 1.0, 1.5, 2.0]);
+        // Idle time refills the burst, but never beyond it.
+        let later = t0 + secs(100.0);
+        for _ in 0..3 {
+            assert_eq!(p.ready_at(later), later);
+            p.record(later);
+        }
+        assert_eq!(p.ready_at(later), later + secs(0.5));
     }
 
     #[test]

@@ -443,11 +443,11 @@ impl BenchClient for Chat {
 #[tokio::test]
 async fn a_key_driven_at_its_limit_reaches_95_percent_without_a_429() {
     init();
-    // Production semantics on a short window: 10 requests per 2 s sliding window, 8
-    // concurrent callers, three windows.
+    // Production semantics on a short window: 40 requests per 2 s sliding window (a burst of
+    // 10, then paced 50 ms apart), 16 concurrent callers, three windows.
     let args = BenchArgs {
-        rpm: 10,
-        callers: 8,
+        rpm: 40,
+        callers: 16,
         duration: Duration::from_secs(6),
         window: Duration::from_secs(2),
         latency: LatencyDist::Uniform {
@@ -462,7 +462,7 @@ async fn a_key_driven_at_its_limit_reaches_95_percent_without_a_429() {
             rpm: t.rpm,
             tpm: None,
             rpd: None,
-            concurrency: 8,
+            concurrency: 16,
             window: t.window,
         };
         Ok((
@@ -473,7 +473,7 @@ async fn a_key_driven_at_its_limit_reaches_95_percent_without_a_429() {
     .await
     .unwrap();
     println!("{report}");
-    assert_eq!(report.limit, 30);
+    assert_eq!(report.limit, 120);
     assert_eq!(report.provider_429, 0, "{report}");
     assert_eq!(report.failed, 0, "{report}");
     assert!(report.ratio >= 0.95, "{report}");
