@@ -45,6 +45,10 @@ struct RunArgs {
     /// Interactions per second (open loop).
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
+    /// Offer this multiple of the fake keys' capacity for the mix instead of --rate
+    /// (e.g. 1.5 to saturate); needs a mix with a provider command.
+    #[arg(long)]
+    load_factor: Option<f64>,
     /// Seconds of load.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -214,6 +218,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }))
         .collect();
     cfg.providers = start_providers(&args.mix, &args.common).await?;
+    if let Some(factor) = args.load_factor {
+        let capacity = cfg
+            .providers
+            .as_ref()
+            .and_then(|p| p.capacity_per_min(&cfg.mix, cfg.instances))
+            .context("--load-factor needs a mix with chat, image or video")?;
+        cfg.rate = factor * capacity / 60.0;
+        println!(
+            "offered load {factor} × capacity {capacity}/min = {:.2} interactions/s",
+            cfg.rate
+        );
+    }
     let report = run_scenario(cfg).await?;
     write_report(&report, args.json.as_ref())
 }
