@@ -2,20 +2,28 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use keyshard_cluster::Cluster;
+use keyshard_cluster::{publish_info, Cluster, Jobs, Memory, Stats};
+use keyshard_providers::{Providers, RedisTarget};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::edge::{self, Data, EdgeState, DRAIN_TIMEOUT};
 use crate::http::{self, Probe};
 use crate::metrics::Metrics;
+use crate::work::{WorkTiming, Worker};
+
+/// How often the instance publishes its remaining key budget for `/로드밸런서` and `/성능`,
+/// and how long a published budget stays (a dead instance's budget disappears with it).
+const INFO_EVERY: Duration = Duration::from_secs(5);
+const INFO_TTL: Duration = Duration::from_secs(15);
 
 /// Runs the instance until `shutdown` fires, then drains: it stops claiming (peers see the
 /// draining flag at once and take its users), finishes the interactions in hand, deletes its
-/// heartbeat and closes the gateway session.
+/// heartbeat and closes the gateway session. Queued jobs stay in its stream: a restarted
+/// instance resumes them, and a peer rescues them if it does not come back.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = Arc::new(config);
     tracing::info!(
@@ -30,12 +38,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let cluster_stop = CancellationToken::new();
     let cluster_loops = cluster.spawn(cluster_stop.clone());
 
+    let redis = redis::Client::open(config.redis_url.as_str()).context("REDIS_URL")?;
+    let providers = Providers::new(
+        config.openai.clone(),
+        config.minimax.clone(),
+        config.stability.clone(),
+        Some(RedisTarget::Client(redis)),
+        &config.cluster_name,
+    )
+    .map_err(|e| anyhow::anyhow!("provider setup: {e}"))?;
+    let jobs = Jobs::new(&cluster);
+    let stats = Stats::new(&cluster);
+    let work_stop = CancellationToken::new();
+    let stats_task = stats.spawn(work_stop.clone());
+
     let state = Arc::new(EdgeState::default());
     let metrics = Arc::new(Metrics::default());
     let http_stop = CancellationToken::new();
     let http_task = http::serve(
         config.http_bind,
-        Probe::new(state.clone(), cluster.clone(), metrics.clone()),
+        Probe::new(
+            state.clone(),
+            cluster.clone(),
+            jobs.clone(),
+            providers.clone(),
+            metrics.clone(),
+        ),
         http_stop.clone(),
     )
     .await?;
@@ -43,10 +71,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let data = Data {
         config: config.clone(),
         cluster: cluster.clone(),
+        jobs: jobs.clone(),
+        stats: stats.clone(),
+        providers: providers.clone(),
         metrics,
         state: state.clone(),
     };
     let mut client = edge::build_client(data).await?;
+    let worker = Worker::new(
+        client.http.clone(),
+        providers.clone(),
+        Memory::new(&cluster, config.chat_memory_turns, config.chat_memory_ttl),
+        stats.clone(),
+        config.instance_id,
+        WorkTiming {
+            video_poll: config.video_poll,
+            ..WorkTiming::default()
+        },
+    );
+    let worker_tasks = jobs.spawn(
+        Arc::new(worker),
+        &Worker::slots(&providers),
+        work_stop.clone(),
+    );
+    let info_task = tokio::spawn(publish_budget(
+        cluster.clone(),
+        providers.clone(),
+        work_stop.clone(),
+    ));
+
     let shard_manager = client.shard_manager.clone();
     let mut gateway = tokio::spawn(async move { client.start().await });
 
@@ -59,15 +112,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     state.draining.store(true, Ordering::Release);
     cluster.set_draining(true);
     let started = Instant::now();
-    while state.in_flight.load(Ordering::Acquire) > 0 && started.elapsed() < DRAIN_TIMEOUT {
-        // Interactions finish in milliseconds to seconds; a short poll keeps shutdown prompt
-        // without another notification path through poise.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    while (state.in_flight.load(Ordering::Acquire) > 0 || jobs.stats().in_flight > 0)
+        && started.elapsed() < DRAIN_TIMEOUT
+    {
+        // Interactions and running jobs finish in milliseconds to seconds; a short poll keeps
+        // shutdown prompt without another notification path through poise and the workers.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = state.in_flight.load(Ordering::Acquire);
+    let left = state.in_flight.load(Ordering::Acquire) as u64 + jobs.stats().in_flight;
     if left > 0 {
-        tracing::warn!(left, "drain timeout: leaving with interactions in hand");
+        tracing::warn!(
+            left,
+            "drain timeout: leaving with work in hand (a peer or a restart finishes it)"
+        );
     }
+    work_stop.cancel();
+    for t in worker_tasks {
+        let _ = t.await;
+    }
+    let _ = info_task.await;
+    let _ = stats_task.await;
     cluster_stop.cancel();
     let _ = cluster_loops.await;
     cluster.leave().await;
@@ -86,5 +150,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             crate::redact::redact(&e.to_string())
         )),
         Some(Err(join)) => Err(anyhow::anyhow!("the Discord client task failed: {join}")),
+    }
+}
+
+/// Publishes the remaining key budget every [`INFO_EVERY`] until `stop`.
+async fn publish_budget(cluster: Cluster, providers: Providers, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(INFO_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let info = serde_json::json!({ "budget": providers.budget() });
+        if let Err(e) = publish_info(&cluster, &info, INFO_TTL).await {
+            tracing::debug!("could not publish the key budget: {e}");
+        }
     }
 }

@@ -45,6 +45,12 @@ pub struct Config {
     pub openai: Option<OpenAiConfig>,
     pub minimax: Option<MiniMaxConfig>,
     pub stability: Option<StabilityConfig>,
+    /// How often a video task is polled (`VIDEO_POLL_MS`).
+    pub video_poll: Duration,
+    /// Exchanges kept per conversation (`CHAT_MEMORY_TURNS`).
+    pub chat_memory_turns: usize,
+    /// How long a conversation lasts after its last exchange (`CHAT_MEMORY_TTL_SECS`).
+    pub chat_memory_ttl: Duration,
 }
 
 /// What the read-only CLI verbs (`status`, `assign`) need: no token, no instance id.
@@ -196,6 +202,15 @@ impl Config {
             )
             .map(|common| StabilityConfig { common });
 
+        // MiniMax asks for polls about every 10 s; the simulator's videos finish in seconds.
+        let video_poll = Duration::from_millis(env.parse("VIDEO_POLL_MS", 10_000));
+        let chat_memory_turns = env.parse("CHAT_MEMORY_TURNS", 10usize);
+        // A conversation idle for an hour starts afresh.
+        let chat_memory_ttl = Duration::from_secs(env.parse("CHAT_MEMORY_TTL_SECS", 3_600));
+        if video_poll.is_zero() || chat_memory_turns == 0 {
+            env.problem("VIDEO_POLL_MS and CHAT_MEMORY_TURNS must be at least 1".into());
+        }
+
         if !env.problems.is_empty() {
             return Err(ConfigError {
                 problems: env.problems,
@@ -218,6 +233,9 @@ impl Config {
             openai,
             minimax,
             stability,
+            video_poll,
+            chat_memory_turns,
+            chat_memory_ttl,
         })
     }
 

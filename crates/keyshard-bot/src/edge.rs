@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyshard_cluster::{ClaimOutcome, Cluster};
+use keyshard_cluster::{ClaimOutcome, Cluster, Jobs, Stats};
+use keyshard_providers::Providers;
 use keyshard_routing::Assignment;
 use poise::serenity_prelude as serenity;
 
@@ -21,6 +22,9 @@ pub type Context<'a> = poise::Context<'a, Data, Error>;
 pub struct Data {
     pub config: Arc<Config>,
     pub cluster: Cluster,
+    pub jobs: Jobs,
+    pub stats: Stats,
+    pub providers: Providers,
     pub metrics: Arc<Metrics>,
     pub state: Arc<EdgeState>,
 }
@@ -96,6 +100,8 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
             }
         };
         data.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        data.stats
+            .handled(assignment.owner.is_some_and(|o| o != assignment.primary));
         ctx.set_invocation_data(Claimed {
             assignment,
             decided_at: Instant::now(),
@@ -154,7 +160,7 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                     .interactions
                     .inc(&[&ctx.command().name, "error"]);
                 let reply = poise::CreateReply::default()
-                    .content("⚠️ 요청을 처리하는 중 문제가 생겼어요. 잠시 후 다시 시도해 주세요.")
+                    .content(crate::replies::INTERNAL)
                     .ephemeral(true);
                 if let Err(e) = ctx.send(reply).await {
                     tracing::debug!(

@@ -10,7 +10,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use keyshard_cluster::Cluster;
+use keyshard_cluster::{Cluster, Jobs};
+use keyshard_providers::Providers;
 use tokio_util::sync::CancellationToken;
 
 use crate::edge::EdgeState;
@@ -21,16 +22,26 @@ use crate::metrics::{ClusterSample, Metrics};
 pub struct Probe {
     pub state: Arc<EdgeState>,
     pub cluster: Cluster,
+    pub jobs: Jobs,
+    pub providers: Providers,
     pub metrics: Arc<Metrics>,
     /// Redis has answered at least once since start.
     redis_seen: Arc<AtomicBool>,
 }
 
 impl Probe {
-    pub fn new(state: Arc<EdgeState>, cluster: Cluster, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        state: Arc<EdgeState>,
+        cluster: Cluster,
+        jobs: Jobs,
+        providers: Providers,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             state,
             cluster,
+            jobs,
+            providers,
             metrics,
             redis_seen: Arc::default(),
         }
@@ -60,6 +71,7 @@ impl Probe {
 
     pub fn sample(&self) -> ClusterSample {
         let m = self.cluster.metrics().snapshot();
+        let jobs = self.jobs.stats();
         ClusterSample {
             claims_won: m.claims_won,
             claims_lost: m.claims_lost,
@@ -69,8 +81,12 @@ impl Probe {
             redis_errors: m.redis_errors,
             degraded: self.cluster.is_degraded(),
             alive_instances: self.cluster.membership().alive_count(),
-            queue_depth: 0,
-            in_flight: self.state.in_flight.load(Ordering::Acquire) as u64,
+            queue_depth: jobs.queue_depth,
+            in_flight: jobs.in_flight,
+            jobs_finished: jobs.finished,
+            jobs_rescued: jobs.rescued,
+            jobs_moved: jobs.moved,
+            providers: self.providers.stats(),
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - [`edge`]: the poise framework: the claim as a framework-wide check, error handling, the
 //!   Discord client pointed at Discord or at `DISCORD_API_BASE`.
 //! - [`commands`]: the slash commands, one module each.
+//! - [`work`]: the job handler: provider calls with this instance's keys and delivery.
+//! - [`replies`]: every message a Discord user reads, in Korean.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus series this instance exports.
 //! - [`cli`]: the `status` and `assign` views for operators.
@@ -24,6 +26,8 @@ pub mod edge;
 pub mod http;
 pub mod metrics;
 pub mod redact;
+pub mod replies;
+pub mod work;
 
 pub use app::run;
 pub use config::{Config, ConfigError, ViewConfig};

@@ -145,6 +145,10 @@ pub struct ClusterSample {
     pub alive_instances: usize,
     pub queue_depth: u64,
     pub in_flight: u64,
+    pub jobs_finished: u64,
+    pub jobs_rescued: u64,
+    pub jobs_moved: u64,
+    pub providers: Vec<keyshard_providers::ProviderStats>,
 }
 
 impl Metrics {
@@ -205,6 +209,47 @@ impl Metrics {
             "Jobs this instance is running.",
             cluster.in_flight.to_string(),
         );
+        let _ = writeln!(
+            out,
+            "# HELP keyshard_jobs_total Jobs this instance finished, rescued from dead peers, or moved to a peer.\n# TYPE keyshard_jobs_total counter\n\
+             keyshard_jobs_total{{event=\"finished\"}} {}\nkeyshard_jobs_total{{event=\"rescued\"}} {}\nkeyshard_jobs_total{{event=\"moved\"}} {}",
+            cluster.jobs_finished, cluster.jobs_rescued, cluster.jobs_moved
+        );
+        let _ = writeln!(out, "# HELP keyshard_provider_requests_total Provider calls, by provider and result class.\n# TYPE keyshard_provider_requests_total counter");
+        for p in &cluster.providers {
+            let _ = writeln!(
+                out,
+                "keyshard_provider_requests_total{{provider=\"{}\",class=\"ok\"}} {}",
+                p.provider.as_str(),
+                p.ok
+            );
+            for (class, n) in &p.failed {
+                let _ = writeln!(
+                    out,
+                    "keyshard_provider_requests_total{{provider=\"{}\",class=\"{}\"}} {n}",
+                    p.provider.as_str(),
+                    class.as_str()
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP keyshard_provider_429_total 429 answers received from providers (0 while the limiter and the provider agree).\n# TYPE keyshard_provider_429_total counter");
+        for p in &cluster.providers {
+            let _ = writeln!(
+                out,
+                "keyshard_provider_429_total{{provider=\"{}\"}} {}",
+                p.provider.as_str(),
+                p.provider_429
+            );
+        }
+        let _ = writeln!(out, "# HELP keyshard_rate_limit_wait_seconds_total Time provider calls waited for key capacity.\n# TYPE keyshard_rate_limit_wait_seconds_total counter");
+        for p in &cluster.providers {
+            let _ = writeln!(
+                out,
+                "keyshard_rate_limit_wait_seconds_total{{provider=\"{}\"}} {}",
+                p.provider.as_str(),
+                p.rate_limit_wait.as_secs_f64()
+            );
+        }
         out
     }
 }
@@ -230,6 +275,10 @@ mod tests {
             alive_instances: 4,
             queue_depth: 0,
             in_flight: 0,
+            jobs_finished: 3,
+            jobs_rescued: 1,
+            jobs_moved: 0,
+            providers: Vec::new(),
         });
         assert!(
             text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"),
@@ -239,5 +288,9 @@ mod tests {
         assert!(text.contains("keyshard_ack_latency_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("keyshard_claims_total{result=\"lost\"} 6"));
         assert!(text.contains("keyshard_cluster_alive_instances 4"));
+        assert!(
+            text.contains("keyshard_jobs_total{event=\"rescued\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -15,6 +15,7 @@
 //!   [`ClusterStatus`], [`AssignReport`]).
 //! - [`jobs`]: durable jobs on per-instance Redis Streams, workers, rescue of a dead peer's
 //!   jobs, idempotent delivery ([`Jobs`], [`Job`], [`JobHandler`]).
+//! - [`memory`]: conversation memory per user and channel ([`Memory`]).
 //! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
 //! - [`heartbeat`]: the heartbeat JSON.
 //! - [`keys`]: the Redis key layout.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod jobs;
 pub mod keys;
+pub mod memory;
 pub mod metrics;
 pub mod stats;
 pub mod status;
@@ -42,7 +44,8 @@ pub use error::{redact_url, ClusterError};
 pub use heartbeat::Heartbeat;
 pub use jobs::{Job, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
-pub use stats::{read_window, Stats, Window};
+pub use memory::{Memory, Turn};
+pub use stats::{publish_info, read_info, read_window, Stats, Window};
 pub use status::{
     fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,
 };

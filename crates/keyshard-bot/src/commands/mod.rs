@@ -3,9 +3,22 @@
 
 use crate::edge::{Data, Error};
 
+pub mod admin;
+mod chat;
+mod image;
 mod ping;
+pub mod queue;
+mod video;
 
 /// Every command this bot registers.
 pub fn all() -> Vec<poise::Command<Data, Error>> {
-    vec![ping::ping()]
+    vec![
+        chat::chat(),
+        image::image(),
+        video::video(),
+        ping::ping(),
+        admin::loadbalancer(),
+        admin::assign(),
+        admin::performance(),
+    ]
 }

@@ -1,0 +1,54 @@
+//! What every provider-backed command does after the claim: check the input, acknowledge at
+//! once with a deferred reply, and queue the job on this instance's durable stream.
+
+use keyshard_cluster::{Job, JobKind};
+use keyshard_routing::created_at_ms;
+use poise::CreateReply;
+
+use crate::edge::{Claimed, Context, Error};
+use crate::replies;
+
+/// Answers the user's own mistake (empty or too long input) with an ephemeral message.
+pub async fn reject(ctx: Context<'_>, message: impl Into<String>) -> Result<(), Error> {
+    ctx.send(CreateReply::default().content(message).ephemeral(true))
+        .await?;
+    Ok(())
+}
+
+/// Defers the reply (the acknowledgement Discord needs within 3 s) and queues the job.
+pub async fn defer_and_queue(
+    ctx: Context<'_>,
+    kind: JobKind,
+    args: serde_json::Value,
+) -> Result<(), Error> {
+    let poise::Context::Application(app) = ctx else {
+        return Ok(());
+    };
+    ctx.defer().await?;
+    let data = ctx.data();
+    if let Some(c) = ctx.invocation_data::<Claimed>().await {
+        data.metrics.ack_latency.observe(c.decided_at.elapsed());
+    }
+    let i = app.interaction;
+    let job = Job {
+        id: i.id.get(),
+        kind,
+        token: i.token.clone(),
+        application_id: i.application_id.get(),
+        user_id: i.user.id.get(),
+        channel_id: i.channel_id.get(),
+        guild_id: i.guild_id.map(|g| g.get()),
+        args,
+        created_ms: created_at_ms(i.id.get()),
+        attachment_limit: u64::from(i.attachment_size_limit),
+        origin: data.config.instance_id,
+        tried: Vec::new(),
+        attempt: 0,
+    };
+    if let Err(e) = data.jobs.submit(job).await {
+        tracing::error!(interaction = i.id.get(), "could not queue the job: {e}");
+        ctx.send(CreateReply::default().content(replies::QUEUE_FAILED))
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `/채팅` jobs: the conversation so far from Redis, a streamed OpenAI answer edited into the
+//! deferred reply about once a second, and the exchange saved for the next turn.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use keyshard_cluster::{Job, JobContext, Outcome};
+use keyshard_providers::{ChatEvent, ChatMessage, ChatRole, ProviderKind};
+
+use super::deliver::{progress, Answer, MESSAGE_LIMIT};
+use super::{args, ChatArgs, Worker};
+use crate::replies::{self, CURSOR};
+
+const COMMAND: &str = "chat";
+
+/// The assistant's standing instructions.
+const SYSTEM_PROMPT: &str = "You are keyshard, a helpful assistant in a Discord server. \
+Answer in the language of the question (usually Korean), concisely, using Discord markdown.";
+
+pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
+    let Some(a) = args::<ChatArgs>(job) else {
+        return w
+            .finish(job, ctx, COMMAND, false, Answer::text(replies::INTERNAL))
+            .await;
+    };
+    let Some(openai) = w.providers().openai.clone() else {
+        return w
+            .unconfigured(job, ctx, COMMAND, ProviderKind::OpenAi)
+            .await;
+    };
+    let memory = &w.inner.memory;
+    if a.reset {
+        if let Err(e) = memory.reset(job.user_id, job.channel_id).await {
+            tracing::warn!(job = job.id, "could not reset the conversation: {e}");
+        }
+    }
+    let history = memory
+        .load(job.user_id, job.channel_id)
+        .await
+        .unwrap_or_else(|e| {
+            // Without Redis the answer still comes, only without the earlier turns.
+            tracing::warn!(job = job.id, "could not read the conversation: {e}");
+            Vec::new()
+        });
+    let mut messages = vec![ChatMessage::new(ChatRole::System, SYSTEM_PROMPT)];
+    for turn in &history {
+        let role = if turn.role == "assistant" {
+            ChatRole::Assistant
+        } else {
+            ChatRole::User
+        };
+        messages.push(ChatMessage::new(role, turn.content.clone()));
+    }
+    messages.push(ChatMessage::new(ChatRole::User, a.prompt.clone()));
+
+    let mut stream = match openai.chat_stream(messages).await {
+        Ok(s) => s,
+        Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+    };
+    let mut text = String::new();
+    let mut last_edit = Instant::now();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(ChatEvent::Delta(d)) => {
+                text.push_str(&d);
+                if last_edit.elapsed() >= w.inner.timing.chat_edit_every {
+                    last_edit = Instant::now();
+                    progress(w.http(), job, &streaming_view(&text)).await;
+                }
+            }
+            Ok(ChatEvent::Usage { .. }) => {}
+            Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+        }
+    }
+    drop(stream);
+    w.inner
+        .stats
+        .provider_request(ProviderKind::OpenAi.as_str());
+    if text.trim().is_empty() {
+        text = "(답변이 비어 있어요)".into();
+    }
+    let outcome = w
+        .finish(job, ctx, COMMAND, true, Answer::text(text.clone()))
+        .await;
+    if let Err(e) = memory
+        .append(job.user_id, job.channel_id, &a.prompt, &text)
+        .await
+    {
+        tracing::warn!(job = job.id, "could not save the conversation: {e}");
+    }
+    outcome
+}
+
+/// The partial answer as shown while streaming: its tail if it is already longer than one
+/// message, with the cursor that marks it unfinished.
+fn streaming_view(text: &str) -> String {
+    let limit = MESSAGE_LIMIT - CURSOR.chars().count();
+    let count = text.chars().count();
+    let shown: String = if count > limit {
+        text.chars().skip(count - limit).collect()
+    } else {
+        text.to_owned()
+    };
+    format!("{shown}{CURSOR}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_view_fits_one_message_and_marks_unfinished() {
+        let long: String = "가".repeat(5_000);
+        let v = streaming_view(&long);
+        assert_eq!(v.chars().count(), MESSAGE_LIMIT);
+        assert!(v.ends_with(CURSOR));
+        assert_eq!(streaming_view("안녕"), format!("안녕{CURSOR}"));
+    }
+}

@@ -1,0 +1,256 @@
+//! The job handler: what a worker does with a [`Job`] taken from the instance's queue —
+//! the provider calls with this instance's keys, progress edits, and the one final answer.
+//!
+//! - [`deliver`]: posting to Discord (edit of the deferred reply, follow-ups, and a channel
+//!   message mentioning the user once the interaction token is dead).
+//! - [`chat`], [`image`], [`video`]: one module per job kind.
+
+pub mod chat;
+pub mod deliver;
+pub mod image;
+pub mod video;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keyshard_cluster::{Job, JobContext, JobHandler, JobKind, Memory, Outcome, Stats};
+use keyshard_providers::{ErrorClass, ProviderError, Providers};
+use poise::serenity_prelude as serenity;
+use serde::{Deserialize, Serialize};
+
+use crate::replies;
+use deliver::Answer;
+
+/// `/채팅` job arguments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChatArgs {
+    pub prompt: String,
+    #[serde(default)]
+    pub reset: bool,
+}
+
+/// `/이미지` job arguments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageArgs {
+    pub prompt: String,
+    /// `minimax`, `stability` or `openai`; `None` for the default order.
+    pub model: Option<String>,
+    /// `1:1`, `16:9`, …; `None` for square.
+    pub ratio: Option<String>,
+}
+
+/// `/비디오` job arguments.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VideoArgs {
+    pub prompt: String,
+}
+
+/// Timing knobs of the workers.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkTiming {
+    /// At most one streaming edit per this interval (Discord allows about 5 edits per 5 s
+    /// per message; one a second stays well under and still feels live).
+    pub chat_edit_every: Duration,
+    /// How often a video task is polled (`VIDEO_POLL_MS`).
+    pub video_poll: Duration,
+    /// How long a video may take before the job gives up.
+    pub video_deadline: Duration,
+}
+
+impl Default for WorkTiming {
+    fn default() -> Self {
+        Self {
+            chat_edit_every: Duration::from_secs(1),
+            video_poll: Duration::from_secs(10),
+            // Hailuo renders a 6 s clip in a few minutes; half an hour is a broken task.
+            video_deadline: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// The job handler of one instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<WorkerInner>,
+}
+
+struct WorkerInner {
+    http: Arc<serenity::Http>,
+    providers: Providers,
+    memory: Memory,
+    stats: Stats,
+    instance: u32,
+    timing: WorkTiming,
+}
+
+impl Worker {
+    pub fn new(
+        http: Arc<serenity::Http>,
+        providers: Providers,
+        memory: Memory,
+        stats: Stats,
+        instance: u32,
+        timing: WorkTiming,
+    ) -> Self {
+        Self {
+            inner: Arc::new(WorkerInner {
+                http,
+                providers,
+                memory,
+                stats,
+                instance,
+                timing,
+            }),
+        }
+    }
+
+    /// Worker slots per kind: as many as the keys allow in flight, at least one so a job
+    /// of a kind this instance cannot serve is still taken and moved to a peer.
+    pub fn slots(providers: &Providers) -> Vec<(JobKind, usize)> {
+        let conc = |b: &[keyshard_providers::LaneBudget]| {
+            b.iter().map(|l| l.concurrency as usize).max().unwrap_or(0)
+        };
+        let chat = providers.openai.as_ref().map_or(0, |p| conc(&p.budget()));
+        let image: usize = [
+            providers.openai.as_ref().map(|p| conc(&p.budget())),
+            providers.minimax.as_ref().map(|p| conc(&p.budget())),
+            providers.stability.as_ref().map(|p| conc(&p.budget())),
+        ]
+        .into_iter()
+        .flatten()
+        .sum();
+        let video = providers.minimax.as_ref().map_or(0, |p| conc(&p.budget()));
+        vec![
+            (JobKind::Chat, chat.max(1)),
+            (JobKind::Image, image.max(1)),
+            (JobKind::Video, video.max(1)),
+        ]
+    }
+
+    pub(crate) fn http(&self) -> &serenity::Http {
+        &self.inner.http
+    }
+
+    pub(crate) fn providers(&self) -> &Providers {
+        &self.inner.providers
+    }
+
+    pub(crate) fn instance(&self) -> u32 {
+        self.inner.instance
+    }
+
+    /// Ends a job whose provider call failed: a key problem moves it to a peer while one is
+    /// left; anything else (or no peer) is told to the user.
+    pub(crate) async fn fail(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        command: &str,
+        error: &ProviderError,
+    ) -> Outcome {
+        if error.class == ErrorClass::KeyProblem && ctx.peer_for(job).is_some() {
+            return Outcome::MoveToPeer {
+                reason: format!("{} key problem: {}", error.provider, error.message),
+            };
+        }
+        tracing::warn!(job = job.id, provider = %error.provider, class = %error.class, "provider call failed: {}", error.message);
+        self.finish(
+            job,
+            ctx,
+            command,
+            false,
+            Answer::text(replies::provider_failed(error)),
+        )
+        .await
+    }
+
+    /// A job whose kind needs a provider this instance has no key for.
+    pub(crate) async fn unconfigured(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        command: &str,
+        provider: keyshard_providers::ProviderKind,
+    ) -> Outcome {
+        if ctx.peer_for(job).is_some() {
+            return Outcome::MoveToPeer {
+                reason: format!("no {provider} key on this instance"),
+            };
+        }
+        self.finish(
+            job,
+            ctx,
+            command,
+            false,
+            Answer::text(replies::not_configured(provider)),
+        )
+        .await
+    }
+
+    /// Posts the final answer once (the done marker) and records the completion.
+    pub(crate) async fn finish(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        command: &str,
+        ok: bool,
+        answer: Answer,
+    ) -> Outcome {
+        if !ctx.begin_delivery(job.id).await {
+            tracing::debug!(
+                job = job.id,
+                "already answered by another run; dropping this one"
+            );
+            return Outcome::Finished;
+        }
+        if let Err(e) = deliver::deliver(self.http(), job, answer).await {
+            tracing::warn!(
+                job = job.id,
+                "could not deliver the answer: {}",
+                crate::redact::redact(&e.to_string())
+            );
+        }
+        self.inner.stats.completed(command, ok, since_created(job));
+        Outcome::Finished
+    }
+}
+
+impl JobHandler for Worker {
+    fn handle(&self, job: Job, ctx: JobContext) -> keyshard_cluster::jobs::BoxFuture<Outcome> {
+        let worker = self.clone();
+        Box::pin(async move {
+            match job.kind {
+                JobKind::Chat => chat::run(&worker, &job, &ctx).await,
+                JobKind::Image => image::run(&worker, &job, &ctx).await,
+                JobKind::Video => video::run(&worker, &job, &ctx).await,
+            }
+        })
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Time since the interaction was created (the user's wait).
+pub(crate) fn since_created(job: &Job) -> Duration {
+    Duration::from_millis(unix_ms().saturating_sub(job.created_ms))
+}
+
+/// Decodes a job's arguments; a job that cannot be read is answered with a generic error.
+pub(crate) fn args<T: serde::de::DeserializeOwned>(job: &Job) -> Option<T> {
+    match serde_json::from_value(job.args.clone()) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::error!(
+                job = job.id,
+                kind = job.kind.as_str(),
+                "unreadable job arguments: {e}"
+            );
+            None
+        }
+    }
+}

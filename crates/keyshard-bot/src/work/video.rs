@@ -1,0 +1,134 @@
+//! `/비디오` jobs: a MiniMax Hailuo task created once (its id saved with the job so a rescuer
+//! resumes it instead of paying for a second video), progress edits while it renders, and the
+//! video attached when it fits the interaction's upload limit, else linked.
+
+use std::time::Instant;
+
+use keyshard_cluster::{Job, JobContext, Outcome};
+use keyshard_providers::{ErrorClass, ProviderError, ProviderKind, VideoStatus, VideoTaskId};
+use poise::serenity_prelude as serenity;
+
+use super::deliver::{progress, Answer};
+use super::{args, since_created, VideoArgs, Worker};
+use crate::replies;
+
+const COMMAND: &str = "video";
+
+pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
+    let Some(a) = args::<VideoArgs>(job) else {
+        return w
+            .finish(job, ctx, COMMAND, false, Answer::text(replies::INTERNAL))
+            .await;
+    };
+    let Some(minimax) = w.providers().minimax.clone() else {
+        return w
+            .unconfigured(job, ctx, COMMAND, ProviderKind::MiniMax)
+            .await;
+    };
+    let saved = ctx.load_state(job.id).await.and_then(|s| {
+        s.get("task_id")
+            .and_then(|t| t.as_str())
+            .map(|t| VideoTaskId(t.to_owned()))
+    });
+    let task = match saved {
+        Some(task) => {
+            tracing::info!(
+                job = job.id,
+                "resuming a video task started by an earlier run"
+            );
+            task
+        }
+        None => {
+            progress(w.http(), job, "⏳ 영상 생성을 요청하는 중이에요…").await;
+            let task = match minimax.video_create(&a.prompt).await {
+                Ok(t) => t,
+                Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+            };
+            if let Err(e) = ctx
+                .save_state(job.id, &serde_json::json!({ "task_id": task.0 }))
+                .await
+            {
+                tracing::warn!(
+                    job = job.id,
+                    "could not save the video task id (a rescue would start over): {e}"
+                );
+            }
+            task
+        }
+    };
+
+    let started = Instant::now();
+    let timing = w.inner.timing;
+    let file_id = loop {
+        let status = match minimax.video_poll(&task).await {
+            Ok(s) => s,
+            Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+        };
+        let phase = match status {
+            VideoStatus::Success { file_id } => break file_id,
+            VideoStatus::Failed(msg) => {
+                tracing::warn!(job = job.id, "the video task failed at the provider: {msg}");
+                return w
+                    .finish(
+                        job,
+                        ctx,
+                        COMMAND,
+                        false,
+                        Answer::text(replies::VIDEO_FAILED),
+                    )
+                    .await;
+            }
+            VideoStatus::Preparing | VideoStatus::Queueing => "대기 중",
+            VideoStatus::Processing => "생성 중",
+        };
+        if started.elapsed() > timing.video_deadline {
+            let e = ProviderError::new(
+                ProviderKind::MiniMax,
+                ErrorClass::Retryable,
+                "the video task did not finish in time",
+            );
+            return w.fail(job, ctx, COMMAND, &e).await;
+        }
+        let text = format!("⏳ 영상 {phase}… (경과 {}초)", since_created(job).as_secs());
+        progress(w.http(), job, &text).await;
+        tokio::time::sleep(timing.video_poll).await;
+    };
+
+    let file = match minimax.video_file(&file_id).await {
+        Ok(f) => f,
+        Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+    };
+    w.inner
+        .stats
+        .provider_request(ProviderKind::MiniMax.as_str());
+    let elapsed = since_created(job).as_secs();
+    let fits = file.bytes.is_some_and(|b| b <= job.attachment_limit);
+    let answer = if fits {
+        match minimax.download(&file.download_url).await {
+            Ok(bytes) if bytes.len() as u64 <= job.attachment_limit => Answer {
+                text: format!(
+                    "🎬 <@{}> 님의 영상이 완성됐어요! (처리 인스턴스 #{}, {elapsed}초)",
+                    job.user_id,
+                    w.instance()
+                ),
+                embed: None,
+                files: vec![serenity::CreateAttachment::bytes(
+                    bytes.to_vec(),
+                    format!("keyshard-{}.mp4", job.id),
+                )],
+            },
+            Ok(_) | Err(_) => link_answer(job, w.instance(), elapsed, &file.download_url),
+        }
+    } else {
+        link_answer(job, w.instance(), elapsed, &file.download_url)
+    };
+    w.finish(job, ctx, COMMAND, true, answer).await
+}
+
+/// The answer when the video is over the upload limit: a link instead of an attachment.
+fn link_answer(job: &Job, instance: u32, elapsed: u64, url: &str) -> Answer {
+    Answer::text(format!(
+        "🎬 <@{}> 님의 영상이 완성됐어요! 파일이 커서 링크로 보내요: {url}\n(처리 인스턴스 #{instance}, {elapsed}초)",
+        job.user_id
+    ))
+}
