@@ -43,8 +43,8 @@ pub use config::{ClusterConfig, Load};
 pub use error::{redact_url, ClusterError};
 pub use heartbeat::Heartbeat;
 pub use jobs::{Job, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome};
-pub use metrics::{ClusterMetrics, MetricsSnapshot};
 pub use memory::{Memory, Turn};
+pub use metrics::{ClusterMetrics, MetricsSnapshot};
 pub use stats::{publish_info, read_info, read_window, Stats, Window};
 pub use status::{
     fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,

@@ -42,7 +42,10 @@ impl Memory {
     }
 
     fn key(&self, user: u64, channel: u64) -> String {
-        format!("{}:conv:{user}:{channel}", self.cluster.config().cluster_name)
+        format!(
+            "{}:conv:{user}:{channel}",
+            self.cluster.config().cluster_name
+        )
     }
 
     /// The conversation so far, oldest first (empty when none or expired).
@@ -52,14 +55,28 @@ impl Memory {
             .cluster
             .redis()
             .run("conversation read", BUDGET, move |mut c| async move {
-                redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query_async(&mut c).await
+                redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
             })
             .await?;
-        Ok(raw.iter().filter_map(|s| serde_json::from_str(s).ok()).collect())
+        Ok(raw
+            .iter()
+            .filter_map(|s| serde_json::from_str(s).ok())
+            .collect())
     }
 
     /// Appends one exchange and keeps the last `max_turns` of them.
-    pub async fn append(&self, user: u64, channel: u64, question: &str, answer: &str) -> Result<(), ClusterError> {
+    pub async fn append(
+        &self,
+        user: u64,
+        channel: u64,
+        question: &str,
+        answer: &str,
+    ) -> Result<(), ClusterError> {
         let key = self.key(user, channel);
         let turns = [
             Turn {
@@ -71,7 +88,10 @@ impl Memory {
                 content: answer.into(),
             },
         ];
-        let items: Vec<String> = turns.iter().map(|t| serde_json::to_string(t).expect("turns serialize")).collect();
+        let items: Vec<String> = turns
+            .iter()
+            .map(|t| serde_json::to_string(t).expect("turns serialize"))
+            .collect();
         let keep = (self.max_turns * 2) as i64;
         let ttl = self.ttl.as_millis() as u64;
         self.cluster

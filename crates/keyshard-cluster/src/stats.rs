@@ -284,6 +284,60 @@ pub async fn read_window(cluster: &Cluster, minutes: u64) -> Result<Window, Clus
     })
 }
 
+/// Publishes a JSON document about this instance (e.g. its remaining key budget) at
+/// `{c}:info:{id}`, expiring after `ttl` so a dead instance's document disappears with it.
+pub async fn publish_info(
+    cluster: &Cluster,
+    info: &serde_json::Value,
+    ttl: Duration,
+) -> Result<(), ClusterError> {
+    let cfg = cluster.config();
+    let key = format!("{}:info:{}", cfg.cluster_name, cfg.instance_id);
+    let value = info.to_string();
+    let ttl = ttl.as_millis() as u64;
+    cluster
+        .redis()
+        .run(
+            "info write",
+            Duration::from_millis(500),
+            move |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async::<()>(&mut c)
+                    .await
+            },
+        )
+        .await
+}
+
+/// Every instance's published document, by instance id (missing ones are absent).
+pub async fn read_info(
+    cluster: &Cluster,
+) -> Result<BTreeMap<InstanceId, serde_json::Value>, ClusterError> {
+    let cfg = cluster.config();
+    let ids: Vec<InstanceId> = (1..=cfg.instance_count).collect();
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| format!("{}:info:{id}", cfg.cluster_name))
+        .collect();
+    let values: Vec<Option<String>> = cluster
+        .redis()
+        .run(
+            "info read",
+            Duration::from_millis(500),
+            move |mut c| async move { redis::cmd("MGET").arg(&keys).query_async(&mut c).await },
+        )
+        .await?;
+    Ok(ids
+        .into_iter()
+        .zip(values)
+        .filter_map(|(id, v)| Some((id, serde_json::from_str(&v?).ok()?)))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,37 +373,4 @@ mod tests {
         assert_eq!(w.handled(2), 5);
         assert_eq!(w.provider_requests()[&(3, "openai".to_string())], 6);
     }
-}
-
-/// Publishes a JSON document about this instance (e.g. its remaining key budget) at
-/// `{c}:info:{id}`, expiring after `ttl` so a dead instance's document disappears with it.
-pub async fn publish_info(cluster: &Cluster, info: &serde_json::Value, ttl: Duration) -> Result<(), ClusterError> {
-    let cfg = cluster.config();
-    let key = format!("{}:info:{}", cfg.cluster_name, cfg.instance_id);
-    let value = info.to_string();
-    let ttl = ttl.as_millis() as u64;
-    cluster
-        .redis()
-        .run("info write", Duration::from_millis(500), move |mut c| async move {
-            redis::cmd("SET").arg(&key).arg(value).arg("PX").arg(ttl).query_async::<()>(&mut c).await
-        })
-        .await
-}
-
-/// Every instance's published document, by instance id (missing ones are absent).
-pub async fn read_info(cluster: &Cluster) -> Result<BTreeMap<InstanceId, serde_json::Value>, ClusterError> {
-    let cfg = cluster.config();
-    let ids: Vec<InstanceId> = (1..=cfg.instance_count).collect();
-    let keys: Vec<String> = ids.iter().map(|id| format!("{}:info:{id}", cfg.cluster_name)).collect();
-    let values: Vec<Option<String>> = cluster
-        .redis()
-        .run("info read", Duration::from_millis(500), move |mut c| async move {
-            redis::cmd("MGET").arg(&keys).query_async(&mut c).await
-        })
-        .await?;
-    Ok(ids
-        .into_iter()
-        .zip(values)
-        .filter_map(|(id, v)| Some((id, serde_json::from_str(&v?).ok()?)))
-        .collect())
 }

@@ -1,0 +1,274 @@
+//! Durable jobs against a real Redis: every job runs and is answered once, a dead instance's
+//! jobs are rescued by a peer, a restarted instance resumes its own, a key problem moves a
+//! job to a peer, and a Redis outage runs jobs in-process instead of losing them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyshard_cluster::{Cluster, InstanceId, Job, JobContext, JobHandler, JobKind, Jobs, Outcome};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{now_ms, wait_for, TestCluster, PATIENCE};
+
+/// What a recording handler does with a job.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Finish at once, delivering through the done marker.
+    Finish,
+    /// Never finish (a process that dies mid-job).
+    Hang,
+    /// Report a key problem, so the job moves to a peer.
+    KeyProblem,
+}
+
+/// Records which instance ran and which delivered each job.
+#[derive(Clone)]
+struct Recorder {
+    me: InstanceId,
+    mode: Mode,
+    ran: Arc<Mutex<Vec<(u64, InstanceId)>>>,
+    delivered: Arc<Mutex<HashMap<u64, Vec<InstanceId>>>>,
+    started: Arc<Notify>,
+}
+
+impl Recorder {
+    fn new(
+        me: InstanceId,
+        mode: Mode,
+        delivered: &Arc<Mutex<HashMap<u64, Vec<InstanceId>>>>,
+    ) -> Self {
+        Self {
+            me,
+            mode,
+            ran: Arc::default(),
+            delivered: delivered.clone(),
+            started: Arc::new(Notify::new()),
+        }
+    }
+}
+
+impl JobHandler for Recorder {
+    fn handle(&self, job: Job, ctx: JobContext) -> keyshard_cluster::jobs::BoxFuture<Outcome> {
+        let r = self.clone();
+        Box::pin(async move {
+            r.ran.lock().unwrap().push((job.id, r.me));
+            r.started.notify_one();
+            match r.mode {
+                Mode::Hang => std::future::pending().await,
+                Mode::KeyProblem if ctx.peer_for(&job).is_some() => Outcome::MoveToPeer {
+                    reason: "test key rejected".into(),
+                },
+                Mode::Finish | Mode::KeyProblem => {
+                    if ctx.begin_delivery(job.id).await {
+                        r.delivered
+                            .lock()
+                            .unwrap()
+                            .entry(job.id)
+                            .or_default()
+                            .push(r.me);
+                    }
+                    Outcome::Finished
+                }
+            }
+        })
+    }
+}
+
+fn job(id: u64, origin: InstanceId) -> Job {
+    Job {
+        id,
+        kind: JobKind::Chat,
+        token: "test-token".into(),
+        application_id: 1,
+        user_id: 42,
+        channel_id: 7,
+        guild_id: None,
+        args: serde_json::json!({ "prompt": "hi" }),
+        created_ms: now_ms(),
+        attachment_limit: 8 << 20,
+        origin,
+        tried: Vec::new(),
+        attempt: 0,
+    }
+}
+
+const SLOTS: &[(JobKind, usize)] = &[(JobKind::Chat, 4), (JobKind::Image, 1), (JobKind::Video, 1)];
+
+fn start_workers(
+    cluster: &Cluster,
+    handler: Recorder,
+) -> (Jobs, CancellationToken, Vec<tokio::task::JoinHandle<()>>) {
+    let jobs = Jobs::new(cluster);
+    let stop = CancellationToken::new();
+    let tasks = jobs.spawn(Arc::new(handler), SLOTS, stop.clone());
+    (jobs, stop, tasks)
+}
+
+fn delivered_once(
+    delivered: &Arc<Mutex<HashMap<u64, Vec<InstanceId>>>>,
+    ids: impl Iterator<Item = u64>,
+) {
+    let d = delivered.lock().unwrap();
+    for id in ids {
+        assert_eq!(
+            d.get(&id).map(Vec::len),
+            Some(1),
+            "job {id} delivered {:?}",
+            d.get(&id)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_runs_and_is_answered_once() {
+    let tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    let (jobs, stop, _tasks) =
+        start_workers(tc.node(1), Recorder::new(1, Mode::Finish, &delivered));
+    for id in 1..=60 {
+        jobs.submit(job(id, 1)).await.unwrap();
+    }
+    wait_for("60 jobs delivered", PATIENCE, || {
+        delivered.lock().unwrap().len() == 60
+    })
+    .await;
+    delivered_once(&delivered, 1..=60);
+    wait_for("the stream to be empty", PATIENCE, || {
+        jobs.stats().finished == 60
+    })
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instances_jobs_are_rescued_by_a_peer() {
+    let mut tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    // Instance 1 takes jobs and hangs on them, like a process killed mid-job.
+    let hang = Recorder::new(1, Mode::Hang, &delivered);
+    let started = hang.started.clone();
+    let (jobs1, _stop1, tasks1) = start_workers(tc.node(1), hang);
+    for id in 100..120 {
+        jobs1.submit(job(id, 1)).await.unwrap();
+    }
+    started.notified().await;
+    // The rescuer: instance 2, with workers that finish.
+    let rescuer = Recorder::new(2, Mode::Finish, &delivered);
+    let (jobs2, stop2, _tasks2) = start_workers(tc.node(2), rescuer.clone());
+
+    // Kill instance 1: its heartbeat and job loops stop without a goodbye.
+    for t in tasks1 {
+        t.abort();
+    }
+    let node1 = tc.nodes.remove(0);
+    node1.task.abort();
+
+    wait_for(
+        "all 20 jobs delivered by the rescuer",
+        Duration::from_secs(10),
+        || delivered.lock().unwrap().len() == 20,
+    )
+    .await;
+    delivered_once(&delivered, 100..120);
+    assert!(delivered.lock().unwrap().values().all(|v| v == &vec![2]));
+    assert_eq!(jobs2.stats().rescued, 20);
+    stop2.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_resumes_its_own_jobs() {
+    let tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    let hang = Recorder::new(3, Mode::Hang, &delivered);
+    let started = hang.started.clone();
+    let (jobs, stop, tasks) = start_workers(tc.node(3), hang);
+    for id in 200..205 {
+        jobs.submit(job(id, 3)).await.unwrap();
+    }
+    started.notified().await;
+    // The process "restarts": its workers die with jobs taken but unfinished...
+    stop.cancel();
+    for t in tasks {
+        t.abort();
+    }
+    // ...and a new run of instance 3 (same id, same consumer) takes them up again.
+    let (jobs, stop, _tasks) =
+        start_workers(tc.node(3), Recorder::new(3, Mode::Finish, &delivered));
+    wait_for("the 5 jobs resumed and delivered", PATIENCE, || {
+        delivered.lock().unwrap().len() == 5
+    })
+    .await;
+    delivered_once(&delivered, 200..205);
+    assert_eq!(
+        jobs.stats().rescued,
+        0,
+        "resumed by its own instance, not rescued"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_problem_moves_the_job_to_a_peer() {
+    let tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    let (jobs1, stop1, _t1) =
+        start_workers(tc.node(1), Recorder::new(1, Mode::KeyProblem, &delivered));
+    let (_jobs2, stop2, _t2) =
+        start_workers(tc.node(2), Recorder::new(2, Mode::Finish, &delivered));
+    jobs1.submit(job(300, 1)).await.unwrap();
+    wait_for("the moved job delivered", PATIENCE, || {
+        delivered.lock().unwrap().contains_key(&300)
+    })
+    .await;
+    assert_eq!(
+        delivered.lock().unwrap()[&300],
+        vec![2],
+        "instance 2 is next on the ladder after 1"
+    );
+    assert_eq!(jobs1.stats().moved, 1);
+    stop1.cancel();
+    stop2.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_job_runs_in_process() {
+    let mut tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    let recorder = Recorder::new(4, Mode::Finish, &delivered);
+    let ran = recorder.ran.clone();
+    let (jobs, stop, _tasks) = start_workers(tc.node(4), recorder);
+    tc.redis.kill();
+    jobs.submit(job(400, 4)).await.expect("taken in-process");
+    wait_for("the job ran without Redis", PATIENCE, || {
+        ran.lock().unwrap().iter().any(|(id, _)| *id == 400)
+    })
+    .await;
+    // With Redis down the delivery marker cannot be checked: the answer goes out anyway.
+    wait_for("delivered", PATIENCE, || {
+        delivered.lock().unwrap().contains_key(&400)
+    })
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_carries_the_job_backlog() {
+    let tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    let hang = Recorder::new(2, Mode::Hang, &delivered);
+    let (jobs, stop, _tasks) = start_workers(tc.node(2), hang);
+    // 4 chat slots hang, so 6 of 10 jobs wait in the stream.
+    for id in 500..510 {
+        jobs.submit(job(id, 2)).await.unwrap();
+    }
+    wait_for("peers to see a queue of 6 on instance 2", PATIENCE, || {
+        tc.node(1)
+            .membership()
+            .get(2)
+            .is_some_and(|s| s.queue_depth == 6 && s.in_flight == 4)
+    })
+    .await;
+    stop.cancel();
+}
