@@ -205,10 +205,16 @@ impl Providers {
     }
 }
 
-fn validate(kind: ProviderKind, c: &ProviderConfig) -> Result<(), ProviderError> {
+/// Checks one provider's config; every client constructor calls it.
+pub(crate) fn validate(kind: ProviderKind, c: &ProviderConfig) -> Result<(), ProviderError> {
     let bad = |msg: String| Err(ProviderError::new(kind, ErrorClass::BadRequest, msg));
     if c.api_key.looks_like_placeholder() {
         return bad("the API key is empty or a placeholder".into());
+    }
+    // The key goes into an `Authorization` header (async-openai even panics on an invalid
+    // one): a stray newline or space from an env file must fail here, at start.
+    if !c.api_key.expose().chars().all(|ch| ch.is_ascii_graphic()) {
+        return bad("the API key contains spaces, newlines or non-ASCII characters".into());
     }
     if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
         return bad(format!("base URL {:?} is not http(s)", c.base_url));

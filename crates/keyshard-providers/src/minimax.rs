@@ -93,6 +93,7 @@ impl MiniMax {
         key_namespace: &str,
     ) -> Result<Self, ProviderError> {
         let common = &cfg.common;
+        crate::validate(P, common)?;
         let (daily, stats) = crate::limits::key_parts(P, common, redis, key_namespace);
         let lane = |name, limits: &KeyLimits, rpm| {
             Lane::new(

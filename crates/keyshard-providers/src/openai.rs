@@ -161,6 +161,7 @@ impl OpenAi {
         key_namespace: &str,
     ) -> Result<Self, ProviderError> {
         let common = &cfg.common;
+        crate::validate(P, common)?;
         let (daily, stats) = crate::limits::key_parts(P, common, redis, key_namespace);
         let http = http::client(P)?;
         let config = OpenAIConfig::new()

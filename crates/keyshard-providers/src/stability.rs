@@ -46,6 +46,7 @@ impl Stability {
         key_namespace: &str,
     ) -> Result<Self, ProviderError> {
         let common = &cfg.common;
+        crate::validate(P, common)?;
         let (daily, stats) = crate::limits::key_parts(P, common, redis, key_namespace);
         let images = Lane::new(
             P,

@@ -659,4 +659,7 @@ fn config_validation_rejects_placeholders_and_short_max_wait() {
     let mut c = ProviderConfig::new("sk-real-looking-key-1234", "https://api.openai.com/v1");
     c.max_wait = Duration::from_secs(30);
     assert!(Providers::new(Some(OpenAiConfig::new(c)), None, None, None, "t").is_err());
+    let c = ProviderConfig::new("sk-real-looking-key-1234\n", "https://api.openai.com/v1");
+    let e = OpenAi::new(OpenAiConfig::new(c), None, "t").unwrap_err();
+    assert!(e.message.contains("newlines"), "{e}");
 }
