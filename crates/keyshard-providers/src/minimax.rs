@@ -95,20 +95,18 @@ impl MiniMax {
         let common = &cfg.common;
         crate::validate(P, common)?;
         let (daily, stats) = crate::limits::key_parts(P, common, redis, key_namespace);
-        let lane = |name, limits: &KeyLimits, rpm| {
-            Lane::new(
-                P,
-                name,
-                limits,
-                rpm,
-                common.max_wait,
-                daily.clone(),
-                stats.clone(),
-            )
+        let lane = |name, limits: &KeyLimits, rpm, daily| {
+            Lane::new(P, name, limits, rpm, common.max_wait, daily, stats.clone())
         };
-        let images = lane("images", &common.limits, common.limits.rpm);
-        let video = lane("video", &common.limits, cfg.video_rpm);
-        let query = lane("video_query", &common.limits, QUERY_RPM);
+        let images = lane(
+            "images",
+            &common.limits,
+            common.limits.rpm,
+            Some(daily.clone()),
+        );
+        let video = lane("video", &common.limits, cfg.video_rpm, Some(daily));
+        // Polls and downloads are bookkeeping, not generations: they do not count per day.
+        let query = lane("video_query", &common.limits, QUERY_RPM, None);
         Ok(MiniMax {
             inner: Arc::new(Inner {
                 http: http::client(P)?,

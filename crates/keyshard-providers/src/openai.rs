@@ -177,7 +177,7 @@ impl OpenAi {
             &common.limits,
             common.limits.rpm,
             common.max_wait,
-            daily.clone(),
+            Some(daily.clone()),
             stats.clone(),
         );
         let mut image_limits = common.limits.clone();
@@ -189,7 +189,7 @@ impl OpenAi {
             &image_limits,
             cfg.image_rpm,
             common.max_wait,
-            daily,
+            Some(daily),
             stats.clone(),
         );
         Ok(OpenAi {

@@ -97,7 +97,7 @@ where
             || failed >= policy.max_attempts
             || error
                 .retry_after
-                .is_some_and(|ra| started.elapsed() + ra > lane_max_wait(lane));
+                .is_some_and(|ra| started.elapsed() + ra > lane.max_wait());
         if give_up {
             stats.record_error(error.class);
             tracing::debug!(provider = %lane.provider, lane = lane.name, class = %error.class, attempts = failed, "provider call failed");
@@ -110,10 +110,6 @@ where
         }
         // RateLimited: the lane's cooldown already makes the next `admit` wait.
     }
-}
-
-fn lane_max_wait(lane: &Lane) -> Duration {
-    lane.max_wait()
 }
 
 #[cfg(test)]

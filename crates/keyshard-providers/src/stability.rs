@@ -54,7 +54,7 @@ impl Stability {
             &common.limits,
             common.limits.rpm,
             common.max_wait,
-            daily,
+            Some(daily),
             stats.clone(),
         );
         Ok(Stability {

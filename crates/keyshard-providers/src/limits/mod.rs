@@ -5,7 +5,8 @@
 //! - requests per window (a hard sliding-window cap plus GCRA pacing with a small burst) and
 //!   tokens per window ([`window`], pure bookkeeping),
 //! - cooldowns the provider asked for (`Retry-After`, `x-ratelimit-remaining-*: 0`),
-//! - requests per UTC day ([`daily`], in Redis, shared by the lanes of one key),
+//! - requests per UTC day ([`daily`], in Redis, shared by the generating lanes of one key;
+//!   polling lanes are not counted),
 //!
 //! and makes callers *wait* for capacity (up to `max_wait`) instead of failing.
 
@@ -86,7 +87,8 @@ pub(crate) struct Lane {
     /// moved); waiters otherwise sleep until the instant they computed.
     changed: Notify,
     permits: Arc<Semaphore>,
-    pub daily: Arc<DailyCounter>,
+    /// `None` for lanes whose calls do not count as requests per day (video polling).
+    pub daily: Option<Arc<DailyCounter>>,
     pub stats: Arc<StatsCell>,
 }
 
@@ -119,7 +121,7 @@ impl Lane {
         limits: &KeyLimits,
         rpm: u32,
         max_wait: Duration,
-        daily: Arc<DailyCounter>,
+        daily: Option<Arc<DailyCounter>>,
         stats: Arc<StatsCell>,
     ) -> Arc<Self> {
         let span = limits.window + limits.guard();
@@ -187,7 +189,11 @@ impl Lane {
             token_charge,
             _permit: permit,
         };
-        if let Err(exhausted) = self.daily.take().await {
+        let daily = match &self.daily {
+            Some(d) => d.take().await,
+            None => Ok(0),
+        };
+        if let Err(exhausted) = daily {
             self.add_wait(start);
             return Err(ProviderError::new(
                 self.provider,
@@ -253,8 +259,8 @@ impl Lane {
             requests_remaining: limit.saturating_sub(used),
             tokens_limit: st.tokens.as_ref().map(|t| t.limit()),
             tokens_used: st.tokens.as_mut().map(|t| t.used(now)),
-            day_limit: self.daily.limit(),
-            day_used: self.daily.used(),
+            day_limit: self.daily.as_ref().and_then(|d| d.limit()),
+            day_used: self.daily.as_ref().map_or(0, |d| d.used()),
             in_flight: self.concurrency - self.permits.available_permits() as u32,
             concurrency: self.concurrency,
             cooldown_ms: st
@@ -300,7 +306,7 @@ mod tests {
             &limits,
             rpm,
             Duration::from_secs(600),
-            Arc::new(DailyCounter::new("t".into(), None, None)),
+            Some(Arc::new(DailyCounter::new("t".into(), None, None))),
             Arc::default(),
         )
     }
@@ -372,7 +378,7 @@ mod tests {
             &limits,
             1,
             Duration::from_secs(10),
-            Arc::new(DailyCounter::new("t".into(), None, None)),
+            Some(Arc::new(DailyCounter::new("t".into(), None, None))),
             Arc::default(),
         );
         drop(l.admit(0).await.unwrap());

@@ -607,7 +607,14 @@ async fn a_video_task_is_resumed_from_its_id_by_a_second_client() {
     let boxes = media::mp4_boxes(&bytes).expect("a well-formed MP4");
     assert_eq!(boxes[0].0, "ftyp");
 
+    assert!(
+        other.budget().iter().all(|b| b.day_used == 0),
+        "polls and downloads do not count as requests per day"
+    );
+
     let failing = other.video_create("fake:videofail").await.unwrap();
+    assert_eq!(other.budget()[1].lane, "video");
+    assert_eq!(other.budget()[1].day_used, 1);
     let end = other
         .video_wait(&failing, Duration::from_millis(20), Duration::from_secs(5))
         .await
