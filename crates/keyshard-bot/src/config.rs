@@ -45,6 +45,8 @@ pub struct Config {
     pub openai: Option<OpenAiConfig>,
     pub minimax: Option<MiniMaxConfig>,
     pub stability: Option<StabilityConfig>,
+    /// `TAKEOVER=off` keeps the static rule (benchmark comparison only).
+    pub takeover: bool,
     /// How often a video task is polled (`VIDEO_POLL_MS`).
     pub video_poll: Duration,
     /// Exchanges kept per conversation (`CHAT_MEMORY_TURNS`).
@@ -207,6 +209,19 @@ impl Config {
         let chat_memory_turns = env.parse("CHAT_MEMORY_TURNS", 10usize);
         // A conversation idle for an hour starts afresh.
         let chat_memory_ttl = Duration::from_secs(env.parse("CHAT_MEMORY_TTL_SECS", 3_600));
+        let takeover = match env
+            .get("TAKEOVER")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("on" | "true" | "1") => true,
+            Some("off" | "false" | "0") => false,
+            Some(other) => {
+                env.problem(format!("TAKEOVER={other:?} must be on or off"));
+                true
+            }
+        };
         if video_poll.is_zero() || chat_memory_turns == 0 {
             env.problem("VIDEO_POLL_MS and CHAT_MEMORY_TURNS must be at least 1".into());
         }
@@ -233,6 +248,7 @@ impl Config {
             openai,
             minimax,
             stability,
+            takeover,
             video_poll,
             chat_memory_turns,
             chat_memory_ttl,
@@ -253,6 +269,7 @@ impl Config {
             snapshot_every: (self.heartbeat / 4).max(Duration::from_millis(50)),
             overload: self.overload,
             claim: self.claim,
+            takeover: self.takeover,
         }
     }
 }

@@ -271,6 +271,23 @@ impl Cluster {
             };
         }
 
+        if !cfg.takeover {
+            if !is_primary {
+                return self.lost();
+            }
+            let assignment = Assignment {
+                user,
+                primary: me,
+                owner: Some(me),
+                reason: Reason::Primary,
+            };
+            return match self.try_claim(interaction_id).await {
+                Ok(true) => self.won(assignment, None),
+                Ok(false) => self.lost(),
+                Err(_) => self.degraded(user, true),
+            };
+        }
+
         let members = self.membership();
         let turn = claim_turn(
             me,

@@ -28,6 +28,10 @@ pub struct ClusterConfig {
     pub snapshot_every: Duration,
     pub overload: OverloadPolicy,
     pub claim: ClaimTiming,
+    /// `TAKEOVER`: when off, only a user's primary answers (the static `user_id % N + 1` rule,
+    /// still through the claim), so a down or overloaded primary's users wait. For comparing
+    /// against the takeover policy in benchmarks, not for production.
+    pub takeover: bool,
 }
 
 impl ClusterConfig {
@@ -49,6 +53,7 @@ impl ClusterConfig {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             overload: OverloadPolicy::default(),
             claim: ClaimTiming::default(),
+            takeover: true,
         }
     }
 
@@ -104,6 +109,7 @@ impl fmt::Debug for ClusterConfig {
             .field("snapshot_every", &self.snapshot_every)
             .field("overload", &self.overload)
             .field("claim", &self.claim)
+            .field("takeover", &self.takeover)
             .finish()
     }
 }

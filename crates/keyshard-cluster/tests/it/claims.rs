@@ -138,3 +138,37 @@ async fn stalled_owner_is_replaced_by_the_next_instance_within_its_grace() {
         Some("3")
     );
 }
+
+/// With takeover off (the static rule, kept for benchmark comparisons) only the primary
+/// answers, even while it is down: its users wait instead of moving to a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_off_answers_only_by_the_primary() {
+    use keyshard_cluster::Cluster;
+    use tokio_util::sync::CancellationToken;
+
+    let redis = keyshard_testkit::RedisServer::start();
+    let handles: Vec<Cluster> = (1..=N)
+        .map(|id| {
+            let mut cfg = crate::support::config(&redis.url(), "static", id);
+            cfg.takeover = false;
+            Cluster::new(cfg).unwrap()
+        })
+        .collect();
+    let stop = CancellationToken::new();
+    for h in &handles[1..] {
+        h.spawn(stop.clone());
+    }
+    // Instance 1 never runs: it is down. Its user gets no answer; instance 2's user does.
+    crate::support::wait_for("peers connected", PATIENCE, || {
+        handles[1..].iter().all(|h| !h.is_degraded())
+    })
+    .await;
+    let down = claim_with(handles[1..].to_vec(), interaction(1), user_of(1, 5)).await;
+    assert!(
+        answering(&down).is_empty(),
+        "a peer answered for a down primary with takeover off"
+    );
+    let up = claim_with(handles[1..].to_vec(), interaction(2), user_of(2, 5)).await;
+    assert_eq!(answering(&up), vec![2]);
+    stop.cancel();
+}
