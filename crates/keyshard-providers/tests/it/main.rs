@@ -670,3 +670,58 @@ fn config_validation_rejects_placeholders_and_short_max_wait() {
     let e = OpenAi::new(OpenAiConfig::new(c), None, "t").unwrap_err();
     assert!(e.message.contains("newlines"), "{e}");
 }
+
+/// A client configured above the provider's real limit (a wrong env value).
+fn overconfigured(fake: &FakeProviders) -> OpenAi {
+    let mut c = common(fake.openai_base(), KEY);
+    c.limits.rpm = 50;
+    c.limits.window = Duration::from_secs(1);
+    c.max_wait = Duration::from_secs(10);
+    OpenAi::new(OpenAiConfig::new(c), None, "t").unwrap()
+}
+
+fn five_per_second() -> FakeProvidersConfig {
+    let mut cfg = fake_config();
+    cfg.limits.openai_chat.limit = 5;
+    cfg.limits.openai_chat.window = Duration::from_secs(1);
+    cfg
+}
+
+#[tokio::test]
+async fn x_ratelimit_remaining_zero_stops_a_sequential_caller_before_any_429() {
+    init();
+    let fake = FakeProviders::start(five_per_second()).await.unwrap();
+    let client = overconfigured(&fake);
+    let started = std::time::Instant::now();
+    for _ in 0..7 {
+        client.chat(user("hi")).await.unwrap();
+    }
+    // The 5th answer said `remaining-requests: 0, reset-requests: ~1s`; the 6th call waited.
+    assert_eq!(fake.stats().total_429, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_waited_out_and_the_calls_still_succeed() {
+    init();
+    let fake = FakeProviders::start(five_per_second()).await.unwrap();
+    let client = overconfigured(&fake);
+    let started = std::time::Instant::now();
+    let calls = (0..10).map(|_| client.chat(user("hi")));
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let stats = client.stats();
+    assert!(
+        fake.stats().total_429 > 0,
+        "concurrent callers overran the fake"
+    );
+    assert_eq!(stats.provider_429, fake.stats().total_429);
+    assert_eq!(stats.ok, 10);
+    // Retry-After: 1 (whole seconds) was honoured by everyone on the key.
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(stats.rate_limit_wait >= Duration::from_secs(1));
+}
