@@ -725,3 +725,30 @@ async fn a_429_with_retry_after_is_waited_out_and_the_calls_still_succeed() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(stats.rate_limit_wait >= Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn tokens_per_window_are_respected_without_a_429() {
+    init();
+    let mut cfg = fake_config();
+    // 200 tokens per second; each call costs the fake about 20 (prompt + 6 answer words).
+    cfg.limits.openai_chat_tokens = Some(keyshard_sim::providers::WindowLimit {
+        limit: 200,
+        window: Duration::from_secs(1),
+    });
+    let fake = FakeProviders::start(cfg).await.unwrap();
+    let mut c = common(fake.openai_base(), KEY);
+    c.limits.tpm = Some(200);
+    c.limits.window = Duration::from_secs(1);
+    c.max_wait = Duration::from_secs(20);
+    let mut oc = OpenAiConfig::new(c);
+    oc.max_completion_tokens = 10;
+    let client = OpenAi::new(oc, None, "t").unwrap();
+    let started = std::time::Instant::now();
+    let calls = (0..20).map(|_| client.chat(user("hi")));
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(fake.stats().total_429, 0);
+    // 20 calls of ~20 tokens do not fit one 200-token window: the client waited.
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    fake.shutdown().await;
+}
