@@ -169,6 +169,37 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                     );
                 }
             }
+            poise::FrameworkError::ArgumentParse { ctx, error, .. } => {
+                tracing::debug!(command = %ctx.command().name, "argument parse failed: {error}");
+                let reply = poise::CreateReply::default()
+                    .content(crate::replies::INPUT_UNREADABLE)
+                    .ephemeral(true);
+                if let Err(e) = ctx.send(reply).await {
+                    tracing::debug!(
+                        "could not report the bad argument: {}",
+                        redact(&e.to_string())
+                    );
+                }
+            }
+            poise::FrameworkError::CommandStructureMismatch {
+                ctx, description, ..
+            } => {
+                // An option that does not match the registered command: a user Discord could
+                // not resolve (deleted account, not in the guild) or a stale registration.
+                tracing::info!(command = %ctx.command().name, "unreadable options: {description}");
+                let text = if description.contains("User") {
+                    crate::replies::UNKNOWN_USER
+                } else {
+                    crate::replies::INPUT_UNREADABLE
+                };
+                let reply = poise::CreateReply::default().content(text).ephemeral(true);
+                if let Err(e) = poise::Context::Application(ctx).send(reply).await {
+                    tracing::debug!(
+                        "could not report the bad argument: {}",
+                        redact(&e.to_string())
+                    );
+                }
+            }
             poise::FrameworkError::CommandCheckFailed {
                 error: Some(error),
                 ctx,

@@ -12,6 +12,7 @@ pub const EMPTY_PROMPT: &str = "⚠️ 내용을 입력해 주세요. 빈 요청
 pub const ADMIN_ONLY: &str = "⚠️ 관리자만 사용할 수 있는 명령어예요.";
 pub const UNKNOWN_USER: &str =
     "⚠️ 해당 사용자를 찾을 수 없어요. 서버에 있는 사용자를 선택해 주세요.";
+pub const INPUT_UNREADABLE: &str = "⚠️ 입력을 읽지 못했어요. 명령어를 다시 선택해 입력해 주세요.";
 pub const QUEUE_FAILED: &str = "⚠️ 작업을 시작하지 못했어요. 잠시 후 다시 시도해 주세요.";
 pub const INTERNAL: &str = "⚠️ 요청을 처리하는 중 문제가 생겼어요. 잠시 후 다시 시도해 주세요.";
 pub const VIDEO_FAILED: &str =

@@ -2,6 +2,7 @@
 
 use keyshard_cluster::JobKind;
 
+use super::choice::string_choices;
 use super::queue::{defer_and_queue, reject};
 use crate::edge::{Context, Error};
 use crate::replies::check_prompt;
@@ -10,52 +11,25 @@ use crate::work::ImageArgs;
 /// MiniMax `image-01` takes at most 1,500 characters, the tightest of the three providers.
 pub const MAX_PROMPT: usize = 1_500;
 
-#[derive(Debug, Clone, Copy, poise::ChoiceParameter)]
-pub enum ImageModel {
-    #[name = "minimax"]
-    MiniMax,
-    #[name = "stability"]
-    Stability,
-    #[name = "openai"]
-    OpenAi,
-}
-
-impl ImageModel {
-    fn key(self) -> &'static str {
-        match self {
-            ImageModel::MiniMax => "minimax",
-            ImageModel::Stability => "stability",
-            ImageModel::OpenAi => "openai",
-        }
+string_choices!(
+    /// The image providers a user can pick.
+    ImageModel {
+        MiniMax => "minimax",
+        Stability => "stability",
+        OpenAi => "openai",
     }
-}
+);
 
-/// Ratios every image provider supports.
-#[derive(Debug, Clone, Copy, poise::ChoiceParameter)]
-pub enum Ratio {
-    #[name = "1:1"]
-    Square,
-    #[name = "16:9"]
-    Landscape,
-    #[name = "9:16"]
-    Portrait,
-    #[name = "3:2"]
-    Photo,
-    #[name = "2:3"]
-    PhotoPortrait,
-}
-
-impl Ratio {
-    fn as_str(self) -> &'static str {
-        match self {
-            Ratio::Square => "1:1",
-            Ratio::Landscape => "16:9",
-            Ratio::Portrait => "9:16",
-            Ratio::Photo => "3:2",
-            Ratio::PhotoPortrait => "2:3",
-        }
+string_choices!(
+    /// Ratios every image provider supports.
+    Ratio {
+        Square => "1:1",
+        Landscape => "16:9",
+        Portrait => "9:16",
+        Photo => "3:2",
+        PhotoPortrait => "2:3",
     }
-}
+);
 
 /// 설명대로 이미지를 그립니다.
 #[poise::command(
@@ -89,7 +63,7 @@ pub async fn image(
     };
     let args = ImageArgs {
         prompt,
-        model: model.map(|m| m.key().to_owned()),
+        model: model.map(|m| m.as_str().to_owned()),
         ratio: ratio.map(|r| r.as_str().to_owned()),
     };
     defer_and_queue(ctx, JobKind::Image, serde_json::to_value(args)?).await

@@ -5,6 +5,7 @@ use crate::edge::{Data, Error};
 
 pub mod admin;
 mod chat;
+mod choice;
 mod image;
 mod ping;
 pub mod queue;

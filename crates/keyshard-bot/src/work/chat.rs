@@ -79,16 +79,15 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
     if text.trim().is_empty() {
         text = "(답변이 비어 있어요)".into();
     }
-    let outcome = w
-        .finish(job, ctx, COMMAND, true, Answer::text(text.clone()))
-        .await;
+    // Saved before the answer is shown, so a follow-up question typed right after it (maybe
+    // served by another instance) already sees this turn.
     if let Err(e) = memory
         .append(job.user_id, job.channel_id, &a.prompt, &text)
         .await
     {
         tracing::warn!(job = job.id, "could not save the conversation: {e}");
     }
-    outcome
+    w.finish(job, ctx, COMMAND, true, Answer::text(text)).await
 }
 
 /// The partial answer as shown while streaming: its tail if it is already longer than one

@@ -1,5 +1,6 @@
 //! End-to-end tests: real `keyshard` processes against a real `redis-server` and the fake
 //! Discord of `keyshard-sim`.
 
+mod commands;
 mod ping;
 mod support;

@@ -1,16 +1,25 @@
-//! A cluster of real `keyshard` processes against the fake Discord and a private Redis.
+//! A cluster of real `keyshard` processes against the fake Discord, the fake providers and a
+//! private Redis.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyshard_sim::cluster::{ProcessCluster, ProcessConfig};
-use keyshard_sim::discord::{DiscordConfig, FakeDiscord};
+use keyshard_sim::discord::{
+    DiscordConfig, FakeDiscord, InteractionRecord, InteractionSpec, MessageRecord,
+};
+use keyshard_sim::providers::FakeProvidersConfig;
+use keyshard_sim::scenario::ProviderFakes;
+use keyshard_sim::wiring::ScenarioProviders;
 use keyshard_testkit::RedisServer;
 
 pub struct TestCluster {
     pub redis: RedisServer,
     pub discord: FakeDiscord,
+    pub providers: Option<Arc<ScenarioProviders>>,
     pub procs: ProcessCluster,
+    pub cluster_name: String,
     _dir: TempDir,
 }
 
@@ -23,16 +32,52 @@ impl Drop for TempDir {
     }
 }
 
-impl TestCluster {
-    pub async fn start(instances: u32) -> TestCluster {
-        Self::start_with(instances, |_| {}).await
+/// How the test cluster is set up.
+pub struct Setup {
+    pub instances: u32,
+    pub discord: DiscordConfig,
+    pub providers: Option<FakeProvidersConfig>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Setup {
+    pub fn new(instances: u32) -> Self {
+        Self {
+            instances,
+            discord: DiscordConfig::default(),
+            providers: None,
+            env: Vec::new(),
+        }
     }
 
-    pub async fn start_with(instances: u32, tweak: impl FnOnce(&mut ProcessConfig)) -> TestCluster {
+    /// With fake providers: quick answers and videos that render in a few hundred ms.
+    pub fn with_providers(mut self) -> Self {
+        self.providers = Some(FakeProvidersConfig {
+            video_step: Duration::from_millis(150),
+            ..FakeProvidersConfig::default()
+        });
+        // Poll videos often so a test does not wait on the 10 s production interval.
+        self.env.push(("VIDEO_POLL_MS".into(), "100".into()));
+        self
+    }
+}
+
+impl TestCluster {
+    pub async fn start(instances: u32) -> TestCluster {
+        Self::setup(Setup::new(instances)).await
+    }
+
+    pub async fn setup(setup: Setup) -> TestCluster {
         let redis = RedisServer::start();
-        let discord = FakeDiscord::start(DiscordConfig::default())
+        let discord = FakeDiscord::start(setup.discord.clone())
             .await
             .expect("fake Discord");
+        let providers = match setup.providers {
+            Some(cfg) => Some(Arc::new(
+                ScenarioProviders::start(cfg).await.expect("fake providers"),
+            )),
+            None => None,
+        };
         let dir = std::env::temp_dir().join(format!(
             "keyshard-it-{}-{}",
             std::process::id(),
@@ -41,25 +86,34 @@ impl TestCluster {
         std::fs::create_dir_all(&dir).unwrap();
         let mut cfg = ProcessConfig::new(
             PathBuf::from(env!("CARGO_BIN_EXE_keyshard")),
-            instances,
+            setup.instances,
             redis.url(),
             dir.clone(),
         );
-        tweak(&mut cfg);
+        cfg.env = setup.env;
+        // Warnings and errors of the instances show up in a failed test's output.
+        cfg.rust_log = "warn,keyshard_bot=info,poise=debug".into();
+        if let Some(p) = &providers {
+            let p = p.clone();
+            cfg.instance_env = Some(Arc::new(move |i| p.instance_env(i)));
+        }
+        let cluster_name = cfg.cluster_name.clone();
         let procs = ProcessCluster::start(cfg, &discord)
             .await
             .expect("cluster starts");
         discord
-            .wait_sessions(instances as usize, Duration::from_secs(30))
+            .wait_sessions(setup.instances as usize, Duration::from_secs(30))
             .await
             .expect("every instance opens a gateway session");
         let c = TestCluster {
             redis,
             discord,
+            providers,
             procs,
+            cluster_name,
             _dir: TempDir(dir),
         };
-        c.wait_converged(instances as usize).await;
+        c.wait_converged(setup.instances as usize).await;
         c
     }
 
@@ -92,5 +146,112 @@ impl TestCluster {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+
+    /// Sends one interaction and waits for its final answer (not a progress edit).
+    pub async fn ask(&self, spec: InteractionSpec) -> InteractionRecord {
+        let id = self.discord.send_interaction(spec).id;
+        self.wait_final(id, Duration::from_secs(20)).await
+    }
+
+    /// Waits until interaction `id` has a final answer: a type-4 callback, or an accepted
+    /// message after a deferred ack that is neither a progress edit (⏳) nor a streaming one (▌).
+    pub async fn wait_final(&self, id: u64, deadline: Duration) -> InteractionRecord {
+        let done = self
+            .discord
+            .wait_for(deadline, |records| {
+                records.iter().any(|r| r.id == id && has_final(r))
+            })
+            .await;
+        let record = self.discord.interaction(id).expect("recorded");
+        if !done {
+            for i in 1..=self.procs.count() {
+                if let Some(path) = self.procs.log_path(i) {
+                    eprintln!(
+                        "--- instance {i} log\n{}",
+                        keyshard_sim::cluster::log_tail(&path, 30)
+                    );
+                }
+            }
+            panic!("no final answer for interaction {id}: {record:#?}");
+        }
+        record
+    }
+
+    /// Waits until the cluster statistics in Redis count `n` completions of `command` (the
+    /// instances flush their counts once a second).
+    pub async fn wait_stats(&self, command: &str, n: i64) {
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:stats:*", self.cluster_name))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            let mut done = 0;
+            for k in keys {
+                let h: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+                    .arg(&k)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                done += h
+                    .iter()
+                    .filter(|(f, _)| f.starts_with("done:") && f.ends_with(&format!(":{command}")))
+                    .map(|(_, v)| v)
+                    .sum::<i64>();
+            }
+            if done >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "statistics never counted {n} {command} (saw {done})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The number of stored turns of a conversation in Redis.
+    pub async fn conversation_len(&self, user: u64, channel: u64) -> usize {
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("LLEN")
+            .arg(format!("{}:conv:{user}:{channel}", self.cluster_name))
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+}
+
+fn is_progress(content: Option<&str>) -> bool {
+    content.is_some_and(|c| c.starts_with('⏳') || c.ends_with('▌'))
+}
+
+fn has_final(r: &InteractionRecord) -> bool {
+    match r.ack() {
+        Some(ack) if ack.kind == 4 => true,
+        Some(_) => final_messages(r).next().is_some(),
+        None => false,
+    }
+}
+
+/// The accepted messages of an interaction that are not progress edits, in order.
+pub fn final_messages(r: &InteractionRecord) -> impl Iterator<Item = &MessageRecord> {
+    r.messages
+        .iter()
+        .filter(|m| m.accepted() && !is_progress(m.content.as_deref()))
+}
+
+/// The content of the first final message (or of a type-4 callback).
+pub fn final_text(r: &InteractionRecord) -> String {
+    match r.ack() {
+        Some(ack) if ack.kind == 4 => ack.content.clone().unwrap_or_default(),
+        _ => final_messages(r)
+            .next()
+            .and_then(|m| m.content.clone())
+            .unwrap_or_default(),
     }
 }
