@@ -149,6 +149,9 @@ pub struct Report {
     pub interactions: Interactions,
     pub ack_latency_ms: AckLatency,
     pub completion_latency_ms: CompletionLatency,
+    /// Ack latency of the interactions answered by their primary, and of the taken-over ones
+    /// (a takeover waits for the claim fallback or for the dead primary's heartbeat to expire).
+    pub ack_latency_by_route_ms: BTreeMap<String, AckLatency>,
     /// Final answers per minute, over the window from the first dispatch to the last answer.
     pub throughput_per_min: f64,
     /// The sum of the fake keys' limits for the mix; `null` when no provider limit applies
@@ -256,6 +259,7 @@ impl Report {
         let mut last_completion: Option<Instant> = None;
         let mut misrouted_examples = Vec::new();
         let mut lost_examples = Vec::new();
+        let mut by_route: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
         let inst = |id: u32| (id >= 1 && id <= n).then(|| (id - 1) as usize);
 
         for r in input.records {
@@ -307,7 +311,15 @@ impl Report {
                     per[i].takeovers += 1;
                 }
             }
-            match classify(input, p, ack.instance, ack_at) {
+            let route = classify(input, p, ack.instance, ack_at);
+            let key = match route {
+                Route::Primary => "primary",
+                Route::Down => "takeover_down",
+                Route::Overload => "takeover_overload",
+                Route::Misrouted => "misrouted",
+            };
+            by_route.entry(key).or_default().push(ack.after_ms);
+            match route {
                 Route::Primary => routing.primary += 1,
                 Route::Down => routing.takeover_down += 1,
                 Route::Overload => routing.takeover_overload += 1,
@@ -390,6 +402,18 @@ impl Report {
                 p50: r2(quantile(&completions, 0.5)),
                 p99: r2(quantile(&completions, 0.99)),
             },
+            ack_latency_by_route_ms: by_route
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = sorted(v);
+                    let lat = AckLatency {
+                        p50: r2(quantile(&v, 0.5)),
+                        p99: r2(quantile(&v, 0.99)),
+                        max: r2(v.last().copied().unwrap_or(0.0)),
+                    };
+                    (k.to_string(), lat)
+                })
+                .collect(),
             throughput_per_min,
             capacity_per_min: input.capacity_per_min,
             provider_429: input.provider_429,
@@ -446,6 +470,13 @@ impl Report {
             "ack latency   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
             self.ack_latency_ms.p50, self.ack_latency_ms.p99, self.ack_latency_ms.max
         );
+        for (route, l) in &self.ack_latency_by_route_ms {
+            let _ = writeln!(
+                s,
+                "  {route:<19} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                l.p50, l.p99, l.max
+            );
+        }
         let _ = writeln!(
             s,
             "completion    p50 {:.2} ms  p99 {:.2} ms",
