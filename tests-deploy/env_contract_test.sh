@@ -10,11 +10,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CONFIG=$ROOT/crates/keyshard-bot/src/config.rs
 
 # The names a config source reads: env.get("X"), env.parse("X", …), env.secret("X"), …, and for
-# each env.provider("P", …) every format!("{prefix}_SUFFIX"). Test code is left out.
+# each env.provider("P", …) every format!("{prefix}_SUFFIX"). Test code is left out, and the
+# code is joined into one line first, since rustfmt breaks long call chains across lines.
 config_vars() {
   local code prefixes suffixes
-  code=$(sed '/^#\[cfg(test)\]/,$d' "$1")
-  grep -oE 'env\.(get|parse|parse_with|optional_parse(::<[^>]*>)?|secret|id_list)\("[A-Z][A-Z0-9_]*"' <<<"$code" |
+  code=$(sed '/^#\[cfg(test)\]/,$d' "$1" | tr -s '\n\t ' ' ' | sed -E 's/\( /(/g; s/ \./\./g')
+  grep -oE '\.(get|parse|parse_with|optional_parse(::<[^>]*>)?|secret|id_list)\("[A-Z][A-Z0-9_]*"' <<<"$code" |
     sed -E 's/.*\("([A-Z0-9_]+)"/\1/'
   prefixes=$(grep -oE '\.provider\("[A-Z]+"' <<<"$code" | sed -E 's/.*\("([A-Z]+)"/\1/' | sort -u)
   suffixes=$(grep -oE '\{prefix\}_[A-Z][A-Z0-9_]*' <<<"$code" | sed 's/{prefix}_//' | sort -u)

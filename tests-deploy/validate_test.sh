@@ -94,6 +94,8 @@ expect "non-numeric limits, each named" 1 \
   -- validate "$(variant numbers 's/^OPENAI_RPM=.*/OPENAI_RPM=fast/; s/^MINIMAX_CONCURRENCY=.*/MINIMAX_CONCURRENCY=0/; s/^STABILITY_TIMEOUT_SECS=.*/STABILITY_TIMEOUT_SECS=-5/; $a OPENAI_TPM_2=lots')"
 expect "a daily limit may be empty, but not a word" 1 "MINIMAX_RPD=unlimited" \
   -- validate "$(variant rpd 's/^MINIMAX_RPD=.*/MINIMAX_RPD=unlimited/')"
+expect "TAKEOVER is on or off" 1 "TAKEOVER=sometimes must be on or off" \
+  -- validate "$(variant takeover 's/^TAKEOVER=.*/TAKEOVER=sometimes/')"
 expect "dead-after not above the heartbeat" 1 "DEAD_AFTER_MS (1000) must be longer than HEARTBEAT_MS (1000)" \
   -- validate "$(variant dead 's/^DEAD_AFTER_MS=.*/DEAD_AFTER_MS=1000/')"
 expect "admin ids" 1 "ADMIN_USER_IDS must be user ids" \
