@@ -1,7 +1,7 @@
 //! The [`Cluster`] handle: heartbeat and membership loops, load publication, the claim, and
 //! degraded mode while Redis is unreachable.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,13 @@ struct Inner {
     /// Set by `leave`: the heartbeat loop must not bring the key back.
     left: AtomicBool,
     link: AtomicU8,
+    /// Counts returns of Redis after an outage. A fallback compares it across its delay: a
+    /// Redis that went away meanwhile may have come back without the owner's claim key.
+    link_epoch: AtomicU64,
+    /// The last value of `{c}:gen` this instance saw.
+    generation: Mutex<Option<String>>,
+    /// When this instance last saw Redis come back empty.
+    restarted_at: Mutex<Option<Instant>>,
     wake_heartbeat: Arc<Notify>,
     wake_snapshot: Arc<Notify>,
     metrics: ClusterMetrics,
@@ -113,6 +120,9 @@ impl Cluster {
                 draining: AtomicBool::new(false),
                 left: AtomicBool::new(false),
                 link: AtomicU8::new(LINK_CONNECTING),
+                link_epoch: AtomicU64::new(0),
+                generation: Mutex::new(None),
+                restarted_at: Mutex::new(None),
                 wake_heartbeat: Arc::new(Notify::new()),
                 wake_snapshot: Arc::new(Notify::new()),
                 metrics: ClusterMetrics::default(),
@@ -288,6 +298,7 @@ impl Cluster {
             };
         }
 
+        let epoch = self.inner.link_epoch.load(Ordering::Relaxed);
         let members = self.membership();
         let turn = claim_turn(
             me,
@@ -306,6 +317,15 @@ impl Cluster {
                 delay,
             } => {
                 tokio::time::sleep(delay).await;
+                // Redis went away and came back while this fallback waited: a restarted Redis
+                // may have lost the owner's claim, and claiming now could answer a second
+                // time. Only the primary still answers (the static rule), as while degraded.
+                if !is_primary
+                    && (self.inner.link_epoch.load(Ordering::Relaxed) != epoch
+                        || self.generation_changed().await)
+                {
+                    return self.degraded(user, false);
+                }
                 (assignment, Some(rank))
             }
         };
@@ -475,6 +495,9 @@ impl Cluster {
     async fn refresh_membership(&self) -> Result<(), ClusterError> {
         let cfg = &self.inner.cfg;
         let (name, count, policy) = (cfg.cluster_name.clone(), cfg.instance_count, cfg.overload);
+        // The generation first: a Redis that restarted empty has lost every heartbeat, and the
+        // snapshot read right after must not take that for the death of every peer.
+        self.check_generation().await?;
         let result = self
             .inner
             .redis
@@ -485,15 +508,110 @@ impl Cluster {
             .await;
         self.observe(&result);
         let status = Arc::new(result?);
+        let mut membership = status.membership();
+        let restarted = *self
+            .inner
+            .restarted_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if restarted.is_some_and(|t| t.elapsed() < cfg.dead_after) {
+            // Within one heartbeat lifetime of an empty restart, a peer missing from Redis has
+            // most likely not re-announced itself yet: keep what the last snapshot knew.
+            let previous = self.membership();
+            for old in previous.iter() {
+                if old.alive && membership.get(old.id).is_some_and(|s| !s.alive) {
+                    membership.set(old.clone());
+                }
+            }
+        }
         *self
             .inner
             .membership
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(status.membership());
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(membership);
         *self.inner.status.write().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now(), status));
         self.inner.metrics.snapshot_taken();
         Ok(())
+    }
+
+    /// Notices a Redis that restarted empty between two calls (a reconnect can hide the outage
+    /// from every call): the generation key `{c}:gen`, set once by whoever comes first, changes
+    /// or reappears. That counts as an outage for fallbacks waiting on a claim.
+    async fn check_generation(&self) -> Result<(), ClusterError> {
+        let key = keys::generation(&self.inner.cfg.cluster_name);
+        let mine = format!(
+            "{}-{}",
+            self.inner.cfg.instance_id,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let current: String = self
+            .inner
+            .redis
+            .run("generation", BACKGROUND_BUDGET, |mut c| async move {
+                let (current,): (String,) = redis::pipe()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(&mine)
+                    .arg("NX")
+                    .ignore()
+                    .cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(current)
+            })
+            .await?;
+        let mut seen = self
+            .inner
+            .generation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.as_ref().is_some_and(|s| *s != current) {
+            self.inner.link_epoch.fetch_add(1, Ordering::Relaxed);
+            *self
+                .inner
+                .restarted_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            tracing::warn!(
+                instance = self.inner.cfg.instance_id,
+                "Redis restarted empty; claims made before it are gone"
+            );
+            // A restarted Redis has lost every heartbeat: announce ourselves at once.
+            self.inner.wake_heartbeat.notify_one();
+        }
+        *seen = Some(current);
+        Ok(())
+    }
+
+    /// Whether Redis restarted since the last generation check (one `GET`; a fallback asks
+    /// right before it claims, closing the gap until the next snapshot tick). An unreachable
+    /// Redis counts as changed: the fallback then declines, as in degraded mode.
+    async fn generation_changed(&self) -> bool {
+        let key = keys::generation(&self.inner.cfg.cluster_name);
+        let now: Result<Option<String>, _> = self
+            .inner
+            .redis
+            .run("generation", CLAIM_BUDGET, |mut c| async move {
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await;
+        let seen = self
+            .inner
+            .generation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match (now, seen) {
+            (Ok(now), Some(seen)) => now.as_deref() != Some(seen.as_str()),
+            // Not checked yet: nothing to compare with.
+            (Ok(_), None) => false,
+            (Err(_), _) => true,
+        }
     }
 
     /// Tracks whether Redis answers, logging each transition once.
@@ -504,6 +622,7 @@ impl Cluster {
                 let before = inner.link.swap(LINK_UP, Ordering::Relaxed);
                 if before != LINK_UP {
                     if before == LINK_DOWN {
+                        inner.link_epoch.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(
                             instance = inner.cfg.instance_id,
                             "Redis reachable again; leaving degraded mode"

@@ -12,6 +12,12 @@ pub fn claim(cluster: &str, interaction_id: u64) -> String {
     format!("{cluster}:claim:{interaction_id}")
 }
 
+/// `{c}:gen`: a value set once per Redis lifetime (`SET NX`); a new value means Redis
+/// restarted empty.
+pub fn generation(cluster: &str) -> String {
+    format!("{cluster}:gen")
+}
+
 /// How long a claim key lives: Discord keeps an interaction token valid for 15 minutes, after
 /// which no instance can answer it anyway, so the key is no longer needed.
 pub const CLAIM_TTL_MS: u64 = 15 * 60 * 1000;

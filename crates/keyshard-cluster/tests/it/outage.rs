@@ -159,3 +159,24 @@ async fn a_node_started_while_redis_is_down_serves_degraded_and_connects_later()
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// The owner answers, then Redis restarts empty while a fallback waits its turn: the claim
+/// key is gone, but the fallback notices the new Redis and declines instead of answering a
+/// second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_declines_after_an_empty_redis_restart() {
+    let mut tc = TestCluster::start().await;
+    let user = user_of(1, 11);
+    let id = interaction(77);
+    let owner = claim_with(tc.handles(&[1]), id, user).await;
+    assert_eq!(answering(&owner), vec![1]);
+    // The fallback received the interaction at the same time and is now waiting its grace.
+    let fallback = tokio::spawn(claim_with(tc.handles(&[2]), id, user));
+    tc.redis.kill();
+    tc.redis.restart();
+    let outcome = fallback.await.unwrap();
+    assert!(
+        answering(&outcome).is_empty(),
+        "the fallback answered again: {outcome:?}"
+    );
+}
