@@ -665,7 +665,7 @@ pub async fn run_scenario_with_records(
         true
     };
     let mut drained = discord
-        .wait_for(cfg.drain_deadline, &mut all_answered)
+        .wait_for(&mut all_answered, cfg.drain_deadline)
         .await;
     // Let streamed answers finish their last edits.
     while drained && Instant::now() < drain_until {
@@ -673,7 +673,7 @@ pub async fn run_scenario_with_records(
             break;
         }
         drained = discord
-            .wait_for(drain_until - Instant::now(), &mut all_answered)
+            .wait_for(&mut all_answered, drain_until - Instant::now())
             .await;
     }
     let finished = Instant::now();

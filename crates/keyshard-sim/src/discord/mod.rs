@@ -529,7 +529,7 @@ impl FakeDiscord {
 
     /// Waits until `pred` holds over the records, re-checking after every change (never by
     /// sleeping). Returns whether it held before `deadline` passed.
-    pub async fn wait_for<F>(&self, deadline: Duration, mut pred: F) -> bool
+    pub async fn wait_for<F>(&self, mut pred: F, deadline: Duration) -> bool
     where
         F: FnMut(&[InteractionRecord]) -> bool,
     {

@@ -32,11 +32,9 @@ async fn instances_start_answer_die_and_come_back() {
     // User 2 has primary 1 (2 % 2 + 1), user 3 primary 2.
     let a = discord.send_interaction(InteractionSpec::guild("핑", 2));
     let b = discord.send_interaction(InteractionSpec::dm("핑", 3));
-    let answered = discord
-        .wait_for(Duration::from_secs(5), |recs| {
-            recs.iter().all(|r| r.is_completed())
-        })
-        .await;
+    let all_done =
+        |recs: &[keyshard_sim::discord::InteractionRecord]| recs.iter().all(|r| r.is_completed());
+    let answered = discord.wait_for(all_done, Duration::from_secs(5)).await;
     assert!(answered, "{:?}", discord.records());
     assert_eq!(discord.interaction(a.id).unwrap().acked_by(), Some(1));
     assert_eq!(discord.interaction(b.id).unwrap().acked_by(), Some(2));
@@ -44,13 +42,7 @@ async fn instances_start_answer_die_and_come_back() {
     cluster.kill(2).await.unwrap();
     assert!(!cluster.is_running(2));
     let c = discord.send_interaction(InteractionSpec::guild("핑", 3));
-    assert!(
-        discord
-            .wait_for(Duration::from_secs(5), |recs| recs
-                .iter()
-                .all(|r| r.is_completed()))
-            .await
-    );
+    assert!(discord.wait_for(all_done, Duration::from_secs(5)).await);
     let rec = discord.interaction(c.id).unwrap();
     assert_eq!(rec.acked_by(), Some(1), "the survivor takes over");
     assert!(rec.ack().unwrap().after_ms < 3000.0);

@@ -509,9 +509,10 @@ async fn channel_messages_are_attributed_and_wait_for_wakes_on_change() {
         let fake = fake.clone();
         let id = sent.id;
         tokio::spawn(async move {
-            fake.wait_for(FRAME_DEADLINE, |recs| {
-                recs.iter().any(|r| r.id == id && r.is_completed())
-            })
+            fake.wait_for(
+                |recs| recs.iter().any(|r| r.id == id && r.is_completed()),
+                FRAME_DEADLINE,
+            )
             .await
         })
     };
