@@ -146,8 +146,9 @@ impl InteractionRecord {
     }
 
     /// The final answer: a type-4 callback is one; after a deferred ack it is the last accepted
-    /// edit, followup or channel message (a streamed answer edits the reply several times, and
-    /// only the last edit is the answer the user keeps).
+    /// edit, followup or channel message that is not a progress edit (see [`is_progress`]; a
+    /// streamed answer edits the reply several times, and only the last edit is the answer
+    /// the user keeps).
     pub fn completion(&self) -> Option<Completion> {
         let ack = self.ack()?;
         if ack.kind == CALLBACK_MESSAGE {
@@ -157,7 +158,11 @@ impl InteractionRecord {
                 failed: starts_with_error(ack.content.as_deref()),
             });
         }
-        let last = self.messages.iter().rev().find(|m| m.accepted())?;
+        let last = self
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.accepted() && !is_progress(m.content.as_deref()))?;
         Some(Completion {
             instance: last.instance,
             after_ms: last.after_ms,
@@ -165,11 +170,17 @@ impl InteractionRecord {
         })
     }
 
-    /// Whether more than one answer reached the user: accepted messages from two or more
-    /// instances (a job finished twice), or two or more accepted followups / channel messages.
-    /// Repeated edits of the original reply by one instance are one answer being streamed.
+    /// Whether more than one answer reached the user: final messages from two or more
+    /// instances (a job finished twice), or two channel messages that each open an answer. Repeated edits of the original reply by one instance are one answer
+    /// being streamed, and progress edits (`⏳…`, or a streamed text ending in the `▌` cursor)
+    /// are not answers: a job rescued from a dead instance shows its progress from two
+    /// instances but answers once.
     pub fn has_duplicate_answer(&self) -> bool {
-        let accepted = || self.messages.iter().filter(|m| m.accepted());
+        let accepted = || {
+            self.messages
+                .iter()
+                .filter(|m| m.accepted() && !is_progress(m.content.as_deref()))
+        };
         let mut instances: Vec<u32> = accepted().map(|m| m.instance).collect();
         if let Some(ack) = self.ack() {
             if ack.kind == CALLBACK_MESSAGE {
@@ -178,16 +189,25 @@ impl InteractionRecord {
         }
         instances.sort_unstable();
         instances.dedup();
-        let separate = accepted()
-            .filter(|m| matches!(m.kind, MessageKind::Followup | MessageKind::Channel))
+        // A long answer continues in follow-ups (or further channel messages); each answer to
+        // the channel opens with the user's mention, so two of those are two answers.
+        let channel_answers = accepted()
+            .filter(|m| m.kind == MessageKind::Channel)
+            .filter(|m| m.content.as_deref().is_some_and(|c| c.starts_with("<@")))
             .count();
-        instances.len() > 1 || separate > 1
+        instances.len() > 1 || channel_answers > 1
     }
 
     /// Whether this record has reached a final answer.
     pub fn is_completed(&self) -> bool {
         self.completion().is_some()
     }
+}
+
+/// A progress edit of a deferred reply, not an answer (the bot's convention: `⏳` first, or
+/// the streaming cursor `▌` last).
+pub fn is_progress(content: Option<&str>) -> bool {
+    content.is_some_and(|c| c.starts_with('⏳') || c.ends_with('▌'))
 }
 
 fn starts_with_error(content: Option<&str>) -> bool {
@@ -259,6 +279,9 @@ mod tests {
         };
         let mut r = record(vec![cb(2, 1.0, 204, 5, "")], vec![]);
         assert!(r.completion().is_none());
+        r.messages.push(msg(20.0, 200, "⏳ 생성 중…"));
+        r.messages.push(msg(30.0, 200, "안녕하세요 ▌"));
+        assert!(r.completion().is_none(), "progress edits are not an answer");
         r.messages.push(msg(50.0, 200, "partial"));
         r.messages.push(msg(90.0, 200, "⚠️ provider down"));
         r.messages.push(msg(95.0, 401, "rejected"));
@@ -270,5 +293,58 @@ mod tests {
         other.instance = 3;
         r.messages.push(other);
         assert!(r.has_duplicate_answer(), "a second instance answered too");
+    }
+
+    #[test]
+    fn progress_from_a_dead_instance_is_not_a_second_answer() {
+        let msg = |instance, kind, content: &str| MessageRecord {
+            instance,
+            after_ms: 1.0,
+            kind,
+            status: 200,
+            error_code: None,
+            content: Some(content.into()),
+            embeds: vec![],
+            files: vec![],
+        };
+        let deferred = || vec![cb(2, 2.0, 204, 5, "")];
+        // Instance 2 streamed and died; instance 3 finished the rescued job.
+        let rescued = record(
+            deferred(),
+            vec![
+                msg(2, MessageKind::EditOriginal, "⏳ 영상 생성 중…"),
+                msg(2, MessageKind::EditOriginal, "Fake answer ▌"),
+                msg(3, MessageKind::EditOriginal, "Fake answer about cats"),
+            ],
+        );
+        assert!(!rescued.has_duplicate_answer());
+        // One long answer: an edit and two follow-ups from one instance.
+        let long = record(
+            deferred(),
+            vec![
+                msg(2, MessageKind::EditOriginal, "part 1"),
+                msg(2, MessageKind::Followup, "part 2"),
+                msg(2, MessageKind::Followup, "part 3"),
+            ],
+        );
+        assert!(!long.has_duplicate_answer());
+        // Two instances each delivered a final answer.
+        let twice = record(
+            deferred(),
+            vec![
+                msg(2, MessageKind::EditOriginal, "answer"),
+                msg(3, MessageKind::EditOriginal, "answer"),
+            ],
+        );
+        assert!(twice.has_duplicate_answer());
+        // Two channel answers (each opens with the mention).
+        let channel = record(
+            deferred(),
+            vec![
+                msg(2, MessageKind::Channel, "<@2> answer"),
+                msg(2, MessageKind::Channel, "<@2> answer"),
+            ],
+        );
+        assert!(channel.has_duplicate_answer());
     }
 }
