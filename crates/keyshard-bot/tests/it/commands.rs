@@ -7,7 +7,7 @@ use std::time::Duration;
 use keyshard_routing::primary;
 use keyshard_sim::cluster::ADMIN_USER_ID;
 use keyshard_sim::discord::{InteractionSpec, MessageKind, SIM_CHANNEL_ID};
-use keyshard_sim::providers::{FailurePlan, FakeProvidersConfig};
+use keyshard_sim::providers::FailurePlan;
 
 use crate::support::{final_messages, final_text, Setup, TestCluster};
 
@@ -47,14 +47,17 @@ async fn chat_streams_splits_and_remembers_across_instances() {
     // Let the follow-ups land (they follow the final edit within milliseconds).
     let id = r.id;
     c.discord
-        .wait_for(Duration::from_secs(5), |rs| {
-            rs.iter().any(|r| {
-                r.id == id
-                    && r.messages
-                        .iter()
-                        .any(|m| m.kind == MessageKind::Followup && m.accepted())
-            })
-        })
+        .wait_for(
+            |rs| {
+                rs.iter().any(|r| {
+                    r.id == id
+                        && r.messages
+                            .iter()
+                            .any(|m| m.kind == MessageKind::Followup && m.accepted())
+                })
+            },
+            Duration::from_secs(5),
+        )
         .await;
     let r = c.discord.interaction(id).unwrap();
     let parts: Vec<String> = final_messages(&r)
@@ -95,6 +98,11 @@ async fn chat_streams_splits_and_remembers_across_instances() {
         )
         .await;
     assert_eq!(c.conversation_len(user, SIM_CHANNEL_ID).await, 2);
+    let fakes = c.providers.as_ref().unwrap().fakes().stats();
+    assert_eq!(
+        fakes.total_429, 0,
+        "the client stays under the fake keys' limits"
+    );
     c.procs.shutdown().await;
 }
 

@@ -3,4 +3,5 @@
 
 mod commands;
 mod ping;
+mod scenarios;
 mod support;

@@ -22,9 +22,10 @@ async fn each_ping_is_answered_once_by_the_users_primary() {
     }
     let all_done = c
         .discord
-        .wait_for(Duration::from_secs(10), |records| {
-            records.iter().filter(|r| r.is_completed()).count() >= users.len()
-        })
+        .wait_for(
+            |records| records.iter().filter(|r| r.is_completed()).count() >= users.len(),
+            Duration::from_secs(10),
+        )
         .await;
     assert!(all_done, "not every ping was answered");
     for (user, s) in &sent {

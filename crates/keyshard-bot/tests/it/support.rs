@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyshard_sim::cluster::{ProcessCluster, ProcessConfig};
+use keyshard_sim::discord::record::is_progress;
 use keyshard_sim::discord::{
     DiscordConfig, FakeDiscord, InteractionRecord, InteractionSpec, MessageRecord,
 };
@@ -159,9 +160,10 @@ impl TestCluster {
     pub async fn wait_final(&self, id: u64, deadline: Duration) -> InteractionRecord {
         let done = self
             .discord
-            .wait_for(deadline, |records| {
-                records.iter().any(|r| r.id == id && has_final(r))
-            })
+            .wait_for(
+                |records| records.iter().any(|r| r.id == id && has_final(r)),
+                deadline,
+            )
             .await;
         let record = self.discord.interaction(id).expect("recorded");
         if !done {
@@ -224,10 +226,6 @@ impl TestCluster {
             .await
             .unwrap()
     }
-}
-
-fn is_progress(content: Option<&str>) -> bool {
-    content.is_some_and(|c| c.starts_with('⏳') || c.ends_with('▌'))
 }
 
 fn has_final(r: &InteractionRecord) -> bool {
