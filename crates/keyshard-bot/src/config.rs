@@ -143,7 +143,7 @@ impl Config {
             step: Duration::from_millis(
                 env.parse("CLAIM_STEP_MS", defaults.step.as_millis() as u64),
             ),
-            margin: defaults.margin,
+            ..defaults
         };
 
         let openai = env

@@ -54,12 +54,20 @@ pub struct Claimed {
     pub assignment: Assignment,
     /// The claim decision, the start of the ack latency this instance controls.
     pub decided_at: Instant,
+    /// How long the claim took when this instance claimed as the owner (one Redis round trip).
+    pub redis_rtt: Option<Duration>,
+    interaction_id: u64,
+    cluster: Cluster,
     state: Arc<EdgeState>,
 }
 
 impl Drop for Claimed {
+    /// The invocation is over, so the interaction has been acknowledged (or failed beyond
+    /// help): confirm the claim so it no longer lapses, off the acknowledgement's path.
     fn drop(&mut self) {
         self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let (cluster, id) = (self.cluster.clone(), self.interaction_id);
+        tokio::spawn(async move { cluster.confirm(id).await });
     }
 }
 
@@ -84,16 +92,20 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
             return Ok(false);
         }
         let interaction = app.interaction;
+        let started = Instant::now();
         let outcome = data
             .cluster
             .claim(interaction.id.get(), interaction.user.id.get(), unix_ms())
             .await;
-        let assignment = match outcome {
-            ClaimOutcome::Won { assignment, .. } => assignment,
+        let (assignment, redis_rtt) = match outcome {
+            // An owner's claim is one Redis round trip: it doubles as /핑's measurement.
+            ClaimOutcome::Won { assignment, rank } => {
+                (assignment, rank.is_none().then(|| started.elapsed()))
+            }
             ClaimOutcome::Degraded {
                 answer: true,
                 assignment,
-            } => assignment,
+            } => (assignment, None),
             ClaimOutcome::Lost | ClaimOutcome::Degraded { answer: false, .. } => {
                 data.metrics.interactions.inc(&[command, "not_ours"]);
                 return Ok(false);
@@ -105,6 +117,9 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
         ctx.set_invocation_data(Claimed {
             assignment,
             decided_at: Instant::now(),
+            redis_rtt,
+            interaction_id: interaction.id.get(),
+            cluster: data.cluster.clone(),
             state: data.state.clone(),
         })
         .await;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use keyshard_routing::{
-    claim_turn, primary, Assignment, ClaimTurn, InstanceId, Membership, Reason, UserId,
+    claim_turn, primary, sweep_delay, Assignment, ClaimTurn, InstanceId, Membership, Reason, UserId,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -61,6 +61,15 @@ impl ClaimOutcome {
         )
     }
 }
+
+/// Extends a claim to its full life only if this instance still holds it (a lapsed claim taken
+/// by a sweeping fallback must not be taken back).
+const CONFIRM_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
 
 /// Connection state, for degraded mode and its once-per-transition logs.
 const LINK_CONNECTING: u8 = 0;
@@ -331,8 +340,69 @@ impl Cluster {
         };
         match self.try_claim(interaction_id).await {
             Ok(true) => self.won(assignment, rank),
+            // The first fallback looks once more before the deadline: an owner that died
+            // between its claim and its acknowledgement never confirms, and its claim lapses.
+            Ok(false) if rank == Some(0) && !self.claim_confirmed(interaction_id).await => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(received_ms, |d| d.as_millis() as u64);
+                tokio::time::sleep(sweep_delay(interaction_id, received_ms, now, &cfg.claim)).await;
+                match self.try_claim(interaction_id).await {
+                    Ok(true) => {
+                        tracing::info!(
+                            interaction_id,
+                            "took over an unconfirmed claim (its owner died before answering)"
+                        );
+                        self.won(assignment, rank)
+                    }
+                    Ok(false) => self.lost(),
+                    Err(_) => self.degraded(user, is_primary),
+                }
+            }
             Ok(false) => self.lost(),
             Err(_) => self.degraded(user, is_primary),
+        }
+    }
+
+    /// Whether the holder of a claim has confirmed it (its TTL is past the pending one). An
+    /// unreadable claim counts as confirmed: no sweep without evidence of a lapse.
+    async fn claim_confirmed(&self, interaction_id: u64) -> bool {
+        let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
+        let pending = self.inner.cfg.claim.pending.as_millis() as i64;
+        let ttl: Result<i64, _> = self
+            .inner
+            .redis
+            .run("claim ttl", CLAIM_BUDGET, |mut c| async move {
+                redis::cmd("PTTL").arg(&key).query_async(&mut c).await
+            })
+            .await;
+        // -2: no key (lapsed already), worth a sweep; a TTL within the pending life: not
+        // confirmed yet.
+        !matches!(ttl, Ok(t) if t == -2 || (0..=pending).contains(&t))
+    }
+
+    /// Confirms that this instance acknowledged the interaction it claimed: the claim then
+    /// holds for the token's 15 minutes instead of lapsing after `ClaimTiming::pending`. Call
+    /// it right after the acknowledgement; a failure only means a fallback's sweep may try
+    /// (and get Discord's "already acknowledged").
+    pub async fn confirm(&self, interaction_id: u64) {
+        let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
+        let me = self.inner.cfg.instance_id.to_string();
+        let script = redis::Script::new(CONFIRM_SCRIPT);
+        let result: Result<i64, _> = self
+            .inner
+            .redis
+            .run("confirm claim", CLAIM_BUDGET, |mut c| async move {
+                script
+                    .key(&key)
+                    .arg(&me)
+                    .arg(keys::CLAIM_TTL_MS)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(interaction_id, "could not confirm the claim: {e}");
         }
     }
 
@@ -383,6 +453,7 @@ impl Cluster {
 
     async fn claim_once(&self, interaction_id: u64) -> Result<bool, ClusterError> {
         let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
+        let pending_ms = self.inner.cfg.claim.pending.as_millis() as u64;
         let me = self.inner.cfg.instance_id.to_string();
         self.inner
             .redis
@@ -395,7 +466,7 @@ impl Cluster {
                         .arg(&me)
                         .arg("NX")
                         .arg("PX")
-                        .arg(keys::CLAIM_TTL_MS)
+                        .arg(pending_ms)
                         .cmd("GET")
                         .arg(&key)
                         .query_async(&mut c)

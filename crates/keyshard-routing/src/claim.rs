@@ -24,6 +24,13 @@ pub struct ClaimTiming {
     pub step: Duration,
     /// Time kept in hand before the ack deadline for the claim and the callback request.
     pub margin: Duration,
+    /// How long a claim holds before its owner confirms it acknowledged the interaction. An
+    /// owner that dies between claim and acknowledgement lets the claim lapse after this, and
+    /// the first fallback's sweep answers instead.
+    pub pending: Duration,
+    /// When the first fallback looks again (after receipt) for a claim that lapsed unconfirmed;
+    /// later than `pending` past any owner's claim, and squeezed before the ack deadline.
+    pub sweep: Duration,
 }
 
 impl Default for ClaimTiming {
@@ -35,6 +42,10 @@ impl Default for ClaimTiming {
             step: Duration::from_millis(300),
             // The claim plus the callback POST; generous for a loopback or same-region Discord.
             margin: Duration::from_millis(500),
+            // An owner acknowledges within milliseconds of its claim; 1.5 s leaves room for a
+            // slow Discord answer while lapsing well before the sweep.
+            pending: Duration::from_millis(1_500),
+            sweep: Duration::from_millis(2_000),
         }
     }
 }
@@ -107,6 +118,20 @@ pub fn claim_turn(
     }
 }
 
+/// How long, from `now_ms`, the first fallback waits before its sweep for an unconfirmed
+/// claim: until `sweep` after receipt (`received_ms`), but no later than the ack deadline less
+/// `margin`.
+pub fn sweep_delay(
+    interaction_id: u64,
+    received_ms: u64,
+    now_ms: u64,
+    timing: &ClaimTiming,
+) -> Duration {
+    let at = (received_ms + timing.sweep.as_millis() as u64)
+        .min(ack_deadline_ms(interaction_id).saturating_sub(timing.margin.as_millis() as u64));
+    Duration::from_millis(at.saturating_sub(now_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +157,26 @@ mod tests {
         assert_eq!(
             delays,
             vec![t.grace, t.grace + t.step, t.grace + t.step * 2]
+        );
+    }
+
+    #[test]
+    fn the_sweep_comes_before_the_deadline() {
+        let id = snowflake_at(NOW, 1);
+        let t = ClaimTiming::default();
+        // Received 50 ms after creation, asked at the end of a 400 ms grace.
+        assert_eq!(
+            sweep_delay(id, NOW + 50, NOW + 450, &t),
+            Duration::from_millis(1_600)
+        );
+        // Received 1 s late: deadline − margin (creation + 2.5 s) comes before receipt + 2 s.
+        assert_eq!(
+            sweep_delay(id, NOW + 1_000, NOW + 1_400, &t),
+            Duration::from_millis(1_100)
+        );
+        assert_eq!(
+            sweep_delay(id, NOW + 5_000, NOW + 5_400, &t),
+            Duration::ZERO
         );
     }
 

@@ -16,7 +16,7 @@ pub mod load;
 pub mod owner;
 pub mod snowflake;
 
-pub use claim::{claim_turn, ClaimTiming, ClaimTurn};
+pub use claim::{claim_turn, sweep_delay, ClaimTiming, ClaimTurn};
 pub use load::{InstanceState, Membership, OverloadPolicy};
 pub use owner::{effective_owner, ladder, ladder_from, primary, Assignment, Reason};
 pub use snowflake::{

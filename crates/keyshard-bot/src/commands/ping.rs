@@ -17,12 +17,17 @@ use crate::edge::{Claimed, Context, Error};
 pub async fn ping(ctx: Context<'_>) -> Result<(), Error> {
     let data = ctx.data();
     let user = ctx.author().id.get();
-    let (reason, decided_at) = match ctx.invocation_data::<Claimed>().await {
-        Some(c) => (c.assignment.reason, Some(c.decided_at)),
-        None => (Reason::Primary, None),
+    let (reason, decided_at, claim_rtt) = match ctx.invocation_data::<Claimed>().await {
+        Some(c) => (c.assignment.reason, Some(c.decided_at), c.redis_rtt),
+        None => (Reason::Primary, None, None),
     };
     let gateway = ctx.ping().await;
-    let redis = data.cluster.redis_ping().await.ok();
+    // The owner's claim was a Redis round trip already; a second one before the answer would
+    // only widen the window between claim and acknowledgement.
+    let redis = match claim_rtt {
+        Some(rtt) => Some(rtt),
+        None => data.cluster.redis_ping().await.ok(),
+    };
     let content = render(
         data.config.instance_id,
         data.config.instance_count,

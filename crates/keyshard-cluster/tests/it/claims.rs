@@ -172,3 +172,51 @@ async fn takeover_off_answers_only_by_the_primary() {
     assert_eq!(answering(&up), vec![2]);
     stop.cancel();
 }
+
+/// An owner that claims and dies before acknowledging never confirms: its claim lapses and the
+/// first fallback's sweep answers, still before the ack deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_dying_between_claim_and_ack_is_replaced_by_the_sweep() {
+    let tc = TestCluster::start().await;
+    let user = user_of(1, 21);
+    let id = interaction(21);
+    let received = now_ms();
+    // Instance 1 wins the claim and "dies": it never confirms.
+    let owner = tc.node(1).claim(id, user, received).await;
+    assert!(matches!(owner, ClaimOutcome::Won { rank: None, .. }));
+    let start = std::time::Instant::now();
+    let fallback = tc.node(2).claim(id, user, received).await;
+    let took = start.elapsed();
+    assert!(
+        matches!(fallback, ClaimOutcome::Won { rank: Some(0), .. }),
+        "{fallback:?}"
+    );
+    assert!(
+        took >= TIMING.pending,
+        "swept after the pending claim lapsed, took {took:?}"
+    );
+    assert!(
+        took <= TIMING.sweep + SLACK,
+        "within the sweep, before the deadline: {took:?}"
+    );
+}
+
+/// A confirmed claim is final: the first fallback drops the interaction at its turn, without
+/// waiting for a sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_claim_needs_no_sweep() {
+    let tc = TestCluster::start().await;
+    let user = user_of(3, 22);
+    let id = interaction(22);
+    let received = now_ms();
+    assert!(tc.node(3).claim(id, user, received).await.answers());
+    tc.node(3).confirm(id).await;
+    let start = std::time::Instant::now();
+    let fallback = tc.node(4).claim(id, user, received).await;
+    assert!(matches!(fallback, ClaimOutcome::Lost), "{fallback:?}");
+    assert!(
+        start.elapsed() < TIMING.grace + SLACK,
+        "took {:?}",
+        start.elapsed()
+    );
+}

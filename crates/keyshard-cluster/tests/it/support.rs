@@ -17,6 +17,8 @@ pub const TIMING: ClaimTiming = ClaimTiming {
     grace: Duration::from_millis(200),
     step: Duration::from_millis(150),
     margin: Duration::from_millis(500),
+    pending: Duration::from_millis(1_500),
+    sweep: Duration::from_millis(2_000),
 };
 /// Scheduling slack for a loaded 2-core CI machine on top of the mechanism's own bounds.
 pub const SLACK: Duration = Duration::from_millis(150);
@@ -109,7 +111,12 @@ pub async fn claim_with(
     let claims = handles.into_iter().map(|cluster| async move {
         let start = Instant::now();
         let outcome = cluster.claim(interaction, user, received).await;
-        (cluster.instance_id(), outcome, start.elapsed())
+        let took = start.elapsed();
+        if matches!(outcome, ClaimOutcome::Won { .. }) {
+            // What the bot does right after acknowledging: the claim stops being pending.
+            cluster.confirm(interaction).await;
+        }
+        (cluster.instance_id(), outcome, took)
     });
     futures_join_all(claims).await
 }
