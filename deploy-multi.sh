@@ -28,8 +28,9 @@ READY_POLL_SECS=${READY_POLL_SECS:-2}
 SETTLE_SECS=${SETTLE_SECS:-2}
 START_STAGGER_SECS=${START_STAGGER_SECS:-6}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-# Must match the keyshard service's stop_grace_period in the compose file: the drain budget.
-STOP_TIMEOUT_SECS=45
+# The drain budget: the instances' stop_grace_period in the compose file (45 s).
+STOP_TIMEOUT_SECS=$(sed -n 's/^ *stop_grace_period: *\([0-9][0-9]*\)s *$/\1/p' "$COMPOSE_FILE_PATH" 2>/dev/null | head -n 1)
+STOP_TIMEOUT_SECS=${STOP_TIMEOUT_SECS:-45}
 
 say() { printf 'deploy-multi: %s\n' "$*" >&2; }
 die() {
@@ -83,8 +84,21 @@ require_env_file() {
     cp .env.multi.example $ENV_FILE && \$EDITOR $ENV_FILE && ./deploy-multi.sh validate"
 }
 
-# Sets COMPOSE when docker, compose and the engine are all there; else prints why and fails.
+# Sets COMPOSE when docker, compose and the engine are all there; else sets DOCKER_PROBLEM to
+# why, and fails.
+DOCKER_PROBLEM=
 detect_docker() {
+  DOCKER_PROBLEM=$(docker_problem) || true
+  [[ -z $DOCKER_PROBLEM ]] || return 1
+  if "$DOCKER" compose version >/dev/null 2>&1; then
+    COMPOSE=("$DOCKER" compose)
+  else
+    COMPOSE=(docker-compose)
+  fi
+}
+
+# Prints what keeps the docker verbs from working, or nothing.
+docker_problem() {
   if [[ ! -f $COMPOSE_FILE_PATH ]]; then
     echo "$COMPOSE_FILE_PATH not found (run from the keyshard checkout)."
     return 1
@@ -94,11 +108,7 @@ detect_docker() {
     plugin (https://docs.docker.com/engine/install/), or run the instances natively (README.md)."
     return 1
   fi
-  if "$DOCKER" compose version >/dev/null 2>&1; then
-    COMPOSE=("$DOCKER" compose)
-  elif command -v docker-compose >/dev/null 2>&1; then
-    COMPOSE=(docker-compose)
-  else
+  if ! "$DOCKER" compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
     echo "docker compose is not available. Install the compose plugin (apt-get install
     docker-compose-plugin) or Debian's docker-compose package."
     return 1
@@ -111,10 +121,7 @@ detect_docker() {
 }
 
 require_docker() {
-  local why
-  why=$(detect_docker) || die "$why"
-  # detect_docker ran in a subshell for its message; run it again here to set COMPOSE.
-  detect_docker >/dev/null
+  detect_docker || die "$DOCKER_PROBLEM"
 }
 
 compose() {
@@ -242,7 +249,7 @@ running() {
 # same env file.
 keyshard_cli() {
   local native=$TARGET_DIR/release/keyshard svc
-  if [[ -f $ENV_FILE ]] && detect_docker >/dev/null; then
+  if [[ -f $ENV_FILE ]] && detect_docker; then
     for svc in $(instance_services); do
       if running "$svc"; then
         compose exec -T "$svc" keyshard "$@"
@@ -264,7 +271,7 @@ keyshard_cli() {
 }
 
 cmd_status() {
-  if [[ ${1:-} != --json ]] && [[ -f $ENV_FILE ]] && detect_docker >/dev/null; then
+  if [[ ${1:-} != --json ]] && [[ -f $ENV_FILE ]] && detect_docker; then
     compose --profile sim ps
     local ids
     ids=$(compose --profile sim ps -q)
