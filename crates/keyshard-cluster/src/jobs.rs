@@ -18,7 +18,7 @@
 //! - When Redis cannot take a job, it runs in this process at once: nothing is lost, only
 //!   the durability of that one job.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -559,7 +559,12 @@ impl Jobs {
         let consumer = self.consumer();
         let permits = Arc::new(Semaphore::new(slots));
         let mut conn: Option<redis::aio::MultiplexedConnection> = None;
-        let mut backlog_done = false;
+        // Entries this reader's workers are running: a backlog scan skips them.
+        let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+        // `None`: read new entries (`>`). `Some(id)`: scan this consumer's own pending entries
+        // after `id` — at start (a restart resumes its jobs) and after any failed read, since
+        // Redis may have handed over an entry whose answer never arrived.
+        let mut backlog: Option<String> = Some("0".into());
         let mut backoff = Duration::from_millis(100);
         loop {
             let permit = tokio::select! {
@@ -587,14 +592,14 @@ impl Jobs {
                     }
                 },
             };
-            let start_id = if backlog_done { ">" } else { "0" };
+            let start_id = backlog.clone().unwrap_or_else(|| ">".into());
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
                 .arg(GROUP)
                 .arg(&consumer)
                 .arg("COUNT")
                 .arg(1);
-            if backlog_done {
+            if backlog.is_none() {
                 cmd.arg("BLOCK").arg(READ_BLOCK_MS);
             }
             cmd.arg("STREAMS").arg(&stream).arg(start_id);
@@ -609,23 +614,33 @@ impl Jobs {
                 Err(e) => {
                     tracing::debug!(stream, "job read failed: {e}");
                     conn = None;
+                    backlog = Some("0".into());
                     continue;
                 }
             };
             let Some(entry) = entry else {
-                // An empty answer to the backlog read means every pending entry is done.
-                backlog_done = true;
+                // An empty answer to the backlog scan: every pending entry is running or done.
+                backlog = None;
                 continue;
             };
+            if backlog.is_some() {
+                let is_running = running.lock().expect("jobs lock").contains(&entry.id);
+                backlog = Some(entry.id.clone());
+                if is_running {
+                    continue;
+                }
+            }
             let Some(job) = parse_entry(&entry) else {
                 // A deleted entry still pending (moved away by a rescuer) or a malformed one:
                 // acknowledge it so it stops coming back.
                 let _ = self.ack(&stream, &entry.id).await;
                 continue;
             };
+            running.lock().expect("jobs lock").insert(entry.id.clone());
             let jobs = self.clone();
             let handler = handler.clone();
             let stream = stream.clone();
+            let running = running.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 jobs.counters(kind)
@@ -640,6 +655,7 @@ impl Jobs {
                     // done marker keeps the answer single.
                     tracing::warn!("could not acknowledge a finished job: {e}");
                 }
+                running.lock().expect("jobs lock").remove(&entry.id);
                 jobs.counters(kind)
                     .in_flight
                     .fetch_sub(1, Ordering::Relaxed);
@@ -652,9 +668,18 @@ impl Jobs {
         &self,
         stream: &str,
     ) -> Result<redis::aio::MultiplexedConnection, ClusterError> {
+        // The library's default 500 ms response timeout is shorter than a blocking read: every
+        // idle read would fail, and an entry handed over just then would be stranded.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(
+                Duration::from_millis(READ_BLOCK_MS as u64) + Duration::from_secs(2),
+            ));
         let mut c = tokio::time::timeout(
             Duration::from_secs(2),
-            self.inner.client.get_multiplexed_async_connection(),
+            self.inner
+                .client
+                .get_multiplexed_async_connection_with_config(&config),
         )
         .await
         .map_err(|_| ClusterError::Timeout {

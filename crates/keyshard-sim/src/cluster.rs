@@ -197,10 +197,11 @@ impl ProcessCluster {
         if let Some(w) = c.overload_wait_secs {
             env.push(("OVERLOAD_WAIT_SECS".into(), w.to_string()));
         }
-        env.extend(c.env.iter().cloned());
+        // The run's own settings come last, so they win over the providers' defaults.
         if let Some(hook) = &c.instance_env {
             env.extend(hook(id));
         }
+        env.extend(c.env.iter().cloned());
         env
     }
 

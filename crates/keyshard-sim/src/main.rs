@@ -237,7 +237,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     // Every command a user can call; those needing a provider only when the fake providers
     // run, and any the instances did not register are left out rather than failing the demo.
-    let mix: Mix = "ping=3,chat=3,image=2,video=1,assign=1".parse()?;
+    let mix: Mix = "ping=3,chat=3,image=2,video=1,balancer=1,assign=1,perf=1".parse()?;
     let providers = start_providers(&mix, &args.common).await?;
     let duration = 30.0;
     let mut cfg = base_config(4, 40, 4.0, duration, mix, &args.common)?;

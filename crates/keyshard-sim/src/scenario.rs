@@ -64,6 +64,14 @@ impl CommandKind {
         }
     }
 
+    /// Whether only admins may call it.
+    pub fn is_admin(self) -> bool {
+        matches!(
+            self,
+            CommandKind::Balancer | CommandKind::Assign | CommandKind::Perf
+        )
+    }
+
     /// The key used in `--mix`.
     pub fn key(self) -> &'static str {
         match self {
@@ -414,6 +422,14 @@ pub fn build_spec(
     users: &[u64],
     rng: &mut impl Rng,
 ) -> InteractionSpec {
+    // The admin commands come from the admin the instances are configured with, as in a real
+    // server where only admins see them.
+    let user = if kind.is_admin() {
+        crate::cluster::ADMIN_USER_ID
+    } else {
+        user
+    };
+    let dm = dm && !kind.is_admin();
     let mut spec = if dm {
         InteractionSpec::dm(kind.name(), user)
     } else {

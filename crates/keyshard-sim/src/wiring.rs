@@ -61,21 +61,52 @@ impl ScenarioProviders {
 impl ProviderFakes for ScenarioProviders {
     fn instance_env(&self, instance: u32) -> Vec<(String, String)> {
         let limits = self.fakes.limits();
-        let rpm = |l: crate::providers::WindowLimit| (l.per_min().floor() as u64).to_string();
+        // Each provider's limits go over as "requests per window" with the window itself
+        // (`*_WINDOW_SECS`), exactly as the fake counts them; a lane with another window than
+        // its provider's main one is converted to that window, rounding down.
+        let per = |l: crate::providers::WindowLimit, window: std::time::Duration| {
+            ((f64::from(l.limit) * window.as_secs_f64() / l.window.as_secs_f64()).floor() as u64)
+                .to_string()
+        };
+        let secs = |w: std::time::Duration| w.as_secs().max(1).to_string();
+        let openai_window = limits.openai_chat.window;
+        let minimax_window = limits.minimax_images.window;
         let mut env = vec![
             ("OPENAI_BASE_URL".into(), self.fakes.openai_base()),
             ("OPENAI_API_KEY".into(), Self::key("openai", instance)),
-            ("OPENAI_RPM".into(), rpm(limits.openai_chat)),
+            ("OPENAI_RPM".into(), limits.openai_chat.limit.to_string()),
+            (
+                "OPENAI_IMAGE_RPM".into(),
+                per(limits.openai_images, openai_window),
+            ),
+            ("OPENAI_WINDOW_SECS".into(), secs(openai_window)),
             ("MINIMAX_BASE_URL".into(), self.fakes.minimax_base()),
             ("MINIMAX_API_KEY".into(), Self::key("minimax", instance)),
-            ("MINIMAX_RPM".into(), rpm(limits.minimax_images)),
-            ("MINIMAX_VIDEO_RPM".into(), rpm(limits.minimax_video)),
+            (
+                "MINIMAX_RPM".into(),
+                limits.minimax_images.limit.to_string(),
+            ),
+            (
+                "MINIMAX_VIDEO_RPM".into(),
+                per(limits.minimax_video, minimax_window),
+            ),
+            ("MINIMAX_WINDOW_SECS".into(), secs(minimax_window)),
             ("STABILITY_BASE_URL".into(), self.fakes.stability_base()),
             ("STABILITY_API_KEY".into(), Self::key("stability", instance)),
-            ("STABILITY_RPM".into(), rpm(limits.stability)),
+            ("STABILITY_RPM".into(), limits.stability.limit.to_string()),
+            (
+                "STABILITY_WINDOW_SECS".into(),
+                secs(limits.stability.window),
+            ),
+            // The fake's videos render in seconds, not minutes: poll them at a matching pace
+            // (production polls every 10 s); a scenario's own env still wins.
+            ("VIDEO_POLL_MS".into(), "500".into()),
         ];
-        if let Some(tpm) = limits.openai_chat_tokens {
-            env.push(("OPENAI_TPM".into(), rpm(tpm)));
+        match limits.openai_chat_tokens {
+            Some(tpm) => env.push(("OPENAI_TPM".into(), per(tpm, openai_window))),
+            // No token limit at the fake: lift the client's default (200k per minute) so
+            // tokens never bind before requests do.
+            None => env.push(("OPENAI_TPM".into(), u32::MAX.to_string())),
         }
         env
     }
@@ -119,6 +150,30 @@ mod tests {
         let env = p.instance_env(3);
         assert!(env.contains(&("OPENAI_API_KEY".into(), "sim-openai-key-3".into())));
         assert!(env.contains(&("MINIMAX_VIDEO_RPM".into(), "120".into())));
+        assert!(env.contains(&("OPENAI_IMAGE_RPM".into(), "120".into())));
+        assert!(env.contains(&("STABILITY_WINDOW_SECS".into(), "60".into())));
         assert_eq!(p.provider_429(), 0);
+    }
+
+    #[tokio::test]
+    async fn published_limits_keep_their_windows() {
+        let p = ScenarioProviders::start(FakeProvidersConfig::default())
+            .await
+            .unwrap();
+        let env = p.instance_env(1);
+        let has = |k: &str, v: &str| env.contains(&(k.to_string(), v.to_string()));
+        // Stability counts 150 per 10 s: passing 900 per minute would let a burst through.
+        assert!(
+            has("STABILITY_RPM", "150") && has("STABILITY_WINDOW_SECS", "10"),
+            "{env:?}"
+        );
+        assert!(
+            has("OPENAI_RPM", "500") && has("OPENAI_IMAGE_RPM", "5") && has("OPENAI_TPM", "200000")
+        );
+        assert!(
+            has("MINIMAX_RPM", "10")
+                && has("MINIMAX_VIDEO_RPM", "5")
+                && has("MINIMAX_WINDOW_SECS", "60")
+        );
     }
 }
