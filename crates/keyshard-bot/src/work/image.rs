@@ -45,7 +45,12 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
             .await;
     };
     let chosen = a.model.as_deref().and_then(parse_model);
-    let order = order(chosen);
+    let order = match chosen {
+        Some(_) => order(chosen),
+        // No provider asked for: the one with the most room left on this instance's keys
+        // first, so every image key is used rather than the first one queueing.
+        None => balanced(&w.providers().budget()),
+    };
     if w.providers().image_providers(&order).is_empty() {
         return w
             .unconfigured(job, ctx, COMMAND, chosen.unwrap_or(ProviderKind::MiniMax))
@@ -91,6 +96,24 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
     w.finish(job, ctx, COMMAND, true, answer).await
 }
 
+/// The default order re-ranked by each provider's remaining image requests in its window
+/// (ties keep the default order).
+pub fn balanced(budget: &[keyshard_providers::LaneBudget]) -> Vec<ProviderKind> {
+    let room = |kind: ProviderKind| {
+        budget
+            .iter()
+            .filter(|l| l.provider == kind && l.lane == "images")
+            .map(|l| i64::from(l.requests_remaining) - i64::from(l.in_flight))
+            .max()
+    };
+    let mut order: Vec<(ProviderKind, i64)> = DEFAULT_ORDER
+        .iter()
+        .map(|k| (*k, room(*k).unwrap_or(i64::MIN)))
+        .collect();
+    order.sort_by_key(|(_, r)| std::cmp::Reverse(*r));
+    order.into_iter().map(|(k, _)| k).collect()
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
@@ -118,5 +141,57 @@ mod tests {
         assert_eq!(order(None), DEFAULT_ORDER.to_vec());
         assert_eq!(parse_model(" Stability "), Some(ProviderKind::Stability));
         assert_eq!(parse_model("dalle"), None);
+    }
+
+    fn lane(
+        provider: ProviderKind,
+        remaining: u32,
+        in_flight: u32,
+    ) -> keyshard_providers::LaneBudget {
+        keyshard_providers::LaneBudget {
+            provider,
+            lane: "images",
+            window_secs: 60.0,
+            requests_limit: 120,
+            requests_used: 120 - remaining,
+            requests_remaining: remaining,
+            tokens_limit: None,
+            tokens_used: None,
+            day_limit: None,
+            day_used: 0,
+            in_flight,
+            concurrency: 8,
+            cooldown_ms: 0,
+        }
+    }
+
+    #[test]
+    fn without_a_choice_the_provider_with_most_room_goes_first() {
+        let budget = [
+            lane(ProviderKind::MiniMax, 2, 2),
+            lane(ProviderKind::Stability, 90, 1),
+            lane(ProviderKind::OpenAi, 40, 0),
+        ];
+        assert_eq!(
+            balanced(&budget),
+            vec![
+                ProviderKind::Stability,
+                ProviderKind::OpenAi,
+                ProviderKind::MiniMax
+            ]
+        );
+        // A provider without a key comes last; ties keep the default order.
+        let budget = [
+            lane(ProviderKind::Stability, 5, 0),
+            lane(ProviderKind::OpenAi, 5, 0),
+        ];
+        assert_eq!(
+            balanced(&budget),
+            vec![
+                ProviderKind::Stability,
+                ProviderKind::OpenAi,
+                ProviderKind::MiniMax
+            ]
+        );
     }
 }
