@@ -263,6 +263,7 @@ struct JobsInner {
     finished: AtomicU64,
     rescued: AtomicU64,
     moved: AtomicU64,
+    stolen: AtomicU64,
 }
 
 /// Counters of the job mechanism, for `/metrics`.
@@ -271,6 +272,8 @@ pub struct JobStats {
     pub finished: u64,
     pub rescued: u64,
     pub moved: u64,
+    /// Waiting jobs taken from busier peers.
+    pub stolen: u64,
     pub queue_depth: u64,
     pub in_flight: u64,
     pub service_rate: f64,
@@ -298,6 +301,7 @@ impl Jobs {
                 finished: AtomicU64::new(0),
                 rescued: AtomicU64::new(0),
                 moved: AtomicU64::new(0),
+                stolen: AtomicU64::new(0),
                 cluster: cluster.clone(),
             }),
         }
@@ -465,6 +469,7 @@ impl Jobs {
             finished: self.inner.finished.load(Ordering::Relaxed),
             rescued: self.inner.rescued.load(Ordering::Relaxed),
             moved: self.inner.moved.load(Ordering::Relaxed),
+            stolen: self.inner.stolen.load(Ordering::Relaxed),
             queue_depth: load.queue_depth,
             in_flight: load.in_flight,
             service_rate: load.service_rate,
@@ -566,6 +571,9 @@ impl Jobs {
         // Redis may have handed over an entry whose answer never arrived.
         let mut backlog: Option<String> = Some("0".into());
         let mut backoff = Duration::from_millis(100);
+        // Set after a job was taken from a peer: read again without blocking, and steal again
+        // while this kind's workers have room and peers have a backlog.
+        let mut stealing = false;
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -599,7 +607,7 @@ impl Jobs {
                 .arg(&consumer)
                 .arg("COUNT")
                 .arg(1);
-            if backlog.is_none() {
+            if backlog.is_none() && !stealing {
                 cmd.arg("BLOCK").arg(READ_BLOCK_MS);
             }
             cmd.arg("STREAMS").arg(&stream).arg(start_id);
@@ -619,8 +627,14 @@ impl Jobs {
                 }
             };
             let Some(entry) = entry else {
-                // An empty answer to the backlog scan: every pending entry is running or done.
-                backlog = None;
+                if backlog.is_some() {
+                    // An empty answer to the backlog scan: every pending entry is running or done.
+                    backlog = None;
+                } else {
+                    // Nothing of this kind waits here while a worker is free: take a waiting
+                    // job from the busiest peer, so no key idles while another has a queue.
+                    stealing = self.steal_one(kind).await;
+                }
                 continue;
             };
             if backlog.is_some() {
@@ -661,6 +675,85 @@ impl Jobs {
                     .fetch_sub(1, Ordering::Relaxed);
             });
         }
+    }
+
+    /// Moves one waiting (never read) job of `kind` from the most loaded live peer into this
+    /// instance's own stream; `true` when one was moved. Off with `TAKEOVER=off`, where each
+    /// instance keeps to its own users' work.
+    async fn steal_one(&self, kind: JobKind) -> bool {
+        if !self.inner.cluster.config().takeover || self.inner.cluster.is_degraded() {
+            return false;
+        }
+        let membership = self.inner.cluster.membership();
+        let mut peers: Vec<(InstanceId, u64)> = membership
+            .iter()
+            .filter(|s| s.alive && s.id != self.inner.me && s.queue_depth > 0)
+            .map(|s| (s.id, s.queue_depth))
+            .collect();
+        peers.sort_by_key(|(_, q)| std::cmp::Reverse(*q));
+        let consumer = format!("steal-{}", self.inner.me);
+        for (peer, _) in peers {
+            let stream = self.stream(peer, kind);
+            let (s, consumer) = (stream.clone(), consumer.clone());
+            let read: Result<Option<StreamReadReply>, _> = self
+                .inner
+                .redis
+                .run("steal read", OP_BUDGET, move |mut c| async move {
+                    redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg(GROUP)
+                        .arg(&consumer)
+                        .arg("COUNT")
+                        .arg(1)
+                        .arg("STREAMS")
+                        .arg(&s)
+                        .arg(">")
+                        .query_async(&mut c)
+                        .await
+                })
+                .await;
+            let Some(entry) = read
+                .ok()
+                .flatten()
+                .and_then(|r| r.keys.into_iter().next())
+                .and_then(|k| k.ids.into_iter().next())
+            else {
+                continue;
+            };
+            // Queue it on our own stream first, then drop it from the peer's: a crash in
+            // between runs the job twice, and the done marker keeps the answer single.
+            let moved = match parse_entry(&entry) {
+                Some(job) => self
+                    .xadd(&self.stream(self.inner.me, kind), &job)
+                    .await
+                    .is_ok(),
+                None => false,
+            };
+            if moved {
+                let _ = self.ack(&stream, &entry.id).await;
+                self.inner.stolen.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            // Not moved: leave it pending under the steal consumer; a dead-instance rescue
+            // or the peer's restart scan does not see it, so hand it back by claiming it for
+            // the peer's own consumer.
+            let (s, id, owner) = (stream.clone(), entry.id.clone(), format!("i{peer}"));
+            let _: Result<redis::Value, _> = self
+                .inner
+                .redis
+                .run("steal give back", OP_BUDGET, move |mut c| async move {
+                    redis::cmd("XCLAIM")
+                        .arg(&s)
+                        .arg(GROUP)
+                        .arg(&owner)
+                        .arg(0)
+                        .arg(&id)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await;
+        }
+        false
     }
 
     /// A connection of its own for blocking reads, with the group created.

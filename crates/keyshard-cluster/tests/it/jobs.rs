@@ -272,3 +272,26 @@ async fn the_heartbeat_carries_the_job_backlog() {
     .await;
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_takes_waiting_jobs_from_a_busy_peer() {
+    let tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    // Instance 1's four chat workers hang, so six of its ten jobs wait in its stream.
+    let (jobs1, stop1, _t1) = start_workers(tc.node(1), Recorder::new(1, Mode::Hang, &delivered));
+    for id in 600..610 {
+        jobs1.submit(job(id, 1)).await.unwrap();
+    }
+    // Instance 3 has nothing of its own to do: it takes the waiting ones.
+    let (jobs3, stop3, _t3) = start_workers(tc.node(3), Recorder::new(3, Mode::Finish, &delivered));
+    wait_for(
+        "six waiting jobs finished by the idle peer",
+        PATIENCE,
+        || delivered.lock().unwrap().len() == 6,
+    )
+    .await;
+    assert!(delivered.lock().unwrap().values().all(|v| v == &vec![3]));
+    assert_eq!(jobs3.stats().stolen, 6);
+    stop1.cancel();
+    stop3.cancel();
+}

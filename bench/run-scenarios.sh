@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the issue-6 scenarios of BENCHMARKS.md with the release binaries and writes one JSON
+# report each into bench/results/ (ignored by git). Each run is bounded (60 s of load plus the
+# drain) and talks only to loopback.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+sim=./target/release/keyshard-sim
+out=bench/results
+mkdir -p "$out"
+# Fake keys at 120 requests/min on every lane; a mix that loads every lane alike (three image
+# providers per key set); videos polled every 3 s with room for 20 in flight per instance.
+common=(--users 500 --duration 60 --mix "chat=1,image=3,video=1" --provider-rpm 120
+  --instance-env MINIMAX_CONCURRENCY=20 --instance-env VIDEO_POLL_MS=3000 --overload-wait-secs 5)
+run() {
+  local name=$1
+  shift
+  echo "== $name: $sim run $*"
+  "$sim" run "$@" --json "$out/$name.json" 2>&1 | grep -v ' INFO '
+}
+want=${1:-all}
+[[ $want == all || $want == saturate ]] && run saturate --instances 4 --load-factor 1.5 "${common[@]}"
+[[ $want == all || $want == scale ]] && run scale-1 --instances 1 --load-factor 1.5 "${common[@]}"
+[[ $want == all || $want == skew ]] && run skew --instances 4 --load-factor 1.5 --skew zipf:1.1 "${common[@]}"
+[[ $want == all || $want == skew ]] && run skew-static --instances 4 --load-factor 1.5 --skew zipf:1.1 --instance-env TAKEOVER=off "${common[@]}"
+[[ $want == all || $want == failover ]] && run failover --instances 4 --load-factor 1.0 --kill 2@20 "${common[@]}"
+[[ $want == all || $want == redis ]] && run redis-restart --instances 4 --load-factor 1.0 --redis-restart 20 "${common[@]}"
+exit 0
