@@ -525,13 +525,17 @@ impl Jobs {
         tasks
     }
 
-    async fn sample_load(&self) -> Result<(), ClusterError> {
+    /// Instance `id`'s streams, one per kind, with their lengths (one pipelined round trip).
+    async fn backlog_of(
+        &self,
+        id: InstanceId,
+    ) -> Result<(Vec<(JobKind, String)>, Vec<u64>), ClusterError> {
         let streams: Vec<(JobKind, String)> = JobKind::ALL
             .iter()
-            .map(|k| (*k, self.stream(self.inner.me, *k)))
+            .map(|k| (*k, self.stream(id, *k)))
             .collect();
         let keys: Vec<String> = streams.iter().map(|(_, s)| s.clone()).collect();
-        let lens: Vec<u64> = self
+        let lens = self
             .inner
             .redis
             .run("job backlog", OP_BUDGET, move |mut c| async move {
@@ -542,6 +546,11 @@ impl Jobs {
                 pipe.query_async(&mut c).await
             })
             .await?;
+        Ok((streams, lens))
+    }
+
+    async fn sample_load(&self) -> Result<(), ClusterError> {
+        let (streams, lens) = self.backlog_of(self.inner.me).await?;
         for ((kind, _), len) in streams.iter().zip(lens) {
             self.counters(*kind)
                 .stream_len
@@ -821,22 +830,7 @@ impl Jobs {
             .map(|s| s.id)
             .collect();
         for d in dead {
-            let streams: Vec<(JobKind, String)> = JobKind::ALL
-                .iter()
-                .map(|k| (*k, self.stream(d, *k)))
-                .collect();
-            let keys: Vec<String> = streams.iter().map(|(_, s)| s.clone()).collect();
-            let lens: Vec<u64> = self
-                .inner
-                .redis
-                .run("dead backlog", OP_BUDGET, move |mut c| async move {
-                    let mut pipe = redis::pipe();
-                    for k in &keys {
-                        pipe.cmd("XLEN").arg(k);
-                    }
-                    pipe.query_async(&mut c).await
-                })
-                .await?;
+            let (streams, lens) = self.backlog_of(d).await?;
             if lens.iter().all(|l| *l == 0) {
                 continue;
             }
