@@ -43,7 +43,7 @@ impl KeyLimits {
     }
 
     /// How many requests of a lane limited to `rpm` may start back to back; beyond that the
-    /// lane paces them `window / rpm` apart. Bursts of up to 10 (a handful of users asking at
+    /// lane paces them `(window + guard) / rpm` apart. Bursts of up to 10 (a handful of users asking at
     /// once is served at once), or a tenth of the limit for large limits: a provider that
     /// enforces "per minute" over shorter slices then sees a smooth flow. The sliding window
     /// stays the hard cap; pacing changes the shape, not the long-run rate.

@@ -133,7 +133,10 @@ impl Lane {
             max_wait,
             state: Mutex::new(LaneState {
                 requests: RequestWindow::new(rpm, span),
-                pacer: Pacer::new(rpm, limits.window, KeyLimits::burst(rpm)),
+                // Paced over the same span the window counts (window + guard): pacing over the
+                // bare window would run ahead of the cap by the guard each window, and after a
+                // burst the cap would then stall the lane for seconds once a window.
+                pacer: Pacer::new(rpm, span, KeyLimits::burst(rpm)),
                 tokens: limits.tpm.map(|t| TokenWindow::new(t, span)),
                 cooldown_until: None,
             }),
