@@ -47,9 +47,9 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
     let chosen = a.model.as_deref().and_then(parse_model);
     let order = match chosen {
         Some(_) => order(chosen),
-        // No provider asked for: the one with the most room left on this instance's keys
-        // first, so every image key is used rather than the first one queueing.
-        None => balanced(&w.providers().budget()),
+        // No provider asked for: spread over this instance's image keys in proportion to
+        // their rates, so every image key is used rather than the first one queueing.
+        None => balanced(&w.providers().budget(), rand::random::<f64>()),
     };
     if w.providers().image_providers(&order).is_empty() {
         return w
@@ -96,22 +96,37 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
     w.finish(job, ctx, COMMAND, true, answer).await
 }
 
-/// The default order re-ranked by each provider's remaining image requests in its window
-/// (ties keep the default order).
-pub fn balanced(budget: &[keyshard_providers::LaneBudget]) -> Vec<ProviderKind> {
-    let room = |kind: ProviderKind| {
+/// The image providers for a job with no choice: one drawn with probability proportional to
+/// its key's image rate (`draw` in `[0, 1)`), then the others in the default order as
+/// fallbacks. A load-blind split in proportion to capacity keeps every lane busy; choosing by
+/// momentary room herds jobs onto whichever lane has the fewest permits in use.
+pub fn balanced(budget: &[keyshard_providers::LaneBudget], draw: f64) -> Vec<ProviderKind> {
+    let rate = |kind: ProviderKind| {
         budget
             .iter()
-            .filter(|l| l.provider == kind && l.lane == "images")
-            .map(|l| i64::from(l.requests_remaining) - i64::from(l.in_flight))
-            .max()
+            .filter(|l| l.provider == kind && l.lane == "images" && l.window_secs > 0.0)
+            .map(|l| f64::from(l.requests_limit) / l.window_secs)
+            .fold(0.0, f64::max)
     };
-    let mut order: Vec<(ProviderKind, i64)> = DEFAULT_ORDER
-        .iter()
-        .map(|k| (*k, room(*k).unwrap_or(i64::MIN)))
-        .collect();
-    order.sort_by_key(|(_, r)| std::cmp::Reverse(*r));
-    order.into_iter().map(|(k, _)| k).collect()
+    let rates: Vec<(ProviderKind, f64)> = DEFAULT_ORDER.iter().map(|k| (*k, rate(*k))).collect();
+    let total: f64 = rates.iter().map(|(_, r)| r).sum();
+    let mut order = DEFAULT_ORDER.to_vec();
+    if total > 0.0 {
+        let mut point = draw.clamp(0.0, 1.0) * total;
+        let first = rates
+            .iter()
+            .find(|(_, r)| {
+                point -= r;
+                point < 0.0 && *r > 0.0
+            })
+            .or_else(|| rates.iter().rev().find(|(_, r)| *r > 0.0))
+            .map(|(k, _)| *k);
+        if let Some(first) = first {
+            order.retain(|k| *k != first);
+            order.insert(0, first);
+        }
+    }
+    order
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -166,32 +181,35 @@ mod tests {
     }
 
     #[test]
-    fn without_a_choice_the_provider_with_most_room_goes_first() {
-        let budget = [
-            lane(ProviderKind::MiniMax, 2, 2),
-            lane(ProviderKind::Stability, 90, 1),
-            lane(ProviderKind::OpenAi, 40, 0),
-        ];
+    fn without_a_choice_jobs_split_in_proportion_to_the_keys_rates() {
+        // MiniMax 10/min, Stability 150 per 10 s (900/min), OpenAI 5/min.
+        let mut mm = lane(ProviderKind::MiniMax, 0, 0);
+        mm.requests_limit = 10;
+        let mut st = lane(ProviderKind::Stability, 0, 0);
+        st.requests_limit = 150;
+        st.window_secs = 10.0;
+        let mut oa = lane(ProviderKind::OpenAi, 0, 0);
+        oa.requests_limit = 5;
+        let budget = [mm, st, oa.clone()];
+        let mut firsts = std::collections::HashMap::new();
+        for i in 0..915 {
+            let draw = (f64::from(i) + 0.5) / 915.0;
+            *firsts.entry(balanced(&budget, draw)[0]).or_insert(0) += 1;
+        }
+        assert_eq!(firsts[&ProviderKind::MiniMax], 10);
+        assert_eq!(firsts[&ProviderKind::Stability], 900);
+        assert_eq!(firsts[&ProviderKind::OpenAi], 5);
+        // The others follow as fallbacks, in the default order; a provider without a key is
+        // never drawn first.
         assert_eq!(
-            balanced(&budget),
+            balanced(&budget, 0.5),
             vec![
                 ProviderKind::Stability,
-                ProviderKind::OpenAi,
-                ProviderKind::MiniMax
+                ProviderKind::MiniMax,
+                ProviderKind::OpenAi
             ]
         );
-        // A provider without a key comes last; ties keep the default order.
-        let budget = [
-            lane(ProviderKind::Stability, 5, 0),
-            lane(ProviderKind::OpenAi, 5, 0),
-        ];
-        assert_eq!(
-            balanced(&budget),
-            vec![
-                ProviderKind::Stability,
-                ProviderKind::OpenAi,
-                ProviderKind::MiniMax
-            ]
-        );
+        assert_eq!(balanced(&[oa], 0.0)[0], ProviderKind::OpenAi);
+        assert_eq!(balanced(&[], 0.3), DEFAULT_ORDER.to_vec());
     }
 }
