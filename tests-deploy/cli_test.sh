@@ -117,8 +117,10 @@ expect "status with neither docker nor a native binary" 1 "no running cluster co
 
 # ── rolling-restart
 reset_fake
+# A generous readiness timeout here: SECONDS counts whole seconds, and on a loaded CI box 1 s
+# can run out between two polls of an instance that does get ready.
 expect "rolling-restart: one at a time, each ready before the next" 0 "rolling restart done" \
-  -- "$SCRIPT" rolling-restart
+  -- env READY_TIMEOUT_SECS=10 "$SCRIPT" rolling-restart
 expect "  ... in order" 0 "readyz keyshard-4 yes|up keyshard-1|readyz keyshard-1 no|readyz keyshard-1 yes|up keyshard-2|readyz keyshard-2 no|readyz keyshard-2 yes|up keyshard-3|readyz keyshard-3 no|readyz keyshard-3 yes|up keyshard-4|readyz keyshard-4 no|readyz keyshard-4 yes" -- events
 expect "  ... recreating with the drain timeout" 0 "up -d --no-build --no-deps --force-recreate --timeout 45 keyshard-1" -- cat "$FAKE_LOG"
 reset_fake
