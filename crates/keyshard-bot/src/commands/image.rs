@@ -47,9 +47,9 @@ pub async fn image(
     #[max_length = 1500]
     prompt: String,
     #[rename = "모델"]
-    #[description = "이미지 제공사 (기본: minimax)"]
+    #[description = "이미지 제공사 (기본: 여러 키에 자동 분배)"]
     #[name_localized("en-US", "model")]
-    #[description_localized("en-US", "Image provider (default: minimax)")]
+    #[description_localized("en-US", "Image provider (default: spread over the keys)")]
     model: Option<ImageModel>,
     #[rename = "비율"]
     #[description = "가로:세로 비율 (기본: 1:1)"]
