@@ -148,10 +148,11 @@ impl Worker {
         command: &str,
         error: &ProviderError,
     ) -> Outcome {
-        if error.class == ErrorClass::KeyProblem && ctx.peer_for(job).is_some() {
-            return Outcome::MoveToPeer {
-                reason: format!("{} key problem: {}", error.provider, error.message),
-            };
+        if error.class == ErrorClass::KeyProblem {
+            let reason = format!("{} key problem: {}", error.provider, error.message);
+            return self
+                .move_or_tell(job, ctx, command, reason, replies::provider_failed(error))
+                .await;
         }
         tracing::warn!(job = job.id, provider = %error.provider, class = %error.class, "provider call failed: {}", error.message);
         self.finish(
@@ -172,19 +173,27 @@ impl Worker {
         command: &str,
         provider: keyshard_providers::ProviderKind,
     ) -> Outcome {
+        let reason = format!("no {provider} key on this instance");
+        self.move_or_tell(job, ctx, command, reason, replies::not_configured(provider))
+            .await
+    }
+
+    /// This instance's keys cannot serve the job: a peer that has not tried it takes it, and
+    /// only when none is left does the user read `message`.
+    async fn move_or_tell(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        command: &str,
+        reason: String,
+        message: String,
+    ) -> Outcome {
         if ctx.peer_for(job).is_some() {
-            return Outcome::MoveToPeer {
-                reason: format!("no {provider} key on this instance"),
-            };
+            return Outcome::MoveToPeer { reason };
         }
-        self.finish(
-            job,
-            ctx,
-            command,
-            false,
-            Answer::text(replies::not_configured(provider)),
-        )
-        .await
+        tracing::warn!(job = job.id, %reason, "no peer left to take the job");
+        self.finish(job, ctx, command, false, Answer::text(message))
+            .await
     }
 
     /// Posts the final answer once (the done marker) and records the completion.
