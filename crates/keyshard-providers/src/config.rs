@@ -13,7 +13,7 @@ use crate::secret::Secret;
 /// to keep runs short without changing the rule). The client counts its own start times and
 /// adds a small guard to the window (see [`KeyLimits::guard`]) so that network delay between
 /// its clock and the provider's never squeezes `rpm + 1` arrivals into one provider window.
-/// Within that cap requests are paced `window / rpm` apart after a burst of
+/// Within that cap requests are paced `(window + guard) / rpm` apart after a burst of
 /// [`KeyLimits::burst`], so the window's budget is spread over the window.
 /// `tpm` works the same way with token counts, `rpd` counts requests per UTC day.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,13 +42,28 @@ impl KeyLimits {
         }
     }
 
-    /// How many requests of a lane limited to `rpm` may start back to back; beyond that the
-    /// lane paces them `(window + guard) / rpm` apart. Bursts of up to 10 (a handful of users asking at
-    /// once is served at once), or a tenth of the limit for large limits: a provider that
-    /// enforces "per minute" over shorter slices then sees a smooth flow. The sliding window
-    /// stays the hard cap; pacing changes the shape, not the long-run rate.
+    /// How many requests of a lane limited to `rpm` per window may start back to back before
+    /// the lane paces them `(window + guard) / rpm` apart.
+    ///
+    /// A burst is borrowed from the window: a lane that stays saturated after one runs into
+    /// the sliding-window cap before the burst's slots free, and stalls for the burst's length
+    /// (`(burst - 1)` pacing intervals) once per window. So:
+    /// - up to 10 per window, the whole limit (a handful of users asking at once is served at
+    ///   once; spacing them a window / rpm apart would keep each waiting 6 s or more, and the
+    ///   window itself is the pace anyway);
+    /// - from there the burst shrinks towards the larger of 100 / rpm (a few users at once
+    ///   while the spacing is still seconds) and 1 + rpm / 50 (about 1.2 s ahead of the pace,
+    ///   2 % of the window, once the spacing is well under a second).
+    ///
+    /// At 120 per minute that is 3: a saturated key stalls ~1 s per window instead of the
+    /// 5.6 s a burst of 12 cost, so any stretch of a busy minute sees the key's pace. The
+    /// sliding window stays the hard cap; pacing changes the shape, not the long-run rate.
     pub fn burst(rpm: u32) -> u32 {
-        (rpm / 10).max(rpm.min(10)).max(1)
+        let rpm = rpm.max(1);
+        if rpm <= 10 {
+            return rpm;
+        }
+        (1 + rpm / 50).max(100 / rpm).min(rpm)
     }
 
     /// Extra time the client adds to `window` before it reuses a slot: it absorbs the spread
@@ -218,11 +233,23 @@ mod tests {
 
     #[test]
     fn bursts() {
+        // Small limits: the window alone.
+        assert_eq!(KeyLimits::burst(0), 1);
         assert_eq!(KeyLimits::burst(1), 1);
         assert_eq!(KeyLimits::burst(5), 5);
-        assert_eq!(KeyLimits::burst(30), 10);
-        assert_eq!(KeyLimits::burst(120), 12);
-        assert_eq!(KeyLimits::burst(500), 50);
+        assert_eq!(KeyLimits::burst(10), 10);
+        // Then a few users at once while the spacing is seconds…
+        assert_eq!(KeyLimits::burst(11), 9);
+        assert_eq!(KeyLimits::burst(30), 3);
+        assert_eq!(KeyLimits::burst(60), 2);
+        // …and about 2 % of the window ahead of the pace for large limits.
+        assert_eq!(KeyLimits::burst(120), 3);
+        assert_eq!(KeyLimits::burst(500), 11);
+        for rpm in 11..=10_000 {
+            let b = KeyLimits::burst(rpm);
+            let ahead = f64::from(b - 1) / f64::from(rpm);
+            assert!(b >= 1 && (ahead <= 0.021 || b <= 100 / rpm), "{rpm}: {b}");
+        }
     }
 
     #[test]

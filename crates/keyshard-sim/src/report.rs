@@ -163,6 +163,9 @@ pub struct Report {
     /// (a `/핑`-only mix) or the fake providers are not wired in.
     pub capacity_per_min: Option<f64>,
     pub provider_429: u64,
+    /// Each provider lane the mix uses, over the steady window: requests the fake keys
+    /// admitted against what they allow. Shows which lane holds throughput back.
+    pub lanes: Vec<LaneUse>,
     pub routing: Routing,
     pub per_instance: Vec<InstanceReport>,
     /// `served[p-1][a-1]`: interactions of users with primary `p` acknowledged by instance `a`.
@@ -213,10 +216,33 @@ pub struct ReportInput<'a> {
     pub end: Instant,
     pub capacity_per_min: Option<f64>,
     pub provider_429: u64,
+    pub lanes: Vec<LaneUse>,
     pub gateway: HashMap<u32, GatewayStats>,
     pub unattributed_messages: u64,
     pub unknown_routes: u64,
     pub drain_timed_out: bool,
+}
+
+/// One provider lane over the steady window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LaneUse {
+    /// `open_ai_chat`, `mini_max_images`, …
+    pub lane: String,
+    /// Requests the fake admitted on this lane, all keys together.
+    pub requests: u64,
+    /// What the keys' limits allow in the same time.
+    pub capacity: f64,
+    /// `requests / capacity`.
+    pub utilization: f64,
+}
+
+/// The steady state of a load of `load` that started at `start`: from the end of a warm-up
+/// (a sixth of the load, at most 10 s) to the end of the load.
+pub fn steady_window(start: Instant, load: Duration) -> (Instant, Instant) {
+    (
+        start + (load / 6).min(Duration::from_secs(10)),
+        start + load,
+    )
 }
 
 /// The `q` quantile (nearest rank) of sorted values; 0 for none.
@@ -265,8 +291,7 @@ impl Report {
         // Steady state: from a warm-up of a sixth of the load (at most 10 s) to the end of the
         // load, when an overloaded cluster answers at its keys' pace.
         let load = Duration::from_secs_f64(input.scenario.duration_s.max(0.0));
-        let steady_from = input.start + (load / 6).min(Duration::from_secs(10));
-        let steady_to = input.start + load;
+        let (steady_from, steady_to) = steady_window(input.start, load);
         let mut steady_completions = 0u64;
         let mut misrouted_examples = Vec::new();
         let mut lost_examples = Vec::new();
@@ -440,6 +465,7 @@ impl Report {
             throughput_overall_per_min,
             capacity_per_min: input.capacity_per_min,
             provider_429: input.provider_429,
+            lanes: input.lanes.clone(),
             routing,
             per_instance: per,
             served,
@@ -514,6 +540,16 @@ impl Report {
                 .map_or("n/a".to_string(), |c| format!("{c}/min")),
             self.provider_429
         );
+        for l in &self.lanes {
+            let _ = writeln!(
+                s,
+                "  lane {:<17} {} requests of {:.0} allowed ({:.1} %)",
+                l.lane,
+                l.requests,
+                l.capacity,
+                l.utilization * 100.0
+            );
+        }
         let r = &self.routing;
         let _ = writeln!(
             s,
@@ -723,6 +759,7 @@ mod tests {
             end: start + Duration::from_secs(60),
             capacity_per_min: None,
             provider_429: 0,
+            lanes: Vec::new(),
             gateway: HashMap::new(),
             unattributed_messages: 0,
             unknown_routes: 0,

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{InstanceEnv, ProcessCluster, ProcessConfig};
 use crate::discord::{DiscordConfig, FakeDiscord, InteractionSpec, RegisteredCommand};
-use crate::report::{down_intervals, Report, ReportInput, ScenarioSummary};
+use crate::report::{down_intervals, steady_window, Report, ReportInput, ScenarioSummary};
 
 /// A command the driver can send, by its mix key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -255,6 +255,15 @@ pub trait ProviderFakes: Send + Sync {
     fn capacity_per_min(&self, mix: &Mix, instances: u32) -> Option<f64>;
     /// 429 answers the fakes have given so far.
     fn provider_429(&self) -> u64;
+    /// How much of each lane the mix uses the keys admitted in `[from, to)`, against what
+    /// `instances` keys allow in that time.
+    fn lane_use(
+        &self,
+        mix: &Mix,
+        instances: u32,
+        from: std::time::Instant,
+        to: std::time::Instant,
+    ) -> Vec<crate::report::LaneUse>;
 }
 
 /// Everything a scenario run needs.
@@ -726,6 +735,10 @@ pub async fn run_scenario_with_records(
             .as_ref()
             .and_then(|p| p.capacity_per_min(&cfg.mix, cfg.instances)),
         provider_429: cfg.providers.as_ref().map_or(0, |p| p.provider_429()),
+        lanes: cfg.providers.as_ref().map_or_else(Vec::new, |p| {
+            let (from, to) = steady_window(start, cfg.duration);
+            p.lane_use(&cfg.mix, cfg.instances, from, to)
+        }),
         gateway,
         unattributed_messages: discord.unattributed_messages().len() as u64,
         unknown_routes: discord.unknown_routes().len() as u64,

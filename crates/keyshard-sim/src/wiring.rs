@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::providers::{FakeLane, FakeProviders, FakeProvidersConfig};
+use crate::report::LaneUse;
 use crate::scenario::{CommandKind, Mix, ProviderFakes};
 
 /// The fake providers as a scenario uses them.
@@ -126,6 +127,47 @@ impl ProviderFakes for ScenarioProviders {
     fn provider_429(&self) -> u64 {
         self.fakes.stats().total_429
     }
+
+    fn lane_use(
+        &self,
+        mix: &Mix,
+        instances: u32,
+        from: std::time::Instant,
+        to: std::time::Instant,
+    ) -> Vec<LaneUse> {
+        let mut lanes: Vec<FakeLane> = Vec::new();
+        for (kind, _) in &mix.0 {
+            match kind {
+                CommandKind::Chat => lanes.push(FakeLane::OpenAiChat),
+                CommandKind::Image => lanes.extend(&self.image_lanes),
+                CommandKind::Video => lanes.push(FakeLane::MiniMaxVideo),
+                _ => {}
+            }
+        }
+        lanes.sort();
+        lanes.dedup();
+        let secs = to.saturating_duration_since(from).as_secs_f64();
+        lanes
+            .into_iter()
+            .map(|lane| {
+                let requests = self.fakes.admitted_between(lane, from.into(), to.into());
+                let capacity = self.fakes.capacity_per_min(lane, instances as usize) * secs / 60.0;
+                LaneUse {
+                    lane: serde_json::to_value(lane)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    requests,
+                    capacity: (capacity * 10.0).round() / 10.0,
+                    utilization: if capacity > 0.0 {
+                        (requests as f64 / capacity * 1000.0).round() / 1000.0
+                    } else {
+                        0.0
+                    },
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +195,33 @@ mod tests {
         assert!(env.contains(&("OPENAI_IMAGE_RPM".into(), "120".into())));
         assert!(env.contains(&("STABILITY_WINDOW_SECS".into(), "60".into())));
         assert_eq!(p.provider_429(), 0);
+    }
+
+    #[tokio::test]
+    async fn lane_use_covers_the_mix_lanes_against_the_keys_allowance() {
+        let p = ScenarioProviders::start(FakeProvidersConfig {
+            limits: FakeLimits::uniform(120, Duration::from_secs(60)),
+            ..FakeProvidersConfig::default()
+        })
+        .await
+        .unwrap();
+        let from = std::time::Instant::now();
+        let to = from + Duration::from_secs(30);
+        let lanes = p.lane_use(&"chat=1,image=3".parse().unwrap(), 4, from, to);
+        let names: Vec<&str> = lanes.iter().map(|l| l.lane.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "open_ai_chat",
+                "open_ai_images",
+                "mini_max_images",
+                "stability_images"
+            ]
+        );
+        // 4 keys at 120/min for 30 s; nothing was asked yet.
+        assert!(lanes
+            .iter()
+            .all(|l| l.capacity == 240.0 && l.requests == 0 && l.utilization == 0.0));
     }
 
     #[tokio::test]

@@ -444,7 +444,7 @@ impl BenchClient for Chat {
 async fn a_key_driven_at_its_limit_reaches_95_percent_without_a_429() {
     init();
     // Production semantics on a short window: 40 requests per 2 s sliding window (a burst of
-    // 10, then paced 50 ms apart), 16 concurrent callers, three windows.
+    // 2, then paced 51 ms apart), 16 concurrent callers, three windows.
     let args = BenchArgs {
         rpm: 40,
         callers: 16,

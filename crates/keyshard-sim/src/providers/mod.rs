@@ -313,6 +313,8 @@ pub(crate) struct Shared {
     root: String,
     rng: Mutex<StdRng>,
     windows: Mutex<HashMap<(FakeLane, String), VecDeque<Instant>>>,
+    /// Every admitted request's lane and start, in order (for the report's lane use).
+    admitted: Mutex<Vec<(FakeLane, Instant)>>,
     tokens: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
     stats: Mutex<FakeStats>,
     videos: Mutex<HashMap<String, VideoTask>>,
@@ -479,12 +481,18 @@ impl Shared {
             };
         }
         starts.push_back(now);
-        Gate::Admitted(LimitView {
+        let view = LimitView {
             limit: lim.limit,
             remaining: lim.limit - starts.len() as u32,
             reset: reset_of(starts),
             tokens: token_view,
-        })
+        };
+        drop(windows);
+        self.admitted
+            .lock()
+            .expect("admitted lock")
+            .push((lane, now));
+        Gate::Admitted(view)
     }
 
     fn count_429(&self, lane: FakeLane, key: &str) {
@@ -526,6 +534,7 @@ impl FakeProviders {
             cfg,
             root: format!("http://{addr}"),
             windows: Mutex::default(),
+            admitted: Mutex::default(),
             tokens: Mutex::default(),
             stats: Mutex::default(),
             videos: Mutex::default(),
@@ -579,6 +588,17 @@ impl FakeProviders {
     /// What `keys` keys can do per minute on `lane` (for the report's `capacity_per_min`).
     pub fn capacity_per_min(&self, lane: FakeLane, keys: usize) -> f64 {
         self.shared.cfg.limits.lane(lane).per_min() * keys as f64
+    }
+
+    /// Requests admitted on `lane` (all keys) that started in `[from, to)`.
+    pub fn admitted_between(&self, lane: FakeLane, from: Instant, to: Instant) -> u64 {
+        self.shared
+            .admitted
+            .lock()
+            .expect("admitted lock")
+            .iter()
+            .filter(|(l, t)| *l == lane && *t >= from && *t < to)
+            .count() as u64
     }
 
     pub fn stats(&self) -> FakeStats {
@@ -655,6 +675,7 @@ mod tests {
         };
         let fake = FakeProviders::start(cfg).await.unwrap();
         let s = &fake.shared;
+        let t0 = Instant::now();
         for _ in 0..3 {
             assert!(matches!(
                 s.admit(FakeLane::MiniMaxVideo, "k", 0),
@@ -682,6 +703,19 @@ mod tests {
         ));
         assert_eq!(fake.stats().total_429, 1);
         assert_eq!(fake.stats().key("minimax", "k").rate_limited, 1);
+        // Admissions are logged by lane and start, refusals are not.
+        let video = |from: u64, to: u64| {
+            fake.admitted_between(
+                FakeLane::MiniMaxVideo,
+                t0 + Duration::from_secs(from),
+                t0 + Duration::from_secs(to),
+            )
+        };
+        assert_eq!((video(0, 3), video(3, 10), video(0, 11)), (3, 1, 5));
+        assert_eq!(
+            fake.admitted_between(FakeLane::MiniMaxImages, t0, Instant::now()),
+            1
+        );
         fake.shutdown().await;
     }
 }
