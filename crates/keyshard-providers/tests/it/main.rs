@@ -671,10 +671,12 @@ fn config_validation_rejects_placeholders_and_short_max_wait() {
     assert!(e.message.contains("newlines"), "{e}");
 }
 
-/// A client configured above the provider's real limit (a wrong env value).
+/// A client configured far above the provider's real limit (a wrong env value): 500 per
+/// second lets a burst of 11 (`KeyLimits::burst`) go out at once, so concurrent callers
+/// overrun the fake's 5 per second before any answer can slow them down.
 fn overconfigured(fake: &FakeProviders) -> OpenAi {
     let mut c = common(fake.openai_base(), KEY);
-    c.limits.rpm = 50;
+    c.limits.rpm = 500;
     c.limits.window = Duration::from_secs(1);
     c.max_wait = Duration::from_secs(10);
     OpenAi::new(OpenAiConfig::new(c), None, "t").unwrap()
