@@ -1,6 +1,12 @@
-//! `/비디오` jobs: a MiniMax Hailuo task created once (its id saved with the job so a rescuer
-//! resumes it instead of paying for a second video), progress edits while it renders, and the
-//! video attached when it fits the interaction's upload limit, else linked.
+//! `/비디오` jobs: a MiniMax Hailuo task created once (its id saved with the job so the
+//! instance resumes it after a restart instead of paying for a second video), progress edits
+//! while it renders, and the video attached when it fits the interaction's upload limit, else
+//! linked.
+//!
+//! A task belongs to the MiniMax account of the key that created it. A peer that rescues the
+//! job holds another key, usually another account (N key sets at N times the limits are N
+//! accounts), and cannot see the task: when the provider says it does not know the saved
+//! task, the job starts it again with this instance's key rather than failing the user.
 
 use std::time::Instant;
 
@@ -30,7 +36,9 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
             .and_then(|t| t.as_str())
             .map(|t| VideoTaskId(t.to_owned()))
     });
-    let task = match saved {
+    // Whether `task` was saved by an earlier run and not yet seen by this instance's key.
+    let mut resumed = saved.is_some();
+    let mut task = match saved {
         Some(task) => {
             tracing::info!(
                 job = job.id,
@@ -38,23 +46,10 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
             );
             task
         }
-        None => {
-            progress(w.http(), job, "⏳ 영상 생성을 요청하는 중이에요…").await;
-            let task = match minimax.video_create(&a.prompt).await {
-                Ok(t) => t,
-                Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
-            };
-            if let Err(e) = ctx
-                .save_state(job.id, &serde_json::json!({ "task_id": task.0 }))
-                .await
-            {
-                tracing::warn!(
-                    job = job.id,
-                    "could not save the video task id (a rescue would start over): {e}"
-                );
-            }
-            task
-        }
+        None => match start(w, job, ctx, &minimax, &a.prompt).await {
+            Ok(t) => t,
+            Err(outcome) => return outcome,
+        },
     };
 
     let started = Instant::now();
@@ -62,8 +57,22 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
     let file_id = loop {
         let status = match minimax.video_poll(&task).await {
             Ok(s) => s,
+            Err(e) if resumed && unknown_task(&e) => {
+                tracing::info!(
+                    job = job.id,
+                    class = %e.class,
+                    "the saved video task is unknown to this instance's MiniMax key (another account, or expired); starting it again"
+                );
+                resumed = false;
+                task = match start(w, job, ctx, &minimax, &a.prompt).await {
+                    Ok(t) => t,
+                    Err(outcome) => return outcome,
+                };
+                continue;
+            }
             Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
         };
+        resumed = false;
         let phase = match status {
             VideoStatus::Success { file_id } => break file_id,
             VideoStatus::Failed(msg) => {
@@ -123,6 +132,38 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
         link_answer(job, w.instance(), elapsed, &file.download_url)
     };
     w.finish(job, ctx, COMMAND, true, answer).await
+}
+
+/// Creates the task with this instance's key and saves its id with the job.
+async fn start(
+    w: &Worker,
+    job: &Job,
+    ctx: &JobContext,
+    minimax: &keyshard_providers::MiniMax,
+    prompt: &str,
+) -> Result<VideoTaskId, Outcome> {
+    progress(w.http(), job, "⏳ 영상 생성을 요청하는 중이에요…").await;
+    let task = match minimax.video_create(prompt).await {
+        Ok(t) => t,
+        Err(e) => return Err(w.fail(job, ctx, COMMAND, &e).await),
+    };
+    if let Err(e) = ctx
+        .save_state(job.id, &serde_json::json!({ "task_id": task.0 }))
+        .await
+    {
+        tracing::warn!(
+            job = job.id,
+            "could not save the video task id (a restart would start over): {e}"
+        );
+    }
+    Ok(task)
+}
+
+/// How the provider answers a poll for a task this key cannot see: MiniMax's "invalid
+/// params" (2013) for an id it does not know, or an auth-class refusal. If this instance's key
+/// is itself broken, creating the task again fails the same way and moves the job to a peer.
+fn unknown_task(e: &ProviderError) -> bool {
+    matches!(e.class, ErrorClass::BadRequest | ErrorClass::KeyProblem)
 }
 
 /// The answer when the video is over the upload limit: a link instead of an attachment.

@@ -8,6 +8,7 @@ use keyshard_routing::primary;
 use keyshard_sim::cluster::ADMIN_USER_ID;
 use keyshard_sim::discord::{InteractionSpec, MessageKind, SIM_CHANNEL_ID};
 use keyshard_sim::providers::FailurePlan;
+use keyshard_sim::wiring::ScenarioProviders;
 
 use crate::support::{final_messages, final_text, Setup, TestCluster};
 
@@ -205,6 +206,60 @@ async fn video_shows_progress_then_comes_as_an_attachment() {
         .as_deref()
         .unwrap()
         .contains("영상이 완성됐어요"));
+    c.procs.shutdown().await;
+}
+
+/// The instance rendering a video dies. A peer rescues the job, its own MiniMax key (another
+/// account) does not know the saved task, so it starts the video again: the user still gets
+/// exactly one video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescued_video_starts_again_with_the_rescuers_key() {
+    let mut setup = Setup::new(4).with_providers();
+    // Three 1 s steps: time to kill the owner while its video renders.
+    if let Some(p) = setup.providers.as_mut() {
+        p.video_step = Duration::from_secs(1);
+    }
+    let mut c = TestCluster::setup(setup).await;
+    let user = user_on(1, 5);
+    let id = c
+        .discord
+        .send_interaction(InteractionSpec::guild("비디오", user).string("설명", "구출되는 영상"))
+        .id;
+    let rendering = c
+        .discord
+        .wait_for(
+            |records| {
+                records.iter().any(|r| {
+                    r.id == id
+                        && r.messages.iter().any(|m| {
+                            m.content.as_deref().is_some_and(|t| {
+                                t.starts_with("⏳ 영상 대기 중") || t.starts_with("⏳ 영상 생성 중")
+                            })
+                        })
+                })
+            },
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(rendering, "instance 1 never reported the video rendering");
+    c.procs.kill(1).await.unwrap();
+
+    let r = c.wait_final(id, Duration::from_secs(30)).await;
+    let finals: Vec<_> = final_messages(&r).collect();
+    assert_eq!(finals.len(), 1, "{:#?}", r.messages);
+    assert_ne!(finals[0].instance, 1);
+    assert_eq!(finals[0].files.len(), 1);
+    assert!(finals[0].files[0].filename.ends_with(".mp4"));
+    // Two tasks: instance 1's, lost with its account, and the rescuer's.
+    let fakes = c.providers.as_ref().unwrap().fakes();
+    let made_by = |i: u32| {
+        fakes
+            .stats()
+            .key("minimax", &ScenarioProviders::key("minimax", i))
+            .ok
+    };
+    assert_eq!(made_by(1), 1);
+    assert_eq!((2..=4).map(made_by).sum::<u64>(), 1);
     c.procs.shutdown().await;
 }
 

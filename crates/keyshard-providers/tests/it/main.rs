@@ -570,7 +570,7 @@ async fn redis_down_degrades_the_daily_counter_to_memory_without_blocking() {
 }
 
 #[tokio::test]
-async fn a_video_task_is_resumed_from_its_id_by_a_second_client() {
+async fn a_video_task_is_resumed_from_its_id_by_a_restarted_client_and_unknown_to_other_keys() {
     init();
     let fake = FakeProviders::start(fake_config()).await.unwrap();
     let creator = minimax(&fake, KEY);
@@ -581,10 +581,15 @@ async fn a_video_task_is_resumed_from_its_id_by_a_second_client() {
     );
     drop(creator); // the creating instance dies
 
-    // Another instance, its own key, only the stored task id.
-    let other = minimax(&fake, "sk-test-other-instance-02");
     let stored: keyshard_providers::VideoTaskId =
         serde_json::from_str(&serde_json::to_string(&task).unwrap()).unwrap();
+    // Another instance's key is another account: the task is unknown to it.
+    let stranger = minimax(&fake, "sk-test-other-instance-02");
+    let e = stranger.video_poll(&stored).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::BadRequest, "{e}");
+
+    // The instance restarted with the same key and only the stored task id.
+    let other = minimax(&fake, KEY);
     let mut seen = Vec::new();
     let status = loop {
         let s = other.video_poll(&stored).await.unwrap();
@@ -600,6 +605,7 @@ async fn a_video_task_is_resumed_from_its_id_by_a_second_client() {
         panic!("{status:?}")
     };
     assert!(seen.contains(&VideoStatus::Processing), "{seen:?}");
+    assert!(stranger.video_file(&file_id).await.is_err());
     let file = other.video_file(&file_id).await.unwrap();
     assert_eq!(file.file_id, file_id);
     let bytes = other.download(&file.download_url).await.unwrap();

@@ -148,6 +148,7 @@ async fn video_create(
             created: tokio::time::Instant::now(),
             fail: prompt.contains("fake:videofail"),
             file_id: 200_000_000_000u64 + id,
+            owner: key.clone(),
         },
     );
     s.ok(P, &key);
@@ -159,8 +160,9 @@ struct TaskQuery {
     task_id: String,
 }
 
-/// Any valid key may query any task: the fake assumes the instances' keys belong to one
-/// MiniMax account, which is what resuming a task on another instance needs.
+/// A task is known only to the key that created it: each instance's key stands for its own
+/// MiniMax account (one account's keys share its limits, so N key sets at N times the rate
+/// are N accounts). Another key asking gets the answer for an unknown task.
 async fn video_query(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -175,6 +177,7 @@ async fn video_query(
         .lock()
         .expect("videos lock")
         .get(&q.task_id)
+        .filter(|t| t.owner == key)
         .cloned()
     else {
         return base_error(2013, "invalid params, task not found");
@@ -227,7 +230,7 @@ async fn file_retrieve(
         .lock()
         .expect("videos lock")
         .values()
-        .any(|t| t.file_id == file_id && !t.fail);
+        .any(|t| t.file_id == file_id && !t.fail && t.owner == key);
     if !known {
         return base_error(1004, "file not found");
     }

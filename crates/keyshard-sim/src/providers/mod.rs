@@ -286,6 +286,8 @@ pub(crate) struct VideoTask {
     created: Instant,
     fail: bool,
     file_id: u64,
+    /// The key that created it: tasks and their files belong to that key's account.
+    owner: String,
 }
 
 /// Outcome of the rate-limit check.
