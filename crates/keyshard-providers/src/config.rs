@@ -51,9 +51,12 @@ impl KeyLimits {
     /// - up to 10 per window, the whole limit (a handful of users asking at once is served at
     ///   once; spacing them a window / rpm apart would keep each waiting 6 s or more, and the
     ///   window itself is the pace anyway);
-    /// - from there the burst shrinks towards the larger of 100 / rpm (a few users at once
-    ///   while the spacing is still seconds) and 1 + rpm / 50 (about 1.2 s ahead of the pace,
-    ///   2 % of the window, once the spacing is well under a second).
+    /// - above that, the larger of 100 / rpm (a few users at once while the spacing is still
+    ///   seconds: 9 at 11, 5 at 20, 2 at 50) and 1 + rpm / 50 (about 1.2 s ahead of the pace,
+    ///   2 % of the window, once the spacing is well under a second). Between 11 and 49 per
+    ///   window a saturated key still stalls for long (about 44 s a window at 11, 12 s at 20):
+    ///   there the window, not the pace, shapes the flow, and users waiting a pacing interval
+    ///   of several seconds each would fare worse.
     ///
     /// At 120 per minute that is 3: a saturated key stalls ~1 s per window instead of the
     /// 5.6 s a burst of 12 cost, so any stretch of a busy minute sees the key's pace. The
@@ -245,11 +248,25 @@ mod tests {
         // …and about 2 % of the window ahead of the pace for large limits.
         assert_eq!(KeyLimits::burst(120), 3);
         assert_eq!(KeyLimits::burst(500), 11);
-        for rpm in 11..=10_000 {
+        let stall = |rpm: u32| {
+            let limits = KeyLimits::per_minute(rpm, 1);
+            let span = limits.window + limits.guard();
+            span.as_secs_f64() * f64::from(KeyLimits::burst(rpm) - 1) / f64::from(rpm)
+        };
+        for rpm in 1..=10_000 {
             let b = KeyLimits::burst(rpm);
-            let ahead = f64::from(b - 1) / f64::from(rpm);
-            assert!(b >= 1 && (ahead <= 0.021 || b <= 100 / rpm), "{rpm}: {b}");
+            assert!((1..=rpm).contains(&b), "{rpm}: {b}");
+            // From 50 a minute up, a saturated key stalls at most ~1.25 s per 61 s.
+            if rpm >= 50 {
+                assert!(stall(rpm) <= 1.25, "{rpm}: {b} stalls {:.2} s", stall(rpm));
+            }
+            // Between the two regimes the burst only shrinks as the limit grows.
+            if (11..=50).contains(&rpm) {
+                assert!(b <= KeyLimits::burst(rpm - 1), "{rpm}: {b}");
+            }
         }
+        // The stall a burst of 12 caused at 120 a minute, against the one left now.
+        assert!((stall(120) - 1.02).abs() < 0.01, "{}", stall(120));
     }
 
     #[test]

@@ -279,6 +279,12 @@ impl MiniMax {
         Ok(bytes)
     }
 
+    /// The key's fingerprint ([`crate::Secret::fingerprint`]): tells whether a saved video
+    /// task was created with this key, without the key leaving the process.
+    pub fn key_fingerprint(&self) -> String {
+        self.inner.cfg.common.api_key.fingerprint()
+    }
+
     pub fn budget(&self) -> Vec<LaneBudget> {
         vec![
             self.inner.images.budget(),

@@ -226,7 +226,7 @@ pub struct ReportInput<'a> {
 /// One provider lane over the steady window.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LaneUse {
-    /// `open_ai_chat`, `mini_max_images`, …
+    /// `openai_chat`, `minimax_images`, … ([`crate::providers::FakeLane::name`])
     pub lane: String,
     /// Requests the fake admitted on this lane, all keys together.
     pub requests: u64,

@@ -256,7 +256,8 @@ pub trait ProviderFakes: Send + Sync {
     /// 429 answers the fakes have given so far.
     fn provider_429(&self) -> u64;
     /// How much of each lane the mix uses the keys admitted in `[from, to)`, against what
-    /// `instances` keys allow in that time.
+    /// `instances` keys allow in that time. Wall-clock instants: the fakes must run on
+    /// tokio's real clock (not paused), as every scenario does.
     fn lane_use(
         &self,
         mix: &Mix,

@@ -153,10 +153,7 @@ impl ProviderFakes for ScenarioProviders {
                 let requests = self.fakes.admitted_between(lane, from.into(), to.into());
                 let capacity = self.fakes.capacity_per_min(lane, instances as usize) * secs / 60.0;
                 LaneUse {
-                    lane: serde_json::to_value(lane)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    lane: lane.name().to_owned(),
                     requests,
                     capacity: (capacity * 10.0).round() / 10.0,
                     utilization: if capacity > 0.0 {
@@ -212,9 +209,9 @@ mod tests {
         assert_eq!(
             names,
             [
-                "open_ai_chat",
-                "open_ai_images",
-                "mini_max_images",
+                "openai_chat",
+                "openai_images",
+                "minimax_images",
                 "stability_images"
             ]
         );

@@ -3,10 +3,12 @@
 //! while it renders, and the video attached when it fits the interaction's upload limit, else
 //! linked.
 //!
-//! A task belongs to the MiniMax account of the key that created it. A peer that rescues the
-//! job holds another key, usually another account (N key sets at N times the limits are N
-//! accounts), and cannot see the task: when the provider says it does not know the saved
-//! task, the job starts it again with this instance's key rather than failing the user.
+//! A task belongs to the MiniMax account of the key that created it; the saved state names
+//! that key by its fingerprint. A peer that rescues the job holds another key, usually another
+//! account (N key sets at N times the limits are N accounts), and cannot see the task: when
+//! the provider refuses a poll of a task saved by another key, the job starts it again with
+//! this instance's key rather than failing the user. A task saved by this same key is never
+//! created twice: an error polling it is an error.
 
 use std::time::Instant;
 
@@ -31,22 +33,26 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
             .unconfigured(job, ctx, COMMAND, ProviderKind::MiniMax)
             .await;
     };
+    let own_key = minimax.key_fingerprint();
     let saved = ctx.load_state(job.id).await.and_then(|s| {
-        s.get("task_id")
-            .and_then(|t| t.as_str())
-            .map(|t| VideoTaskId(t.to_owned()))
+        let task = VideoTaskId(s.get("task_id")?.as_str()?.to_owned());
+        let by = s.get("key").and_then(|k| k.as_str()).map(str::to_owned);
+        Some((task, by))
     });
-    // Whether `task` was saved by an earlier run and not yet seen by this instance's key.
-    let mut resumed = saved.is_some();
+    // Whether `task` was saved by an earlier run with another key (or an unnamed one) and
+    // this key has not yet seen it.
+    let mut foreign = false;
     let mut task = match saved {
-        Some(task) => {
+        Some((task, by)) => {
+            foreign = by.as_deref() != Some(own_key.as_str());
             tracing::info!(
                 job = job.id,
+                other_key = foreign,
                 "resuming a video task started by an earlier run"
             );
             task
         }
-        None => match start(w, job, ctx, &minimax, &a.prompt).await {
+        None => match start(w, job, ctx, &minimax, &own_key, &a.prompt).await {
             Ok(t) => t,
             Err(outcome) => return outcome,
         },
@@ -57,14 +63,14 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
     let file_id = loop {
         let status = match minimax.video_poll(&task).await {
             Ok(s) => s,
-            Err(e) if resumed && unknown_task(&e) => {
+            Err(e) if foreign && not_ours(&e) => {
                 tracing::info!(
                     job = job.id,
                     class = %e.class,
-                    "the saved video task is unknown to this instance's MiniMax key (another account, or expired); starting it again"
+                    "the saved video task belongs to another MiniMax key; starting it again with this one"
                 );
-                resumed = false;
-                task = match start(w, job, ctx, &minimax, &a.prompt).await {
+                foreign = false;
+                task = match start(w, job, ctx, &minimax, &own_key, &a.prompt).await {
                     Ok(t) => t,
                     Err(outcome) => return outcome,
                 };
@@ -72,7 +78,7 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
             }
             Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
         };
-        resumed = false;
+        foreign = false;
         let phase = match status {
             VideoStatus::Success { file_id } => break file_id,
             VideoStatus::Failed(msg) => {
@@ -140,6 +146,7 @@ async fn start(
     job: &Job,
     ctx: &JobContext,
     minimax: &keyshard_providers::MiniMax,
+    own_key: &str,
     prompt: &str,
 ) -> Result<VideoTaskId, Outcome> {
     progress(w.http(), job, "⏳ 영상 생성을 요청하는 중이에요…").await;
@@ -148,7 +155,10 @@ async fn start(
         Err(e) => return Err(w.fail(job, ctx, COMMAND, &e).await),
     };
     if let Err(e) = ctx
-        .save_state(job.id, &serde_json::json!({ "task_id": task.0 }))
+        .save_state(
+            job.id,
+            &serde_json::json!({ "task_id": task.0, "key": own_key }),
+        )
         .await
     {
         tracing::warn!(
@@ -159,10 +169,10 @@ async fn start(
     Ok(task)
 }
 
-/// How the provider answers a poll for a task this key cannot see: MiniMax's "invalid
-/// params" (2013) for an id it does not know, or an auth-class refusal. If this instance's key
-/// is itself broken, creating the task again fails the same way and moves the job to a peer.
-fn unknown_task(e: &ProviderError) -> bool {
+/// How the provider answers a poll of another account's task: MiniMax's "invalid params"
+/// (2013) for an id it does not know, or an auth-class refusal. If this instance's key is
+/// itself broken, creating the task again fails the same way and moves the job to a peer.
+fn not_ours(e: &ProviderError) -> bool {
     matches!(e.class, ErrorClass::BadRequest | ErrorClass::KeyProblem)
 }
 

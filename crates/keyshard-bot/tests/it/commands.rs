@@ -209,18 +209,9 @@ async fn video_shows_progress_then_comes_as_an_attachment() {
     c.procs.shutdown().await;
 }
 
-/// The instance rendering a video dies. A peer rescues the job, its own MiniMax key (another
-/// account) does not know the saved task, so it starts the video again: the user still gets
-/// exactly one video.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rescued_video_starts_again_with_the_rescuers_key() {
-    let mut setup = Setup::new(4).with_providers();
-    // Three 1 s steps: time to kill the owner while its video renders.
-    if let Some(p) = setup.providers.as_mut() {
-        p.video_step = Duration::from_secs(1);
-    }
-    let mut c = TestCluster::setup(setup).await;
-    let user = user_on(1, 5);
+/// Sends `/비디오` for `user` and waits until instance `owner` reports it rendering (the task
+/// is created and its id saved).
+async fn video_rendering_on(c: &TestCluster, user: u64, owner: u32) -> u64 {
     let id = c
         .discord
         .send_interaction(InteractionSpec::guild("비디오", user).string("설명", "구출되는 영상"))
@@ -232,16 +223,40 @@ async fn a_rescued_video_starts_again_with_the_rescuers_key() {
                 records.iter().any(|r| {
                     r.id == id
                         && r.messages.iter().any(|m| {
-                            m.content.as_deref().is_some_and(|t| {
-                                t.starts_with("⏳ 영상 대기 중") || t.starts_with("⏳ 영상 생성 중")
-                            })
+                            m.instance == owner
+                                && m.content.as_deref().is_some_and(|t| {
+                                    t.starts_with("⏳ 영상 대기 중")
+                                        || t.starts_with("⏳ 영상 생성 중")
+                                })
                         })
                 })
             },
             Duration::from_secs(20),
         )
         .await;
-    assert!(rendering, "instance 1 never reported the video rendering");
+    assert!(
+        rendering,
+        "instance {owner} never reported the video rendering"
+    );
+    id
+}
+
+/// Slow videos (three 2 s steps): time to kill the owner while its video renders.
+fn slow_videos(instances: u32) -> Setup {
+    let mut setup = Setup::new(instances).with_providers();
+    if let Some(p) = setup.providers.as_mut() {
+        p.video_step = Duration::from_secs(2);
+    }
+    setup
+}
+
+/// The instance rendering a video dies. A peer rescues the job, its own MiniMax key (another
+/// account) does not know the saved task, so it starts the video again: the user still gets
+/// exactly one video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescued_video_starts_again_with_the_rescuers_key() {
+    let mut c = TestCluster::setup(slow_videos(4)).await;
+    let id = video_rendering_on(&c, user_on(1, 5), 1).await;
     c.procs.kill(1).await.unwrap();
 
     let r = c.wait_final(id, Duration::from_secs(30)).await;
@@ -250,16 +265,35 @@ async fn a_rescued_video_starts_again_with_the_rescuers_key() {
     assert_ne!(finals[0].instance, 1);
     assert_eq!(finals[0].files.len(), 1);
     assert!(finals[0].files[0].filename.ends_with(".mp4"));
-    // Two tasks: instance 1's, lost with its account, and the rescuer's.
-    let fakes = c.providers.as_ref().unwrap().fakes();
-    let made_by = |i: u32| {
-        fakes
-            .stats()
-            .key("minimax", &ScenarioProviders::key("minimax", i))
-            .ok
-    };
-    assert_eq!(made_by(1), 1);
-    assert_eq!((2..=4).map(made_by).sum::<u64>(), 1);
+    // The rescuer asked for the saved task once, was told it is unknown, and made its own:
+    // two tasks, instance 1's (lost with its account) and the rescuer's.
+    let stats = c.providers.as_ref().unwrap().fakes().stats();
+    let key = |i: u32| stats.key("minimax", &ScenarioProviders::key("minimax", i));
+    assert_eq!((key(1).ok, key(1).not_found), (1, 0));
+    let rescuers = (2..=4).map(key);
+    assert_eq!(
+        rescuers.fold((0, 0), |(ok, nf), k| (ok + k.ok, nf + k.not_found)),
+        (1, 1)
+    );
+    c.procs.shutdown().await;
+}
+
+/// The instance rendering a video dies and comes back with the same key before anyone else
+/// could take it (it is alone): it resumes the saved task, and no second video is paid for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_resumes_its_video_task_without_a_second_one() {
+    let mut c = TestCluster::setup(slow_videos(1)).await;
+    let id = video_rendering_on(&c, user_on(1, 6), 1).await;
+    c.procs.kill(1).await.unwrap();
+    c.procs.restart(1).await.unwrap();
+
+    let r = c.wait_final(id, Duration::from_secs(30)).await;
+    let finals: Vec<_> = final_messages(&r).collect();
+    assert_eq!(finals.len(), 1, "{:#?}", r.messages);
+    assert_eq!(finals[0].files.len(), 1);
+    let stats = c.providers.as_ref().unwrap().fakes().stats();
+    let k = stats.key("minimax", &ScenarioProviders::key("minimax", 1));
+    assert_eq!((k.ok, k.not_found), (1, 0), "one task, resumed");
     c.procs.shutdown().await;
 }
 

@@ -180,6 +180,7 @@ async fn video_query(
         .filter(|t| t.owner == key)
         .cloned()
     else {
+        s.count(P, &key, |c| c.not_found += 1);
         return base_error(2013, "invalid params, task not found");
     };
     let step = s.cfg.video_step;
@@ -232,6 +233,7 @@ async fn file_retrieve(
         .values()
         .any(|t| t.file_id == file_id && !t.fail && t.owner == key);
     if !known {
+        s.count(P, &key, |c| c.not_found += 1);
         return base_error(1004, "file not found");
     }
     let name = format!("{file_id}.mp4");

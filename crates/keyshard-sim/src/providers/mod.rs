@@ -93,6 +93,17 @@ pub enum FakeLane {
 }
 
 impl FakeLane {
+    /// `openai_chat`, `openai_images`, `minimax_images`, `minimax_video`, `stability_images`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FakeLane::OpenAiChat => "openai_chat",
+            FakeLane::OpenAiImages => "openai_images",
+            FakeLane::MiniMaxImages => "minimax_images",
+            FakeLane::MiniMaxVideo => "minimax_video",
+            FakeLane::StabilityImages => "stability_images",
+        }
+    }
+
     pub fn provider(self) -> &'static str {
         match self {
             FakeLane::OpenAiChat | FakeLane::OpenAiImages => "openai",
@@ -259,6 +270,8 @@ pub struct KeyCounts {
     pub errors: u64,
     /// Refused as a bad key or a key without quota (not counted against the limits).
     pub auth_failures: u64,
+    /// Asked for a video task or file the key does not own (or that does not exist).
+    pub not_found: u64,
 }
 
 /// Counters of the whole fake.
@@ -315,8 +328,9 @@ pub(crate) struct Shared {
     root: String,
     rng: Mutex<StdRng>,
     windows: Mutex<HashMap<(FakeLane, String), VecDeque<Instant>>>,
-    /// Every admitted request's lane and start, in order (for the report's lane use).
-    admitted: Mutex<Vec<(FakeLane, Instant)>>,
+    /// Admitted requests' lanes and starts, in order, the latest [`ADMISSION_LOG`] of them
+    /// (for the report's lane use; bounded for a long `keyshard-sim serve`).
+    admitted: Mutex<VecDeque<(FakeLane, Instant)>>,
     tokens: Mutex<HashMap<String, VecDeque<(Instant, u64)>>>,
     stats: Mutex<FakeStats>,
     videos: Mutex<HashMap<String, VideoTask>>,
@@ -489,11 +503,12 @@ impl Shared {
             reset: reset_of(starts),
             tokens: token_view,
         };
-        drop(windows);
-        self.admitted
-            .lock()
-            .expect("admitted lock")
-            .push((lane, now));
+        // Logged under the windows lock, so the log is in admission order.
+        let mut log = self.admitted.lock().expect("admitted lock");
+        if log.len() == ADMISSION_LOG {
+            log.pop_front();
+        }
+        log.push_back((lane, now));
         Gate::Admitted(view)
     }
 
@@ -502,6 +517,10 @@ impl Shared {
         self.stats.lock().expect("stats lock").total_429 += 1;
     }
 }
+
+/// How many admissions the fake remembers for [`FakeProviders::admitted_between`]: a million
+/// (about 24 MB), hours of a busy scenario.
+const ADMISSION_LOG: usize = 1_000_000;
 
 /// `Retry-After` in whole seconds, rounded up (never 0 for a real wait).
 pub(crate) fn retry_after_secs(d: Duration) -> u64 {
