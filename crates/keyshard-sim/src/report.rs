@@ -230,7 +230,9 @@ pub struct LaneUse {
     pub lane: String,
     /// Requests the fake admitted on this lane, all keys together.
     pub requests: u64,
-    /// What the keys' limits allow in the same time.
+    /// What the keys allow in the same time at their long-run rate (limit per window). Over
+    /// less than a window a sliding window admits more, up to its whole limit at once, so a
+    /// short run of keys with small limits can read above 100 %.
     pub capacity: f64,
     /// `requests / capacity`.
     pub utilization: f64,
@@ -543,7 +545,7 @@ impl Report {
         for l in &self.lanes {
             let _ = writeln!(
                 s,
-                "  lane {:<17} {} requests of {:.0} allowed ({:.1} %)",
+                "  lane {:<17} {} requests, {:.0} at the keys' rate ({:.1} %)",
                 l.lane,
                 l.requests,
                 l.capacity,
