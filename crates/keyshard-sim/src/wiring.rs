@@ -47,15 +47,25 @@ impl ScenarioProviders {
         format!("sim-{provider}-key-{instance}")
     }
 
+    /// The lanes a command's jobs use; empty for commands with no provider.
+    fn lanes(&self, kind: CommandKind) -> Vec<FakeLane> {
+        match kind {
+            CommandKind::Chat => vec![FakeLane::OpenAiChat],
+            CommandKind::Image => self.image_lanes.clone(),
+            CommandKind::Video => vec![FakeLane::MiniMaxVideo],
+            _ => Vec::new(),
+        }
+    }
+
     /// One key set's limit for a command, per minute; `None` for commands with no provider.
     fn per_key_capacity(&self, kind: CommandKind) -> Option<f64> {
-        let lane = |l| self.fakes.capacity_per_min(l, 1);
-        match kind {
-            CommandKind::Chat => Some(lane(FakeLane::OpenAiChat)),
-            CommandKind::Image => Some(self.image_lanes.iter().map(|l| lane(*l)).sum()),
-            CommandKind::Video => Some(lane(FakeLane::MiniMaxVideo)),
-            _ => None,
-        }
+        let lanes = self.lanes(kind);
+        (!lanes.is_empty()).then(|| {
+            lanes
+                .iter()
+                .map(|l| self.fakes.capacity_per_min(*l, 1))
+                .sum()
+        })
     }
 }
 
@@ -135,15 +145,7 @@ impl ProviderFakes for ScenarioProviders {
         from: std::time::Instant,
         to: std::time::Instant,
     ) -> Vec<LaneUse> {
-        let mut lanes: Vec<FakeLane> = Vec::new();
-        for (kind, _) in &mix.0 {
-            match kind {
-                CommandKind::Chat => lanes.push(FakeLane::OpenAiChat),
-                CommandKind::Image => lanes.extend(&self.image_lanes),
-                CommandKind::Video => lanes.push(FakeLane::MiniMaxVideo),
-                _ => {}
-            }
-        }
+        let mut lanes: Vec<FakeLane> = mix.0.iter().flat_map(|(k, _)| self.lanes(*k)).collect();
         lanes.sort();
         lanes.dedup();
         let secs = to.saturating_duration_since(from).as_secs_f64();
