@@ -155,6 +155,17 @@ pub fn describe(err: &Error) -> String {
 }
 
 /// The one place where errors become what a Discord user reads (in Korean, starting with ⚠️).
+/// Tells the user what went wrong in an ephemeral reply; a reply that cannot be sent is only
+/// logged (the interaction may already be answered or its token dead).
+async fn tell(ctx: Context<'_>, text: &str) {
+    if let Err(e) = crate::commands::queue::reject(ctx, text).await {
+        tracing::debug!(
+            "could not tell the user what went wrong: {}",
+            redact(&e.to_string())
+        );
+    }
+}
+
 fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'_, ()> {
     Box::pin(async move {
         match error {
@@ -174,27 +185,11 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                     .metrics
                     .interactions
                     .inc(&[&ctx.command().name, "error"]);
-                let reply = poise::CreateReply::default()
-                    .content(crate::replies::INTERNAL)
-                    .ephemeral(true);
-                if let Err(e) = ctx.send(reply).await {
-                    tracing::debug!(
-                        "could not report the error to the user: {}",
-                        redact(&e.to_string())
-                    );
-                }
+                tell(ctx, crate::replies::INTERNAL).await;
             }
             poise::FrameworkError::ArgumentParse { ctx, error, .. } => {
                 tracing::debug!(command = %ctx.command().name, "argument parse failed: {error}");
-                let reply = poise::CreateReply::default()
-                    .content(crate::replies::INPUT_UNREADABLE)
-                    .ephemeral(true);
-                if let Err(e) = ctx.send(reply).await {
-                    tracing::debug!(
-                        "could not report the bad argument: {}",
-                        redact(&e.to_string())
-                    );
-                }
+                tell(ctx, crate::replies::INPUT_UNREADABLE).await;
             }
             poise::FrameworkError::CommandStructureMismatch {
                 ctx, description, ..
@@ -207,13 +202,7 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                 } else {
                     crate::replies::INPUT_UNREADABLE
                 };
-                let reply = poise::CreateReply::default().content(text).ephemeral(true);
-                if let Err(e) = poise::Context::Application(ctx).send(reply).await {
-                    tracing::debug!(
-                        "could not report the bad argument: {}",
-                        redact(&e.to_string())
-                    );
-                }
+                tell(poise::Context::Application(ctx), text).await;
             }
             poise::FrameworkError::CommandCheckFailed {
                 error: Some(error),

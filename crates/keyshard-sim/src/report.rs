@@ -53,6 +53,17 @@ pub struct AckLatency {
     pub max: f64,
 }
 
+impl AckLatency {
+    /// The summary of sorted latencies in ms (all 0 for none).
+    fn of(sorted: &[f64]) -> Self {
+        AckLatency {
+            p50: r2(quantile(sorted, 0.5)),
+            p99: r2(quantile(sorted, 0.99)),
+            max: r2(sorted.last().copied().unwrap_or(0.0)),
+        }
+    }
+}
+
 /// `completion_latency_ms.*`: dispatch → final answer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CompletionLatency {
@@ -442,26 +453,14 @@ impl Report {
         Report {
             scenario: input.scenario.clone(),
             interactions: ix,
-            ack_latency_ms: AckLatency {
-                p50: r2(quantile(&acks, 0.5)),
-                p99: r2(quantile(&acks, 0.99)),
-                max: r2(acks.last().copied().unwrap_or(0.0)),
-            },
+            ack_latency_ms: AckLatency::of(&acks),
             completion_latency_ms: CompletionLatency {
                 p50: r2(quantile(&completions, 0.5)),
                 p99: r2(quantile(&completions, 0.99)),
             },
             ack_latency_by_route_ms: by_route
                 .into_iter()
-                .map(|(k, v)| {
-                    let v = sorted(v);
-                    let lat = AckLatency {
-                        p50: r2(quantile(&v, 0.5)),
-                        p99: r2(quantile(&v, 0.99)),
-                        max: r2(v.last().copied().unwrap_or(0.0)),
-                    };
-                    (k.to_string(), lat)
-                })
+                .map(|(k, v)| (k.to_string(), AckLatency::of(&sorted(v))))
                 .collect(),
             throughput_per_min,
             throughput_overall_per_min,

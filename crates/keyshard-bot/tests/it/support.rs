@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyshard_sim::cluster::{ProcessCluster, ProcessConfig};
-use keyshard_sim::discord::record::is_progress;
 use keyshard_sim::discord::{
     DiscordConfig, FakeDiscord, InteractionRecord, InteractionSpec, MessageRecord,
 };
@@ -161,7 +160,7 @@ impl TestCluster {
         let done = self
             .discord
             .wait_for(
-                |records| records.iter().any(|r| r.id == id && has_final(r)),
+                |records| records.iter().any(|r| r.id == id && r.is_completed()),
                 deadline,
             )
             .await;
@@ -228,19 +227,9 @@ impl TestCluster {
     }
 }
 
-fn has_final(r: &InteractionRecord) -> bool {
-    match r.ack() {
-        Some(ack) if ack.kind == 4 => true,
-        Some(_) => final_messages(r).next().is_some(),
-        None => false,
-    }
-}
-
 /// The accepted messages of an interaction that are not progress edits, in order.
 pub fn final_messages(r: &InteractionRecord) -> impl Iterator<Item = &MessageRecord> {
-    r.messages
-        .iter()
-        .filter(|m| m.accepted() && !is_progress(m.content.as_deref()))
+    r.final_messages()
 }
 
 /// The content of the first final message (or of a type-4 callback).

@@ -145,6 +145,14 @@ impl InteractionRecord {
             .count()
     }
 
+    /// The accepted messages that are not progress edits, in order: the answer after a
+    /// deferred ack (a long one continues in follow-ups).
+    pub fn final_messages(&self) -> impl DoubleEndedIterator<Item = &MessageRecord> {
+        self.messages
+            .iter()
+            .filter(|m| m.accepted() && !is_progress(m.content.as_deref()))
+    }
+
     /// The final answer: a type-4 callback is one; after a deferred ack it is the last accepted
     /// edit, followup or channel message that is not a progress edit (see [`is_progress`]; a
     /// streamed answer edits the reply several times, and only the last edit is the answer
@@ -158,11 +166,7 @@ impl InteractionRecord {
                 failed: starts_with_error(ack.content.as_deref()),
             });
         }
-        let last = self
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.accepted() && !is_progress(m.content.as_deref()))?;
+        let last = self.final_messages().next_back()?;
         Some(Completion {
             instance: last.instance,
             after_ms: last.after_ms,
@@ -176,12 +180,7 @@ impl InteractionRecord {
     /// are not answers: a job rescued from a dead instance shows its progress from two
     /// instances but answers once.
     pub fn has_duplicate_answer(&self) -> bool {
-        let accepted = || {
-            self.messages
-                .iter()
-                .filter(|m| m.accepted() && !is_progress(m.content.as_deref()))
-        };
-        let mut instances: Vec<u32> = accepted().map(|m| m.instance).collect();
+        let mut instances: Vec<u32> = self.final_messages().map(|m| m.instance).collect();
         if let Some(ack) = self.ack() {
             if ack.kind == CALLBACK_MESSAGE {
                 instances.push(ack.instance);
@@ -191,7 +190,8 @@ impl InteractionRecord {
         instances.dedup();
         // A long answer continues in follow-ups (or further channel messages); each answer to
         // the channel opens with the user's mention, so two of those are two answers.
-        let channel_answers = accepted()
+        let channel_answers = self
+            .final_messages()
             .filter(|m| m.kind == MessageKind::Channel)
             .filter(|m| m.content.as_deref().is_some_and(|c| c.starts_with("<@")))
             .count();
