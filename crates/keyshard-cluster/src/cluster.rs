@@ -271,28 +271,15 @@ impl Cluster {
         let me = cfg.instance_id;
         let is_primary = primary(user, cfg.instance_count) == me;
 
-        if self.is_degraded() {
+        // The static rule: while Redis is unreachable, or always with takeover switched off.
+        let degraded = self.is_degraded();
+        if degraded || !cfg.takeover {
             if !is_primary {
-                return self.degraded(user, false);
-            }
-            return match self.try_claim(interaction_id).await {
-                Ok(true) => self.won(
-                    Assignment {
-                        user,
-                        primary: me,
-                        owner: Some(me),
-                        reason: Reason::Primary,
-                    },
-                    None,
-                ),
-                Ok(false) => self.lost(),
-                Err(_) => self.degraded(user, true),
-            };
-        }
-
-        if !cfg.takeover {
-            if !is_primary {
-                return self.lost();
+                return if degraded {
+                    self.degraded(user, false)
+                } else {
+                    self.lost()
+                };
             }
             let assignment = Assignment {
                 user,
@@ -343,9 +330,7 @@ impl Cluster {
             // The first fallback looks once more before the deadline: an owner that died
             // between its claim and its acknowledgement never confirms, and its claim lapses.
             Ok(false) if rank == Some(0) && !self.claim_confirmed(interaction_id).await => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(received_ms, |d| d.as_millis() as u64);
+                let now = crate::stats::now_ms().max(received_ms);
                 tokio::time::sleep(sweep_delay(interaction_id, received_ms, now, &cfg.claim)).await;
                 match self.try_claim(interaction_id).await {
                     Ok(true) => {
@@ -388,7 +373,9 @@ impl Cluster {
     pub async fn confirm(&self, interaction_id: u64) {
         let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
         let me = self.inner.cfg.instance_id.to_string();
-        let script = redis::Script::new(CONFIRM_SCRIPT);
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_SCRIPT));
+        let script = &*SCRIPT;
         let result: Result<i64, _> = self
             .inner
             .redis

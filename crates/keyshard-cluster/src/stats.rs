@@ -50,7 +50,8 @@ fn minute_of(ms: u64) -> u64 {
     ms / 60_000
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
