@@ -700,10 +700,12 @@ impl Jobs {
             .map(|s| (s.id, s.queue_depth))
             .collect();
         peers.sort_by_key(|(_, q)| std::cmp::Reverse(*q));
-        let consumer = format!("steal-{}", self.inner.me);
         for (peer, _) in peers {
             let stream = self.stream(peer, kind);
-            let (s, consumer) = (stream.clone(), consumer.clone());
+            // Read as the peer's own consumer: if the move fails (or this instance dies
+            // mid-way) the entry waits in the peer's pending list, where its restart scan and
+            // a dead-instance rescue find it.
+            let (s, consumer) = (stream.clone(), format!("i{peer}"));
             let read: Result<Option<StreamReadReply>, _> = self
                 .inner
                 .redis
@@ -729,38 +731,10 @@ impl Jobs {
             else {
                 continue;
             };
-            // Queue it on our own stream first, then drop it from the peer's: a crash in
-            // between runs the job twice, and the done marker keeps the answer single.
-            let moved = match parse_entry(&entry) {
-                Some(job) => self
-                    .xadd(&self.stream(self.inner.me, kind), &job)
-                    .await
-                    .is_ok(),
-                None => false,
-            };
-            if moved {
-                let _ = self.ack(&stream, &entry.id).await;
+            if let Ok(true) = self.requeue(&stream, &entry, kind).await {
                 self.inner.stolen.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
-            // Not moved: leave it pending under the steal consumer; a dead-instance rescue
-            // or the peer's restart scan does not see it, so hand it back by claiming it for
-            // the peer's own consumer.
-            let (s, id, owner) = (stream.clone(), entry.id.clone(), format!("i{peer}"));
-            let _: Result<redis::Value, _> = self
-                .inner
-                .redis
-                .run("steal give back", OP_BUDGET, move |mut c| async move {
-                    redis::cmd("XCLAIM")
-                        .arg(&s)
-                        .arg(GROUP)
-                        .arg(&owner)
-                        .arg(0)
-                        .arg(&id)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await;
         }
         false
     }
@@ -890,7 +864,6 @@ impl Jobs {
     /// Takes a batch of a dead stream's entries (pending ones through `XAUTOCLAIM`, unread ones
     /// through `XREADGROUP`) and re-queues them on this instance's own stream.
     async fn move_entries(&self, dead_stream: &str, kind: JobKind) -> Result<u64, ClusterError> {
-        let own = self.stream(self.inner.me, kind);
         let consumer = format!("rescue-{}", self.inner.me);
         let stream = dead_stream.to_owned();
         let entries: Vec<StreamId> = self
@@ -937,15 +910,29 @@ impl Jobs {
             .await?;
         let mut moved = 0;
         for entry in entries {
-            if let Some(job) = parse_entry(&entry) {
-                // Queue on our stream first, then drop theirs: a crash in between runs the job
-                // twice, and the done marker keeps the answer single.
-                self.xadd(&own, &job).await?;
+            if self.requeue(dead_stream, &entry, kind).await? {
                 moved += 1;
             }
-            self.ack(dead_stream, &entry.id).await?;
         }
         Ok(moved)
+    }
+
+    /// Moves one entry of stream `from` into this instance's own stream of `kind`: queued on
+    /// ours first, then acknowledged on theirs (a crash in between runs the job twice, and the
+    /// done marker keeps the answer single). An entry that is not a job is dropped. `Ok(true)`
+    /// when a job moved.
+    async fn requeue(
+        &self,
+        from: &str,
+        entry: &StreamId,
+        kind: JobKind,
+    ) -> Result<bool, ClusterError> {
+        let job = parse_entry(entry);
+        if let Some(job) = &job {
+            self.xadd(&self.stream(self.inner.me, kind), job).await?;
+        }
+        self.ack(from, &entry.id).await?;
+        Ok(job.is_some())
     }
 }
 
