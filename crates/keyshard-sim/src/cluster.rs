@@ -31,11 +31,6 @@ const PASSTHROUGH_ENV: &[&str] = &["PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "
 /// and 50 ms adds little to a cluster start while not spinning.
 const READY_PROBE_EVERY: Duration = Duration::from_millis(50);
 
-/// How many ports an instance start tries. `HTTP_BIND` is a port that was free when it was
-/// picked, but a parallel test's listener or an outgoing connection's source port (both drawn
-/// from the same ephemeral range) can take it before the child binds it.
-const PORT_ATTEMPTS: u32 = 4;
-
 /// What `keyshard` prints when its `HTTP_BIND` cannot be bound (see `keyshard_bot::http::serve`).
 const BIND_FAILED: &str = "cannot listen on HTTP_BIND=";
 
@@ -110,8 +105,6 @@ struct Instance {
     child: Option<Child>,
     http_bind: SocketAddr,
     log_path: PathBuf,
-    /// Where the running process's output starts in `log_path` (the file is appended to).
-    log_start: u64,
 }
 
 /// The running instances.
@@ -141,7 +134,6 @@ impl ProcessCluster {
                     child: None,
                     http_bind: loopback_free_port(),
                     log_path: cfg.run_dir.join(format!("instance-{id}.log")),
-                    log_start: 0,
                 })
                 .collect(),
             events: Vec::new(),
@@ -229,7 +221,6 @@ impl ProcessCluster {
             .append(true)
             .open(&inst.log_path)
             .with_context(|| format!("opening {}", inst.log_path.display()))?;
-        inst.log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let mut cmd = Command::new(&bin);
         cmd.env_clear();
         for key in PASSTHROUGH_ENV {
@@ -256,22 +247,24 @@ impl ProcessCluster {
 
     /// Polls `GET /readyz` until it answers 200; fails early when the process exits. An
     /// instance whose `HTTP_BIND` port was taken in the meantime is started again on another
-    /// port (up to [`PORT_ATTEMPTS`] in all).
+    /// port (up to [`keyshard_testkit::PORT_ATTEMPTS`] in all).
     pub async fn wait_ready(&mut self, id: u32) -> anyhow::Result<()> {
         let deadline = Instant::now() + self.cfg.ready_deadline;
         let mut attempt = 1;
+        let mut url = format!("http://{}/readyz", self.slot(id)?.http_bind);
         loop {
             let inst = self.slot(id)?;
             let log_path = inst.log_path.clone();
-            let url = format!("http://{}/readyz", inst.http_bind);
             match inst.child.as_mut().map(Child::try_wait) {
                 None => bail!("instance {id} is not running"),
                 Some(Ok(Some(status))) => {
                     inst.child = None;
-                    let port_taken = log_since(&log_path, inst.log_start).contains(BIND_FAILED);
-                    if port_taken && attempt < PORT_ATTEMPTS {
+                    // The exiting process's fatal error is its last line.
+                    let port_taken = log_tail(&log_path, 1).contains(BIND_FAILED);
+                    if port_taken && attempt < keyshard_testkit::PORT_ATTEMPTS {
                         attempt += 1;
                         inst.http_bind = loopback_free_port();
+                        url = format!("http://{}/readyz", inst.http_bind);
                         self.spawn(id)?;
                         continue;
                     }
@@ -438,17 +431,6 @@ impl Drop for ProcessCluster {
 
 fn loopback_free_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], keyshard_testkit::free_port()))
-}
-
-/// What a log file holds from byte `start` on (empty when it cannot be read).
-fn log_since(path: &Path, start: u64) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
-        return String::new();
-    };
-    let from = usize::try_from(start)
-        .unwrap_or(usize::MAX)
-        .min(bytes.len());
-    String::from_utf8_lossy(&bytes[from..]).into_owned()
 }
 
 /// The last `n` lines of a log file, for error messages.

@@ -33,10 +33,11 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// Connect/read/write timeout of one readiness probe; loopback answers in microseconds.
 const PROBE_IO_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// How many free ports `try_start` tries. Between `free_port` releasing a port and
-/// `redis-server` binding it another process can take it; a handful of tries makes that race
+/// How many free ports a server start tries (`try_start` here, the simulator's instances).
+/// Between `free_port` releasing a port and the server binding it another process, or an
+/// outgoing connection's source port, can take it; a handful of tries makes that race
 /// practically impossible to lose every time while still failing fast on a real problem.
-const START_ATTEMPTS: u32 = 5;
+pub const PORT_ATTEMPTS: u32 = 5;
 
 /// Tells apart the temp dirs of several servers in one process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -94,7 +95,7 @@ impl RedisServer {
             child: None,
         };
         let mut last_err = None;
-        for attempt in 1..=START_ATTEMPTS {
+        for attempt in 1..=PORT_ATTEMPTS {
             server.port = free_port();
             match server.spawn_and_wait() {
                 Ok(()) => {
