@@ -9,16 +9,24 @@
 //! - [`owner`]: `primary(u) = u % N + 1`, the ladder, and the effective owner with its reason.
 //! - [`load`]: one instance's published load, its estimated queue wait and the overload rule.
 //! - [`claim`]: the fallback-claim schedule by rank on the ladder.
+//! - [`placement`]: where job work goes between instances: the peer a job moves to when this
+//!   instance's key cannot serve it ([`move_target`]), and whom an idle worker takes a waiting
+//!   job of its kind from ([`steal_order`]).
+//! - [`rate`]: the service-rate estimate behind the overload rule ([`ServiceRate`]).
 //! - [`snowflake`]: a Discord snowflake's creation time and the 3 s acknowledgement deadline.
 
 pub mod claim;
 pub mod load;
 pub mod owner;
+pub mod placement;
+pub mod rate;
 pub mod snowflake;
 
 pub use claim::{claim_turn, sweep_delay, ClaimTiming, ClaimTurn};
 pub use load::{InstanceState, Membership, OverloadPolicy};
 pub use owner::{effective_owner, ladder, ladder_from, primary, Assignment, Reason};
+pub use placement::{move_target, steal_order};
+pub use rate::ServiceRate;
 pub use snowflake::{
     ack_deadline_ms, created_at_ms, snowflake_at, ACK_WINDOW_MS, DISCORD_EPOCH_MS,
 };

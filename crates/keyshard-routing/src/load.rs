@@ -1,6 +1,7 @@
 //! One instance's published load, its estimated queue wait, and the overload rule.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::InstanceId;
@@ -21,6 +22,11 @@ pub struct InstanceState {
     pub in_flight: u64,
     /// Jobs finished per second, measured by the instance over a recent window; 0 when unknown.
     pub service_rate: f64,
+    /// Jobs waiting per job kind, by the kind's name (`chat`, `image`, …): whom to take a
+    /// waiting job of one kind from. Routing treats kinds as opaque names; see
+    /// [`waiting_of`](Self::waiting_of) for an instance that publishes none.
+    #[serde(default)]
+    pub waiting: BTreeMap<String, u64>,
 }
 
 impl InstanceState {
@@ -33,6 +39,7 @@ impl InstanceState {
             queue_depth: 0,
             in_flight: 0,
             service_rate: 0.0,
+            waiting: BTreeMap::new(),
         }
     }
 
@@ -41,6 +48,18 @@ impl InstanceState {
         Self {
             alive: true,
             ..Self::unknown(id)
+        }
+    }
+
+    /// Jobs of kind `kind` waiting on this instance. An instance that publishes no per-kind
+    /// figures (a version older than them, during a rolling restart) is credited with its whole
+    /// `queue_depth` for every kind, so it is still tried as before; an instance with nothing
+    /// waiting has a `queue_depth` of 0 as well, so the stand-in never invents work.
+    pub fn waiting_of(&self, kind: &str) -> u64 {
+        if self.waiting.is_empty() {
+            self.queue_depth
+        } else {
+            self.waiting.get(kind).copied().unwrap_or(0)
         }
     }
 
@@ -190,6 +209,38 @@ mod tests {
         };
         assert!(s.is_overloaded(&policy()));
         assert!(!s.is_available(&policy()));
+    }
+
+    #[test]
+    fn waiting_of_a_kind_falls_back_to_the_total_for_an_older_writer() {
+        let old = InstanceState {
+            queue_depth: 7,
+            ..InstanceState::idle(1)
+        };
+        assert_eq!(old.waiting_of("chat"), 7);
+        let new = InstanceState {
+            queue_depth: 7,
+            waiting: [("chat".to_owned(), 0), ("video".to_owned(), 7)].into(),
+            ..InstanceState::idle(1)
+        };
+        assert_eq!(
+            (
+                new.waiting_of("chat"),
+                new.waiting_of("video"),
+                new.waiting_of("image")
+            ),
+            (0, 7, 0)
+        );
+    }
+
+    #[test]
+    fn a_state_without_waiting_figures_still_parses() {
+        let s: InstanceState = serde_json::from_str(
+            r#"{"id":2,"alive":true,"draining":false,"queue_depth":3,"in_flight":1,"service_rate":0.5}"#,
+        )
+        .unwrap();
+        assert!(s.waiting.is_empty());
+        assert_eq!(s.waiting_of("image"), 3);
     }
 
     #[test]

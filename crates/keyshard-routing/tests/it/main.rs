@@ -1,5 +1,7 @@
 //! Property tests of the routing policy over random snapshots (seeded, so runs repeat).
 
+mod placement;
+
 use std::time::Duration;
 
 use keyshard_routing::{
@@ -47,6 +49,7 @@ fn membership() -> impl Strategy<Value = Membership> {
                     queue_depth: queue,
                     in_flight: 0,
                     service_rate: f64::from(rate),
+                    waiting: Default::default(),
                 });
             }
             m
