@@ -189,11 +189,6 @@ impl Cluster {
         self.inner.redis.clone()
     }
 
-    /// A client for connections of their own (blocking stream reads).
-    pub(crate) fn redis_client(&self) -> redis::Client {
-        self.inner.redis.client()
-    }
-
     pub fn config(&self) -> &ClusterConfig {
         &self.inner.cfg
     }
@@ -330,7 +325,7 @@ impl Cluster {
             // The first fallback looks once more before the deadline: an owner that died
             // between its claim and its acknowledgement never confirms, and its claim lapses.
             Ok(false) if rank == Some(0) && !self.claim_confirmed(interaction_id).await => {
-                let now = crate::stats::now_ms().max(received_ms);
+                let now = crate::clock::now_ms().max(received_ms);
                 tokio::time::sleep(sweep_delay(interaction_id, received_ms, now, &cfg.claim)).await;
                 match self.try_claim(interaction_id).await {
                     Ok(true) => {
@@ -508,7 +503,12 @@ impl Cluster {
             return Ok(());
         }
         let cfg = &self.inner.cfg;
-        let load = *self.inner.load.lock().unwrap_or_else(|e| e.into_inner());
+        let load = self
+            .inner
+            .load
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let hb = Heartbeat {
             id: cfg.instance_id,
             draining: self.inner.draining.load(Ordering::Relaxed),
@@ -520,6 +520,7 @@ impl Cluster {
             } else {
                 0.0
             },
+            waiting: load.waiting,
             dead_after_ms: u64::try_from(cfg.dead_after.as_millis()).unwrap_or(u64::MAX),
             version: VERSION.to_owned(),
         };

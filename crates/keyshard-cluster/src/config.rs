@@ -1,5 +1,6 @@
 //! The cluster handle's settings and the load an instance publishes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -115,7 +116,7 @@ impl fmt::Debug for ClusterConfig {
 }
 
 /// The load an instance publishes with its heartbeat.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Load {
     /// Jobs waiting, not yet taken by a worker.
     pub queue_depth: u64,
@@ -123,6 +124,9 @@ pub struct Load {
     pub in_flight: u64,
     /// Jobs finished per second over a recent window; 0 when not measured yet.
     pub service_rate: f64,
+    /// Jobs waiting per job kind, by the kind's name (`chat`, `image`, `video`).
+    #[serde(default)]
+    pub waiting: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

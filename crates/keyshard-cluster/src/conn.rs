@@ -1,13 +1,21 @@
-//! The Redis connection: one multiplexed `ConnectionManager` that reconnects by itself, and a
-//! time budget on every call.
+//! The Redis connections and the one retry/reconnect policy for them.
+//!
+//! - [`Redis`]: the shared, multiplexed `ConnectionManager` that reconnects by itself, with a
+//!   time budget on every call. Every non-blocking call goes through it.
+//! - [`Dedicated`]: a connection of its own for a blocking read (`XREADGROUP … BLOCK`), with
+//!   its reconnect backoff. A `BLOCK` on the shared connection would hold up every call queued
+//!   behind it (a claim among them), so no blocking read ever runs there: the job reader's
+//!   read goes through [`Dedicated::query`], and the blocking read command is built in one
+//!   place (`jobs::stream`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisResult;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, RedisResult};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{redact_url, url_password, ClusterError};
 
@@ -23,6 +31,20 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// drop never resets the socket, so the manager would keep waiting on it) and is replaced.
 /// Three rules out one slow answer while replacing a dead socket within about a second.
 const REBUILD_AFTER_TIMEOUTS: u32 = 3;
+
+/// A dedicated connection's first wait after a failed connect...
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+
+/// ...doubling up to this: a Redis outage costs each reader one attempt every 5 s, and a
+/// Redis that is back is used within 5 s. (The shared connection needs no backoff: it is only
+/// tried when a call needs it, and the calls come from loops with their own intervals.)
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// How much longer than its `BLOCK` a blocking read may take to answer. The library's default
+/// response timeout (500 ms) is shorter than a blocking read: every idle read would fail, and
+/// an entry handed over just then would be stranded in the pending list. Two seconds cover a
+/// busy Redis answering late without hiding a dead one for long.
+const BLOCK_MARGIN: Duration = Duration::from_secs(2);
 
 /// A lazily connecting, self-healing Redis handle.
 pub(crate) struct Redis {
@@ -44,8 +66,16 @@ impl Redis {
         })
     }
 
-    pub(crate) fn client(&self) -> redis::Client {
-        self.client.clone()
+    /// A connection of its own for blocking reads of at most `block`; connects on first use.
+    pub(crate) fn dedicated(&self, op: &'static str, block: Duration) -> Dedicated {
+        Dedicated {
+            client: self.client.clone(),
+            op,
+            block,
+            conn: None,
+            backoff: Backoff::default(),
+            failed: false,
+        }
     }
 
     fn manager(&self) -> Result<ConnectionManager, ClusterError> {
@@ -177,6 +207,159 @@ impl Redis {
     }
 }
 
+/// A connection of its own for blocking reads, reconnecting with [`Backoff`] when it breaks.
+/// Its response timeout is the `BLOCK` plus [`BLOCK_MARGIN`], so an idle blocking read ends
+/// with an empty answer, never a timeout.
+///
+/// The policy: a failed connect waits the backoff and tries again; a failed call drops the
+/// connection, and the next connect also waits the backoff first, so a Redis that accepts
+/// connections but refuses every read (still loading, or a key of the wrong type) costs one
+/// attempt per backoff step, not a busy loop; a call that succeeds resets the backoff.
+pub(crate) struct Dedicated {
+    client: redis::Client,
+    op: &'static str,
+    block: Duration,
+    conn: Option<MultiplexedConnection>,
+    backoff: Backoff,
+    /// The last call failed: wait the backoff before the next connect.
+    failed: bool,
+}
+
+impl Dedicated {
+    /// The longest `BLOCK` a command on this connection may ask for.
+    pub(crate) fn block(&self) -> Duration {
+        self.block
+    }
+
+    /// Runs `cmd` (which may `BLOCK` up to [`block`](Self::block)) on this connection,
+    /// connecting first if needed; a new connection is handed to `setup` first (e.g. to
+    /// create a consumer group). `None` only when `shutdown` comes first.
+    pub(crate) async fn query<T, F, Fut>(
+        &mut self,
+        cmd: &redis::Cmd,
+        shutdown: &CancellationToken,
+        setup: F,
+    ) -> Option<Result<T, ClusterError>>
+    where
+        T: redis::FromRedisValue,
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<()>>,
+    {
+        let op = self.op;
+        let c = self.connected(shutdown, setup).await?;
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = cmd.query_async::<T>(c) => r,
+        };
+        match result {
+            Ok(v) => {
+                self.backoff.reset();
+                Some(Ok(v))
+            }
+            Err(source) => {
+                self.conn = None;
+                self.failed = true;
+                Some(Err(ClusterError::Redis { op, source }))
+            }
+        }
+    }
+
+    /// The open connection, or a new one (see [`query`](Self::query)).
+    async fn connected<F, Fut>(
+        &mut self,
+        shutdown: &CancellationToken,
+        setup: F,
+    ) -> Option<&mut MultiplexedConnection>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<()>>,
+    {
+        while self.conn.is_none() {
+            if self.failed {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(self.backoff.next_delay()) => {}
+                }
+            }
+            let attempt = async {
+                let c = self.connect().await?;
+                setup(c.clone())
+                    .await
+                    .map_err(|source| ClusterError::Redis {
+                        op: self.op,
+                        source,
+                    })?;
+                Ok::<_, ClusterError>(c)
+            };
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = attempt => r,
+            };
+            match result {
+                Ok(c) => {
+                    self.failed = false;
+                    self.conn = Some(c);
+                }
+                Err(e) => {
+                    tracing::debug!(op = self.op, "cannot open a dedicated connection: {e}");
+                    self.failed = true;
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection, ClusterError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(self.block + BLOCK_MARGIN));
+        // Bounded on top of the library's own connect timeout, which does not cover the
+        // handshake (AUTH, SELECT) of a Redis that accepts but never answers.
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .map_err(|_| ClusterError::Timeout {
+            op: self.op,
+            timeout: CONNECT_TIMEOUT,
+        })?
+        .map_err(|source| ClusterError::Redis {
+            op: self.op,
+            source,
+        })
+    }
+}
+
+/// Exponential reconnect backoff: [`RECONNECT_FIRST`], doubling up to [`RECONNECT_MAX`].
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: RECONNECT_FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before the next attempt; each call doubles the one after it, up to the cap.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(RECONNECT_MAX);
+        delay
+    }
+
+    /// A call succeeded: the next failure starts from the first wait again.
+    pub(crate) fn reset(&mut self) {
+        self.next = RECONNECT_FIRST;
+    }
+}
+
 /// A client for `url`, with an error that never shows the password.
 pub(crate) fn open_client(url: &str) -> Result<redis::Client, ClusterError> {
     redis::Client::open(url).map_err(|e| {
@@ -189,4 +372,43 @@ pub(crate) fn open_client(url: &str) -> Result<redis::Client, ClusterError> {
             reason,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000]
+        );
+        b.reset();
+        assert_eq!(b.next_delay(), RECONNECT_FIRST);
+    }
+
+    // Port 1 on loopback: nothing listens, every connect is refused at once. Paused time
+    // runs the backoff sleeps without real waiting.
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_redis_is_retried_until_shutdown() {
+        let redis = Redis::open("redis://127.0.0.1:1").unwrap();
+        let mut link = redis.dedicated("test read", Duration::from_secs(1));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            stop.cancel();
+        });
+        let got: Option<Result<(), _>> = link
+            .query(&redis::cmd("PING"), &shutdown, |_| async { Ok(()) })
+            .await;
+        assert!(
+            got.is_none(),
+            "never connected, so only shutdown ends the wait"
+        );
+        assert!(shutdown.is_cancelled());
+    }
 }

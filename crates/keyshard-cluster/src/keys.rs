@@ -1,6 +1,9 @@
-//! The Redis key layout (see the Redis-keys table in ARCHITECTURE.md).
+//! The Redis key layout (see the Redis-keys table in ARCHITECTURE.md): every key, stream,
+//! consumer group and consumer name the cluster uses is built here and nowhere else.
 
 use keyshard_routing::InstanceId;
+
+use crate::jobs::JobKind;
 
 /// `{c}:hb:{id}`: instance `id`'s heartbeat, a JSON [`Heartbeat`](crate::Heartbeat) with a TTL.
 pub fn heartbeat(cluster: &str, id: InstanceId) -> String {
@@ -18,6 +21,97 @@ pub fn generation(cluster: &str) -> String {
     format!("{cluster}:gen")
 }
 
+/// `{c}:jobs:{instance}:{kind}`: instance `instance`'s stream of jobs of one kind.
+pub fn job_stream(cluster: &str, instance: InstanceId, kind: JobKind) -> String {
+    format!("{cluster}:jobs:{instance}:{}", kind.as_str())
+}
+
+/// The consumer group every job stream has.
+pub const JOB_GROUP: &str = "workers";
+
+/// `i{id}`: the consumer instance `id`'s workers read its own streams as. A peer taking a
+/// waiting job reads as this consumer too, so an entry it fails to move stays in `id`'s
+/// pending list.
+pub fn job_consumer(id: InstanceId) -> String {
+    format!("i{id}")
+}
+
+/// `rescue-{id}`: the consumer instance `id` moves a dead instance's entries as.
+pub fn rescue_consumer(id: InstanceId) -> String {
+    format!("rescue-{id}")
+}
+
+/// `{c}:done:{job_id}`: the run that posts a job's final answer (`SET NX`), so it goes out once.
+pub fn done(cluster: &str, job_id: u64) -> String {
+    format!("{cluster}:done:{job_id}")
+}
+
+/// `{c}:jobstate:{job_id}`: a job's resumable progress (e.g. a provider's task id).
+pub fn job_state(cluster: &str, job_id: u64) -> String {
+    format!("{cluster}:jobstate:{job_id}")
+}
+
+/// `{c}:rescue:{dead}`: the one instance moving dead instance `dead`'s jobs.
+pub fn rescue(cluster: &str, dead: InstanceId) -> String {
+    format!("{cluster}:rescue:{dead}")
+}
+
+/// `{c}:conv:{user}:{channel}`: the conversation memory of a user in a channel.
+pub fn conversation(cluster: &str, user: u64, channel: u64) -> String {
+    format!("{cluster}:conv:{user}:{channel}")
+}
+
+/// `{c}:stats:{unix_minute}`: the cluster's counters of one minute.
+pub fn stats(cluster: &str, unix_minute: u64) -> String {
+    format!("{cluster}:stats:{unix_minute}")
+}
+
+/// `{c}:info:{id}`: instance `id`'s published document (remaining key budget).
+pub fn info(cluster: &str, id: InstanceId) -> String {
+    format!("{cluster}:info:{id}")
+}
+
 /// How long a claim key lives: Discord keeps an interaction token valid for 15 minutes, after
 /// which no instance can answer it anyway, so the key is no longer needed.
 pub const CLAIM_TTL_MS: u64 = 15 * 60 * 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout is a contract with operators (ARCHITECTURE.md) and with older instances
+    /// during a rolling restart: a changed key would split the cluster in two.
+    #[test]
+    fn keys_match_the_documented_layout() {
+        let c = "ks";
+        let got = [
+            heartbeat(c, 2),
+            claim(c, 99),
+            generation(c),
+            job_stream(c, 3, JobKind::Video),
+            done(c, 7),
+            job_state(c, 7),
+            rescue(c, 4),
+            conversation(c, 11, 12),
+            stats(c, 29_000_000),
+            info(c, 1),
+            job_consumer(3),
+            rescue_consumer(2),
+        ];
+        let want = [
+            "ks:hb:2",
+            "ks:claim:99",
+            "ks:gen",
+            "ks:jobs:3:video",
+            "ks:done:7",
+            "ks:jobstate:7",
+            "ks:rescue:4",
+            "ks:conv:11:12",
+            "ks:stats:29000000",
+            "ks:info:1",
+            "i3",
+            "rescue-2",
+        ];
+        assert_eq!(got, want);
+    }
+}

@@ -14,16 +14,20 @@
 //! - [`status`]: the read-only view for the CLI and the simulator ([`fetch_status`],
 //!   [`ClusterStatus`], [`AssignReport`]).
 //! - [`jobs`]: durable jobs on per-instance Redis Streams, workers, rescue of a dead peer's
-//!   jobs, idempotent delivery ([`Jobs`], [`Job`], [`JobHandler`]).
+//!   jobs, stealing a waiting job, idempotent delivery ([`Jobs`], [`Job`], [`JobHandler`]);
+//!   a folder whose `mod.rs` lists its parts.
 //! - [`memory`]: conversation memory per user and channel ([`Memory`]).
 //! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
 //! - [`heartbeat`]: the heartbeat JSON.
-//! - [`keys`]: the Redis key layout.
+//! - [`keys`]: the Redis key layout; every key string is built there.
 //! - [`metrics`]: counters ([`ClusterMetrics`]).
 //! - [`error`]: the [`ClusterError`] enum.
-//! - `conn` (private): the self-reconnecting connection with a time budget on every call.
-//! - `task` (private): the shape shared by the background loops.
+//! - [`task`]: [`run_every`], the one shape of every background loop (the bot's too).
+//! - [`clock`]: the wall clock ([`clock::now_ms`]), read here and passed into routing.
+//! - `conn` (private): the shared self-reconnecting connection with a time budget on every
+//!   call, dedicated connections for blocking reads, and the one reconnect backoff.
 
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -34,9 +38,9 @@ pub mod memory;
 pub mod metrics;
 pub mod stats;
 pub mod status;
+pub mod task;
 
 mod conn;
-mod task;
 
 pub use cluster::{ClaimOutcome, Cluster, BACKGROUND_BUDGET, CLAIM_BUDGET};
 pub use config::{ClusterConfig, Load};
@@ -49,6 +53,7 @@ pub use stats::{publish_info, read_info, read_window, Stats, Window};
 pub use status::{
     fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,
 };
+pub use task::run_every;
 
 // Re-exported so callers name one crate for the cluster types.
 pub use keyshard_routing::{

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Cluster, ClusterError};
+use crate::{keys, Cluster, ClusterError};
 
 /// Reads and writes are on the answer path of a job (not the ack path); half a second is
 /// plenty for a list of a few kilobytes.
@@ -42,10 +42,7 @@ impl Memory {
     }
 
     fn key(&self, user: u64, channel: u64) -> String {
-        format!(
-            "{}:conv:{user}:{channel}",
-            self.cluster.config().cluster_name
-        )
+        keys::conversation(&self.cluster.config().cluster_name, user, channel)
     }
 
     /// The conversation so far, oldest first (empty when none or expired).

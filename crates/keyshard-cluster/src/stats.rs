@@ -11,15 +11,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keyshard_routing::InstanceId;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::conn::Redis;
 use crate::task::run_every;
-use crate::{Cluster, ClusterError};
+use crate::{keys, Cluster, ClusterError};
 
 /// A minute's hash outlives the longest window read (60 min) with room for clock skew.
 const BUCKET_TTL_MS: u64 = 2 * 60 * 60 * 1000;
@@ -48,14 +49,6 @@ pub const LATENCY_BOUNDS_MS: [u64; 14] = [
 
 fn minute_of(ms: u64) -> u64 {
     ms / 60_000
-}
-
-/// Wall-clock milliseconds since the Unix epoch (0 for a clock before it).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Records this instance's events and flushes them to Redis.
@@ -132,7 +125,7 @@ impl Stats {
                 move |mut c| async move {
                     let mut pipe = redis::pipe();
                     for (minute, fields) in &to_send {
-                        let key = format!("{prefix}:stats:{minute}");
+                        let key = keys::stats(&prefix, *minute);
                         for (field, n) in fields {
                             pipe.cmd("HINCRBY").arg(&key).arg(field).arg(*n).ignore();
                         }
@@ -257,7 +250,7 @@ pub async fn read_window(cluster: &Cluster, minutes: u64) -> Result<Window, Clus
     let prefix = cluster.config().cluster_name.clone();
     let now = minute_of(now_ms());
     let keys: Vec<String> = (0..minutes.max(1))
-        .map(|m| format!("{prefix}:stats:{}", now - m))
+        .map(|m| keys::stats(&prefix, now - m))
         .collect();
     let hashes: Vec<HashMap<String, i64>> = cluster
         .redis()
@@ -293,7 +286,7 @@ pub async fn publish_info(
     ttl: Duration,
 ) -> Result<(), ClusterError> {
     let cfg = cluster.config();
-    let key = format!("{}:info:{}", cfg.cluster_name, cfg.instance_id);
+    let key = keys::info(&cfg.cluster_name, cfg.instance_id);
     let value = info.to_string();
     let ttl = ttl.as_millis() as u64;
     cluster
@@ -322,7 +315,7 @@ pub async fn read_info(
     let ids: Vec<InstanceId> = (1..=cfg.instance_count).collect();
     let keys: Vec<String> = ids
         .iter()
-        .map(|id| format!("{}:info:{id}", cfg.cluster_name))
+        .map(|id| keys::info(&cfg.cluster_name, *id))
         .collect();
     let values: Vec<Option<String>> = cluster
         .redis()

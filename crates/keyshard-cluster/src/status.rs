@@ -1,6 +1,7 @@
 //! The cluster view read from Redis: per-instance status, the routing [`Membership`] built
 //! from it, and the read-only `status` / `assign` views for the CLI and the simulator.
 
+use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ pub struct InstanceStatus {
     pub queue_depth: u64,
     pub in_flight: u64,
     pub service_rate: f64,
+    /// Jobs waiting per job kind; empty for a dead instance or one too old to publish it.
+    pub waiting: BTreeMap<String, u64>,
     /// Queue ÷ service rate (saturating at `u64::MAX` for "never").
     pub estimated_wait_ms: u64,
     pub overloaded: bool,
@@ -57,6 +60,7 @@ impl InstanceStatus {
             queue_depth: 0,
             in_flight: 0,
             service_rate: 0.0,
+            waiting: BTreeMap::new(),
             estimated_wait_ms: 0,
             overloaded: false,
             version: None,
@@ -72,6 +76,7 @@ impl InstanceStatus {
             queue_depth: self.queue_depth,
             in_flight: self.in_flight,
             service_rate: self.service_rate,
+            waiting: self.waiting.clone(),
         }
     }
 }
@@ -367,6 +372,7 @@ fn instance_from_heartbeat(
         queue_depth: hb.as_ref().map_or(0, |h| h.queue_depth),
         in_flight: hb.as_ref().map_or(0, |h| h.in_flight),
         service_rate: hb.as_ref().map_or(0.0, |h| h.service_rate),
+        waiting: hb.as_ref().map(|h| h.waiting.clone()).unwrap_or_default(),
     };
     let heartbeat_age_ms = match (&hb, pttl) {
         (Some(h), remaining) if remaining >= 0 => {
@@ -388,6 +394,7 @@ fn instance_from_heartbeat(
         estimated_wait_ms: millis(state.estimated_wait(policy)),
         overloaded: state.is_overloaded(policy),
         version: hb.map(|h| h.version),
+        waiting: state.waiting,
     }
 }
 
@@ -408,6 +415,7 @@ mod tests {
                 queue_depth: queue,
                 in_flight: 1,
                 service_rate: 1.0,
+                waiting: [("chat".to_owned(), queue)].into(),
                 dead_after_ms: 3000,
                 version: "0.1.0".into(),
             })

@@ -10,7 +10,7 @@ use keyshard_cluster::{Cluster, InstanceId, Job, JobContext, JobHandler, JobKind
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{now_ms, wait_for, TestCluster, PATIENCE};
+use crate::support::{now_ms, redis_get, wait_for, TestCluster, PATIENCE};
 
 /// What a recording handler does with a job.
 #[derive(Clone, Copy, PartialEq)]
@@ -270,6 +270,18 @@ async fn the_heartbeat_carries_the_job_backlog() {
             .is_some_and(|s| s.queue_depth == 6 && s.in_flight == 4)
     })
     .await;
+    // Per kind too: the six are chat jobs, which is what a peer's idle chat worker looks for.
+    let m = tc.node(1).membership();
+    let two = m.get(2).unwrap();
+    assert_eq!(
+        (
+            two.waiting_of("chat"),
+            two.waiting_of("image"),
+            two.waiting_of("video")
+        ),
+        (6, 0, 0),
+        "{two:?}"
+    );
     stop.cancel();
 }
 
@@ -294,4 +306,58 @@ async fn an_idle_instance_takes_waiting_jobs_from_a_busy_peer() {
     assert_eq!(jobs3.stats().stolen, 6);
     stop1.cancel();
     stop3.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_reconnect_after_redis_restarts_empty() {
+    let mut tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    let (jobs, stop, _tasks) =
+        start_workers(tc.node(2), Recorder::new(2, Mode::Finish, &delivered));
+    jobs.submit(job(700, 2)).await.unwrap();
+    wait_for("the first job delivered", PATIENCE, || {
+        delivered.lock().unwrap().contains_key(&700)
+    })
+    .await;
+    // The readers' dedicated connections break; the restarted Redis has no streams or groups.
+    tc.redis.kill();
+    tc.redis.restart();
+    // The shared connection is back once the node's heartbeat is in the new Redis.
+    let hb = keyshard_cluster::keys::heartbeat(&tc.name, 2);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while redis_get(&tc.redis.url(), &hb).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Queued in Redis, not in-process: only a reader that reconnected (and made the group
+    // again) can run it.
+    for id in 701..=705 {
+        jobs.submit(job(id, 2)).await.unwrap();
+    }
+    wait_for("the jobs after the restart delivered", PATIENCE, || {
+        delivered.lock().unwrap().len() == 6
+    })
+    .await;
+    delivered_once(&delivered, 700..=705);
+    // They went through the new stream, not in-process: all five were added to it, and it is
+    // empty now, so a reader took and acknowledged every one.
+    let stream = keyshard_cluster::jobs::stream_key(&tc.name, 2, JobKind::Chat);
+    let client = redis::Client::open(tc.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let count = |field: &str| redis::from_redis_value_ref::<i64>(&info[field]).unwrap();
+    assert_eq!(
+        (count("entries-added"), count("length")),
+        (5, 0),
+        "{info:?}"
+    );
+    stop.cancel();
 }

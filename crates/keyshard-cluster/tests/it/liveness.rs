@@ -101,6 +101,7 @@ async fn published_load_and_draining_move_users_along_the_ladder() {
         queue_depth: 100,
         in_flight: 3,
         service_rate: 1.0,
+        waiting: [("image".to_owned(), 100)].into(),
     });
     wait_for(
         "every node to see 1 draining and 2 loaded",
@@ -108,7 +109,9 @@ async fn published_load_and_draining_move_users_along_the_ladder() {
         || {
             tc.nodes.iter().all(|n| {
                 let m = n.cluster.membership();
-                m.get(1).unwrap().draining && m.get(2).unwrap().queue_depth == 100
+                m.get(1).unwrap().draining
+                    && m.get(2).unwrap().queue_depth == 100
+                    && m.get(2).unwrap().waiting_of("image") == 100
             })
         },
     )

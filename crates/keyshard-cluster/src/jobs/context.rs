@@ -1,0 +1,97 @@
+//! What a running job may ask of the cluster ([`JobContext`]): the delivery marker that makes
+//! its answer single, resumable state for the next run, and the peer it would move to.
+
+use keyshard_routing::InstanceId;
+use redis::AsyncCommands;
+
+use super::stream::OP_BUDGET;
+use super::{Job, Jobs};
+use crate::{keys, ClusterError};
+
+/// How long a done marker or saved job state lives: interaction tokens die after 15 minutes
+/// and late results go to the channel at once, so an hour covers every job's life with room.
+const JOB_KEY_TTL_MS: u64 = 60 * 60 * 1000;
+
+/// Per-job access to the durable pieces: the delivery marker and resumable state.
+#[derive(Clone)]
+pub struct JobContext {
+    pub(super) jobs: Jobs,
+}
+
+impl JobContext {
+    pub fn instance(&self) -> InstanceId {
+        self.jobs.inner.me
+    }
+
+    /// Claims the right to post the job's final answer. `false`: another run already did.
+    /// With Redis unreachable it answers `true`: a rare duplicate beats a lost answer.
+    pub async fn begin_delivery(&self, job_id: u64) -> bool {
+        let key = keys::done(&self.jobs.inner.prefix, job_id);
+        let me = self.jobs.inner.me;
+        let r: Result<Option<String>, _> = self
+            .jobs
+            .inner
+            .redis
+            .run("done marker", OP_BUDGET, move |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(me)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(JOB_KEY_TTL_MS)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        match r {
+            Ok(v) => v.is_some(),
+            Err(e) => {
+                tracing::warn!(
+                    job = job_id,
+                    "cannot check the delivery marker, delivering anyway: {e}"
+                );
+                true
+            }
+        }
+    }
+
+    /// Saves resumable progress (e.g. a provider's task id) so a rescuer continues the job
+    /// instead of starting it again.
+    pub async fn save_state(
+        &self,
+        job_id: u64,
+        state: &serde_json::Value,
+    ) -> Result<(), ClusterError> {
+        let key = keys::job_state(&self.jobs.inner.prefix, job_id);
+        let value = state.to_string();
+        self.jobs
+            .inner
+            .redis
+            .run("save job state", OP_BUDGET, move |mut c| async move {
+                c.pset_ex::<_, _, ()>(&key, value, JOB_KEY_TTL_MS).await
+            })
+            .await
+    }
+
+    /// The progress saved by an earlier run of this job, if any.
+    pub async fn load_state(&self, job_id: u64) -> Option<serde_json::Value> {
+        let key = keys::job_state(&self.jobs.inner.prefix, job_id);
+        let raw: Option<String> = self
+            .jobs
+            .inner
+            .redis
+            .run("load job state", OP_BUDGET, move |mut c| async move {
+                c.get(&key).await
+            })
+            .await
+            .ok()
+            .flatten();
+        raw.and_then(|s| serde_json::from_str(&s).ok())
+    }
+
+    /// The live instance a job that this instance's key cannot serve would move to
+    /// (routing's [`move_target`](keyshard_routing::move_target)); `None` when no peer is left.
+    pub fn peer_for(&self, job: &Job) -> Option<InstanceId> {
+        self.jobs.move_target(job)
+    }
+}

@@ -1,0 +1,282 @@
+//! Durable jobs: each instance's own Redis Streams (one per job kind) with a consumer group,
+//! workers that take jobs as capacity frees up, idempotent delivery, the rescue of a dead
+//! peer's jobs, and the move of a job to a peer when this instance's keys cannot serve it.
+//!
+//! Life of a job: the instance that won an interaction acknowledges it and [`Jobs::submit`]s
+//! a [`Job`] to `{c}:jobs:{me}:{kind}`. A reader per kind takes one entry whenever a worker
+//! slot is free (`XREADGROUP … >` on a dedicated connection, because a blocking read would
+//! stall the shared multiplexed one) and runs the [`JobHandler`]. The entry is acknowledged
+//! and deleted when the handler returns, so the stream's length is the instance's backlog.
+//!
+//! - A restarted instance first re-reads its own pending entries (`XREADGROUP … 0`).
+//! - A dead instance's entries, pending or never read, are moved by one rescuer (chosen with
+//!   `SET NX` on `{c}:rescue:{dead}`) into the rescuer's own stream (`XAUTOCLAIM` + `XREADGROUP`,
+//!   then `XADD` + `XACK` + `XDEL`); its workers finish them with its own keys.
+//! - A reader with a free worker and nothing of its kind waiting at home takes a waiting job
+//!   of its kind from a peer, the peer with the most of that kind first.
+//! - The handler calls [`JobContext::begin_delivery`] before it posts the final answer: a
+//!   `SET NX` on `{c}:done:{id}`, so a job that ran twice (moved while its first runner was
+//!   still alive, or a dead instance coming back) is answered once.
+//! - When Redis cannot take a job, it runs in this process at once: nothing is lost, only
+//!   the durability of that one job.
+//!
+//! The decisions are routing's, as plain functions over the membership snapshot:
+//! [`move_target`](keyshard_routing::move_target) (where a job moves),
+//! [`steal_order`](keyshard_routing::steal_order) (whom to take a waiting job from) and
+//! [`ServiceRate`] (the rate published for the overload rule). This module does the I/O.
+//!
+//! Modules:
+//! - `job`: the types ([`Job`], [`JobKind`], [`Outcome`], [`JobHandler`], [`BoxFuture`],
+//!   [`JobStats`]).
+//! - `context`: [`JobContext`], what a running job may ask (delivery marker, saved state,
+//!   the peer it would move to).
+//! - `stream`: every Redis stream call, each written once (`XADD`, `XACK` + `XDEL`, the group's
+//!   creation, the reads, `XLEN`, the move of an entry between streams).
+//! - `run`: one job's path, the same for a stream entry and for the in-process fallback:
+//!   count in flight → handler → finish (record, or move to a peer) → ack → uncount.
+//! - `reader`: the `Reader` of one kind: its own pending entries first, then new ones, and a
+//!   steal when idle.
+//! - `rescue`: moving a dead instance's jobs into this instance's streams.
+//! - `steal`: taking one waiting job from a peer.
+//!
+//! Here: the [`Jobs`] handle (submit, spawn, the published load and counters).
+
+mod context;
+mod job;
+mod reader;
+mod rescue;
+mod run;
+mod steal;
+mod stream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyshard_routing::{move_target, InstanceId, ServiceRate};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use self::context::JobContext;
+pub use self::job::{BoxFuture, Job, JobHandler, JobKind, JobStats, Outcome};
+/// `{c}:jobs:{instance}:{kind}` (the key is built in [`keys`](crate::keys)).
+pub use crate::keys::job_stream as stream_key;
+/// The consumer group every job stream has.
+pub use crate::keys::JOB_GROUP as GROUP;
+
+use self::reader::Reader;
+use crate::config::Load;
+use crate::conn::Redis;
+use crate::task::run_every;
+use crate::{keys, Cluster, ClusterError};
+
+/// Per-kind counters for the load published with the heartbeat.
+#[derive(Default)]
+struct KindCounters {
+    /// Entries in this instance's stream (waiting + being worked on), sampled from Redis.
+    stream_len: AtomicU64,
+    /// Jobs a worker runs right now.
+    in_flight: AtomicU64,
+}
+
+/// This instance's job queues and workers. Cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<JobsInner>,
+}
+
+struct JobsInner {
+    cluster: Cluster,
+    redis: Arc<Redis>,
+    prefix: String,
+    me: InstanceId,
+    kinds: HashMap<JobKind, KindCounters>,
+    /// The origin of the times given to `rate`.
+    started: Instant,
+    /// Completions and the service rate they make. A std Mutex: recorded and read in
+    /// microseconds, never held across an await.
+    rate: Mutex<ServiceRate>,
+    /// Bounds jobs run in-process while Redis is down, per kind (the worker pools' sizes).
+    local: Mutex<HashMap<JobKind, Arc<Semaphore>>>,
+    handler: Mutex<Option<Arc<dyn JobHandler>>>,
+    /// Jobs finished (any outcome), for tests and metrics.
+    finished: AtomicU64,
+    rescued: AtomicU64,
+    moved: AtomicU64,
+    stolen: AtomicU64,
+}
+
+impl Jobs {
+    /// The job queues of the instance that `cluster` represents.
+    pub fn new(cluster: &Cluster) -> Jobs {
+        let cfg = cluster.config();
+        Jobs {
+            inner: Arc::new(JobsInner {
+                redis: cluster.redis(),
+                prefix: cfg.cluster_name.clone(),
+                me: cfg.instance_id,
+                kinds: JobKind::ALL
+                    .iter()
+                    .map(|k| (*k, KindCounters::default()))
+                    .collect(),
+                started: Instant::now(),
+                rate: Mutex::new(ServiceRate::new(Duration::ZERO)),
+                local: Mutex::new(HashMap::new()),
+                handler: Mutex::new(None),
+                finished: AtomicU64::new(0),
+                rescued: AtomicU64::new(0),
+                moved: AtomicU64::new(0),
+                stolen: AtomicU64::new(0),
+                cluster: cluster.clone(),
+            }),
+        }
+    }
+
+    fn stream(&self, instance: InstanceId, kind: JobKind) -> String {
+        keys::job_stream(&self.inner.prefix, instance, kind)
+    }
+
+    fn counters(&self, kind: JobKind) -> &KindCounters {
+        &self.inner.kinds[&kind]
+    }
+
+    /// Time since this handle was made: the clock of the service rate.
+    fn now(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// Where `job` would move if this instance's key cannot serve it.
+    fn move_target(&self, job: &Job) -> Option<InstanceId> {
+        move_target(self.inner.me, &job.tried, &self.inner.cluster.membership())
+    }
+
+    /// Queues `job` on this instance's own stream. When Redis cannot take it, the job runs in
+    /// this process at once (within the kind's worker limit) instead of being lost.
+    pub async fn submit(&self, job: Job) -> Result<(), ClusterError> {
+        let stream = self.stream(self.inner.me, job.kind);
+        match stream::add(&self.inner.redis, &stream, &job).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(
+                    job = job.id,
+                    "Redis cannot take the job; running it in-process: {e}"
+                );
+                self.run_local(job)
+            }
+        }
+    }
+
+    /// The load to publish with the heartbeat.
+    pub fn load(&self) -> Load {
+        let (mut stream_len, mut in_flight) = (0, 0);
+        let mut waiting = BTreeMap::new();
+        for kind in JobKind::ALL {
+            let c = self.counters(kind);
+            let (len, running) = (
+                c.stream_len.load(Ordering::Relaxed),
+                c.in_flight.load(Ordering::Relaxed),
+            );
+            stream_len += len;
+            in_flight += running;
+            // Entries stay in the stream while a worker runs them.
+            waiting.insert(kind.as_str().to_owned(), len.saturating_sub(running));
+        }
+        Load {
+            queue_depth: stream_len.saturating_sub(in_flight),
+            in_flight,
+            service_rate: self.service_rate(),
+            waiting,
+        }
+    }
+
+    /// Jobs finished per second (routing's [`ServiceRate`]: the last 30 s, or since start if
+    /// shorter, but never over less than 5 s).
+    fn service_rate(&self) -> f64 {
+        let now = self.now();
+        self.inner.rate.lock().expect("jobs lock").rate(now)
+    }
+
+    pub fn stats(&self) -> JobStats {
+        let load = self.load();
+        JobStats {
+            finished: self.inner.finished.load(Ordering::Relaxed),
+            rescued: self.inner.rescued.load(Ordering::Relaxed),
+            moved: self.inner.moved.load(Ordering::Relaxed),
+            stolen: self.inner.stolen.load(Ordering::Relaxed),
+            queue_depth: load.queue_depth,
+            in_flight: load.in_flight,
+            service_rate: load.service_rate,
+        }
+    }
+
+    /// Starts a reader with `workers` slots for each kind, the load sampler and the rescuer.
+    pub fn spawn(
+        &self,
+        handler: Arc<dyn JobHandler>,
+        workers: &[(JobKind, usize)],
+        shutdown: CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        *self.inner.handler.lock().expect("jobs lock") = Some(handler.clone());
+        let mut tasks = Vec::new();
+        for &(kind, n) in workers {
+            let n = n.max(1);
+            self.inner
+                .local
+                .lock()
+                .expect("jobs lock")
+                .insert(kind, Arc::new(Semaphore::new(n)));
+            let reader = Reader::new(self.clone(), kind, n, handler.clone());
+            tasks.push(tokio::spawn(reader.run(shutdown.clone())));
+        }
+        // Both follow the heartbeat: the load is sampled as often as it is published, and a
+        // dead instance is rescued within a heartbeat of being seen dead.
+        let interval = self.inner.cluster.config().heartbeat;
+        let jobs = self.clone();
+        tasks.push(tokio::spawn(run_every(
+            "job load",
+            interval,
+            shutdown.clone(),
+            None,
+            move || {
+                let jobs = jobs.clone();
+                async move { jobs.sample_load().await }
+            },
+        )));
+        let jobs = self.clone();
+        tasks.push(tokio::spawn(run_every(
+            "job rescue",
+            interval,
+            shutdown,
+            None,
+            move || {
+                let jobs = jobs.clone();
+                async move { jobs.rescue_dead().await }
+            },
+        )));
+        tasks
+    }
+
+    /// Instance `id`'s streams, one per kind, with their lengths (one pipelined round trip).
+    async fn backlog_of(
+        &self,
+        id: InstanceId,
+    ) -> Result<Vec<(JobKind, String, u64)>, ClusterError> {
+        let streams: Vec<String> = JobKind::ALL.iter().map(|k| self.stream(id, *k)).collect();
+        let lens = stream::lengths(&self.inner.redis, &streams).await?;
+        Ok(JobKind::ALL
+            .into_iter()
+            .zip(streams)
+            .zip(lens)
+            .map(|((kind, stream), len)| (kind, stream, len))
+            .collect())
+    }
+
+    async fn sample_load(&self) -> Result<(), ClusterError> {
+        for (kind, _, len) in self.backlog_of(self.inner.me).await? {
+            self.counters(kind).stream_len.store(len, Ordering::Relaxed);
+        }
+        self.inner.cluster.set_load(self.load());
+        Ok(())
+    }
+}

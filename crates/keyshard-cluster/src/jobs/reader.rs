@@ -1,0 +1,178 @@
+//! The reader of one job kind: it takes an entry of this instance's stream whenever a worker
+//! slot is free and starts the job's [`run_job`](super::Jobs::run_job). First this consumer's
+//! own pending entries (a restart resumes its unfinished jobs), then new ones with a blocking
+//! read on a connection of its own; with nothing waiting at home, a job from a peer.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::streams::StreamId;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::run::Entry;
+use super::{stream, JobHandler, JobKind, Jobs};
+use crate::conn::Dedicated;
+use crate::{keys, ClusterError};
+
+/// How long a blocking read waits for a new entry: it returns at least this often so the
+/// reader notices shutdown, a broken connection, and peers' waiting jobs.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+
+/// Which entries the next read asks for.
+#[derive(Debug, Clone, PartialEq)]
+enum Cursor {
+    /// This consumer's own pending entries after the given id (`0`: from the start): at start
+    /// (a restart resumes its jobs) and after any failed read, since Redis may have handed
+    /// over an entry whose answer never arrived.
+    Pending(String),
+    /// New entries, blocking up to [`READ_BLOCK`] for one.
+    New,
+    /// New entries without blocking: a job was just taken from a peer (it is in our stream
+    /// now), and while this kind's workers have room, the next idle read steals again.
+    AfterSteal,
+}
+
+/// One kind's reader; see the module docs.
+pub(super) struct Reader {
+    jobs: Jobs,
+    kind: JobKind,
+    stream: String,
+    consumer: String,
+    handler: Arc<dyn JobHandler>,
+    /// One per worker slot: the reader reads only while one is free.
+    permits: Arc<Semaphore>,
+    link: Dedicated,
+    /// Entries this reader's workers are running: a backlog scan skips them. A std Mutex:
+    /// inserted and removed in microseconds, never held across an await.
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Reader {
+    pub(super) fn new(
+        jobs: Jobs,
+        kind: JobKind,
+        slots: usize,
+        handler: Arc<dyn JobHandler>,
+    ) -> Self {
+        Self {
+            stream: jobs.stream(jobs.inner.me, kind),
+            consumer: keys::job_consumer(jobs.inner.me),
+            link: jobs.inner.redis.dedicated("job reader", READ_BLOCK),
+            permits: Arc::new(Semaphore::new(slots)),
+            running: Arc::default(),
+            jobs,
+            kind,
+            handler,
+        }
+    }
+
+    /// Reads and starts jobs until `shutdown`.
+    pub(super) async fn run(mut self, shutdown: CancellationToken) {
+        let mut cursor = Cursor::Pending("0".into());
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = self.permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            let Some(read) = self.read(&cursor, &shutdown).await else {
+                return;
+            };
+            let entry = match read {
+                Ok(entry) => entry,
+                Err(e) => {
+                    // The link reconnects (after its backoff) on the next read.
+                    tracing::debug!(stream = self.stream, "job read failed: {e}");
+                    cursor = Cursor::Pending("0".into());
+                    continue;
+                }
+            };
+            let Some(entry) = entry else {
+                cursor = self.when_idle(cursor).await;
+                continue;
+            };
+            if let Cursor::Pending(after) = &mut cursor {
+                *after = entry.id.clone();
+                if self.is_running(&entry.id) {
+                    continue;
+                }
+            }
+            self.start(entry, permit).await;
+        }
+    }
+
+    /// The next entry the cursor asks for; `None` when `shutdown` came first.
+    async fn read(
+        &mut self,
+        cursor: &Cursor,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Option<StreamId>, ClusterError>> {
+        let (start, block) = match cursor {
+            Cursor::Pending(after) => (after.as_str(), None),
+            Cursor::New => (">", Some(self.link.block())),
+            Cursor::AfterSteal => (">", None),
+        };
+        let cmd = stream::read_own(&self.stream, &self.consumer, start, block);
+        // A new connection (at start, after a Redis restart) makes the group first: a
+        // restarted Redis has lost it, and a read without it fails.
+        let s = self.stream.clone();
+        let reply = self
+            .link
+            .query(&cmd, shutdown, move |mut c| {
+                let s = s.clone();
+                async move { stream::ensure_group(&mut c, &s).await }
+            })
+            .await?;
+        Some(reply.map(stream::first))
+    }
+
+    /// Where to read next after an empty answer.
+    async fn when_idle(&self, cursor: Cursor) -> Cursor {
+        match cursor {
+            // The backlog scan is through: every pending entry is running or done.
+            Cursor::Pending(_) => Cursor::New,
+            // Nothing of this kind waits here while a worker is free: take a waiting job from
+            // a peer, so no key idles while another instance has a queue.
+            Cursor::New | Cursor::AfterSteal => {
+                if self.jobs.steal_one(self.kind).await {
+                    Cursor::AfterSteal
+                } else {
+                    Cursor::New
+                }
+            }
+        }
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        self.running.lock().expect("jobs lock").contains(id)
+    }
+
+    /// Starts the job in `entry` on a worker that holds `permit` until it is done.
+    async fn start(&self, entry: StreamId, permit: OwnedSemaphorePermit) {
+        let Some(job) = stream::parse(&entry) else {
+            // A deleted entry still pending (moved away by a rescuer) or a malformed one:
+            // acknowledge it so it stops coming back.
+            let _ = stream::ack(&self.jobs.inner.redis, &self.stream, &entry.id).await;
+            return;
+        };
+        self.running
+            .lock()
+            .expect("jobs lock")
+            .insert(entry.id.clone());
+        let entry = Entry {
+            stream: self.stream.clone(),
+            id: entry.id,
+        };
+        let (jobs, handler, running) = (
+            self.jobs.clone(),
+            self.handler.clone(),
+            self.running.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            jobs.run_job(&*handler, job, Some(&entry)).await;
+            running.lock().expect("jobs lock").remove(&entry.id);
+        });
+    }
+}

@@ -1,0 +1,178 @@
+//! One job's path, the same whether the job came from this instance's stream (the reader) or
+//! runs in-process because Redis refused it: count it in flight → run the handler → finish
+//! (record the completion, or move the job to a peer) → acknowledge its stream entry →
+//! uncount it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use super::{stream, Job, JobContext, JobHandler, Jobs, Outcome};
+use crate::ClusterError;
+
+/// Where a job's stream entry is, to acknowledge it once the job is done.
+pub(super) struct Entry {
+    pub(super) stream: String,
+    pub(super) id: String,
+}
+
+impl Jobs {
+    /// Runs `job` to the end. `entry`: its stream entry; `None` for a job run in-process.
+    ///
+    /// The job counts as in flight until after `finish` and the ack, never less. The
+    /// published backlog is `stream length − in flight`: uncounting before the entry is gone
+    /// (as the in-process path once did) shows a finished job as waiting for a moment, a
+    /// phantom backlog that can tip the overload rule or send a peer to steal a job that is
+    /// not there. Uncounting after `finish` also puts the completion in the service rate
+    /// before the job leaves the in-flight count, so no published load misses it. The
+    /// in-process path has no entry but keeps the order, so both publish the same load.
+    pub(super) async fn run_job(&self, handler: &dyn JobHandler, job: Job, entry: Option<&Entry>) {
+        // Uncounted when dropped: at the end below, or while unwinding from a panicking
+        // handler, which would otherwise leave a phantom job in flight for good.
+        let _in_flight = InFlight::count(&self.counters(job.kind).in_flight);
+        let outcome = handler
+            .handle(job.clone(), JobContext { jobs: self.clone() })
+            .await;
+        self.finish(job, outcome).await;
+        if let Some(entry) = entry {
+            if let Err(e) = stream::ack(&self.inner.redis, &entry.stream, &entry.id).await {
+                // The entry stays pending; a restart or a rescuer runs it again and the
+                // done marker keeps the answer single.
+                tracing::warn!("could not acknowledge a finished job: {e}");
+            }
+        }
+    }
+
+    /// Runs `job` in this process (Redis refused it), within the kind's worker limit.
+    pub(super) fn run_local(&self, job: Job) -> Result<(), ClusterError> {
+        let handler = self.inner.handler.lock().expect("jobs lock").clone();
+        let Some(handler) = handler else {
+            return Err(ClusterError::InvalidConfig(
+                "job workers are not running".into(),
+            ));
+        };
+        let permits = self
+            .inner
+            .local
+            .lock()
+            .expect("jobs lock")
+            .entry(job.kind)
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone();
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            jobs.run_job(&*handler, job, None).await;
+        });
+        Ok(())
+    }
+
+    /// Records a finished job, or moves it to a peer.
+    async fn finish(&self, mut job: Job, outcome: Outcome) {
+        match outcome {
+            Outcome::Finished => {
+                self.inner.finished.fetch_add(1, Ordering::Relaxed);
+                let now = self.now();
+                self.inner.rate.lock().expect("jobs lock").record(now);
+            }
+            Outcome::MoveToPeer { reason } => {
+                let Some(peer) = self.move_target(&job) else {
+                    tracing::warn!(job = job.id, %reason, "no peer left to move the job to");
+                    return;
+                };
+                job.tried.push(self.inner.me);
+                job.attempt += 1;
+                let to = self.stream(peer, job.kind);
+                match stream::add(&self.inner.redis, &to, &job).await {
+                    Ok(()) => {
+                        self.inner.moved.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(job = job.id, to = peer, %reason, "moved the job to a peer");
+                    }
+                    Err(e) => tracing::warn!(
+                        job = job.id,
+                        "could not move the job to instance {peer}: {e}"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// One job counted in flight for as long as this lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn count(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{BoxFuture, JobKind};
+    use crate::{Cluster, ClusterConfig};
+
+    /// Checks the published load from inside the handler, then finishes or panics.
+    struct Probe {
+        panic: bool,
+    }
+
+    impl JobHandler for Probe {
+        fn handle(&self, _job: Job, ctx: JobContext) -> BoxFuture<Outcome> {
+            let panic = self.panic;
+            Box::pin(async move {
+                let load = ctx.jobs.load();
+                assert_eq!(load.in_flight, 1, "counted while the handler runs");
+                assert_eq!(load.service_rate, 0.0, "not recorded before it finishes");
+                if panic {
+                    panic!("handler failed");
+                }
+                Outcome::Finished
+            })
+        }
+    }
+
+    fn job() -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "kind": "chat", "token": "t", "application_id": 1, "user_id": 2,
+            "channel_id": 3, "guild_id": null, "args": {}, "created_ms": 0,
+            "attachment_limit": 0, "origin": 1
+        }))
+        .unwrap()
+    }
+
+    fn jobs() -> Jobs {
+        // Nothing listens on port 1: no Redis is needed for a job run without a stream entry.
+        Jobs::new(&Cluster::new(ClusterConfig::new("redis://127.0.0.1:1", "ks", 1, 2)).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_is_recorded_before_it_is_uncounted() {
+        let jobs = jobs();
+        jobs.run_job(&Probe { panic: false }, job(), None).await;
+        let stats = jobs.stats();
+        assert_eq!((stats.in_flight, stats.finished), (0, 1));
+        assert!(stats.service_rate > 0.0);
+        assert_eq!(jobs.load().waiting.get(JobKind::Chat.as_str()), Some(&0));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_leaves_no_job_in_flight() {
+        let jobs = jobs();
+        let run = {
+            let jobs = jobs.clone();
+            tokio::spawn(async move { jobs.run_job(&Probe { panic: true }, job(), None).await })
+        };
+        assert!(run.await.unwrap_err().is_panic());
+        assert_eq!((jobs.stats().in_flight, jobs.stats().finished), (0, 0));
+    }
+}

@@ -1,0 +1,240 @@
+//! The Redis stream calls of the job engine, each written once: queue (`XADD`), finish
+//! (`XACK` + `XDEL`), the consumer group's creation, the reads (own entries, a peer's waiting
+//! one, a dead stream's batch), the backlog (`XLEN`) and the move of an entry between streams.
+//!
+//! Every call but one runs on the shared connection within [`OP_BUDGET`] or its own budget.
+//! The exception is [`read_own`], the reader's possibly blocking read: it is only a command,
+//! which the reader runs on its [`Dedicated`](crate::conn::Dedicated) connection, so a
+//! `BLOCK` never reaches the shared one.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::RedisResult;
+
+use super::Job;
+use crate::conn::Redis;
+use crate::keys::JOB_GROUP;
+use crate::ClusterError;
+
+/// Time budget of the non-blocking job operations on the shared connection: one small
+/// command, well over a healthy Redis's millisecond, well under a user's patience.
+pub(super) const OP_BUDGET: Duration = Duration::from_millis(500);
+
+/// Time budget of one rescue read: an `XAUTOCLAIM` and an `XREADGROUP` of up to a batch of
+/// entries each, kilobytes per entry, so more than a single small command.
+const RESCUE_READ_BUDGET: Duration = Duration::from_secs(2);
+
+/// Queues `job` on `stream`.
+pub(super) async fn add(redis: &Redis, stream: &str, job: &Job) -> Result<(), ClusterError> {
+    let payload = serde_json::to_string(job).expect("a job serializes");
+    let stream = stream.to_owned();
+    redis
+        .run("queue job", OP_BUDGET, move |mut c| async move {
+            redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("job")
+                .arg(payload)
+                .query_async::<String>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+}
+
+/// Acknowledges entry `id` and deletes it, so the stream's length stays the backlog.
+pub(super) async fn ack(redis: &Redis, stream: &str, id: &str) -> Result<(), ClusterError> {
+    let (stream, id) = (stream.to_owned(), id.to_owned());
+    redis
+        .run("ack job", OP_BUDGET, move |mut c| async move {
+            redis::pipe()
+                .cmd("XACK")
+                .arg(&stream)
+                .arg(JOB_GROUP)
+                .arg(&id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&stream)
+                .arg(&id)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+}
+
+/// Creates the consumer group of `stream` (and the stream), reading from its start; a group
+/// that exists already is fine.
+pub(super) async fn ensure_group(c: &mut impl ConnectionLike, stream: &str) -> RedisResult<()> {
+    let r: RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(JOB_GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(c)
+        .await;
+    match r {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// `XREADGROUP GROUP workers {consumer} COUNT {count} [BLOCK ms] STREAMS {stream} {start}`.
+/// `start` is `>` for entries never handed out, or an id to re-read `consumer`'s own pending
+/// entries after it.
+fn read_group(
+    stream: &str,
+    consumer: &str,
+    start: &str,
+    count: usize,
+    block: Option<Duration>,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(JOB_GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis() as u64);
+    }
+    cmd.arg("STREAMS").arg(stream).arg(start);
+    cmd
+}
+
+fn entries(reply: Option<StreamReadReply>) -> impl Iterator<Item = StreamId> {
+    reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids)
+}
+
+/// The reader's read of one entry of its own stream, blocking up to `block` when given: a
+/// command for a dedicated connection, never the shared one. Its answer goes to [`first`].
+pub(super) fn read_own(
+    stream: &str,
+    consumer: &str,
+    start: &str,
+    block: Option<Duration>,
+) -> redis::Cmd {
+    read_group(stream, consumer, start, 1, block)
+}
+
+/// The first entry of a read's answer.
+pub(super) fn first(reply: Option<StreamReadReply>) -> Option<StreamId> {
+    entries(reply).next()
+}
+
+/// One waiting (never handed out) entry of `stream`, read as `consumer`, without blocking.
+pub(super) async fn take_waiting(
+    redis: &Redis,
+    stream: &str,
+    consumer: &str,
+) -> Result<Option<StreamId>, ClusterError> {
+    let cmd = read_group(stream, consumer, ">", 1, None);
+    let reply: Option<StreamReadReply> = redis
+        .run("steal read", OP_BUDGET, move |mut c| async move {
+            cmd.query_async(&mut c).await
+        })
+        .await?;
+    Ok(first(reply))
+}
+
+/// Up to `batch` entries of a dead instance's `stream` each of pending ones (`XAUTOCLAIM`,
+/// whoever held them) and never-read ones (`XREADGROUP >`), now held by `consumer`.
+pub(super) async fn take_for_rescue(
+    redis: &Redis,
+    stream: &str,
+    consumer: &str,
+    batch: usize,
+) -> Result<Vec<StreamId>, ClusterError> {
+    let (stream, consumer) = (stream.to_owned(), consumer.to_owned());
+    redis
+        .run("rescue read", RESCUE_READ_BUDGET, move |mut c| async move {
+            // A stream written before its owner's reader ever ran has no group yet.
+            ensure_group(&mut c, &stream).await?;
+            let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(JOB_GROUP)
+                .arg(&consumer)
+                .arg(0)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(batch)
+                .query_async(&mut c)
+                .await?;
+            let unread: Option<StreamReadReply> = read_group(&stream, &consumer, ">", batch, None)
+                .query_async(&mut c)
+                .await?;
+            let mut all = claimed.claimed;
+            all.extend(entries(unread));
+            Ok(all)
+        })
+        .await
+}
+
+/// The lengths of `streams` (waiting + being worked on), in one pipelined round trip.
+pub(super) async fn lengths(redis: &Redis, streams: &[String]) -> Result<Vec<u64>, ClusterError> {
+    let keys = streams.to_vec();
+    redis
+        .run("job backlog", OP_BUDGET, move |mut c| async move {
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("XLEN").arg(k);
+            }
+            pipe.query_async(&mut c).await
+        })
+        .await
+}
+
+/// Moves `entry` of stream `from` to stream `to`: queued there first, then acknowledged on
+/// `from` (a crash in between runs the job twice, and the done marker keeps the answer
+/// single). An entry that is not a job is dropped. `Ok(true)` when a job moved.
+pub(super) async fn move_entry(
+    redis: &Redis,
+    from: &str,
+    entry: &StreamId,
+    to: &str,
+) -> Result<bool, ClusterError> {
+    let job = parse(entry);
+    if let Some(job) = &job {
+        add(redis, to, job).await?;
+    }
+    ack(redis, from, &entry.id).await?;
+    Ok(job.is_some())
+}
+
+/// The job in a stream entry; `None` for a malformed entry or a deleted one still pending.
+pub(super) fn parse(entry: &StreamId) -> Option<Job> {
+    let raw = entry.map.get("job")?;
+    let bytes: Vec<u8> = redis::from_redis_value_ref(raw).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<not a plain argument>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_read_blocks_only_when_asked() {
+        let blocking = read_group("ks:jobs:1:chat", "i1", ">", 1, Some(Duration::from_secs(1)));
+        assert_eq!(
+            args(&blocking).join(" "),
+            "XREADGROUP GROUP workers i1 COUNT 1 BLOCK 1000 STREAMS ks:jobs:1:chat >"
+        );
+        let scan = read_group("ks:jobs:1:chat", "i1", "0", 1, None);
+        assert_eq!(
+            args(&scan).join(" "),
+            "XREADGROUP GROUP workers i1 COUNT 1 STREAMS ks:jobs:1:chat 0"
+        );
+    }
+}
