@@ -1,0 +1,292 @@
+//! The claim: which instance answers one interaction. The effective owner `SET NX`es the
+//! claim key at once, fallbacks after their delay from routing's [`claim_turn`], the first
+//! fallback sweeps for a claim that lapsed unconfirmed, and a degraded handle follows the
+//! static rule. Exactly-once rests on the one `SET NX` per interaction.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use keyshard_routing::{claim_turn, primary, sweep_delay, Assignment, ClaimTurn, Reason, UserId};
+
+use super::Cluster;
+use crate::{clock, keys, ClusterError};
+
+/// The time budget of one try of the claim's `SET NX` (at most two tries, see
+/// `Cluster::try_claim`). Discord drops an interaction that is not acknowledged within 3 s; a
+/// hung Redis may eat at most twice this much of it before the instance falls back to the
+/// static rule. A healthy Redis answers in about a millisecond.
+pub const CLAIM_BUDGET: Duration = Duration::from_millis(250);
+
+/// What happened to one claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This instance won the `SET NX` and answers. `rank` is `None` when it claimed as the
+    /// effective owner and `Some(r)` when it claimed as fallback number `r` after the owner
+    /// did not.
+    Won {
+        assignment: Assignment,
+        rank: Option<u32>,
+    },
+    /// Another instance claimed first: drop the interaction.
+    Lost,
+    /// Redis is unreachable: the static rule decided. `answer` is `primary(user) == me`;
+    /// `assignment` is the static one (the primary, whatever its state).
+    Degraded {
+        answer: bool,
+        assignment: Assignment,
+    },
+}
+
+impl ClaimOutcome {
+    /// Whether this instance should answer the interaction.
+    pub fn answers(&self) -> bool {
+        matches!(
+            self,
+            ClaimOutcome::Won { .. } | ClaimOutcome::Degraded { answer: true, .. }
+        )
+    }
+}
+
+/// Extends a claim to its full life only if this instance still holds it (a lapsed claim taken
+/// by a sweeping fallback must not be taken back).
+const CONFIRM_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+impl Cluster {
+    /// Decides whether this instance answers interaction `interaction_id` from `user`,
+    /// received at Unix time `received_ms`.
+    ///
+    /// The effective owner claims at once; a fallback first sleeps its delay from
+    /// [`claim_turn`]. Cancel-safe: dropping the future during the delay claims nothing.
+    /// While Redis is unreachable the static rule decides (`primary(user) == me`) without
+    /// waiting; the primary still tries the `SET NX` first, so a Redis that is back already
+    /// keeps exactly-once with peers that noticed it earlier.
+    pub async fn claim(&self, interaction_id: u64, user: UserId, received_ms: u64) -> ClaimOutcome {
+        let cfg = &self.inner.cfg;
+        let me = cfg.instance_id;
+        let is_primary = primary(user, cfg.instance_count) == me;
+
+        // The static rule: while Redis is unreachable, or always with takeover switched off.
+        let degraded = self.is_degraded();
+        if degraded || !cfg.takeover {
+            return self
+                .claim_statically(interaction_id, user, is_primary, degraded)
+                .await;
+        }
+
+        let epoch = self.inner.link_epoch.load(Ordering::Relaxed);
+        let members = self.membership();
+        let turn = claim_turn(
+            me,
+            user,
+            interaction_id,
+            received_ms,
+            &members,
+            &cfg.overload,
+            &cfg.claim,
+        );
+        let (assignment, rank) = match turn {
+            ClaimTurn::Now(a) => (a, None),
+            ClaimTurn::After {
+                assignment,
+                rank,
+                delay,
+            } => {
+                tokio::time::sleep(delay).await;
+                // Redis went away and came back while this fallback waited: a restarted Redis
+                // may have lost the owner's claim, and claiming now could answer a second
+                // time. Only the primary still answers (the static rule), as while degraded.
+                if !is_primary
+                    && (self.inner.link_epoch.load(Ordering::Relaxed) != epoch
+                        || self.generation_changed().await)
+                {
+                    return self.degraded(user, false);
+                }
+                (assignment, Some(rank))
+            }
+        };
+        match self.try_claim(interaction_id).await {
+            Ok(true) => self.won(assignment, rank),
+            Ok(false) if rank == Some(0) && !self.claim_confirmed(interaction_id).await => {
+                self.sweep(interaction_id, received_ms, assignment, is_primary)
+                    .await
+            }
+            Ok(false) => self.lost(),
+            Err(_) => self.degraded(user, is_primary),
+        }
+    }
+
+    /// The static rule (`primary(user) == me`), for a `degraded` handle or with takeover off:
+    /// only the primary answers, and it still claims first (see [`claim`](Self::claim)).
+    async fn claim_statically(
+        &self,
+        interaction_id: u64,
+        user: UserId,
+        is_primary: bool,
+        degraded: bool,
+    ) -> ClaimOutcome {
+        if !is_primary {
+            return if degraded {
+                self.degraded(user, false)
+            } else {
+                self.lost()
+            };
+        }
+        let me = self.inner.cfg.instance_id;
+        let assignment = Assignment {
+            user,
+            primary: me,
+            owner: Some(me),
+            reason: Reason::Primary,
+        };
+        match self.try_claim(interaction_id).await {
+            Ok(true) => self.won(assignment, None),
+            Ok(false) => self.lost(),
+            Err(_) => self.degraded(user, true),
+        }
+    }
+
+    /// The first fallback looks once more before the deadline: an owner that died between its
+    /// claim and its acknowledgement never confirms, and its claim lapses.
+    async fn sweep(
+        &self,
+        interaction_id: u64,
+        received_ms: u64,
+        assignment: Assignment,
+        is_primary: bool,
+    ) -> ClaimOutcome {
+        let now = clock::now_ms().max(received_ms);
+        let timing = &self.inner.cfg.claim;
+        tokio::time::sleep(sweep_delay(interaction_id, received_ms, now, timing)).await;
+        match self.try_claim(interaction_id).await {
+            Ok(true) => {
+                tracing::info!(
+                    interaction_id,
+                    "took over an unconfirmed claim (its owner died before answering)"
+                );
+                self.won(assignment, Some(0))
+            }
+            Ok(false) => self.lost(),
+            Err(_) => self.degraded(assignment.user, is_primary),
+        }
+    }
+
+    /// Whether the holder of a claim has confirmed it (its TTL is past the pending one). An
+    /// unreadable claim counts as confirmed: no sweep without evidence of a lapse.
+    async fn claim_confirmed(&self, interaction_id: u64) -> bool {
+        let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
+        let pending = self.inner.cfg.claim.pending.as_millis() as i64;
+        let ttl: Result<i64, _> = self
+            .inner
+            .redis
+            .run("claim ttl", CLAIM_BUDGET, |mut c| async move {
+                redis::cmd("PTTL").arg(&key).query_async(&mut c).await
+            })
+            .await;
+        // -2: no key (lapsed already), worth a sweep; a TTL within the pending life: not
+        // confirmed yet.
+        !matches!(ttl, Ok(t) if t == -2 || (0..=pending).contains(&t))
+    }
+
+    /// Confirms that this instance acknowledged the interaction it claimed: the claim then
+    /// holds for the token's 15 minutes instead of lapsing after `ClaimTiming::pending`. Call
+    /// it right after the acknowledgement; a failure only means a fallback's sweep may try
+    /// (and get Discord's "already acknowledged").
+    pub async fn confirm(&self, interaction_id: u64) {
+        let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
+        let me = self.inner.cfg.instance_id.to_string();
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_SCRIPT));
+        let script = &*SCRIPT;
+        let result: Result<i64, _> = self
+            .inner
+            .redis
+            .run("confirm claim", CLAIM_BUDGET, |mut c| async move {
+                script
+                    .key(&key)
+                    .arg(&me)
+                    .arg(keys::CLAIM_TTL_MS)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(interaction_id, "could not confirm the claim: {e}");
+        }
+    }
+
+    fn won(&self, assignment: Assignment, rank: Option<u32>) -> ClaimOutcome {
+        self.inner.metrics.won(assignment.reason, rank.is_some());
+        ClaimOutcome::Won { assignment, rank }
+    }
+
+    fn lost(&self) -> ClaimOutcome {
+        self.inner.metrics.lost();
+        ClaimOutcome::Lost
+    }
+
+    fn degraded(&self, user: UserId, answer: bool) -> ClaimOutcome {
+        self.inner.metrics.degraded(answer);
+        let primary = primary(user, self.inner.cfg.instance_count);
+        ClaimOutcome::Degraded {
+            answer,
+            assignment: Assignment {
+                user,
+                primary,
+                owner: Some(primary),
+                reason: Reason::Primary,
+            },
+        }
+    }
+
+    /// Claims the interaction: `Ok(true)` when this instance holds it.
+    ///
+    /// One try is `SET {c}:claim:{id} {me} NX PX 900000` pipelined with `GET` of the same key,
+    /// so a try tells who holds the claim rather than only whether this `SET` created it.
+    /// That makes a second try safe: when the first one times out (a slow Redis or a starved
+    /// process, not an unreachable one), its `SET` may still have landed, and the second try
+    /// reads back `{me}` instead of reporting a loss, or names the peer that won meanwhile,
+    /// instead of this instance answering by the static rule next to that peer.
+    async fn try_claim(&self, interaction_id: u64) -> Result<bool, ClusterError> {
+        let mut result = self.claim_once(interaction_id).await;
+        if result.as_ref().is_err_and(ClusterError::is_timeout) {
+            tracing::debug!(
+                interaction_id,
+                "claim timed out; asking Redis again who holds it"
+            );
+            result = self.claim_once(interaction_id).await;
+        }
+        self.observe(&result);
+        result
+    }
+
+    async fn claim_once(&self, interaction_id: u64) -> Result<bool, ClusterError> {
+        let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
+        let pending_ms = self.inner.cfg.claim.pending.as_millis() as u64;
+        let me = self.inner.cfg.instance_id.to_string();
+        self.inner
+            .redis
+            .run_retrying("claim", CLAIM_BUDGET, |mut c| {
+                let (key, me) = (key.clone(), me.clone());
+                async move {
+                    let (_created, holder): (Option<String>, Option<String>) = redis::pipe()
+                        .cmd("SET")
+                        .arg(&key)
+                        .arg(&me)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(pending_ms)
+                        .cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok(holder.as_deref() == Some(me.as_str()))
+                }
+            })
+            .await
+    }
+}
