@@ -447,6 +447,18 @@ mod tests {
     }
 
     #[test]
+    fn waiting_per_kind_reaches_the_routing_snapshot() {
+        let m = status().membership();
+        let three = m.get(3).unwrap();
+        assert_eq!(
+            (three.waiting_of("chat"), three.waiting_of("video")),
+            (100, 0)
+        );
+        // Unreadable heartbeat: no figures and no queue, so nothing to steal there.
+        assert_eq!(m.get(4).unwrap().waiting_of("chat"), 0);
+    }
+
+    #[test]
     fn assign_skips_dead_and_overloaded_instances() {
         let s = status();
         let p = OverloadPolicy::default();
