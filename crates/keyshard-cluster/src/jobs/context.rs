@@ -95,3 +95,22 @@ impl JobContext {
         self.jobs.move_target(job)
     }
 }
+
+impl Jobs {
+    /// Whether a run of job `job_id` already posted its final answer (its done marker is
+    /// set). Unknown (Redis unreachable) counts as no: the job runs, and
+    /// [`JobContext::begin_delivery`] decides at the end as always.
+    pub(super) async fn answered(&self, job_id: u64) -> bool {
+        let key = keys::done(&self.inner.prefix, job_id);
+        self.inner
+            .redis
+            .run("done marker", OP_BUDGET, move |mut c| async move {
+                redis::cmd("EXISTS")
+                    .arg(&key)
+                    .query_async::<bool>(&mut c)
+                    .await
+            })
+            .await
+            .unwrap_or(false)
+    }
+}

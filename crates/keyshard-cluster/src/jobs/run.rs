@@ -1,7 +1,7 @@
 //! One job's path, the same whether the job came from this instance's stream (the reader) or
-//! runs in-process because Redis refused it: count it in flight → run the handler → finish
-//! (record the completion, or move the job to a peer) → acknowledge its stream entry →
-//! uncount it.
+//! runs in-process because Redis refused it: count it in flight → run the handler (unless an
+//! earlier run already answered) → finish (record the completion, or move the job to a peer)
+//! → acknowledge its stream entry → uncount it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,10 +31,19 @@ impl Jobs {
         // Uncounted when dropped: at the end below, or while unwinding from a panicking
         // handler, which would otherwise leave a phantom job in flight for good.
         let _in_flight = InFlight::count(&self.counters(job.kind).in_flight);
-        let outcome = handler
-            .handle(job.clone(), JobContext { jobs: self.clone() })
-            .await;
-        self.finish(job, outcome).await;
+        // An entry may hold a job that an earlier run answered without acknowledging it (its
+        // instance died in between, and the job was rescued or resumed). Running it again
+        // would only repeat the provider call and its side effects, such as a second copy of
+        // the turn in conversation memory: the done marker stops a second answer anyway. A
+        // job run in-process never reached a stream, so it has no earlier run.
+        if entry.is_some() && self.answered(job.id).await {
+            tracing::info!(job = job.id, "answered by an earlier run; not run again");
+        } else {
+            let outcome = handler
+                .handle(job.clone(), JobContext { jobs: self.clone() })
+                .await;
+            self.finish(job, outcome).await;
+        }
         if let Some(entry) = entry {
             if let Err(e) = stream::ack(&self.inner.redis, &entry.stream, &entry.id).await {
                 // The entry stays pending; a restart or a rescuer runs it again and the

@@ -21,6 +21,8 @@ enum Mode {
     Hang,
     /// Report a key problem, so the job moves to a peer.
     KeyProblem,
+    /// Deliver, then never return (a process killed between the answer and the ack).
+    DeliverThenHang,
 }
 
 /// Records which instance ran and which delivered each job.
@@ -57,6 +59,17 @@ impl JobHandler for Recorder {
             r.started.notify_one();
             match r.mode {
                 Mode::Hang => std::future::pending().await,
+                Mode::DeliverThenHang => {
+                    if ctx.begin_delivery(job.id).await {
+                        r.delivered
+                            .lock()
+                            .unwrap()
+                            .entry(job.id)
+                            .or_default()
+                            .push(r.me);
+                    }
+                    std::future::pending().await
+                }
                 Mode::KeyProblem if ctx.peer_for(&job).is_some() => Outcome::MoveToPeer {
                     reason: "test key rejected".into(),
                 },
@@ -174,6 +187,61 @@ async fn a_dead_instances_jobs_are_rescued_by_a_peer() {
     delivered_once(&delivered, 100..120);
     assert!(delivered.lock().unwrap().values().all(|v| v == &vec![2]));
     assert_eq!(jobs2.stats().rescued, 20);
+    stop2.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_answered_before_its_instance_died_is_not_run_again() {
+    let mut tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    // Instance 1 answers job 150 and dies before acknowledging its entry.
+    let (jobs1, _stop1, tasks1) = start_workers(
+        tc.node(1),
+        Recorder::new(1, Mode::DeliverThenHang, &delivered),
+    );
+    jobs1.submit(job(150, 1)).await.unwrap();
+    wait_for("the answer out", PATIENCE, || {
+        delivered.lock().unwrap().contains_key(&150)
+    })
+    .await;
+    for t in tasks1 {
+        t.abort();
+    }
+    tc.nodes.remove(0).task.abort();
+    // Instance 2 rescues the entry, sees the done marker, and acknowledges it unrun.
+    let rescuer = Recorder::new(2, Mode::Finish, &delivered);
+    let ran = rescuer.ran.clone();
+    let (jobs2, stop2, _tasks2) = start_workers(tc.node(2), rescuer);
+    wait_for("the entry rescued", Duration::from_secs(10), || {
+        jobs2.stats().rescued == 1
+    })
+    .await;
+    let stream = keyshard_cluster::jobs::stream_key(&tc.name, 2, JobKind::Chat);
+    let client = redis::Client::open(tc.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if len == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rescued entry stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        ran.lock().unwrap().is_empty(),
+        "run again: {:?}",
+        ran.lock().unwrap()
+    );
+    assert_eq!(jobs2.stats().finished, 0);
+    delivered_once(&delivered, 150..151);
     stop2.cancel();
 }
 
