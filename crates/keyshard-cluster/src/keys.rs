@@ -21,3 +21,10 @@ pub fn generation(cluster: &str) -> String {
 /// How long a claim key lives: Discord keeps an interaction token valid for 15 minutes, after
 /// which no instance can answer it anyway, so the key is no longer needed.
 pub const CLAIM_TTL_MS: u64 = 15 * 60 * 1000;
+
+/// `{c}:rpd:{provider}:{key fingerprint}:{day}`: requests sent today with one provider key
+/// (`day` is the UTC `YYYY-MM-DD`), so a restart does not reset the count. The key itself
+/// never appears, only its fingerprint.
+pub fn requests_per_day(cluster: &str, provider: &str, fingerprint: &str, day: &str) -> String {
+    format!("{cluster}:rpd:{provider}:{fingerprint}:{day}")
+}

@@ -17,12 +17,15 @@
 //!   jobs, idempotent delivery ([`Jobs`], [`Job`], [`JobHandler`]).
 //! - [`memory`]: conversation memory per user and channel ([`Memory`]).
 //! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
+//! - [`requests_per_day`]: a counter per provider key and UTC day ([`RequestsPerDay`]) that
+//!   the bot hands to the providers as their daily request store.
 //! - [`heartbeat`]: the heartbeat JSON.
 //! - [`keys`]: the Redis key layout.
 //! - [`metrics`]: counters ([`ClusterMetrics`]).
 //! - [`error`]: the [`ClusterError`] enum.
 //! - `conn` (private): the self-reconnecting connection with a time budget on every call.
-//! - `task` (private): the shape shared by the background loops.
+//! - `task` (private): [`run_every`], the shape shared by every background loop (the bot's
+//!   included).
 
 pub mod cluster;
 pub mod config;
@@ -32,6 +35,7 @@ pub mod jobs;
 pub mod keys;
 pub mod memory;
 pub mod metrics;
+pub mod requests_per_day;
 pub mod stats;
 pub mod status;
 
@@ -45,10 +49,12 @@ pub use heartbeat::Heartbeat;
 pub use jobs::{Job, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome};
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
+pub use requests_per_day::RequestsPerDay;
 pub use stats::{publish_info, read_info, read_window, Stats, Window};
 pub use status::{
     fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,
 };
+pub use task::run_every;
 
 // Re-exported so callers name one crate for the cluster types.
 pub use keyshard_routing::{

@@ -17,7 +17,7 @@ use crate::ClusterError;
 /// A failing tick is logged at debug level only: the mechanism logs the degraded-mode
 /// transitions once at warn/info, and a loop failing every 250 ms while Redis is down must not
 /// flood the log.
-pub(crate) async fn run_every<F, Fut>(
+pub async fn run_every<F, Fut>(
     name: &'static str,
     interval: Duration,
     shutdown: CancellationToken,
