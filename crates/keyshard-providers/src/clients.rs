@@ -24,7 +24,8 @@ pub struct Providers {
 
 impl Providers {
     /// Builds the configured clients. Their requests per day are counted in `daily_store`
-    /// (shared by all of them); `None` counts in this process only ([`MemoryStore`](crate::limits::MemoryStore)).
+    /// (shared by all of them); `None` counts in this process only
+    /// ([`MemoryStore`](crate::limits::MemoryStore)).
     pub fn new(
         openai: Option<OpenAiConfig>,
         minimax: Option<MiniMaxConfig>,

@@ -1,7 +1,7 @@
 //! What every image provider takes and gives: [`AspectRatio`] in, [`GeneratedImage`] out.
 //!
 //! The provider modules import these types; this module imports no provider (the fallback
-//! over providers is [`clients`](crate::clients)).
+//! over providers is `clients`).
 
 use bytes::Bytes;
 

@@ -5,7 +5,7 @@
 //! day). When the store fails, the counter keeps counting in memory (warning once, never
 //! blocking a request) and checks the limit against the last count it knew; the requests
 //! counted meanwhile are added to the store with the first call that succeeds again. The
-//! bookkeeping is [`Tally`], pure with the day passed in; [`DailyCounter`] adds the clock and
+//! bookkeeping is `Tally`, pure with the day passed in; [`DailyCounter`] adds the clock and
 //! the store call.
 
 use std::sync::atomic::{AtomicBool, Ordering};

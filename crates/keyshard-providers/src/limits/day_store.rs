@@ -6,7 +6,7 @@
 //! `keyshard_cluster::RequestsPerDay`, a Redis counter, to this trait), so this crate never
 //! talks to Redis. A store owns its own time budget: this crate sets no timeout around it and
 //! never retries it; a failed call is answered by counting in memory
-//! ([`DailyCounter`](super::daily::DailyCounter)).
+//! (`daily::DailyCounter`).
 
 use std::collections::HashMap;
 use std::fmt;
