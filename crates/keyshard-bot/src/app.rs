@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use keyshard_cluster::{publish_info, Cluster, Jobs, Memory, Stats};
-use keyshard_providers::{Providers, RedisTarget};
+use keyshard_cluster::{publish_info, run_every, Cluster, Jobs, Memory, RequestsPerDay, Stats};
+use keyshard_providers::Providers;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::daily_store::ClusterDailyStore;
 use crate::edge::{self, Data, EdgeState, DRAIN_TIMEOUT};
 use crate::http::{self, Probe};
 use crate::metrics::Metrics;
@@ -38,13 +39,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let cluster_stop = CancellationToken::new();
     let cluster_loops = cluster.spawn(cluster_stop.clone());
 
-    let redis = redis::Client::open(config.redis_url.as_str()).context("REDIS_URL")?;
+    // Requests per day go through the cluster's one Redis connection (`{c}:rpd:…`).
+    let daily_store = ClusterDailyStore(RequestsPerDay::new(&cluster));
     let providers = Providers::new(
         config.openai.clone(),
         config.minimax.clone(),
         config.stability.clone(),
-        Some(RedisTarget::Client(redis)),
-        &config.cluster_name,
+        Some(Arc::new(daily_store)),
     )
     .map_err(|e| anyhow::anyhow!("provider setup: {e}"))?;
     let jobs = Jobs::new(&cluster);
@@ -153,17 +154,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
 }
 
-/// Publishes the remaining key budget every [`INFO_EVERY`] until `stop`.
+/// Publishes the remaining key budget every [`INFO_EVERY`] until `stop` (a failed publish is
+/// logged at debug level by `run_every` and tried again on the next tick).
 async fn publish_budget(cluster: Cluster, providers: Providers, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(INFO_EVERY);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    run_every("key budget", INFO_EVERY, stop, None, move || {
+        let cluster = cluster.clone();
         let info = serde_json::json!({ "budget": providers.budget() });
-        if let Err(e) = publish_info(&cluster, &info, INFO_TTL).await {
-            tracing::debug!("could not publish the key budget: {e}");
-        }
-    }
+        async move { publish_info(&cluster, &info, INFO_TTL).await }
+    })
+    .await;
 }

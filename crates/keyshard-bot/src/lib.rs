@@ -8,6 +8,7 @@
 //! - [`config`]: the one typed `Config`, from the environment and `.env.multi`.
 //! - [`app`]: `run(config, shutdown)`: wires the cluster handle, the HTTP server and the bot,
 //!   and drains on shutdown.
+//! - [`daily_store`]: the cluster's Redis counter as the providers' daily request store.
 //! - [`edge`]: the poise framework: the claim as a framework-wide check, error handling, the
 //!   Discord client pointed at Discord or at `DISCORD_API_BASE`.
 //! - [`commands`]: the slash commands, one module each.
@@ -22,6 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daily_store;
 pub mod edge;
 pub mod http;
 pub mod metrics;

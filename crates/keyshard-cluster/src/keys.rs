@@ -75,6 +75,13 @@ pub fn info(cluster: &str, id: InstanceId) -> String {
 /// which no instance can answer it anyway, so the key is no longer needed.
 pub const CLAIM_TTL_MS: u64 = 15 * 60 * 1000;
 
+/// `{c}:rpd:{provider}:{key fingerprint}:{day}`: requests sent today with one provider key
+/// (`day` is the UTC `YYYY-MM-DD`), so a restart does not reset the count. The key itself
+/// never appears, only its fingerprint.
+pub fn requests_per_day(cluster: &str, provider: &str, fingerprint: &str, day: &str) -> String {
+    format!("{cluster}:rpd:{provider}:{fingerprint}:{day}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +104,7 @@ mod tests {
             info(c, 1),
             job_consumer(3),
             rescue_consumer(2),
+            requests_per_day(c, "openai", "ab12", "2026-11-30"),
         ];
         let want = [
             "ks:hb:2",
@@ -111,6 +119,7 @@ mod tests {
             "ks:info:1",
             "i3",
             "rescue-2",
+            "ks:rpd:openai:ab12:2026-11-30",
         ];
         assert_eq!(got, want);
     }

@@ -18,6 +18,8 @@
 //!   a folder whose `mod.rs` lists its parts.
 //! - [`memory`]: conversation memory per user and channel ([`Memory`]).
 //! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
+//! - [`requests_per_day`]: a counter per provider key and UTC day ([`RequestsPerDay`]) that
+//!   the bot hands to the providers as their daily request store.
 //! - [`heartbeat`]: the heartbeat JSON.
 //! - [`keys`]: the Redis key layout; every key string is built there.
 //! - [`metrics`]: counters ([`ClusterMetrics`]).
@@ -36,6 +38,7 @@ pub mod jobs;
 pub mod keys;
 pub mod memory;
 pub mod metrics;
+pub mod requests_per_day;
 pub mod stats;
 pub mod status;
 pub mod task;
@@ -49,6 +52,7 @@ pub use heartbeat::Heartbeat;
 pub use jobs::{Job, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome};
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
+pub use requests_per_day::RequestsPerDay;
 pub use stats::{publish_info, read_info, read_window, Stats, Window};
 pub use status::{
     fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,

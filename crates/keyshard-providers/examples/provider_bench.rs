@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
             window: target.window,
         };
         common.max_wait = target.window * 3;
-        let client = OpenAi::new(OpenAiConfig::new(common), None, "bench")?;
+        let client = OpenAi::new(OpenAiConfig::new(common), None)?;
         Ok((Chat(client), "keyshard-providers OpenAi::chat".to_owned()))
     })
     .await?;

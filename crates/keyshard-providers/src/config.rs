@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::error::{ErrorClass, ProviderError, ProviderKind};
 use crate::secret::Secret;
 
 /// The limits of one key, as the provider publishes them for the account's tier.
@@ -22,7 +23,8 @@ pub struct KeyLimits {
     pub rpm: u32,
     /// Tokens per `window` (OpenAI chat only).
     pub tpm: Option<u32>,
-    /// Requests per UTC day, counted in Redis.
+    /// Requests per UTC day, counted in the daily store (Redis in the bot, so a restart does
+    /// not reset them).
     pub rpd: Option<u32>,
     /// Requests in flight at once.
     pub concurrency: u32,
@@ -216,6 +218,35 @@ impl StabilityConfig {
     pub fn new(common: ProviderConfig) -> Self {
         StabilityConfig { common }
     }
+}
+
+/// Checks one provider's config; every client constructor calls it.
+pub(crate) fn validate(kind: ProviderKind, c: &ProviderConfig) -> Result<(), ProviderError> {
+    let bad = |msg: String| Err(ProviderError::new(kind, ErrorClass::BadRequest, msg));
+    if c.api_key.looks_like_placeholder() {
+        return bad("the API key is empty or a placeholder".into());
+    }
+    // The key goes into an `Authorization` header (async-openai even panics on an invalid
+    // one): a stray newline or space from an env file must fail here, at start.
+    if !c.api_key.expose().chars().all(|ch| ch.is_ascii_graphic()) {
+        return bad("the API key contains spaces, newlines or non-ASCII characters".into());
+    }
+    if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+        return bad(format!("base URL {:?} is not http(s)", c.base_url));
+    }
+    if c.limits.rpm == 0 || c.limits.concurrency == 0 || c.limits.window.is_zero() {
+        return bad("rpm, concurrency and window must be above zero".into());
+    }
+    if c.max_wait <= c.limits.window {
+        return bad(format!(
+            "max_wait ({:?}) must exceed the rate window ({:?}), or a busy key fails calls instead of queueing them",
+            c.max_wait, c.limits.window
+        ));
+    }
+    if c.timeout.is_zero() || c.retry.max_attempts == 0 {
+        return bad("timeout and retry.max_attempts must be above zero".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
-//! What every image provider takes and gives: [`AspectRatio`] in, [`GeneratedImage`] out,
-//! and [`ImageProvider`] so the bot can try providers in its preferred order.
+//! What every image provider takes and gives: [`AspectRatio`] in, [`GeneratedImage`] out.
+//!
+//! The provider modules import these types; this module imports no provider (the fallback
+//! over providers is `clients`).
 
 use bytes::Bytes;
 
 use crate::error::{ErrorClass, ProviderError, ProviderKind};
-use crate::minimax::MiniMax;
-use crate::openai::OpenAi;
-use crate::stability::Stability;
 
 /// The shapes every provider can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -105,46 +104,6 @@ fn sniff_mime(b: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// One of the image providers, for trying them in order.
-#[derive(Clone, Debug)]
-pub enum ImageProvider {
-    OpenAi(OpenAi),
-    MiniMax(MiniMax),
-    Stability(Stability),
-}
-
-impl ImageProvider {
-    pub fn kind(&self) -> ProviderKind {
-        match self {
-            ImageProvider::OpenAi(_) => ProviderKind::OpenAi,
-            ImageProvider::MiniMax(_) => ProviderKind::MiniMax,
-            ImageProvider::Stability(_) => ProviderKind::Stability,
-        }
-    }
-
-    pub async fn image(
-        &self,
-        prompt: &str,
-        ratio: AspectRatio,
-    ) -> Result<GeneratedImage, ProviderError> {
-        match self {
-            ImageProvider::OpenAi(p) => p.image(prompt, ratio).await,
-            ImageProvider::MiniMax(p) => p.image(prompt, ratio).await,
-            ImageProvider::Stability(p) => p.image(prompt, ratio).await,
-        }
-    }
-}
-
-/// Whether, after `err` from one image provider, the next one should be tried: yes when this
-/// provider or key cannot serve now; no when the prompt itself is the problem (asking another
-/// provider to draw what one refused would be shopping for a laxer filter).
-pub fn try_next_provider(err: &ProviderError) -> bool {
-    matches!(
-        err.class,
-        ErrorClass::Retryable | ErrorClass::RateLimited | ErrorClass::KeyProblem
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,14 +128,5 @@ mod tests {
         assert_eq!(sniff_mime(&[0xff, 0xd8, 0xff, 0xe0]), Some("image/jpeg"));
         assert_eq!(sniff_mime(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
         assert_eq!(sniff_mime(b"{\"error\":1}"), None);
-    }
-
-    #[test]
-    fn fallthrough_rule() {
-        let e = |class| ProviderError::new(ProviderKind::MiniMax, class, "x");
-        assert!(try_next_provider(&e(ErrorClass::KeyProblem)));
-        assert!(try_next_provider(&e(ErrorClass::RateLimited)));
-        assert!(!try_next_provider(&e(ErrorClass::ContentRejected)));
-        assert!(!try_next_provider(&e(ErrorClass::BadRequest)));
     }
 }

@@ -12,13 +12,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::config::{KeyLimits, MiniMaxConfig};
+use crate::config::{self, KeyLimits, MiniMaxConfig};
 use crate::error::{classify_minimax, classify_status, ErrorClass, ProviderError, ProviderKind};
 use crate::headers::RateHints;
 use crate::http;
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::daily::RedisTarget;
-use crate::limits::{Lane, LaneBudget, StatsCell};
+use crate::limits::{DailyStore, Lane, LaneBudget, ProviderStats, StatsCell};
 use crate::retry::{self, AttemptError};
 
 const P: ProviderKind = ProviderKind::MiniMax;
@@ -89,12 +88,11 @@ impl std::fmt::Debug for MiniMax {
 impl MiniMax {
     pub fn new(
         cfg: MiniMaxConfig,
-        redis: Option<RedisTarget>,
-        key_namespace: &str,
+        daily_store: Option<Arc<dyn DailyStore>>,
     ) -> Result<Self, ProviderError> {
         let common = &cfg.common;
-        crate::validate(P, common)?;
-        let (daily, stats) = crate::limits::key_parts(P, common, redis, key_namespace);
+        config::validate(P, common)?;
+        let (daily, stats) = crate::limits::key_parts(P, common, daily_store);
         let lane = |name, limits: &KeyLimits, rpm, daily| {
             Lane::new(P, name, limits, rpm, common.max_wait, daily, stats.clone())
         };
@@ -293,8 +291,8 @@ impl MiniMax {
         ]
     }
 
-    pub fn stats(&self) -> crate::ProviderStats {
-        crate::ProviderStats::from_cell(P, &self.inner.stats)
+    pub fn stats(&self) -> ProviderStats {
+        ProviderStats::from_cell(P, &self.inner.stats)
     }
 }
 

@@ -23,13 +23,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
-use crate::config::OpenAiConfig;
+use crate::config::{self, OpenAiConfig};
 use crate::error::{classify_openai, classify_status, ErrorClass, ProviderError, ProviderKind};
 use crate::headers::RateHints;
 use crate::http;
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::daily::RedisTarget;
-use crate::limits::{Admission, Lane, LaneBudget, StatsCell};
+use crate::limits::{Admission, DailyStore, Lane, LaneBudget, ProviderStats, StatsCell};
 use crate::retry::{self, AttemptError};
 
 const P: ProviderKind = ProviderKind::OpenAi;
@@ -157,12 +156,11 @@ impl std::fmt::Debug for OpenAi {
 impl OpenAi {
     pub fn new(
         cfg: OpenAiConfig,
-        redis: Option<RedisTarget>,
-        key_namespace: &str,
+        daily_store: Option<Arc<dyn DailyStore>>,
     ) -> Result<Self, ProviderError> {
         let common = &cfg.common;
-        crate::validate(P, common)?;
-        let (daily, stats) = crate::limits::key_parts(P, common, redis, key_namespace);
+        config::validate(P, common)?;
+        let (daily, stats) = crate::limits::key_parts(P, common, daily_store);
         let http = http::client(P)?;
         let config = OpenAIConfig::new()
             .with_api_base(common.base())
@@ -321,8 +319,8 @@ impl OpenAi {
         vec![self.inner.chat.budget(), self.inner.images.budget()]
     }
 
-    pub fn stats(&self) -> crate::ProviderStats {
-        crate::ProviderStats::from_cell(P, &self.inner.stats)
+    pub fn stats(&self) -> ProviderStats {
+        ProviderStats::from_cell(P, &self.inner.stats)
     }
 }
 

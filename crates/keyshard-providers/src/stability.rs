@@ -7,13 +7,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::config::StabilityConfig;
+use crate::config::{self, StabilityConfig};
 use crate::error::{classify_stability, ErrorClass, ProviderError, ProviderKind};
 use crate::headers::RateHints;
 use crate::http;
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::daily::RedisTarget;
-use crate::limits::{Lane, LaneBudget, StatsCell};
+use crate::limits::{DailyStore, Lane, LaneBudget, ProviderStats, StatsCell};
 use crate::retry::{self, AttemptError};
 
 const P: ProviderKind = ProviderKind::Stability;
@@ -42,12 +41,11 @@ impl std::fmt::Debug for Stability {
 impl Stability {
     pub fn new(
         cfg: StabilityConfig,
-        redis: Option<RedisTarget>,
-        key_namespace: &str,
+        daily_store: Option<Arc<dyn DailyStore>>,
     ) -> Result<Self, ProviderError> {
         let common = &cfg.common;
-        crate::validate(P, common)?;
-        let (daily, stats) = crate::limits::key_parts(P, common, redis, key_namespace);
+        config::validate(P, common)?;
+        let (daily, stats) = crate::limits::key_parts(P, common, daily_store);
         let images = Lane::new(
             P,
             "images",
@@ -98,8 +96,8 @@ impl Stability {
         vec![self.inner.images.budget()]
     }
 
-    pub fn stats(&self) -> crate::ProviderStats {
-        crate::ProviderStats::from_cell(P, &self.inner.stats)
+    pub fn stats(&self) -> ProviderStats {
+        ProviderStats::from_cell(P, &self.inner.stats)
     }
 }
 

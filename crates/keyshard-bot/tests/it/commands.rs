@@ -153,6 +153,25 @@ async fn image_comes_as_attachment_with_embed_and_falls_back_past_a_bad_key() {
         embed["image"]["url"],
         format!("attachment://{}", answer.files[0].filename)
     );
+    // The request was counted in the cluster's Redis (the providers' daily store), under
+    // instance 4's Stability key named by its fingerprint only.
+    let rpd_key = format!(
+        "{}:rpd:stability:{}:{}",
+        c.cluster_name,
+        keyshard_providers::Secret::new("sim-stability-key-4").fingerprint(),
+        keyshard_providers::UtcDay::of(std::time::SystemTime::now())
+    );
+    let mut conn = redis::Client::open(c.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let counted: Option<u64> = redis::cmd("GET")
+        .arg(&rpd_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(counted, Some(1), "{rpd_key}");
 
     let r = c
         .ask(

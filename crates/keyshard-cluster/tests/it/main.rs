@@ -10,4 +10,5 @@ mod claims;
 mod jobs;
 mod liveness;
 mod outage;
+mod requests_per_day;
 mod support;

@@ -5,12 +5,14 @@
 //! - requests per window (a hard sliding-window cap plus GCRA pacing with a small burst) and
 //!   tokens per window ([`window`], pure bookkeeping),
 //! - cooldowns the provider asked for (`Retry-After`, `x-ratelimit-remaining-*: 0`),
-//! - requests per UTC day ([`daily`], in Redis, shared by the generating lanes of one key;
-//!   polling lanes are not counted),
+//! - requests per UTC day ([`daily`], shared by the generating lanes of one key; polling
+//!   lanes are not counted), counted in a [`DailyStore`] ([`day_store`]) so a restart does
+//!   not reset them,
 //!
 //! and makes callers *wait* for capacity (up to `max_wait`) instead of failing.
 
 pub mod daily;
+pub mod day_store;
 pub mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +26,7 @@ use crate::config::KeyLimits;
 use crate::error::{ErrorClass, ProviderError, ProviderKind};
 use crate::headers::RateHints;
 use daily::DailyCounter;
+pub use day_store::{DailyStore, KeyDay, MemoryStore, StoreError, UtcDay};
 use window::{Pacer, RequestWindow, TokenWindow};
 
 /// Counters of one provider, shared by its lanes.
@@ -47,6 +50,50 @@ impl StatsCell {
     }
 }
 
+/// Counters of one provider since start.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ProviderStats {
+    pub provider: ProviderKind,
+    /// Calls that succeeded (after retries, if any).
+    pub ok: u64,
+    /// Calls that finally failed, by class.
+    pub failed: Vec<(ErrorClass, u64)>,
+    /// HTTP attempts made (a call with two retries is three attempts).
+    pub attempts: u64,
+    pub retries: u64,
+    /// 429 answers (or MiniMax 1002) received from the provider. Stays 0 while the limiter
+    /// and the provider agree on the limits.
+    pub provider_429: u64,
+    /// Total time calls spent waiting for capacity.
+    pub rate_limit_wait: Duration,
+}
+
+impl ProviderStats {
+    pub(crate) fn from_cell(provider: ProviderKind, c: &StatsCell) -> Self {
+        ProviderStats {
+            provider,
+            ok: c.ok.load(Ordering::Relaxed),
+            failed: ErrorClass::ALL
+                .iter()
+                .zip(&c.by_class)
+                .map(|(class, n)| (*class, n.load(Ordering::Relaxed)))
+                .collect(),
+            attempts: c.attempts.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            provider_429: c.provider_429.load(Ordering::Relaxed),
+            rate_limit_wait: Duration::from_micros(c.wait_micros.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Calls that failed with `class`.
+    pub fn failed_with(&self, class: ErrorClass) -> u64 {
+        self.failed
+            .iter()
+            .find(|(c, _)| *c == class)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
 /// What one lane has left, for `/metrics` and the load-balancer command.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LaneBudget {
@@ -59,7 +106,7 @@ pub struct LaneBudget {
     pub tokens_limit: Option<u64>,
     pub tokens_used: Option<u64>,
     pub day_limit: Option<u32>,
-    /// Last count known for today (from Redis, or memory while Redis is away).
+    /// Last count known for today (from the daily store, or memory while it fails).
     pub day_used: u64,
     pub in_flight: u32,
     pub concurrency: u32,
@@ -274,21 +321,19 @@ impl Lane {
 }
 
 /// The daily counter and statistics of one provider key, shared by the key's lanes. The
-/// daily counter's Redis key is `{ns}:rpd:{provider}:{fingerprint}`, day appended per call.
+/// counter names the key by its fingerprint only.
 pub(crate) fn key_parts(
     provider: ProviderKind,
     common: &crate::config::ProviderConfig,
-    redis: Option<daily::RedisTarget>,
-    key_namespace: &str,
+    store: Option<Arc<dyn DailyStore>>,
 ) -> (Arc<DailyCounter>, Arc<StatsCell>) {
-    let prefix = format!(
-        "{key_namespace}:rpd:{provider}:{}",
-        common.api_key.fingerprint()
+    let counter = DailyCounter::new(
+        provider,
+        common.api_key.fingerprint(),
+        common.limits.rpd,
+        store,
     );
-    (
-        Arc::new(DailyCounter::new(prefix, common.limits.rpd, redis)),
-        Arc::default(),
-    )
+    (Arc::new(counter), Arc::default())
 }
 
 #[cfg(test)]
@@ -309,7 +354,12 @@ mod tests {
             &limits,
             rpm,
             Duration::from_secs(600),
-            Some(Arc::new(DailyCounter::new("t".into(), None, None))),
+            Some(Arc::new(DailyCounter::new(
+                ProviderKind::OpenAi,
+                "t".into(),
+                None,
+                None,
+            ))),
             Arc::default(),
         )
     }
@@ -381,7 +431,12 @@ mod tests {
             &limits,
             1,
             Duration::from_secs(10),
-            Some(Arc::new(DailyCounter::new("t".into(), None, None))),
+            Some(Arc::new(DailyCounter::new(
+                ProviderKind::OpenAi,
+                "t".into(),
+                None,
+                None,
+            ))),
             Arc::default(),
         );
         drop(l.admit(0).await.unwrap());

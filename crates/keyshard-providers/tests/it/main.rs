@@ -1,21 +1,24 @@
-//! keyshard-providers against the fake providers of keyshard-sim (and a real redis-server
-//! for the daily counter): error classes from each provider's real error bodies, the
-//! rate-limit contract, daily counts across restarts, streaming, video resumption.
+//! keyshard-providers against the fake providers of keyshard-sim: error classes from each
+//! provider's real error bodies, the rate-limit contract, daily counts in a store shared
+//! across clients (and counting on while the store fails), streaming, video resumption.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use keyshard_providers::{
-    AspectRatio, ChatEvent, ChatMessage, ChatRole, ErrorClass, KeyLimits, MiniMax, MiniMaxConfig,
-    OpenAi, OpenAiConfig, ProviderConfig, ProviderError, ProviderKind, Providers, RedisTarget,
-    RetryPolicy, Stability, StabilityConfig, VideoStatus,
+    AspectRatio, ChatEvent, ChatMessage, ChatRole, DailyStore, ErrorClass, KeyDay, KeyLimits,
+    MemoryStore, MiniMax, MiniMaxConfig, OpenAi, OpenAiConfig, ProviderConfig, ProviderError,
+    ProviderKind, Providers, RetryPolicy, Secret, Stability, StabilityConfig, StoreError, UtcDay,
+    VideoStatus,
 };
 use keyshard_sim::providers::bench::{self, BenchArgs, BenchClient};
 use keyshard_sim::providers::{
     media, FailurePlan, FakeLimits, FakeProviders, FakeProvidersConfig, LatencyDist,
 };
-use keyshard_testkit::RedisServer;
 
 const KEY: &str = "sk-test-good-key-000001";
 const BAD_KEY: &str = "sk-test-bad-key-9999999";
@@ -66,28 +69,17 @@ fn common(base: String, key: &str) -> ProviderConfig {
 }
 
 fn openai(fake: &FakeProviders, key: &str) -> OpenAi {
-    OpenAi::new(
-        OpenAiConfig::new(common(fake.openai_base(), key)),
-        None,
-        "t",
-    )
-    .unwrap()
+    OpenAi::new(OpenAiConfig::new(common(fake.openai_base(), key)), None).unwrap()
 }
 
 fn minimax(fake: &FakeProviders, key: &str) -> MiniMax {
-    MiniMax::new(
-        MiniMaxConfig::new(common(fake.minimax_base(), key)),
-        None,
-        "t",
-    )
-    .unwrap()
+    MiniMax::new(MiniMaxConfig::new(common(fake.minimax_base(), key)), None).unwrap()
 }
 
 fn stability(fake: &FakeProviders, key: &str) -> Stability {
     Stability::new(
         StabilityConfig::new(common(fake.stability_base(), key)),
         None,
-        "t",
     )
     .unwrap()
 }
@@ -175,7 +167,7 @@ async fn openai_error_classes() {
     let mut cfg = OpenAiConfig::new(common(fake.openai_base(), KEY));
     cfg.common.timeout = Duration::from_millis(200);
     cfg.common.retry.max_attempts = 2;
-    let slow = OpenAi::new(cfg, None, "t").unwrap();
+    let slow = OpenAi::new(cfg, None).unwrap();
     let started = std::time::Instant::now();
     assert_class(
         slow.chat(user("fake:timeout")).await,
@@ -332,7 +324,6 @@ async fn images_from_every_provider_are_real_pngs_and_fallback_skips_a_bad_key()
         Some(MiniMaxConfig::new(common(fake.minimax_base(), KEY))),
         None,
         None,
-        "t",
     )
     .unwrap();
     let order = [
@@ -415,7 +406,7 @@ async fn token_budget_is_reconciled_with_reported_usage() {
     let mut cfg = OpenAiConfig::new(common(fake.openai_base(), KEY));
     cfg.common.limits.tpm = Some(100_000);
     cfg.max_completion_tokens = 500;
-    let client = OpenAi::new(cfg, None, "t").unwrap();
+    let client = OpenAi::new(cfg, None).unwrap();
     let (text, usage) = client.chat(user("hello there")).await.unwrap();
     assert!(!text.is_empty());
     let (p, c) = usage.unwrap();
@@ -466,7 +457,7 @@ async fn a_key_driven_at_its_limit_reaches_95_percent_without_a_429() {
             window: t.window,
         };
         Ok((
-            Chat(OpenAi::new(OpenAiConfig::new(c), None, "bench")?),
+            Chat(OpenAi::new(OpenAiConfig::new(c), None)?),
             "keyshard".into(),
         ))
     })
@@ -479,21 +470,48 @@ async fn a_key_driven_at_its_limit_reaches_95_percent_without_a_429() {
     assert!(report.ratio >= 0.95, "{report}");
 }
 
+/// A [`MemoryStore`] that can be switched off, as a Redis that went away.
+#[derive(Default)]
+struct FlakyStore {
+    inner: MemoryStore,
+    down: AtomicBool,
+    calls: AtomicU64,
+}
+
+impl DailyStore for FlakyStore {
+    fn add<'a>(
+        &'a self,
+        key_day: &'a KeyDay,
+        delta: i64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.down.load(Ordering::Relaxed) {
+            return Box::pin(std::future::ready(Err(StoreError::new("store is down"))));
+        }
+        self.inner.add(key_day, delta)
+    }
+}
+
+fn today(provider: ProviderKind, key: &str) -> KeyDay {
+    KeyDay {
+        provider,
+        fingerprint: Secret::new(key).fingerprint(),
+        day: UtcDay::of(std::time::SystemTime::now()),
+    }
+}
+
+// The same store behind two clients stands for Redis behind a restarted process (the Redis
+// side of that is tested in keyshard-cluster's `requests_per_day` tests).
 #[tokio::test]
-async fn requests_per_day_survive_a_restart() {
+async fn requests_per_day_continue_from_the_store_in_a_new_client() {
     init();
-    let redis = RedisServer::start();
+    let store = Arc::new(FlakyStore::default());
     let fake = FakeProviders::start(fake_config()).await.unwrap();
     let make = || {
         let mut c = common(fake.minimax_base(), KEY);
         c.limits.rpd = Some(3);
-        let client = redis::Client::open(redis.url()).unwrap();
-        MiniMax::new(
-            MiniMaxConfig::new(c),
-            Some(RedisTarget::Client(client)),
-            "rpdtest",
-        )
-        .unwrap()
+        let store: Arc<dyn DailyStore> = store.clone();
+        MiniMax::new(MiniMaxConfig::new(c), Some(store)).unwrap()
     };
     let first = make();
     for _ in 0..2 {
@@ -502,7 +520,7 @@ async fn requests_per_day_survive_a_restart() {
     assert_eq!(first.budget()[0].day_used, 2);
     drop(first);
 
-    // A new process: the count comes from Redis, not from zero.
+    // A new process: the count comes from the store, not from zero.
     let second = make();
     second.image("a cat", AspectRatio::Square).await.unwrap();
     assert_eq!(second.budget()[0].day_used, 3);
@@ -518,54 +536,42 @@ async fn requests_per_day_survive_a_restart() {
         3,
         "the refused call never reached the provider"
     );
-
-    // The key in Redis names the key by fingerprint only, and expires.
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("rpdtest:rpd:*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    assert!(
-        keys[0].starts_with("rpdtest:rpd:minimax:") && !keys[0].contains(KEY),
-        "{keys:?}"
-    );
-    let ttl: i64 = redis::cmd("TTL")
-        .arg(&keys[0])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(ttl > 86_400 && ttl <= 2 * 86_400, "{ttl}");
+    // The store names the key by fingerprint only, and holds requests sent, not tried.
+    assert_eq!(store.inner.get(&today(ProviderKind::MiniMax, KEY)), 3);
     fake.shutdown().await;
 }
 
 #[tokio::test]
-async fn redis_down_degrades_the_daily_counter_to_memory_without_blocking() {
+async fn a_failing_daily_store_degrades_to_memory_without_blocking_and_syncs_later() {
     init();
-    let mut redis = RedisServer::start();
+    let store = Arc::new(FlakyStore::default());
     let fake = FakeProviders::start(fake_config()).await.unwrap();
     let mut c = common(fake.stability_base(), KEY);
     c.limits.rpd = Some(100);
-    let client = redis::Client::open(redis.url()).unwrap();
-    let s = Stability::new(StabilityConfig::new(c), Some(client.into()), "deg").unwrap();
+    let shared: Arc<dyn DailyStore> = store.clone();
+    let s = Stability::new(StabilityConfig::new(c), Some(shared)).unwrap();
     s.image("a cat", AspectRatio::Square).await.unwrap();
-    redis.kill();
-    let started = std::time::Instant::now();
+    store.down.store(true, Ordering::Relaxed);
     for _ in 0..3 {
         s.image("a cat", AspectRatio::Square).await.unwrap();
     }
-    // One bounded Redis timeout at most, then memory.
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
+    assert_eq!(s.budget()[0].day_used, 4, "counted in memory meanwhile");
+    let key_day = today(ProviderKind::Stability, KEY);
+    assert_eq!(store.inner.get(&key_day), 1);
+    assert_eq!(
+        store.calls.load(Ordering::Relaxed),
+        4,
+        "the store is asked on every request (it owns its time budget), not bypassed"
     );
-    assert_eq!(s.budget()[0].day_used, 4);
+
+    store.down.store(false, Ordering::Relaxed);
+    s.image("a cat", AspectRatio::Square).await.unwrap();
+    assert_eq!(
+        store.inner.get(&key_day),
+        5,
+        "the missed requests are added later"
+    );
+    assert_eq!(s.budget()[0].day_used, 5);
     fake.shutdown().await;
 }
 
@@ -641,7 +647,7 @@ async fn video_creation_waits_for_its_own_lane() {
     c.max_wait = Duration::from_secs(10);
     let mut mc = MiniMaxConfig::new(c);
     mc.video_rpm = 2;
-    let client = MiniMax::new(mc, None, "t").unwrap();
+    let client = MiniMax::new(mc, None).unwrap();
     let started = std::time::Instant::now();
     for _ in 0..3 {
         client.video_create("a crab").await.unwrap();
@@ -664,16 +670,15 @@ fn config_validation_rejects_placeholders_and_short_max_wait() {
         None,
         None,
         None,
-        "t",
     )
     .unwrap_err();
     assert_eq!(e.class, ErrorClass::BadRequest);
     assert!(!e.message.contains("your-openai-key"));
     let mut c = ProviderConfig::new("sk-real-looking-key-1234", "https://api.openai.com/v1");
     c.max_wait = Duration::from_secs(30);
-    assert!(Providers::new(Some(OpenAiConfig::new(c)), None, None, None, "t").is_err());
+    assert!(Providers::new(Some(OpenAiConfig::new(c)), None, None, None).is_err());
     let c = ProviderConfig::new("sk-real-looking-key-1234\n", "https://api.openai.com/v1");
-    let e = OpenAi::new(OpenAiConfig::new(c), None, "t").unwrap_err();
+    let e = OpenAi::new(OpenAiConfig::new(c), None).unwrap_err();
     assert!(e.message.contains("newlines"), "{e}");
 }
 
@@ -685,7 +690,7 @@ fn overconfigured(fake: &FakeProviders) -> OpenAi {
     c.limits.rpm = 500;
     c.limits.window = Duration::from_secs(1);
     c.max_wait = Duration::from_secs(10);
-    OpenAi::new(OpenAiConfig::new(c), None, "t").unwrap()
+    OpenAi::new(OpenAiConfig::new(c), None).unwrap()
 }
 
 fn five_per_second() -> FakeProvidersConfig {
@@ -750,7 +755,7 @@ async fn tokens_per_window_are_respected_without_a_429() {
     c.max_wait = Duration::from_secs(20);
     let mut oc = OpenAiConfig::new(c);
     oc.max_completion_tokens = 10;
-    let client = OpenAi::new(oc, None, "t").unwrap();
+    let client = OpenAi::new(oc, None).unwrap();
     let started = std::time::Instant::now();
     let calls = (0..20).map(|_| client.chat(user("hi")));
     let results = futures::future::join_all(calls).await;
