@@ -16,13 +16,16 @@
 //! - [`jobs`]: durable jobs on per-instance Redis Streams, workers, rescue of a dead peer's
 //!   jobs, idempotent delivery ([`Jobs`], [`Job`], [`JobHandler`]).
 //! - [`memory`]: conversation memory per user and channel ([`Memory`]).
+//! - [`ledger`]: the Redis side of the usage ledger's durable buffer, a stream per instance
+//!   ([`LedgerStream`]); the rows and the Postgres side live in `keyshard-ledger`.
 //! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
 //! - [`heartbeat`]: the heartbeat JSON.
 //! - [`keys`]: the Redis key layout.
 //! - [`metrics`]: counters ([`ClusterMetrics`]).
 //! - [`error`]: the [`ClusterError`] enum.
 //! - `conn` (private): the self-reconnecting connection with a time budget on every call.
-//! - `task` (private): the shape shared by the background loops.
+//! - `task` (private): the shape shared by the background loops ([`run_every`], also used by
+//!   the loops of the crates built on this one).
 
 pub mod cluster;
 pub mod config;
@@ -30,6 +33,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod jobs;
 pub mod keys;
+pub mod ledger;
 pub mod memory;
 pub mod metrics;
 pub mod stats;
@@ -43,12 +47,14 @@ pub use config::{ClusterConfig, Load};
 pub use error::{redact_url, ClusterError};
 pub use heartbeat::Heartbeat;
 pub use jobs::{Job, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome};
+pub use ledger::LedgerStream;
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
 pub use stats::{publish_info, read_info, read_window, Stats, Window};
 pub use status::{
     fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,
 };
+pub use task::run_every;
 
 // Re-exported so callers name one crate for the cluster types.
 pub use keyshard_routing::{

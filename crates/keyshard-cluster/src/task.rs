@@ -9,15 +9,14 @@ use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::ClusterError;
-
 /// Runs `tick` every `interval` (the first tick at once) until `shutdown` is cancelled.
+/// Public so the loops of crates built on this one (the ledger writer) keep the same shape.
 /// `wake`, when given, runs a tick early (e.g. to publish a state change at once).
 ///
 /// A failing tick is logged at debug level only: the mechanism logs the degraded-mode
 /// transitions once at warn/info, and a loop failing every 250 ms while Redis is down must not
 /// flood the log.
-pub(crate) async fn run_every<F, Fut>(
+pub async fn run_every<F, Fut, E>(
     name: &'static str,
     interval: Duration,
     shutdown: CancellationToken,
@@ -25,7 +24,8 @@ pub(crate) async fn run_every<F, Fut>(
     mut tick: F,
 ) where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), ClusterError>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut ticker = tokio::time::interval(interval);
     // After a slow tick (Redis timing out) start counting afresh instead of firing a burst of
@@ -63,6 +63,7 @@ async fn woken(wake: &Option<Arc<Notify>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ClusterError;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     // Paused time: the loop's interval is driven by Tokio's clock, so the test needs no
