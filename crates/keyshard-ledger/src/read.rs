@@ -391,9 +391,12 @@ fn build<'a>(p: &Plan, by: Option<Dimension>, f: &'a UsageFilter) -> QueryBuilde
         q.push("SELECT ")
             .push(by.map_or("''", Dimension::raw_key))
             .push(
-                " AS k, 1::int8, (status <> 0)::int::int8, tokens_in::int8, tokens_out::int8, \
-                 images::int8, video_secs::int8, cost_micros, \
-                 coalesce(start_ms - ack_ms, 0)::int8, coalesce(provider_ms, 0)::int8 \
+                // Named like the rollup's columns: the first SELECT of a UNION names them.
+                " AS k, 1::int8 AS interactions, (status <> 0)::int::int8 AS failed, \
+                 tokens_in::int8 AS tokens_in, tokens_out::int8 AS tokens_out, \
+                 images::int8 AS images, video_secs::int8 AS video_secs, cost_micros, \
+                 coalesce(start_ms - ack_ms, 0)::int8 AS queue_ms, \
+                 coalesce(provider_ms, 0)::int8 AS provider_ms \
                  FROM ledger WHERE created_at >= timestamptz 'epoch' + interval '1 millisecond' * ",
             )
             .push_bind(clamp(*from))

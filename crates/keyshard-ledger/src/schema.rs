@@ -66,7 +66,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), LedgerError> {
         .acquire()
         .await
         .map_err(LedgerError::db("migrate connect"))?;
-    match MIGRATOR.run(&mut *conn).await {
+    // `run_direct` rather than `run(&mut *conn)`: the latter's `Acquire` bound makes the
+    // future unusable in `tokio::spawn` ("implementation of `Acquire` is not general
+    // enough"); sqlx keeps `run_direct` public for exactly this.
+    match MIGRATOR.run_direct(&mut *conn).await {
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = sqlx::Connection::close(conn.detach()).await;
