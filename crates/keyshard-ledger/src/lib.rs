@@ -10,7 +10,8 @@
 //!   are taken over. [`buffer`] is its pure bookkeeping.
 //! - [`write`]: [`write_batch`], rows and rollup in one idempotent statement.
 //! - [`read`]: [`usage`], [`top`], [`totals`], [`user_usage`] (whole UTC days from the
-//!   rollup, edges from raw rows, as [`plan`] decides).
+//!   rollup, edges from raw rows, as [`plan`] decides); [`audit`] and [`present`] for the
+//!   simulator's `ledger.*` report.
 //! - [`price`]: [`PriceTable`] (`LEDGER_PRICES`) and the cost estimate in micro-dollars.
 //! - [`retention`]: [`prune`] in bounded batches, [`Retention`] defaults, [`spawn_pruner`].
 //! - [`schema`]: `migrations/` embedded ([`MIGRATOR`]), [`migrate`] under the advisory lock,
@@ -33,8 +34,8 @@ pub use error::LedgerError;
 pub use plan::{plan, Plan, DAY_MS};
 pub use price::{Price, PriceTable, DEFAULT_PRICES};
 pub use read::{
-    local_bounds, top, totals, usage, user_usage, Dimension, LocalBounds, Rank, Span, Totals,
-    UsageFilter, UsageLine, UserUsage,
+    audit, local_bounds, present, top, totals, usage, user_usage, Audit, Dimension, LocalBounds,
+    Rank, Span, Totals, UsageFilter, UsageLine, UserUsage,
 };
 pub use retention::{prune, spawn_pruner, Pruned, Retention};
 pub use row::{format_key_fp, LedgerRow, Routing, Status};

@@ -301,6 +301,74 @@ pub async fn local_bounds(
     })
 }
 
+/// A consistency check of the whole ledger: rows, the rollup's count of them, and the groups
+/// where the rollup disagrees with the sums of the rows. Scans both tables: for tests, the
+/// simulator's report and an operator's quiet hour, not for a request path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    pub rows: u64,
+    pub rollup_interactions: u64,
+    /// Rollup groups (day × user × guild × command × provider × key × instance) whose sums
+    /// differ from the rows', counted in both directions: 0 when every row is counted once.
+    /// Only meaningful while no raw rows have been pruned.
+    pub mismatched_groups: u64,
+}
+
+/// See [`Audit`].
+pub async fn audit(pool: &PgPool) -> Result<Audit, LedgerError> {
+    const SQL: &str = "
+        WITH raw AS (
+            SELECT (created_at AT TIME ZONE 'UTC')::date AS day, user_id,
+                   coalesce(guild_id, 0) AS guild_id, command,
+                   coalesce(provider, '') AS provider, coalesce(key_fp, 0) AS key_fp,
+                   served_by, count(*)::int8 AS interactions,
+                   (count(*) FILTER (WHERE status <> 0))::int8 AS failed,
+                   sum(tokens_in)::int8 AS tokens_in, sum(tokens_out)::int8 AS tokens_out,
+                   sum(images)::int8 AS images, sum(video_secs)::int8 AS video_secs,
+                   sum(cost_micros)::int8 AS cost_micros,
+                   coalesce(sum(start_ms - ack_ms), 0)::int8 AS queue_ms,
+                   coalesce(sum(provider_ms), 0)::int8 AS provider_ms
+            FROM ledger GROUP BY 1, 2, 3, 4, 5, 6, 7),
+        daily AS (
+            SELECT day, user_id, guild_id, command, provider, key_fp, served_by,
+                   interactions, failed, tokens_in, tokens_out, images, video_secs,
+                   cost_micros, queue_ms, provider_ms
+            FROM ledger_daily)
+        SELECT (SELECT count(*) FROM ledger),
+               (SELECT coalesce(sum(interactions), 0)::int8 FROM ledger_daily),
+               (SELECT count(*) FROM (SELECT * FROM raw EXCEPT SELECT * FROM daily) a)
+             + (SELECT count(*) FROM (SELECT * FROM daily EXCEPT SELECT * FROM raw) b)";
+    let (rows, rollup, mismatched): (i64, i64, i64) = within("ledger audit", READ_TIMEOUT, async {
+        sqlx::query_as(SQL)
+            .fetch_one(pool)
+            .await
+            .map_err(LedgerError::db("ledger audit"))
+    })
+    .await?;
+    Ok(Audit {
+        rows: rows.max(0) as u64,
+        rollup_interactions: rollup.max(0) as u64,
+        mismatched_groups: mismatched.max(0) as u64,
+    })
+}
+
+/// Which of `ids` (interaction ids) have a ledger row: the simulator's `ledger.missing` is
+/// its answered interactions minus these.
+pub async fn present(pool: &PgPool, ids: &[u64]) -> Result<Vec<u64>, LedgerError> {
+    let ids: Vec<i64> = ids.iter().map(|i| *i as i64).collect();
+    let found: Vec<i64> = within("ledger lookup", READ_TIMEOUT, async {
+        sqlx::query_scalar(
+            "SELECT interaction_id FROM ledger WHERE interaction_id = ANY($1) ORDER BY 1",
+        )
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .map_err(LedgerError::db("ledger lookup"))
+    })
+    .await?;
+    Ok(found.into_iter().map(|i| i as u64).collect())
+}
+
 fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -112,7 +112,10 @@ impl PostgresServer {
         };
         for bin in ["initdb", "postgres"] {
             if !bin_dir.join(bin).is_file() {
-                return Err(not_found(&format!("{} is missing", bin_dir.join(bin).display())));
+                return Err(not_found(&format!(
+                    "{} is missing",
+                    bin_dir.join(bin).display()
+                )));
             }
         }
         let dir = std::env::temp_dir().join(format!(
@@ -516,7 +519,12 @@ mod tests {
         );
         let url = server.create_database("kept").unwrap();
         assert!(url.ends_with(&format!(":{port}/kept")), "{url}");
-        psql(&server, "kept", "create table t (x int); insert into t values (7)").unwrap();
+        psql(
+            &server,
+            "kept",
+            "create table t (x int); insert into t values (7)",
+        )
+        .unwrap();
         let socket = server.data_dir().join(format!(".s.PGSQL.{port}"));
         assert!(socket.exists(), "the unix socket lives in the data dir");
 
@@ -578,7 +586,10 @@ mod tests {
         assert!(!postmaster_ready(file, Some(42), 5433), "another port");
         let starting = file.replace("ready   ", "starting");
         assert!(!postmaster_ready(&starting, Some(42), 5432));
-        assert!(!postmaster_ready("42\n/d\n", Some(42), 5432), "half written");
+        assert!(
+            !postmaster_ready("42\n/d\n", Some(42), 5432),
+            "half written"
+        );
     }
 
     #[test]
@@ -586,6 +597,9 @@ mod tests {
         let (uid, _) = os_user("root").unwrap();
         assert_eq!(uid, 0);
         let err = os_user("no-such-user-keyshard").unwrap_err();
-        assert!(err.to_string().contains("apt-get install -y postgresql"), "{err}");
+        assert!(
+            err.to_string().contains("apt-get install -y postgresql"),
+            "{err}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Bytes per row, measured by hand (`cargo test -p keyshard-ledger --test it -- --ignored
 //! --nocapture bytes_per_row`): 100,000 generated rows over 30 days, then the sizes
-//! Postgres reports.
+//! Postgres reports. The rows are the realistic mix (`usage_rows`: each user in one guild,
+//! served by its primary with that instance's key), so the rollup's size is meaningful too.
 
 use keyshard_ledger::{write_batch, DAY_MS};
 
@@ -11,7 +12,7 @@ use crate::support::*;
 async fn bytes_per_row() {
     let db = TestDb::new().await;
     let n = 100_000;
-    let all = rows(31, n, BASE_MS - 30 * DAY_MS, 30 * DAY_MS);
+    let all = usage_rows(31, n, 300, BASE_MS - 30 * DAY_MS, 30 * DAY_MS);
     for chunk in all.chunks(1_000) {
         write_batch(&db.pool, chunk).await.unwrap();
     }

@@ -85,6 +85,27 @@ pub fn rows(seed: u64, n: usize, base_ms: u64, span_ms: u64) -> Vec<LedgerRow> {
     out
 }
 
+/// Like [`rows`], but shaped like real use: `users` users, each in one guild (a tenth in
+/// DMs), always served by its primary with that instance's key for the provider.
+pub fn usage_rows(seed: u64, n: usize, users: u64, base_ms: u64, span_ms: u64) -> Vec<LedgerRow> {
+    let mut out = rows(seed, n, base_ms, span_ms);
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
+    for r in &mut out {
+        r.user_id = rng.random_range(0..users);
+        r.guild_id = (r.user_id % 10 != 0).then_some(1_000 + r.user_id % 40);
+        r.primary = (r.user_id % 4 + 1) as u32;
+        r.served_by = r.primary;
+        if let Some(p) = &r.provider {
+            let provider_no = p.len() as u64;
+            r.key_fp = Some(format!(
+                "{:012x}",
+                u64::from(r.served_by) << 8 | provider_no
+            ));
+        }
+    }
+    out
+}
+
 /// One generated row for interaction `id`.
 pub fn row_at(rng: &mut SmallRng, id: u64) -> LedgerRow {
     let command = ["chat", "image", "video", "status"][rng.random_range(0..4)];
@@ -151,30 +172,9 @@ pub async fn ids(pool: &PgPool) -> Vec<u64> {
 /// Groups where `ledger_daily` and the sums of `ledger` disagree (both directions): 0 when
 /// the rollup counts every row exactly once.
 pub async fn rollup_mismatches(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "WITH raw AS (
-             SELECT (created_at AT TIME ZONE 'UTC')::date AS day, user_id,
-                    coalesce(guild_id, 0) AS guild_id, command,
-                    coalesce(provider, '') AS provider, coalesce(key_fp, 0) AS key_fp,
-                    served_by, count(*)::int8 AS interactions,
-                    (count(*) FILTER (WHERE status <> 0))::int8 AS failed,
-                    sum(tokens_in)::int8 AS tokens_in, sum(tokens_out)::int8 AS tokens_out,
-                    sum(images)::int8 AS images, sum(video_secs)::int8 AS video_secs,
-                    sum(cost_micros)::int8 AS cost_micros,
-                    coalesce(sum(start_ms - ack_ms), 0)::int8 AS queue_ms,
-                    coalesce(sum(provider_ms), 0)::int8 AS provider_ms
-             FROM ledger GROUP BY 1, 2, 3, 4, 5, 6, 7),
-         daily AS (
-             SELECT day, user_id, guild_id, command, provider, key_fp, served_by,
-                    interactions, failed, tokens_in, tokens_out, images, video_secs,
-                    cost_micros, queue_ms, provider_ms
-             FROM ledger_daily)
-         SELECT (SELECT count(*) FROM (SELECT * FROM raw EXCEPT SELECT * FROM daily) a)
-              + (SELECT count(*) FROM (SELECT * FROM daily EXCEPT SELECT * FROM raw) b)",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    let a = keyshard_ledger::audit(pool).await.unwrap();
+    assert_eq!(a.rows, a.rollup_interactions, "{a:?}");
+    a.mismatched_groups as i64
 }
 
 /// Polls `cond` every 20 ms until it holds.

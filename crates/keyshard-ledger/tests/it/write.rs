@@ -40,6 +40,13 @@ async fn a_batch_written_twice_changes_nothing_the_second_time() {
     assert_eq!(rollup_sums(&db.pool).await.0, 320);
     assert_eq!(rollup_mismatches(&db.pool).await, 0);
     assert_eq!(write_batch(&db.pool, &[]).await.unwrap(), 0);
+    let wanted: Vec<u64> = vec![batch[0].interaction_id, 1, mixed[15].interaction_id];
+    let mut want = vec![batch[0].interaction_id, mixed[15].interaction_id];
+    want.sort();
+    assert_eq!(
+        keyshard_ledger::present(&db.pool, &wanted).await.unwrap(),
+        want
+    );
 }
 
 #[tokio::test]
