@@ -114,7 +114,7 @@ mod tests {
                 let ticks = ticks.clone();
                 move || {
                     ticks.fetch_add(1, Ordering::SeqCst);
-                    async { Ok(()) }
+                    async { Ok::<(), ClusterError>(()) }
                 }
             },
         ));

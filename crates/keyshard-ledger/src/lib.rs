@@ -16,7 +16,7 @@
 //! - [`retention`]: [`prune`] in bounded batches, [`Retention`] defaults, [`spawn_pruner`].
 //! - [`schema`]: `migrations/` embedded ([`MIGRATOR`]), [`migrate`] under the advisory lock,
 //!   [`connect_lazy`].
-//! - [`error`]: [`LedgerError`].
+//! - [`error`] holds [`LedgerError`].
 
 pub mod buffer;
 pub mod error;

@@ -12,7 +12,6 @@
 //! The binaries come from [`POSTGRES_BIN_DIR_ENV`] when set, else from `PATH`, else from the
 //! newest `/usr/lib/postgresql/<version>/bin` (where Debian puts them, off `PATH`).
 
-use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -46,7 +45,7 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// How a [`PostgresServer`] is set up.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PostgresOptions {
     /// `fsync` on: commits survive an OS crash. Off by default, which is safe for a test
     /// server (a crash of the server alone loses nothing: the data is in the OS page cache)
@@ -54,15 +53,6 @@ pub struct PostgresOptions {
     pub fsync: bool,
     /// The directory holding `initdb` and `postgres`; `None` looks them up (module docs).
     pub bin_dir: Option<PathBuf>,
-}
-
-impl Default for PostgresOptions {
-    fn default() -> Self {
-        PostgresOptions {
-            fsync: false,
-            bin_dir: None,
-        }
-    }
 }
 
 /// A private PostgreSQL server on `127.0.0.1` with trust authentication for the superuser
@@ -411,7 +401,7 @@ fn find_bin_dir() -> io::Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let has_both = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
-    let path = std::env::var_os("PATH").unwrap_or_else(OsString::new);
+    let path = std::env::var_os("PATH").unwrap_or_default();
     if let Some(dir) = std::env::split_paths(&path).find(|d| has_both(d)) {
         // A `postgres` on PATH is often a symlink into the installation (as on this project's
         // CI image); its real directory also holds the clients (`createdb`, `psql`).
