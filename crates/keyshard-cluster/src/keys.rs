@@ -71,6 +71,17 @@ pub fn info(cluster: &str, id: InstanceId) -> String {
     format!("{cluster}:info:{id}")
 }
 
+/// `{c}:ledger:{id}`: instance `id`'s usage-ledger rows waiting for Postgres (a stream, group
+/// `writers`; see [`ledger`](crate::ledger)).
+pub fn ledger_stream(cluster: &str, id: InstanceId) -> String {
+    format!("{cluster}:ledger:{id}")
+}
+
+/// `{c}:ledger-takeover:{dead}`: the peer writing a dead instance's ledger stream.
+pub fn ledger_takeover(cluster: &str, dead: InstanceId) -> String {
+    format!("{cluster}:ledger-takeover:{dead}")
+}
+
 /// How long a claim key lives: Discord keeps an interaction token valid for 15 minutes, after
 /// which no instance can answer it anyway, so the key is no longer needed.
 pub const CLAIM_TTL_MS: u64 = 15 * 60 * 1000;
@@ -105,6 +116,8 @@ mod tests {
             job_consumer(3),
             rescue_consumer(2),
             requests_per_day(c, "openai", "ab12", "2026-11-30"),
+            ledger_stream(c, 2),
+            ledger_takeover(c, 3),
         ];
         let want = [
             "ks:hb:2",
@@ -120,6 +133,8 @@ mod tests {
             "i3",
             "rescue-2",
             "ks:rpd:openai:ab12:2026-11-30",
+            "ks:ledger:2",
+            "ks:ledger-takeover:3",
         ];
         assert_eq!(got, want);
     }

@@ -17,6 +17,8 @@
 //!   jobs, stealing a waiting job, idempotent delivery ([`Jobs`], [`Job`], [`JobHandler`]);
 //!   a folder whose `mod.rs` lists its parts.
 //! - [`memory`]: conversation memory per user and channel ([`Memory`]).
+//! - [`ledger`]: the Redis side of the usage ledger's durable buffer, a stream per instance
+//!   ([`LedgerStream`]); the rows and the Postgres side live in `keyshard-ledger`.
 //! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
 //! - [`requests_per_day`]: a counter per provider key and UTC day ([`RequestsPerDay`]) that
 //!   the bot hands to the providers as their daily request store.
@@ -36,6 +38,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod jobs;
 pub mod keys;
+pub mod ledger;
 pub mod memory;
 pub mod metrics;
 pub mod requests_per_day;
@@ -50,6 +53,7 @@ pub use config::{ClusterConfig, Load};
 pub use error::{redact_url, ClusterError};
 pub use heartbeat::Heartbeat;
 pub use jobs::{Job, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome};
+pub use ledger::LedgerStream;
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
 pub use requests_per_day::RequestsPerDay;

@@ -1,13 +1,21 @@
-//! Test support for keyshard: a private `redis-server` per test (and per simulator run).
+//! Test support for keyshard: a private `redis-server` and a private PostgreSQL per test (and
+//! per simulator run).
 //!
 //! - [`RedisServer`]: starts `redis-server` on a free loopback port with no persistence and a
 //!   throw-away working directory, and can kill it (SIGKILL) and restart it on the same port,
 //!   so tests can take Redis away from a running cluster and give it back.
+//! - [`PostgresServer`] (module [`postgres`]): `initdb` into a temp dir and `postgres` on a
+//!   free loopback port, stopped and restarted on the same port with its data, so tests can
+//!   take Postgres away for a while; [`PostgresOptions`] keeps `fsync` on for durability tests.
 //! - [`free_port`]: a loopback TCP port nobody listens on right now.
 //!
 //! The crate is synchronous and uses only `std` (plus `tracing`), so it works from plain
 //! `#[test]`s, from `#[tokio::test]`s and from the simulator alike. The binary is
 //! `redis-server` from `PATH`, or the path in `KEYSHARD_REDIS_SERVER` when that is set.
+
+pub mod postgres;
+
+pub use postgres::{PostgresOptions, PostgresServer};
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

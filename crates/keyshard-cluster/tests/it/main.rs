@@ -8,6 +8,7 @@
 
 mod claims;
 mod jobs;
+mod ledger;
 mod liveness;
 mod outage;
 mod requests_per_day;

@@ -1,0 +1,592 @@
+//! [`LedgerWriter`]: the durable buffer between an answered interaction and Postgres.
+//!
+//! ```text
+//! record(row) ──► memory (outbox) ──push loop──► Redis {c}:ledger:{me} ──write loop──► Postgres
+//!   (sync, never waits)        on every record        every 250 ms: read ≤ batch, write_batch, XACK+XDEL
+//! ```
+//!
+//! - The acknowledgement never waits: [`LedgerWriter::record`] only serializes the row and
+//!   queues it in memory; the push loop, woken by it, pipelines the rows into Redis (a crash
+//!   loses at most the rows of that one round trip).
+//! - Postgres down: the batch fails, its entries stay pending in the stream, and the write
+//!   loop tries again with a growing pause ([`backoff_delay`]); nothing is lost (the stream
+//!   holds them) and nothing is doubled (`write_batch` is idempotent).
+//! - Redis down: rows wait in the bounded outbox, and the write loop writes them straight to
+//!   Postgres meanwhile; the push loop pushes whatever is left when Redis answers.
+//! - Redis restarted empty: rows pushed but not written are still in memory
+//!   ([`Buffer`](crate::buffer::Buffer)); the write loop notices the restart (the cluster's
+//!   `{c}:gen` changed, or its stream lost its group, or a drained read did not return rows
+//!   pushed before it) and pushes them again.
+//! - A dead peer's stream is taken over by one live writer (`LedgerStream::lock_takeover`)
+//!   and written like its own.
+//!
+//! Why every 250 ms: at 200 interactions a second a tick carries ~50 rows, so one statement
+//! and one round trip serve many rows (per-row cost is what limits throughput), while a row
+//! is in Postgres a quarter of a second after it was recorded, which nobody reading usage can
+//! tell from instant; four small statements a second per instance cost Postgres nothing.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keyshard_cluster::ledger::Entry;
+use keyshard_cluster::{run_every, Cluster, InstanceId, LedgerStream};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::{Buffer, Limits, Recorded};
+use crate::{write_batch, LedgerError, LedgerRow};
+
+/// How the writer paces itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// How often the write loop reads a batch (module docs: 250 ms).
+    pub interval: Duration,
+    /// Rows per `write_batch` and per push pipeline. 500 rows are ~250 KB of JSON to read and
+    /// one statement of a few milliseconds; larger batches gain little per row and make one
+    /// failed statement redo more.
+    pub batch: usize,
+    /// Batches one tick writes at most before yielding (a backlog after an outage drains at
+    /// up to `batch × batches_per_tick` rows per tick).
+    pub batches_per_tick: usize,
+    /// The longest pause between tries while Postgres fails: a Postgres back from a restart
+    /// is used within this, and N instances retrying do not hammer one that is struggling.
+    pub max_backoff: Duration,
+    /// How often to look for dead peers' streams: about once per heartbeat, as often as
+    /// liveness can change.
+    pub takeover_every: Duration,
+    pub limits: Limits,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            interval: Duration::from_millis(250),
+            batch: 500,
+            batches_per_tick: 20,
+            max_backoff: Duration::from_secs(5),
+            takeover_every: Duration::from_secs(1),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// How long shutdown may spend pushing (or writing) what is left in memory: a drain must
+/// not hang on an unreachable Redis, and a second or two covers a healthy one many times.
+const FINAL_BUDGET: Duration = Duration::from_secs(3);
+
+/// The pause after `failures` failed writes in a row: `base`, doubling, at most `max`.
+pub fn backoff_delay(failures: u32, base: Duration, max: Duration) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(max)
+}
+
+/// Counters and gauges of the writer, for `/metrics` and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WriterStats {
+    /// Rows accepted by [`LedgerWriter::record`].
+    pub recorded: u64,
+    /// Rows inserted into Postgres (by this instance, for itself or a dead peer).
+    pub written: u64,
+    /// Rows written again that Postgres already had (after a crash, a re-push, a takeover).
+    pub duplicates: u64,
+    /// `write_batch` calls that succeeded.
+    pub batches: u64,
+    /// `write_batch` calls that failed (Postgres down or refusing).
+    pub write_failures: u64,
+    /// Push pipelines that failed (Redis down).
+    pub push_failures: u64,
+    /// Stream entries that were not a row (acknowledged and dropped).
+    pub malformed: u64,
+    /// Rows written from dead peers' streams.
+    pub taken_over: u64,
+    /// Rows refused because the outbox was full: lost (Redis and Postgres both down).
+    pub dropped: u64,
+    /// Rows forgotten from memory at the unwritten bound (still in Redis).
+    pub unprotected: u64,
+    /// Rows pushed again after Redis lost them (or might have).
+    pub repushed: u64,
+    /// Rows in memory, not yet known to be in Postgres.
+    pub buffered: u64,
+    /// Of those, rows not yet in Redis.
+    pub not_in_redis: u64,
+    /// How long ago the oldest buffered row was recorded.
+    pub oldest_buffered_age_ms: Option<u64>,
+    /// Writes have failed since the last success.
+    pub postgres_failing: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    recorded: AtomicU64,
+    written: AtomicU64,
+    duplicates: AtomicU64,
+    batches: AtomicU64,
+    write_failures: AtomicU64,
+    push_failures: AtomicU64,
+    malformed: AtomicU64,
+    taken_over: AtomicU64,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The handle the bot keeps: [`record`](Self::record) rows, [`spawn`](Self::spawn) the loops,
+/// read [`stats`](Self::stats). Cheap to clone.
+#[derive(Clone)]
+pub struct LedgerWriter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    stream: LedgerStream,
+    pool: PgPool,
+    cfg: WriterConfig,
+    me: InstanceId,
+    /// A std Mutex: every use is a few in-memory operations and never spans an await.
+    buffer: Mutex<Buffer>,
+    wake_push: Arc<Notify>,
+    counters: Counters,
+    backoff: Mutex<Backoff>,
+    /// The last `{c}:gen` seen by the write loop.
+    generation: Mutex<Option<String>>,
+    redis_down: AtomicBool,
+}
+
+impl std::fmt::Debug for LedgerWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerWriter")
+            .field("instance", &self.inner.me)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl LedgerWriter {
+    /// A writer for `cluster`'s instance, writing to `pool`. Touches neither Redis nor
+    /// Postgres until [`spawn`](Self::spawn).
+    pub fn new(cluster: &Cluster, pool: PgPool, cfg: WriterConfig) -> LedgerWriter {
+        LedgerWriter {
+            inner: Arc::new(Inner {
+                stream: LedgerStream::new(cluster),
+                pool,
+                me: cluster.instance_id(),
+                buffer: Mutex::new(Buffer::new(cfg.limits)),
+                wake_push: Arc::new(Notify::new()),
+                counters: Counters::default(),
+                backoff: Mutex::new(Backoff::default()),
+                generation: Mutex::new(None),
+                redis_down: AtomicBool::new(false),
+                cfg,
+            }),
+        }
+    }
+
+    fn buffer(&self) -> MutexGuard<'_, Buffer> {
+        self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `row` for the ledger and returns at once (no I/O). Call it once the interaction
+    /// is answered; a second row for the same interaction id is ignored while the first is
+    /// buffered, and by Postgres after.
+    pub fn record(&self, row: &LedgerRow) -> Recorded {
+        let json = serde_json::to_string(row).expect("a LedgerRow always serializes");
+        let outcome = self
+            .buffer()
+            .record(row.interaction_id, Arc::from(json), now_ms());
+        match outcome {
+            Recorded::Queued => {
+                self.inner.counters.recorded.fetch_add(1, Ordering::Relaxed);
+                self.inner.wake_push.notify_one();
+            }
+            Recorded::Dropped => {
+                let dropped = self.buffer().counters().dropped;
+                // Every drop is counted; the log says it once per thousand so a long double
+                // outage does not flood it.
+                if dropped % 1_000 == 1 {
+                    tracing::error!(
+                        dropped,
+                        interaction_id = row.interaction_id,
+                        "ledger outbox full (Redis and Postgres unreachable): usage rows are being lost"
+                    );
+                }
+            }
+            Recorded::Duplicate => {}
+        }
+        outcome
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        let c = &self.inner.counters;
+        let (bc, buffered, not_in_redis, oldest) = {
+            let b = self.buffer();
+            (
+                b.counters(),
+                b.len() as u64,
+                b.not_in_redis() as u64,
+                b.oldest_recorded_ms(),
+            )
+        };
+        let failing = self
+            .inner
+            .backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failures
+            > 0;
+        WriterStats {
+            recorded: c.recorded.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            write_failures: c.write_failures.load(Ordering::Relaxed),
+            push_failures: c.push_failures.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
+            taken_over: c.taken_over.load(Ordering::Relaxed),
+            dropped: bc.dropped,
+            unprotected: bc.unprotected,
+            repushed: bc.repushed,
+            buffered,
+            not_in_redis,
+            oldest_buffered_age_ms: oldest.map(|t| now_ms().saturating_sub(t)),
+            postgres_failing: failing,
+        }
+    }
+
+    /// Starts the push, write and takeover loops; they stop when `shutdown` is cancelled,
+    /// after which the task pushes what is still only in memory (or, with Redis down, writes
+    /// it to Postgres), within a few seconds, and ends.
+    pub fn spawn(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let cfg = self.inner.cfg;
+        let push = {
+            let me = self.clone();
+            run_every(
+                "ledger push",
+                cfg.interval,
+                shutdown.clone(),
+                Some(self.inner.wake_push.clone()),
+                move || {
+                    let me = me.clone();
+                    async move { me.push_tick().await }
+                },
+            )
+        };
+        let write = {
+            let me = self.clone();
+            run_every(
+                "ledger write",
+                cfg.interval,
+                shutdown.clone(),
+                None,
+                move || {
+                    let me = me.clone();
+                    async move { me.write_tick().await }
+                },
+            )
+        };
+        let takeover = {
+            let me = self.clone();
+            run_every(
+                "ledger takeover",
+                cfg.takeover_every,
+                shutdown,
+                None,
+                move || {
+                    let me = me.clone();
+                    async move { me.takeover_tick().await }
+                },
+            )
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::join!(push, write, takeover);
+            me.finish().await;
+        })
+    }
+
+    /// Shutdown: what is only in memory goes to Redis, or to Postgres if Redis is down.
+    async fn finish(&self) {
+        let last = async {
+            if self.push_tick().await.is_err() {
+                let _ = self.write_direct().await;
+            }
+        };
+        let _ = tokio::time::timeout(FINAL_BUDGET, last).await;
+        let left = self.buffer().not_in_redis();
+        if left > 0 {
+            tracing::warn!(
+                rows = left,
+                "ledger rows still only in memory at shutdown: lost"
+            );
+        }
+    }
+
+    /// Pushes every waiting row, a pipeline of `batch` rows at a time.
+    async fn push_tick(&self) -> Result<(), LedgerError> {
+        loop {
+            let taken = self.buffer().take_waiting(self.inner.cfg.batch);
+            if taken.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<u64> = taken.iter().map(|(id, _)| *id).collect();
+            let rows: Vec<Arc<str>> = taken.into_iter().map(|(_, json)| json).collect();
+            match self.inner.stream.push_many(&rows).await {
+                Ok(()) => {
+                    self.buffer().pushed(&ids);
+                    self.redis_answered();
+                }
+                Err(e) => {
+                    self.buffer().put_back(&ids);
+                    self.inner
+                        .counters
+                        .push_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.redis_failed();
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    async fn write_tick(&self) -> Result<(), LedgerError> {
+        if self.backing_off() {
+            return Ok(());
+        }
+        if self.inner.redis_down.load(Ordering::Relaxed) {
+            self.write_direct().await?;
+        }
+        let mark = self.buffer().mark();
+        let generation = self
+            .inner
+            .stream
+            .generation()
+            .await
+            .inspect_err(|_| self.redis_failed())?;
+        self.redis_answered();
+        let changed = {
+            let mut seen = self
+                .inner
+                .generation
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let changed = seen.as_ref().is_some_and(|s| *s != generation);
+            *seen = Some(generation);
+            changed
+        };
+        if changed {
+            let n = self.buffer().repush_before(mark);
+            tracing::warn!(
+                rows = n,
+                "Redis restarted empty; pushing again the ledger rows it may have lost"
+            );
+            self.inner.wake_push.notify_one();
+        }
+        let me = self.inner.me;
+        for _ in 0..self.inner.cfg.batches_per_tick {
+            let mark = self.buffer().mark();
+            let batch = self
+                .inner
+                .stream
+                .read(me, self.inner.cfg.batch)
+                .await
+                .inspect_err(|_| self.redis_failed())?;
+            self.write_entries(me, &batch.entries).await?;
+            if batch.recreated || batch.drained {
+                // Every row pushed before this read should have been in it: the ones still
+                // here were lost (an empty restart) or written by someone else.
+                let n = self.buffer().repush_before(mark);
+                if n > 0 {
+                    tracing::info!(
+                        rows = n,
+                        recreated = batch.recreated,
+                        "ledger rows missing from Redis; pushing them again"
+                    );
+                    self.inner.wake_push.notify_one();
+                }
+            }
+            if batch.drained {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// While Redis is down: waiting rows straight to Postgres.
+    async fn write_direct(&self) -> Result<(), LedgerError> {
+        for _ in 0..self.inner.cfg.batches_per_tick {
+            let taken = self.buffer().take_waiting(self.inner.cfg.batch);
+            if taken.is_empty() {
+                break;
+            }
+            let ids: Vec<u64> = taken.iter().map(|(id, _)| *id).collect();
+            // Our own JSON: it parses.
+            let rows: Vec<LedgerRow> = taken
+                .iter()
+                .filter_map(|(_, json)| serde_json::from_str(json).ok())
+                .collect();
+            match self.write(&rows).await {
+                Ok(()) => self.buffer().written(ids),
+                Err(e) => {
+                    self.buffer().put_back(&ids);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn takeover_tick(&self) -> Result<(), LedgerError> {
+        if self.backing_off() {
+            return Ok(());
+        }
+        for dead in self.inner.stream.dead_with_backlog().await? {
+            if !self.inner.stream.lock_takeover(dead).await? {
+                continue;
+            }
+            let before = self.inner.counters.taken_over.load(Ordering::Relaxed);
+            for _ in 0..self.inner.cfg.batches_per_tick {
+                let batch = self.inner.stream.read(dead, self.inner.cfg.batch).await?;
+                self.write_entries(dead, &batch.entries).await?;
+                if batch.drained {
+                    break;
+                }
+            }
+            let rows = self.inner.counters.taken_over.load(Ordering::Relaxed) - before;
+            tracing::info!(
+                dead,
+                rows,
+                "wrote the ledger rows a dead instance left in Redis"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the rows of `entries` (read from `owner`'s stream), then acknowledges them all.
+    async fn write_entries(&self, owner: InstanceId, entries: &[Entry]) -> Result<(), LedgerError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(entries.len());
+        for e in entries {
+            match e.row.as_deref().map(serde_json::from_str::<LedgerRow>) {
+                Some(Ok(row)) => rows.push(row),
+                other => {
+                    self.inner
+                        .counters
+                        .malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        owner,
+                        entry = %e.id,
+                        error = ?other.and_then(Result::err).map(|e| e.to_string()),
+                        "dropping a ledger stream entry that is not a row"
+                    );
+                }
+            }
+        }
+        self.write(&rows).await?;
+        // In Postgres now, whatever happens to the acknowledgement.
+        self.buffer().written(rows.iter().map(|r| r.interaction_id));
+        if owner != self.inner.me {
+            self.inner
+                .counters
+                .taken_over
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        }
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        // A failed acknowledgement leaves the entries pending: read and written again next
+        // time, which inserts nothing.
+        self.inner
+            .stream
+            .ack(owner, &ids)
+            .await
+            .inspect_err(|_| self.redis_failed())?;
+        Ok(())
+    }
+
+    /// `write_batch` with the counters and the backoff.
+    async fn write(&self, rows: &[LedgerRow]) -> Result<(), LedgerError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let c = &self.inner.counters;
+        match write_batch(&self.inner.pool, rows).await {
+            Ok(inserted) => {
+                c.batches.fetch_add(1, Ordering::Relaxed);
+                c.written.fetch_add(inserted, Ordering::Relaxed);
+                c.duplicates
+                    .fetch_add(rows.len() as u64 - inserted, Ordering::Relaxed);
+                let mut b = self.inner.backoff.lock().unwrap_or_else(|e| e.into_inner());
+                if b.failures > 0 {
+                    tracing::info!(
+                        failures = b.failures,
+                        "Postgres answers again; writing the buffered ledger rows"
+                    );
+                }
+                *b = Backoff::default();
+                Ok(())
+            }
+            Err(e) => {
+                c.write_failures.fetch_add(1, Ordering::Relaxed);
+                let mut b = self.inner.backoff.lock().unwrap_or_else(|e| e.into_inner());
+                b.failures += 1;
+                let delay = backoff_delay(
+                    b.failures,
+                    self.inner.cfg.interval,
+                    self.inner.cfg.max_backoff,
+                );
+                b.retry_at = Some(Instant::now() + delay);
+                if b.failures == 1 {
+                    tracing::warn!(error = %e, "ledger write failed; rows stay buffered and are retried");
+                } else {
+                    tracing::debug!(error = %e, failures = b.failures, ?delay, "ledger write failed again");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn backing_off(&self) -> bool {
+        let b = self.inner.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        b.retry_at.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn redis_failed(&self) {
+        self.inner.redis_down.store(true, Ordering::Relaxed);
+    }
+
+    fn redis_answered(&self) {
+        self.inner.redis_down.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let base = Duration::from_millis(250);
+        let max = Duration::from_secs(5);
+        let d: Vec<u64> = (1..=7)
+            .map(|n| backoff_delay(n, base, max).as_millis() as u64)
+            .collect();
+        assert_eq!(d, vec![250, 500, 1_000, 2_000, 4_000, 5_000, 5_000]);
+        assert_eq!(backoff_delay(0, base, max), base);
+        assert_eq!(backoff_delay(u32::MAX, base, max), max);
+    }
+}
