@@ -18,7 +18,8 @@ use poise::serenity_prelude as serenity;
 
 use super::deliver::{progress, Answer};
 use super::{args, since_created, VideoArgs, Worker};
-use crate::replies;
+use crate::replies::progress::VideoPhase;
+use crate::replies::{self, results};
 
 const COMMAND: &str = "video";
 
@@ -93,8 +94,8 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
                     )
                     .await;
             }
-            VideoStatus::Preparing | VideoStatus::Queueing => "대기 중",
-            VideoStatus::Processing => "생성 중",
+            VideoStatus::Preparing | VideoStatus::Queueing => VideoPhase::Queued,
+            VideoStatus::Processing => VideoPhase::Rendering,
         };
         if started.elapsed() > timing.video_deadline {
             let e = ProviderError::new(
@@ -104,7 +105,7 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
             );
             return w.fail(job, ctx, COMMAND, &e).await;
         }
-        let text = format!("⏳ 영상 {phase}… (경과 {}초)", since_created(job).as_secs());
+        let text = replies::progress::video(phase, since_created(job).as_secs());
         progress(w.http(), job, &text).await;
         tokio::time::sleep(timing.video_poll).await;
     };
@@ -121,11 +122,7 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
     let answer = if fits {
         match minimax.download(&file.download_url).await {
             Ok(bytes) if bytes.len() as u64 <= job.attachment_limit => Answer {
-                text: format!(
-                    "🎬 <@{}> 님의 영상이 완성됐어요! (처리 인스턴스 #{}, {elapsed}초)",
-                    job.user_id,
-                    w.instance()
-                ),
+                text: results::video_attached(job.user_id, w.instance(), elapsed),
                 embed: None,
                 files: vec![serenity::CreateAttachment::bytes(
                     bytes.to_vec(),
@@ -149,7 +146,7 @@ async fn start(
     own_key: &str,
     prompt: &str,
 ) -> Result<VideoTaskId, Outcome> {
-    progress(w.http(), job, "⏳ 영상 생성을 요청하는 중이에요…").await;
+    progress(w.http(), job, replies::progress::VIDEO_REQUESTING).await;
     let task = match minimax.video_create(prompt).await {
         Ok(t) => t,
         Err(e) => return Err(w.fail(job, ctx, COMMAND, &e).await),
@@ -178,8 +175,5 @@ fn not_ours(e: &ProviderError) -> bool {
 
 /// The answer when the video is over the upload limit: a link instead of an attachment.
 fn link_answer(job: &Job, instance: u32, elapsed: u64, url: &str) -> Answer {
-    Answer::text(format!(
-        "🎬 <@{}> 님의 영상이 완성됐어요! 파일이 커서 링크로 보내요: {url}\n(처리 인스턴스 #{instance}, {elapsed}초)",
-        job.user_id
-    ))
+    Answer::text(results::video_linked(job.user_id, instance, elapsed, url))
 }
