@@ -38,6 +38,8 @@ pub struct Setup {
     pub discord: DiscordConfig,
     pub providers: Option<FakeProvidersConfig>,
     pub env: Vec<(String, String)>,
+    /// `RUST_LOG` for the instances.
+    pub rust_log: String,
 }
 
 impl Setup {
@@ -47,6 +49,8 @@ impl Setup {
             discord: DiscordConfig::default(),
             providers: None,
             env: Vec::new(),
+            // Warnings and errors of the instances show up in a failed test's output.
+            rust_log: "warn,keyshard_bot=info,poise=debug".into(),
         }
     }
 
@@ -91,8 +95,7 @@ impl TestCluster {
             dir.clone(),
         );
         cfg.env = setup.env;
-        // Warnings and errors of the instances show up in a failed test's output.
-        cfg.rust_log = "warn,keyshard_bot=info,poise=debug".into();
+        cfg.rust_log = setup.rust_log;
         if let Some(p) = &providers {
             let p = p.clone();
             cfg.instance_env = Some(Arc::new(move |i| p.instance_env(i)));
