@@ -128,7 +128,8 @@ async fn render(
 async fn answer(w: &Worker, job: &Job, minimax: &MiniMax, file: &VideoFile) -> Answer {
     let elapsed = since_created(job).as_secs();
     let link = || link_answer(job, w.instance(), elapsed, &file.download_url);
-    if !file.bytes.is_some_and(|b| b <= job.attachment_limit) {
+    let fits = file.bytes.is_some_and(|b| b <= job.attachment_limit);
+    if !fits {
         return link();
     }
     match minimax.download(&file.download_url).await {
