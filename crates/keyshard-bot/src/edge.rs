@@ -141,6 +141,16 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                 };
                 tell(poise::Context::Application(ctx), text).await;
             }
+            poise::FrameworkError::CommandPanic { ctx, .. } => {
+                // The panic itself is logged by the panic hook (`logging::init`); poise's own
+                // handler would answer in English, so the user reads our internal error.
+                tracing::error!(command = %ctx.command().name, "command panicked");
+                ctx.data()
+                    .metrics
+                    .interactions
+                    .inc(&[&ctx.command().name, "error"]);
+                tell(ctx, replies::INTERNAL).await;
+            }
             poise::FrameworkError::CommandCheckFailed {
                 error: Some(error),
                 ctx,

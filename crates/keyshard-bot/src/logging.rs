@@ -39,6 +39,18 @@ pub fn init() -> LogSecrets {
         .with_ansi(io::stdout().is_terminal())
         .with_writer(ScrubbingWriter::new(io::stdout, scrubber.clone()))
         .init();
+    // The default panic hook writes to stderr directly, past the scrubber; a panic message
+    // quoting a request would carry its token. Through tracing it is scrubbed like any line.
+    std::panic::set_hook(Box::new(|info| {
+        // Captured only when RUST_BACKTRACE asks for it, as the default hook does.
+        let backtrace = std::backtrace::Backtrace::capture();
+        match backtrace.status() {
+            std::backtrace::BacktraceStatus::Captured => {
+                tracing::error!("{info}\nstack backtrace:\n{backtrace}")
+            }
+            _ => tracing::error!("{info}"),
+        }
+    }));
     LogSecrets(scrubber)
 }
 
