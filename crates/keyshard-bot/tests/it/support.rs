@@ -218,6 +218,37 @@ impl TestCluster {
         }
     }
 
+    /// Waits until instance `id` has no job left in its streams (`{c}:jobs:{id}:{kind}`; a done
+    /// job is acknowledged and deleted, so the length is the backlog). A test that kills an
+    /// instance right after seeing its answer waits for this first: the answer goes out a
+    /// moment before the job is acknowledged, and a kill in between leaves the job for a peer
+    /// to run again.
+    pub async fn wait_jobs_done(&self, id: u32) {
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut backlog = 0;
+            for kind in ["chat", "image", "video"] {
+                let len: u64 = redis::cmd("XLEN")
+                    .arg(format!("{}:jobs:{id}:{kind}", self.cluster_name))
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                backlog += len;
+            }
+            if backlog == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} still holds {backlog} jobs"
+            );
+            // Acknowledging takes one Redis round trip after the answer; poll at that pace.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The number of stored turns of a conversation in Redis.
     pub async fn conversation_len(&self, user: u64, channel: u64) -> usize {
         let client = redis::Client::open(self.redis.url()).unwrap();
