@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::daily_store::ClusterDailyStore;
-use crate::edge::{self, Data, EdgeState, DRAIN_TIMEOUT};
+use crate::context::{Data, EdgeState};
+use crate::edge::{self, DRAIN_TIMEOUT};
 use crate::http::{self, Probe};
 use crate::metrics::Metrics;
 use crate::work::{WorkTiming, Worker};

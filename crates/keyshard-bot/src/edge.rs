@@ -1,82 +1,21 @@
 //! The poise framework around the commands: the claim as a framework-wide check, the one place
 //! that turns errors into what a Discord user reads, and the Discord client pointed at Discord
 //! or at `DISCORD_API_BASE`.
+//!
+//! The top of the bot's import graph: `edge → commands → {context, respond, replies}`. Nothing
+//! below names `edge`; what commands and edge both need to answer a user lives in `respond`.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use keyshard_cluster::{ClaimOutcome, Cluster, Jobs, Stats};
-use keyshard_providers::Providers;
-use keyshard_routing::Assignment;
+use keyshard_cluster::ClaimOutcome;
 use poise::serenity_prelude as serenity;
 
+use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::context::{Claimed, Context, Data, Error};
 use crate::redact::redact;
-
-pub type Error = anyhow::Error;
-pub type Context<'a> = poise::Context<'a, Data, Error>;
-
-/// What every command can reach: handles, not logic.
-pub struct Data {
-    pub config: Arc<Config>,
-    pub cluster: Cluster,
-    pub jobs: Jobs,
-    pub stats: Stats,
-    pub providers: Providers,
-    pub metrics: Arc<Metrics>,
-    pub state: Arc<EdgeState>,
-}
-
-/// Lifecycle flags shared by the bot, the HTTP server and the shutdown path.
-#[derive(Default)]
-pub struct EdgeState {
-    /// The gateway session is READY.
-    pub gateway_ready: AtomicBool,
-    /// The slash commands are registered.
-    pub commands_registered: AtomicBool,
-    /// Shutting down: take no new interactions, finish the ones in hand.
-    pub draining: AtomicBool,
-    /// Interactions this instance has claimed and not finished answering.
-    pub in_flight: AtomicUsize,
-}
-
-impl EdgeState {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-}
-
-/// What the claim decided, kept for the command (as poise invocation data): it also counts the
-/// interaction as in flight until the invocation ends, so a draining instance waits for it.
-pub struct Claimed {
-    pub assignment: Assignment,
-    /// The claim decision, the start of the ack latency this instance controls.
-    pub decided_at: Instant,
-    /// How long the claim took when this instance claimed as the owner (one Redis round trip).
-    pub redis_rtt: Option<Duration>,
-    interaction_id: u64,
-    cluster: Cluster,
-    state: Arc<EdgeState>,
-}
-
-impl Drop for Claimed {
-    /// The invocation is over, so the interaction has been acknowledged (or failed beyond
-    /// help): confirm the claim so it no longer lapses, off the acknowledgement's path.
-    fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
-        let (cluster, id) = (self.cluster.clone(), self.interaction_id);
-        tokio::spawn(async move { cluster.confirm(id).await });
-    }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::{replies, respond};
 
 /// The framework-wide check: route and claim. `Ok(false)` means another instance answers.
 fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
@@ -111,17 +50,15 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
                 return Ok(false);
             }
         };
-        data.state.in_flight.fetch_add(1, Ordering::AcqRel);
         data.stats
             .handled(assignment.owner.is_some_and(|o| o != assignment.primary));
-        ctx.set_invocation_data(Claimed {
+        ctx.set_invocation_data(Claimed::new(
             assignment,
-            decided_at: Instant::now(),
             redis_rtt,
-            interaction_id: interaction.id.get(),
-            cluster: data.cluster.clone(),
-            state: data.state.clone(),
-        })
+            interaction.id.get(),
+            data.cluster.clone(),
+            data.state.clone(),
+        ))
         .await;
         data.metrics.interactions.inc(&[command, "answered"]);
         Ok(true)
@@ -158,7 +95,7 @@ pub fn describe(err: &Error) -> String {
 /// Tells the user what went wrong in an ephemeral reply; a reply that cannot be sent is only
 /// logged (the interaction may already be answered or its token dead).
 async fn tell(ctx: Context<'_>, text: &str) {
-    if let Err(e) = crate::commands::queue::reject(ctx, text).await {
+    if let Err(e) = respond::ephemeral(ctx, text).await {
         tracing::debug!(
             "could not tell the user what went wrong: {}",
             redact(&e.to_string())
@@ -185,11 +122,11 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                     .metrics
                     .interactions
                     .inc(&[&ctx.command().name, "error"]);
-                tell(ctx, crate::replies::INTERNAL).await;
+                tell(ctx, replies::INTERNAL).await;
             }
             poise::FrameworkError::ArgumentParse { ctx, error, .. } => {
                 tracing::debug!(command = %ctx.command().name, "argument parse failed: {error}");
-                tell(ctx, crate::replies::INPUT_UNREADABLE).await;
+                tell(ctx, replies::INPUT_UNREADABLE).await;
             }
             poise::FrameworkError::CommandStructureMismatch {
                 ctx, description, ..
@@ -198,11 +135,21 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                 // not resolve (deleted account, not in the guild) or a stale registration.
                 tracing::info!(command = %ctx.command().name, "unreadable options: {description}");
                 let text = if description.contains("User") {
-                    crate::replies::UNKNOWN_USER
+                    replies::UNKNOWN_USER
                 } else {
-                    crate::replies::INPUT_UNREADABLE
+                    replies::INPUT_UNREADABLE
                 };
                 tell(poise::Context::Application(ctx), text).await;
+            }
+            poise::FrameworkError::CommandPanic { ctx, .. } => {
+                // The panic itself is logged by the panic hook (`logging::init`); poise's own
+                // handler would answer in English, so the user reads our internal error.
+                tracing::error!(command = %ctx.command().name, "command panicked");
+                ctx.data()
+                    .metrics
+                    .interactions
+                    .inc(&[&ctx.command().name, "error"]);
+                tell(ctx, replies::INTERNAL).await;
             }
             poise::FrameworkError::CommandCheckFailed {
                 error: Some(error),

@@ -14,7 +14,7 @@ use keyshard_cluster::{Cluster, Jobs};
 use keyshard_providers::Providers;
 use tokio_util::sync::CancellationToken;
 
-use crate::edge::EdgeState;
+use crate::context::EdgeState;
 use crate::metrics::{ClusterSample, Metrics};
 
 /// What the HTTP endpoints read.

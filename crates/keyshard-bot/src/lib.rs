@@ -8,27 +8,40 @@
 //! - [`config`]: the one typed `Config`, from the environment and `.env.multi`.
 //! - [`app`]: `run(config, shutdown)`: wires the cluster handle, the HTTP server and the bot,
 //!   and drains on shutdown.
+//! - [`edge`]: the poise framework: the claim as a framework-wide check, `on_error` (the one
+//!   place errors become Korean messages), the Discord client pointed at Discord or at
+//!   `DISCORD_API_BASE`.
+//! - [`commands`]: the slash commands, one module each: check input, acknowledge, queue.
+//! - [`context`]: `Data`, `Context`, `Error`, `Claimed`, `EdgeState`, shared by all of the above.
+//! - [`respond`]: how an interaction is answered (ephemeral, deferred, public, embed).
 //! - [`daily_store`]: the cluster's Redis counter as the providers' daily request store.
-//! - [`edge`]: the poise framework: the claim as a framework-wide check, error handling, the
-//!   Discord client pointed at Discord or at `DISCORD_API_BASE`.
-//! - [`commands`]: the slash commands, one module each.
 //! - [`work`]: the job handler: provider calls with this instance's keys and delivery.
 //! - [`replies`]: every message a Discord user reads, in Korean.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus series this instance exports.
 //! - [`cli`]: the `status` and `assign` views for operators.
-//! - [`redact`]: keeps interaction tokens out of error text.
+//! - [`logging`]: the tracing setup; every log line passes a scrubber for secrets.
+//! - [`redact`]: the scrubbing itself: known secrets, interaction tokens in fields and URLs.
+//! - [`clock`]: the one reading of the wall clock.
+//!
+//! Imports run one way: `app → edge → commands → {context, respond, replies}`, `work →
+//! {replies, clock, redact}`; `context`, `replies`, `clock`, `redact`, `config` and `metrics`
+//! name no module above them, and nothing but `app` names `edge`.
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod context;
 pub mod daily_store;
 pub mod edge;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod redact;
 pub mod replies;
+pub mod respond;
 pub mod work;
 
 pub use app::run;

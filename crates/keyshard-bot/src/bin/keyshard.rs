@@ -34,18 +34,9 @@ enum Command {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,serenity=warn,poise=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing();
+    let log = keyshard_bot::logging::init();
     // One crypto provider for every TLS client in the process (serenity's and the providers').
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -59,6 +50,7 @@ fn main() -> ExitCode {
         match args.command.unwrap_or(Command::Run) {
             Command::Run => {
                 let config = Config::from_env()?;
+                log.hide(&config);
                 let shutdown = CancellationToken::new();
                 tokio::spawn(signal_shutdown(shutdown.clone()));
                 keyshard_bot::run(config, shutdown).await
@@ -72,7 +64,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keyshard: {e:#}");
+            eprintln!("keyshard: {}", log.scrub(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -2,9 +2,10 @@
 
 use keyshard_cluster::JobKind;
 
-use super::queue::{defer_and_queue, reject};
-use crate::edge::{Context, Error};
+use super::queue::defer_and_queue;
+use crate::context::{Context, Error};
 use crate::replies::check_prompt;
+use crate::respond;
 use crate::work::ChatArgs;
 
 /// The longest question accepted (Discord's option limit is 6,000; a chat turn needs far less).
@@ -33,7 +34,7 @@ pub async fn chat(
 ) -> Result<(), Error> {
     let prompt = match check_prompt(&prompt, MAX_PROMPT) {
         Ok(p) => p,
-        Err(message) => return reject(ctx, message).await,
+        Err(message) => return respond::ephemeral(ctx, message).await,
     };
     let args = ChatArgs {
         prompt,

@@ -3,9 +3,10 @@
 use keyshard_cluster::JobKind;
 
 use super::choice::string_choices;
-use super::queue::{defer_and_queue, reject};
-use crate::edge::{Context, Error};
+use super::queue::defer_and_queue;
+use crate::context::{Context, Error};
 use crate::replies::check_prompt;
+use crate::respond;
 use crate::work::ImageArgs;
 
 /// MiniMax `image-01` takes at most 1,500 characters, the tightest of the three providers.
@@ -59,7 +60,7 @@ pub async fn image(
 ) -> Result<(), Error> {
     let prompt = match check_prompt(&prompt, MAX_PROMPT) {
         Ok(p) => p,
-        Err(message) => return reject(ctx, message).await,
+        Err(message) => return respond::ephemeral(ctx, message).await,
     };
     let args = ImageArgs {
         prompt,

@@ -1,14 +1,18 @@
 //! The slash commands, one module each. Names are Korean (the default Discord shows) with
 //! English localisations; the logic they need lives in the routing, cluster and provider crates.
+//!
+//! A command stays thin: it checks its input, acknowledges, and queues the work (or reads and
+//! shows a view). Its texts come from `replies`, the sending from `respond`, the shared types
+//! from `context`; nothing here names `edge`.
 
-use crate::edge::{Data, Error};
+use crate::context::{Data, Error};
 
-pub mod admin;
+mod admin;
 mod chat;
 mod choice;
 mod image;
 mod ping;
-pub mod queue;
+mod queue;
 mod video;
 
 /// Every command this bot registers.

@@ -1,19 +1,11 @@
-//! What every provider-backed command does after the claim: check the input, acknowledge at
-//! once with a deferred reply, and queue the job on this instance's durable stream.
+//! What every provider-backed command does after its input check: acknowledge at once with a
+//! deferred reply, and queue the job on this instance's durable stream.
 
 use keyshard_cluster::{Job, JobKind};
 use keyshard_routing::created_at_ms;
-use poise::CreateReply;
 
-use crate::edge::{Claimed, Context, Error};
-use crate::replies;
-
-/// Answers the user's own mistake (empty or too long input) with an ephemeral message.
-pub async fn reject(ctx: Context<'_>, message: impl Into<String>) -> Result<(), Error> {
-    ctx.send(CreateReply::default().content(message).ephemeral(true))
-        .await?;
-    Ok(())
-}
+use crate::context::{Context, Error};
+use crate::{replies, respond};
 
 /// Defers the reply (the acknowledgement Discord needs within 3 s) and queues the job.
 pub async fn defer_and_queue(
@@ -24,11 +16,8 @@ pub async fn defer_and_queue(
     let poise::Context::Application(app) = ctx else {
         return Ok(());
     };
-    ctx.defer().await?;
+    respond::defer(ctx).await?;
     let data = ctx.data();
-    if let Some(c) = ctx.invocation_data::<Claimed>().await {
-        data.metrics.ack_latency.observe(c.decided_at.elapsed());
-    }
     let i = app.interaction;
     let job = Job {
         id: i.id.get(),
@@ -47,8 +36,7 @@ pub async fn defer_and_queue(
     };
     if let Err(e) = data.jobs.submit(job).await {
         tracing::error!(interaction = i.id.get(), "could not queue the job: {e}");
-        ctx.send(CreateReply::default().content(replies::QUEUE_FAILED))
-            .await?;
+        respond::fill_deferred(ctx, replies::QUEUE_FAILED).await?;
     }
     Ok(())
 }

@@ -2,9 +2,10 @@
 
 use keyshard_cluster::JobKind;
 
-use super::queue::{defer_and_queue, reject};
-use crate::edge::{Context, Error};
+use super::queue::defer_and_queue;
+use crate::context::{Context, Error};
 use crate::replies::check_prompt;
+use crate::respond;
 use crate::work::VideoArgs;
 
 /// MiniMax video prompts are limited to 2,000 characters.
@@ -28,7 +29,7 @@ pub async fn video(
 ) -> Result<(), Error> {
     let prompt = match check_prompt(&prompt, MAX_PROMPT) {
         Ok(p) => p,
-        Err(message) => return reject(ctx, message).await,
+        Err(message) => return respond::ephemeral(ctx, message).await,
     };
     defer_and_queue(
         ctx,

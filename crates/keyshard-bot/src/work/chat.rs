@@ -77,7 +77,7 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
         .stats
         .provider_request(ProviderKind::OpenAi.as_str());
     if text.trim().is_empty() {
-        text = "(답변이 비어 있어요)".into();
+        text = replies::results::EMPTY_CHAT_ANSWER.into();
     }
     // Saved before the answer is shown, so a follow-up question typed right after it (maybe
     // served by another instance) already sees this turn.

@@ -11,8 +11,8 @@ use serenity::{
     CreateMessage, EditInteractionResponse,
 };
 
+use crate::clock::unix_ms;
 use crate::replies::split_message;
-use crate::work::unix_ms;
 
 /// Discord's message content limit, in characters.
 pub const MESSAGE_LIMIT: usize = 2_000;

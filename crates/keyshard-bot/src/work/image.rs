@@ -10,7 +10,7 @@ use poise::serenity_prelude as serenity;
 
 use super::deliver::{progress, Answer};
 use super::{args, since_created, ImageArgs, Worker};
-use crate::replies;
+use crate::replies::{self, results};
 
 const COMMAND: &str = "image";
 
@@ -61,7 +61,7 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
         .as_deref()
         .and_then(AspectRatio::parse)
         .unwrap_or_default();
-    progress(w.http(), job, "⏳ 이미지를 그리는 중이에요…").await;
+    progress(w.http(), job, replies::progress::IMAGE_DRAWING).await;
     let started = Instant::now();
     let image = match w.providers().image(&a.prompt, ratio, &order).await {
         Ok(img) => img,
@@ -69,24 +69,17 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
     };
     w.inner.stats.provider_request(image.provider.as_str());
     let filename = format!("keyshard-{}.{}", job.id, image.extension());
-    let embed = serenity::CreateEmbed::new()
-        .title("🎨 이미지 생성 완료")
-        .description(truncate(&a.prompt, 1_000))
-        .field("제공사", image.provider.to_string(), true)
-        .field("비율", ratio.as_ratio(), true)
-        .field("처리 인스턴스", format!("#{}", w.instance()), true)
-        .field(
-            "소요 시간",
-            format!(
-                "{:.1}초 (생성 {:.1}초)",
-                since_created(job).as_secs_f64(),
-                started.elapsed().as_secs_f64()
-            ),
-            true,
-        )
-        .image(format!("attachment://{filename}"));
+    let embed = results::image_embed(&results::ImageDone {
+        prompt: &a.prompt,
+        provider: image.provider.to_string(),
+        ratio: ratio.as_ratio(),
+        instance: w.instance(),
+        total: since_created(job),
+        generation: started.elapsed(),
+        filename: &filename,
+    });
     let answer = Answer {
-        text: format!("<@{}> 님의 이미지예요.", job.user_id),
+        text: results::image_caption(job.user_id),
         embed: Some(embed),
         files: vec![serenity::CreateAttachment::bytes(
             image.bytes.to_vec(),
@@ -127,16 +120,6 @@ pub fn balanced(budget: &[keyshard_providers::LaneBudget], draw: f64) -> Vec<Pro
         }
     }
     order
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(max - 1).collect();
-        t.push('…');
-        t
-    }
 }
 
 #[cfg(test)]

@@ -11,13 +11,14 @@ pub mod image;
 pub mod video;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use keyshard_cluster::{Job, JobContext, JobHandler, JobKind, Memory, Outcome, Stats};
 use keyshard_providers::{ErrorClass, ProviderError, Providers};
 use poise::serenity_prelude as serenity;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::unix_ms;
 use crate::replies;
 use deliver::Answer;
 
@@ -235,13 +236,6 @@ impl JobHandler for Worker {
             }
         })
     }
-}
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Time since the interaction was created (the user's wait).

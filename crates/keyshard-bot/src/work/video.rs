@@ -13,12 +13,15 @@
 use std::time::Instant;
 
 use keyshard_cluster::{Job, JobContext, Outcome};
-use keyshard_providers::{ErrorClass, ProviderError, ProviderKind, VideoStatus, VideoTaskId};
+use keyshard_providers::{
+    ErrorClass, MiniMax, ProviderError, ProviderKind, VideoFile, VideoStatus, VideoTaskId,
+};
 use poise::serenity_prelude as serenity;
 
 use super::deliver::{progress, Answer};
 use super::{args, since_created, VideoArgs, Worker};
-use crate::replies;
+use crate::replies::progress::VideoPhase;
+use crate::replies::{self, results};
 
 const COMMAND: &str = "video";
 
@@ -33,6 +36,30 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
             .unconfigured(job, ctx, COMMAND, ProviderKind::MiniMax)
             .await;
     };
+    let file_id = match render(w, job, ctx, &minimax, &a.prompt).await {
+        Ok(id) => id,
+        Err(outcome) => return outcome,
+    };
+    let file = match minimax.video_file(&file_id).await {
+        Ok(f) => f,
+        Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+    };
+    w.inner
+        .stats
+        .provider_request(ProviderKind::MiniMax.as_str());
+    let answer = answer(w, job, &minimax, &file).await;
+    w.finish(job, ctx, COMMAND, true, answer).await
+}
+
+/// Resumes the task an earlier run saved, or starts one, and polls it until the provider has
+/// the file (its id); `Err` is the job's outcome when it ended otherwise.
+async fn render(
+    w: &Worker,
+    job: &Job,
+    ctx: &JobContext,
+    minimax: &MiniMax,
+    prompt: &str,
+) -> Result<String, Outcome> {
     let own_key = minimax.key_fingerprint();
     let saved = ctx.load_state(job.id).await.and_then(|s| {
         let task = VideoTaskId(s.get("task_id")?.as_str()?.to_owned());
@@ -52,15 +79,12 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
             );
             task
         }
-        None => match start(w, job, ctx, &minimax, &own_key, &a.prompt).await {
-            Ok(t) => t,
-            Err(outcome) => return outcome,
-        },
+        None => start(w, job, ctx, minimax, &own_key, prompt).await?,
     };
 
     let started = Instant::now();
     let timing = w.inner.timing;
-    let file_id = loop {
+    loop {
         let status = match minimax.video_poll(&task).await {
             Ok(s) => s,
             Err(e) if foreign && not_ours(&e) => {
@@ -70,31 +94,21 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
                     "the saved video task belongs to another MiniMax key; starting it again with this one"
                 );
                 foreign = false;
-                task = match start(w, job, ctx, &minimax, &own_key, &a.prompt).await {
-                    Ok(t) => t,
-                    Err(outcome) => return outcome,
-                };
+                task = start(w, job, ctx, minimax, &own_key, prompt).await?;
                 continue;
             }
-            Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+            Err(e) => return Err(w.fail(job, ctx, COMMAND, &e).await),
         };
         foreign = false;
         let phase = match status {
-            VideoStatus::Success { file_id } => break file_id,
+            VideoStatus::Success { file_id } => return Ok(file_id),
             VideoStatus::Failed(msg) => {
                 tracing::warn!(job = job.id, "the video task failed at the provider: {msg}");
-                return w
-                    .finish(
-                        job,
-                        ctx,
-                        COMMAND,
-                        false,
-                        Answer::text(replies::VIDEO_FAILED),
-                    )
-                    .await;
+                let answer = Answer::text(replies::VIDEO_FAILED);
+                return Err(w.finish(job, ctx, COMMAND, false, answer).await);
             }
-            VideoStatus::Preparing | VideoStatus::Queueing => "대기 중",
-            VideoStatus::Processing => "생성 중",
+            VideoStatus::Preparing | VideoStatus::Queueing => VideoPhase::Queued,
+            VideoStatus::Processing => VideoPhase::Rendering,
         };
         if started.elapsed() > timing.video_deadline {
             let e = ProviderError::new(
@@ -102,42 +116,33 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
                 ErrorClass::Retryable,
                 "the video task did not finish in time",
             );
-            return w.fail(job, ctx, COMMAND, &e).await;
+            return Err(w.fail(job, ctx, COMMAND, &e).await);
         }
-        let text = format!("⏳ 영상 {phase}… (경과 {}초)", since_created(job).as_secs());
+        let text = replies::progress::video(phase, since_created(job).as_secs());
         progress(w.http(), job, &text).await;
         tokio::time::sleep(timing.video_poll).await;
-    };
+    }
+}
 
-    let file = match minimax.video_file(&file_id).await {
-        Ok(f) => f,
-        Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
-    };
-    w.inner
-        .stats
-        .provider_request(ProviderKind::MiniMax.as_str());
+/// The finished video: attached when it fits the interaction's upload limit, else linked.
+async fn answer(w: &Worker, job: &Job, minimax: &MiniMax, file: &VideoFile) -> Answer {
     let elapsed = since_created(job).as_secs();
+    let link = || link_answer(job, w.instance(), elapsed, &file.download_url);
     let fits = file.bytes.is_some_and(|b| b <= job.attachment_limit);
-    let answer = if fits {
-        match minimax.download(&file.download_url).await {
-            Ok(bytes) if bytes.len() as u64 <= job.attachment_limit => Answer {
-                text: format!(
-                    "🎬 <@{}> 님의 영상이 완성됐어요! (처리 인스턴스 #{}, {elapsed}초)",
-                    job.user_id,
-                    w.instance()
-                ),
-                embed: None,
-                files: vec![serenity::CreateAttachment::bytes(
-                    bytes.to_vec(),
-                    format!("keyshard-{}.mp4", job.id),
-                )],
-            },
-            Ok(_) | Err(_) => link_answer(job, w.instance(), elapsed, &file.download_url),
-        }
-    } else {
-        link_answer(job, w.instance(), elapsed, &file.download_url)
-    };
-    w.finish(job, ctx, COMMAND, true, answer).await
+    if !fits {
+        return link();
+    }
+    match minimax.download(&file.download_url).await {
+        Ok(bytes) if bytes.len() as u64 <= job.attachment_limit => Answer {
+            text: results::video_attached(job.user_id, w.instance(), elapsed),
+            embed: None,
+            files: vec![serenity::CreateAttachment::bytes(
+                bytes.to_vec(),
+                format!("keyshard-{}.mp4", job.id),
+            )],
+        },
+        Ok(_) | Err(_) => link(),
+    }
 }
 
 /// Creates the task with this instance's key and saves its id with the job.
@@ -145,11 +150,11 @@ async fn start(
     w: &Worker,
     job: &Job,
     ctx: &JobContext,
-    minimax: &keyshard_providers::MiniMax,
+    minimax: &MiniMax,
     own_key: &str,
     prompt: &str,
 ) -> Result<VideoTaskId, Outcome> {
-    progress(w.http(), job, "⏳ 영상 생성을 요청하는 중이에요…").await;
+    progress(w.http(), job, replies::progress::VIDEO_REQUESTING).await;
     let task = match minimax.video_create(prompt).await {
         Ok(t) => t,
         Err(e) => return Err(w.fail(job, ctx, COMMAND, &e).await),
@@ -178,8 +183,5 @@ fn not_ours(e: &ProviderError) -> bool {
 
 /// The answer when the video is over the upload limit: a link instead of an attachment.
 fn link_answer(job: &Job, instance: u32, elapsed: u64, url: &str) -> Answer {
-    Answer::text(format!(
-        "🎬 <@{}> 님의 영상이 완성됐어요! 파일이 커서 링크로 보내요: {url}\n(처리 인스턴스 #{instance}, {elapsed}초)",
-        job.user_id
-    ))
+    Answer::text(results::video_linked(job.user_id, instance, elapsed, url))
 }

@@ -77,7 +77,9 @@ async fn chat_streams_splits_and_remembers_across_instances() {
     assert_eq!(c.conversation_len(user, SIM_CHANNEL_ID).await, 2);
 
     // The primary goes away; the next turn is served by instance 3 and continues the same
-    // conversation from Redis.
+    // conversation from Redis. (Killed once its job is acknowledged: a job killed between its
+    // answer and its acknowledgement is rescued and run again, which saves the turn twice.)
+    c.wait_jobs_done(2).await;
     c.procs.kill(2).await.unwrap();
     let r = c
         .ask(InteractionSpec::guild("채팅", user).string("질문", "더 알려줘"))

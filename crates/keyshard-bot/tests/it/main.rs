@@ -2,6 +2,7 @@
 //! Discord of `keyshard-sim`.
 
 mod commands;
+mod logs;
 mod ping;
 mod scenarios;
 mod support;

@@ -38,6 +38,8 @@ pub struct Setup {
     pub discord: DiscordConfig,
     pub providers: Option<FakeProvidersConfig>,
     pub env: Vec<(String, String)>,
+    /// `RUST_LOG` for the instances.
+    pub rust_log: String,
 }
 
 impl Setup {
@@ -47,6 +49,8 @@ impl Setup {
             discord: DiscordConfig::default(),
             providers: None,
             env: Vec::new(),
+            // Warnings and errors of the instances show up in a failed test's output.
+            rust_log: "warn,keyshard_bot=info,poise=debug".into(),
         }
     }
 
@@ -91,8 +95,7 @@ impl TestCluster {
             dir.clone(),
         );
         cfg.env = setup.env;
-        // Warnings and errors of the instances show up in a failed test's output.
-        cfg.rust_log = "warn,keyshard_bot=info,poise=debug".into();
+        cfg.rust_log = setup.rust_log;
         if let Some(p) = &providers {
             let p = p.clone();
             cfg.instance_env = Some(Arc::new(move |i| p.instance_env(i)));
@@ -212,6 +215,37 @@ impl TestCluster {
                 "statistics never counted {n} {command} (saw {done})"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until instance `id` has no job left in its streams (`{c}:jobs:{id}:{kind}`; a done
+    /// job is acknowledged and deleted, so the length is the backlog). A test that kills an
+    /// instance right after seeing its answer waits for this first: the answer goes out a
+    /// moment before the job is acknowledged, and a kill in between leaves the job for a peer
+    /// to run again.
+    pub async fn wait_jobs_done(&self, id: u32) {
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut backlog = 0;
+            for kind in ["chat", "image", "video"] {
+                let len: u64 = redis::cmd("XLEN")
+                    .arg(format!("{}:jobs:{id}:{kind}", self.cluster_name))
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                backlog += len;
+            }
+            if backlog == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} still holds {backlog} jobs"
+            );
+            // Acknowledging takes one Redis round trip after the answer; poll at that pace.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

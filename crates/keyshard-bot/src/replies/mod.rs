@@ -2,11 +2,29 @@
 //! with ⚠️ (the simulator counts such final answers as failed); progress edits of a deferred
 //! reply start with ⏳ or end with the streaming cursor, so they are never taken for the
 //! final answer.
+//!
+//! - this file: the error messages, the input checks, and [`reason`] (the one wording of each
+//!   routing [`Reason`], used by `/핑` and `/할당` alike);
+//! - [`ping`]: `/핑`'s answer;
+//! - [`admin`]: the admin views (`/로드밸런서`, `/할당`, `/성능`);
+//! - [`progress`]: the edits of a deferred reply while a job runs;
+//! - [`results`]: the final answers of jobs.
+//!
+//! A leaf of the bot's import graph: it renders plain data and names no other bot module.
+//! Slash command and option names and descriptions are the one exception: poise reads them
+//! as literals in the `#[poise::command]` attributes of `commands/*`.
+
+pub mod admin;
+pub mod ping;
+pub mod progress;
+pub mod results;
 
 use keyshard_providers::{ErrorClass, ProviderError, ProviderKind};
+use keyshard_routing::Reason;
+
+pub use progress::CURSOR;
 
 pub const ERROR_PREFIX: &str = "⚠️";
-pub const CURSOR: &str = " ▌";
 
 pub const EMPTY_PROMPT: &str = "⚠️ 내용을 입력해 주세요. 빈 요청은 처리할 수 없어요.";
 pub const ADMIN_ONLY: &str = "⚠️ 관리자만 사용할 수 있는 명령어예요.";
@@ -19,6 +37,25 @@ pub const VIDEO_FAILED: &str =
     "⚠️ 영상 생성에 실패했어요. 제공사가 작업을 끝내지 못했어요. 표현을 바꿔 다시 시도해 주세요.";
 pub const STATS_UNAVAILABLE: &str =
     "⚠️ 지금은 클러스터 통계를 읽을 수 없어요 (Redis 연결 끊김). 잠시 후 다시 시도해 주세요.";
+
+/// Why an instance serves a user: the one wording of each routing decision, shown by `/핑`
+/// (when another instance answered) and by `/할당`.
+pub fn reason(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Primary => "기본 인스턴스가 정상이라 그대로 맡아요",
+        Reason::PrimaryDown => "기본 인스턴스가 응답하지 않아 다음 인스턴스가 맡아요",
+        Reason::PrimaryOverloaded => "기본 인스턴스가 과부하라 다음 인스턴스가 맡아요",
+        Reason::AllOverloaded => "모든 인스턴스가 바빠 대기 시간이 가장 짧은 인스턴스가 맡아요",
+        Reason::NoneAlive => {
+            "살아 있는 인스턴스를 확인할 수 없어 기본 인스턴스 규칙(정적 규칙)으로 맡아요"
+        }
+    }
+}
+
+/// Seconds with one decimal, as the views show durations: `1.5초`.
+pub fn secs(ms: u64) -> String {
+    format!("{:.1}초", ms as f64 / 1000.0)
+}
 
 pub fn too_long(max: usize) -> String {
     format!("⚠️ 입력이 너무 길어요. {max}자 이하로 줄여 주세요.")
@@ -110,6 +147,20 @@ mod tests {
         let joined: String = parts.join("\n");
         assert_eq!(joined.replace('\n', ""), text.replace('\n', ""));
         assert_eq!(split_message("짧음", 2000), vec!["짧음".to_string()]);
+    }
+
+    #[test]
+    fn every_reason_has_its_own_wording() {
+        let all = [
+            Reason::Primary,
+            Reason::PrimaryDown,
+            Reason::PrimaryOverloaded,
+            Reason::AllOverloaded,
+            Reason::NoneAlive,
+        ];
+        let texts: std::collections::HashSet<_> = all.iter().map(|r| reason(*r)).collect();
+        assert_eq!(texts.len(), all.len());
+        assert!(reason(Reason::Primary).contains("그대로 맡아요"));
     }
 
     #[test]

@@ -1,0 +1,273 @@
+//! The admin views: `/로드밸런서` (every instance), `/할당` (who serves a user, and why) and
+//! `/성능` (throughput, latency, key use). Each renders the cluster crate's plain data
+//! (`ClusterStatus`, `AssignReport`, `Window`, the published key budgets) into an embed.
+
+use std::collections::BTreeMap;
+
+use keyshard_cluster::{AssignReport, ClusterStatus, InstanceId, Window};
+use poise::serenity_prelude as serenity;
+
+use super::{reason, secs};
+
+/// `/로드밸런서`: every instance with its state, heartbeat, load, recent work and key budget.
+/// `me` is the instance answering; `window` covers the last five minutes.
+pub fn load_balancer(
+    me: InstanceId,
+    status: &ClusterStatus,
+    window: &Window,
+    info: &BTreeMap<InstanceId, serde_json::Value>,
+) -> serenity::CreateEmbed {
+    let mut embed = serenity::CreateEmbed::new()
+        .title(format!(
+            "⚖️ 로드밸런서 — {} (인스턴스 {}개)",
+            status.cluster_name, status.instance_count
+        ))
+        .description(format!(
+            "응답: 인스턴스 #{me} · 과부하 기준: 예상 대기 {}",
+            secs(status.max_wait_ms)
+        ));
+    for s in &status.instances {
+        let state = match (s.alive, s.overloaded || s.draining) {
+            (false, _) => "🔴 다운",
+            (true, true) => "🟠 과부하",
+            (true, false) => "🟢 정상",
+        };
+        let heartbeat = s
+            .heartbeat_age_ms
+            .map_or("없음".to_owned(), |ms| format!("{} 전", secs(ms)));
+        let budget = budget_line(info.get(&s.id));
+        embed = embed.field(
+            format!("#{} {state}", s.id),
+            format!(
+                "하트비트 {heartbeat} · 대기 {} · 처리 중 {}\n최근 5분 처리 {} · 대신 처리 {}\n키 잔량: {budget}",
+                s.queue_depth,
+                s.in_flight,
+                window.handled(s.id),
+                window.takeovers(s.id),
+            ),
+            false,
+        );
+    }
+    embed
+}
+
+/// `openai/chat 480/500 · minimax/images 9/10`, from an instance's published budget.
+fn budget_line(info: Option<&serde_json::Value>) -> String {
+    let Some(lanes) = info.and_then(|i| i["budget"].as_array()) else {
+        return "알 수 없음".into();
+    };
+    let parts: Vec<String> = lanes
+        .iter()
+        .map(|l| {
+            format!(
+                "{}/{} {}/{}",
+                l["provider"].as_str().unwrap_or("?"),
+                l["lane"].as_str().unwrap_or("?"),
+                l["requests_remaining"].as_u64().unwrap_or(0),
+                l["requests_limit"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        "키 없음".into()
+    } else {
+        parts.join(" · ")
+    }
+}
+
+/// `/할당`: the user's primary, the instance serving them now, why, and their ladder.
+pub fn assignment(user_name: &str, report: &AssignReport) -> serenity::CreateEmbed {
+    let ladder: Vec<String> = report
+        .ladder
+        .iter()
+        .map(|r| match (r.alive, r.overloaded) {
+            (false, _) => format!("#{} 다운", r.id),
+            (true, true) => format!("#{} 과부하({})", r.id, secs(r.estimated_wait_ms)),
+            (true, false) => format!("#{} 정상", r.id),
+        })
+        .collect();
+    let owner = report.owner.map_or("없음".to_owned(), |o| format!("#{o}"));
+    serenity::CreateEmbed::new()
+        .title(format!("🧭 {user_name} 님의 담당 인스턴스"))
+        .field("기본 인스턴스", format!("#{}", report.primary), true)
+        .field("현재 담당", owner, true)
+        .field("이유", reason(report.reason), false)
+        .field("순서", ladder.join(" → "), false)
+}
+
+fn per_min(n: u64, w: &Window) -> f64 {
+    n as f64 / w.minutes as f64
+}
+
+/// `/성능`: completions per instance, requests per provider (per minute over the last 1, 5 and
+/// 60 minutes), latency per command, key use and the measured capacity multiple.
+pub fn performance(
+    count: u32,
+    [w1, w5, w60]: [&Window; 3],
+    info: &BTreeMap<InstanceId, serde_json::Value>,
+) -> serenity::CreateEmbed {
+    let mut by_instance = Vec::new();
+    for id in 1..=count {
+        by_instance.push(format!(
+            "#{id}: {:.1} / {:.1} / {:.1}",
+            per_min(w1.completed_by(id), w1),
+            per_min(w5.completed_by(id), w5),
+            per_min(w60.completed_by(id), w60),
+        ));
+    }
+    let mut by_provider: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    for (i, w) in [w1, w5, w60].into_iter().enumerate() {
+        for ((_, provider), n) in w.provider_requests() {
+            by_provider.entry(provider).or_default()[i] += n;
+        }
+    }
+    let providers: Vec<String> = by_provider
+        .iter()
+        .map(|(p, n)| {
+            format!(
+                "{p}: {:.1} / {:.1} / {:.1}",
+                per_min(n[0], w1),
+                per_min(n[1], w5),
+                per_min(n[2], w60)
+            )
+        })
+        .collect();
+    let latency: Vec<String> = w60
+        .commands()
+        .iter()
+        .map(|c| {
+            let q = |q| {
+                w60.latency_quantile_ms(c, q).map_or("-".to_owned(), |ms| {
+                    if ms == u64::MAX {
+                        "300초+".into()
+                    } else {
+                        secs(ms)
+                    }
+                })
+            };
+            format!("{c}: p50 ≤ {} · p95 ≤ {}", q(0.5), q(0.95))
+        })
+        .collect();
+    let utilisation: Vec<String> = key_use(w1, info)
+        .into_iter()
+        .map(|(id, provider, percent)| format!("#{id} {provider}: {percent:.0}%"))
+        .collect();
+    let multiple = match capacity_multiple(w5) {
+        Some(m) => format!("{m:.2}배 (인스턴스 {count}개 중)"),
+        None => "측정 전".into(),
+    };
+    let or_none = |v: Vec<String>| {
+        if v.is_empty() {
+            "아직 없음".to_owned()
+        } else {
+            v.join("\n")
+        }
+    };
+    serenity::CreateEmbed::new()
+        .title("📈 성능 (분당 처리량: 1분 / 5분 / 60분)")
+        .field("인스턴스별 완료", or_none(by_instance), false)
+        .field("제공사별 요청", or_none(providers), false)
+        .field("명령별 지연 (60분)", or_none(latency), false)
+        .field("키 사용률 (1분)", or_none(utilisation), false)
+        .field("키 세트 대비 용량 배수 (5분)", multiple, false)
+}
+
+/// Key use over the last minute: each instance's provider requests against its key's limit,
+/// in percent; providers whose limit is unknown are left out.
+fn key_use(
+    w1: &Window,
+    info: &BTreeMap<InstanceId, serde_json::Value>,
+) -> Vec<(InstanceId, String, f64)> {
+    let mut out = Vec::new();
+    for ((id, provider), n) in w1.provider_requests() {
+        let limit: u64 = info
+            .get(&id)
+            .and_then(|i| i["budget"].as_array())
+            .map(|lanes| {
+                lanes
+                    .iter()
+                    .filter(|l| l["provider"].as_str() == Some(provider.as_str()))
+                    .filter_map(|l| {
+                        let limit = l["requests_limit"].as_f64()?;
+                        let window = l["window_secs"].as_f64().filter(|w| *w > 0.0)?;
+                        Some((limit * 60.0 / window) as u64)
+                    })
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        if limit > 0 {
+            out.push((id, provider, 100.0 * n as f64 / limit as f64));
+        }
+    }
+    out
+}
+
+/// The measured multiple over one key set: all provider requests of the window over those of
+/// the busiest single instance (N when the load is spread evenly); `None` before any request.
+fn capacity_multiple(w5: &Window) -> Option<f64> {
+    let mut per_instance: BTreeMap<InstanceId, u64> = BTreeMap::new();
+    for ((id, _), n) in w5.provider_requests() {
+        *per_instance.entry(id).or_default() += n;
+    }
+    let total: u64 = per_instance.values().sum();
+    let busiest = per_instance.values().copied().max().unwrap_or(0);
+    (busiest > 0).then(|| total as f64 / busiest as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use keyshard_cluster::{LadderRung, Reason};
+
+    use super::*;
+
+    fn embed_json(e: serenity::CreateEmbed) -> String {
+        serde_json::to_string(&e).unwrap()
+    }
+
+    #[test]
+    fn assignment_names_the_reason_in_the_shared_wording() {
+        let report = AssignReport {
+            user: 7,
+            primary: 2,
+            owner: Some(3),
+            reason: Reason::PrimaryDown,
+            reason_text: String::new(),
+            ladder: vec![
+                LadderRung {
+                    id: 2,
+                    alive: false,
+                    overloaded: false,
+                    estimated_wait_ms: 0,
+                },
+                LadderRung {
+                    id: 3,
+                    alive: true,
+                    overloaded: true,
+                    estimated_wait_ms: 1_500,
+                },
+            ],
+        };
+        let json = embed_json(assignment("고양이", &report));
+        assert!(json.contains("🧭 고양이 님의 담당 인스턴스"), "{json}");
+        assert!(json.contains(reason(Reason::PrimaryDown)), "{json}");
+        assert!(json.contains("#2 다운 → #3 과부하(1.5초)"), "{json}");
+    }
+
+    #[test]
+    fn budget_lines_say_what_is_known() {
+        assert_eq!(budget_line(None), "알 수 없음");
+        assert_eq!(
+            budget_line(Some(&serde_json::json!({"budget": []}))),
+            "키 없음"
+        );
+        let info = serde_json::json!({"budget": [
+            {"provider": "openai", "lane": "chat", "requests_remaining": 480, "requests_limit": 500},
+            {"provider": "minimax", "lane": "images", "requests_remaining": 9, "requests_limit": 10},
+        ]});
+        assert_eq!(
+            budget_line(Some(&info)),
+            "openai/chat 480/500 · minimax/images 9/10"
+        );
+    }
+}

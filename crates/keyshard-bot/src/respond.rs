@@ -1,0 +1,55 @@
+//! Answering the interaction in hand, for the commands and for `edge::on_error`: an ephemeral
+//! message, a deferred reply, a public message, an embed only the caller sees. Acknowledgements
+//! that a user waits on record their latency from the claim decision ([`Claimed`]).
+//!
+//! The texts come from `replies`; this module only says how they are sent.
+
+use poise::serenity_prelude as serenity;
+use poise::CreateReply;
+
+use crate::context::{Claimed, Context, Error};
+
+/// A message only the caller sees (a mistake in their input, a refusal, an error).
+pub async fn ephemeral(ctx: Context<'_>, text: impl Into<String>) -> Result<(), Error> {
+    ctx.send(CreateReply::default().content(text).ephemeral(true))
+        .await?;
+    Ok(())
+}
+
+/// An embed only the caller sees (the admin views).
+pub async fn ephemeral_embed(ctx: Context<'_>, embed: serenity::CreateEmbed) -> Result<(), Error> {
+    ctx.send(CreateReply::default().embed(embed).ephemeral(true))
+        .await?;
+    Ok(())
+}
+
+/// Defers the reply: the acknowledgement Discord needs within 3 s for work that takes longer.
+/// The answer comes later as an edit of this reply.
+pub async fn defer(ctx: Context<'_>) -> Result<(), Error> {
+    ctx.defer().await?;
+    observe_ack(ctx).await;
+    Ok(())
+}
+
+/// A public message that answers the interaction at once.
+pub async fn say(ctx: Context<'_>, text: impl Into<String>) -> Result<(), Error> {
+    ctx.say(text).await?;
+    observe_ack(ctx).await;
+    Ok(())
+}
+
+/// After [`defer`]: fills the deferred reply with `text` (visible as the final answer).
+pub async fn fill_deferred(ctx: Context<'_>, text: impl Into<String>) -> Result<(), Error> {
+    ctx.send(CreateReply::default().content(text)).await?;
+    Ok(())
+}
+
+/// Counts the acknowledgement's latency from the claim decision.
+async fn observe_ack(ctx: Context<'_>) {
+    if let Some(c) = ctx.invocation_data::<Claimed>().await {
+        ctx.data()
+            .metrics
+            .ack_latency
+            .observe(c.decided_at.elapsed());
+    }
+}
