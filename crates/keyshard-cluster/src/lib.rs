@@ -52,7 +52,9 @@ pub use cluster::{ClaimOutcome, Cluster, BACKGROUND_BUDGET, CLAIM_BUDGET};
 pub use config::{ClusterConfig, Load};
 pub use error::{redact_url, ClusterError};
 pub use heartbeat::Heartbeat;
-pub use jobs::{Job, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome};
+pub use jobs::{
+    Job, JobArgs, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome, UnreadableJob,
+};
 pub use ledger::LedgerStream;
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
