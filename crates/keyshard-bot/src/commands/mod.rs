@@ -3,7 +3,9 @@
 //!
 //! A command stays thin: it checks its input, acknowledges, and queues the work (or reads and
 //! shows a view). Its texts come from `replies`, the sending from `respond`, the shared types
-//! from `context`; nothing here names `edge`.
+//! from `context`; nothing here names `edge`. Option choices and job arguments are
+//! `keyshard-types`' enums and structs (choices through `choice::Choice`), the very values
+//! the job carries to `work`, which nothing here names either.
 
 use crate::context::{Data, Error};
 

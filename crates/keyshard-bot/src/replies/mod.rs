@@ -174,5 +174,6 @@ mod tests {
             assert!(provider_failed(&e).starts_with(ERROR_PREFIX));
         }
         assert!(not_configured(ProviderKind::MiniMax).starts_with(ERROR_PREFIX));
+        assert!(JOB_UNREADABLE.starts_with(ERROR_PREFIX));
     }
 }

@@ -75,7 +75,7 @@ impl Jobs {
                     self.finish(job, outcome).await;
                 }
                 Work::Unreadable(job) => {
-                    tracing::warn!(job = job.id, "{}", job.args);
+                    // The handler logs it (the default does nothing else).
                     handler.unreadable(job, ctx).await;
                     // Answered (with an error): a completion like any other, so the
                     // backlog and the service rate stay true.
