@@ -10,8 +10,8 @@ use keyshard_providers::Providers;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::daily_store::ClusterDailyStore;
 use crate::context::{Data, EdgeState};
+use crate::daily_store::ClusterDailyStore;
 use crate::edge::{self, DRAIN_TIMEOUT};
 use crate::http::{self, Probe};
 use crate::metrics::Metrics;

@@ -15,7 +15,9 @@
 //!   [`ClusterStatus`], [`AssignReport`]).
 //! - [`jobs`]: durable jobs on per-instance Redis Streams, workers, rescue of a dead peer's
 //!   jobs, stealing a waiting job, idempotent delivery ([`Jobs`], [`Job`], [`JobHandler`]);
-//!   a folder whose `mod.rs` lists its parts.
+//!   a folder whose `mod.rs` lists its parts. A job's arguments are `keyshard-types`'
+//!   [`JobArgs`], decoded once when the entry is read; one that does not decode is an
+//!   [`UnreadableJob`] for the handler to answer.
 //! - [`memory`]: conversation memory per user and channel ([`Memory`]).
 //! - [`ledger`]: the Redis side of the usage ledger's durable buffer, a stream per instance
 //!   ([`LedgerStream`]); the rows and the Postgres side live in `keyshard-ledger`.
@@ -52,7 +54,9 @@ pub use cluster::{ClaimOutcome, Cluster, BACKGROUND_BUDGET, CLAIM_BUDGET};
 pub use config::{ClusterConfig, Load};
 pub use error::{redact_url, ClusterError};
 pub use heartbeat::Heartbeat;
-pub use jobs::{Job, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome};
+pub use jobs::{
+    Job, JobArgs, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome, UnreadableJob,
+};
 pub use ledger::LedgerStream;
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};

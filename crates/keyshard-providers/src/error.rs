@@ -5,37 +5,10 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Which provider an error, a budget or a statistic belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    OpenAi,
-    MiniMax,
-    Stability,
-}
-
-impl ProviderKind {
-    pub const ALL: [ProviderKind; 3] = [
-        ProviderKind::OpenAi,
-        ProviderKind::MiniMax,
-        ProviderKind::Stability,
-    ];
-
-    /// Lower-case name, used in Redis keys, metrics labels and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::OpenAi => "openai",
-            ProviderKind::MiniMax => "minimax",
-            ProviderKind::Stability => "stability",
-        }
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Which provider an error, a budget or a statistic belongs to. Defined in `keyshard-types`
+/// (the bot's `/이미지` choices and the image job name the same enum) and re-exported here,
+/// so `keyshard_providers::ProviderKind` keeps working.
+pub use keyshard_types::ProviderKind;
 
 /// What the caller should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

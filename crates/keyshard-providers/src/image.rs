@@ -1,5 +1,10 @@
 //! What every image provider takes and gives: [`AspectRatio`] in, [`GeneratedImage`] out.
 //!
+//! [`AspectRatio`] is defined in `keyshard-types`, because the `/이미지` option and the image
+//! job name the same values; what each provider makes of a ratio is its own module's
+//! knowledge (MiniMax and Stability take the `W:H` string, OpenAI a size:
+//! [`openai::size_for`](crate::openai::size_for)).
+//!
 //! The provider modules import these types; this module imports no provider (the fallback
 //! over providers is `clients`).
 
@@ -7,55 +12,7 @@ use bytes::Bytes;
 
 use crate::error::{ErrorClass, ProviderError, ProviderKind};
 
-/// The shapes every provider can produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum AspectRatio {
-    #[default]
-    #[serde(rename = "1:1")]
-    Square,
-    #[serde(rename = "16:9")]
-    Landscape,
-    #[serde(rename = "9:16")]
-    Portrait,
-    #[serde(rename = "3:2")]
-    Photo,
-    #[serde(rename = "2:3")]
-    PhotoPortrait,
-}
-
-impl AspectRatio {
-    /// The `W:H` string MiniMax and Stability take.
-    pub fn as_ratio(self) -> &'static str {
-        match self {
-            AspectRatio::Square => "1:1",
-            AspectRatio::Landscape => "16:9",
-            AspectRatio::Portrait => "9:16",
-            AspectRatio::Photo => "3:2",
-            AspectRatio::PhotoPortrait => "2:3",
-        }
-    }
-
-    /// gpt-image-1 has three sizes; each ratio maps to the closest.
-    pub fn openai_size(self) -> &'static str {
-        match self {
-            AspectRatio::Square => "1024x1024",
-            AspectRatio::Landscape | AspectRatio::Photo => "1536x1024",
-            AspectRatio::Portrait | AspectRatio::PhotoPortrait => "1024x1536",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            AspectRatio::Square,
-            AspectRatio::Landscape,
-            AspectRatio::Portrait,
-            AspectRatio::Photo,
-            AspectRatio::PhotoPortrait,
-        ]
-        .into_iter()
-        .find(|r| r.as_ratio() == s.trim())
-    }
-}
+pub use keyshard_types::AspectRatio;
 
 /// An image ready to attach to a Discord message.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,20 +64,6 @@ fn sniff_mime(b: &[u8]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ratios_round_trip() {
-        for r in [
-            AspectRatio::Square,
-            AspectRatio::Landscape,
-            AspectRatio::Portrait,
-            AspectRatio::Photo,
-            AspectRatio::PhotoPortrait,
-        ] {
-            assert_eq!(AspectRatio::parse(r.as_ratio()), Some(r));
-        }
-        assert_eq!(AspectRatio::parse("5:4"), None);
-    }
 
     #[test]
     fn mime_sniffing() {

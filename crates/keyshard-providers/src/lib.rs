@@ -6,11 +6,12 @@
 //!   resumable from a stored [`VideoTaskId`].
 //! - [`stability`]: Stability `core` images.
 //! - [`image`]: what every image provider takes and gives ([`AspectRatio`],
-//!   [`GeneratedImage`]).
+//!   [`GeneratedImage`]). [`ProviderKind`] and [`AspectRatio`] are `keyshard-types`'s,
+//!   re-exported: the bot's slash choices and its jobs name the same enums.
 //! - [`clients`]: [`Providers`], the three clients of one instance with their remaining
 //!   [`budget`](Providers::budget) and [`stats`](Providers::stats), and the image fallback
 //!   over them ([`ImageProvider`], [`try_next_provider`]).
-//! - [`limits`]: per-key limits. A `Lane` waits for capacity: requests and tokens per sliding
+//! - [`limits`]: per-key limits. A `Lane` (named by its [`LaneKind`]) waits for capacity: requests and tokens per sliding
 //!   window ([`limits::window`], pure), concurrency, provider cooldowns, and requests per UTC
 //!   day ([`limits::daily`]: the limit check, degrading to memory while the store fails) in a
 //!   [`DailyStore`] ([`limits::day_store`]: the trait and its in-memory [`MemoryStore`]).
@@ -45,7 +46,9 @@ pub use config::{
 };
 pub use error::{ErrorClass, ProviderError, ProviderKind};
 pub use image::{AspectRatio, GeneratedImage};
-pub use limits::{DailyStore, KeyDay, LaneBudget, MemoryStore, ProviderStats, StoreError, UtcDay};
+pub use limits::{
+    DailyStore, KeyDay, LaneBudget, LaneKind, MemoryStore, ProviderStats, StoreError, UtcDay,
+};
 pub use minimax::{MiniMax, VideoFile, VideoStatus, VideoTaskId};
 pub use openai::{ChatEvent, ChatMessage, ChatRole, ChatStream, OpenAi};
 pub use secret::Secret;

@@ -17,7 +17,7 @@ use crate::error::{classify_minimax, classify_status, ErrorClass, ProviderError,
 use crate::headers::RateHints;
 use crate::http;
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::{DailyStore, Lane, LaneBudget, ProviderStats, StatsCell};
+use crate::limits::{DailyStore, Lane, LaneBudget, LaneKind, ProviderStats, StatsCell};
 use crate::retry::{self, AttemptError};
 
 const P: ProviderKind = ProviderKind::MiniMax;
@@ -97,14 +97,14 @@ impl MiniMax {
             Lane::new(P, name, limits, rpm, common.max_wait, daily, stats.clone())
         };
         let images = lane(
-            "images",
+            LaneKind::Images,
             &common.limits,
             common.limits.rpm,
             Some(daily.clone()),
         );
-        let video = lane("video", &common.limits, cfg.video_rpm, Some(daily));
+        let video = lane(LaneKind::Video, &common.limits, cfg.video_rpm, Some(daily));
         // Polls and downloads are bookkeeping, not generations: they do not count per day.
-        let query = lane("video_query", &common.limits, QUERY_RPM, None);
+        let query = lane(LaneKind::VideoQuery, &common.limits, QUERY_RPM, None);
         Ok(MiniMax {
             inner: Arc::new(Inner {
                 http: http::client(P)?,

@@ -28,7 +28,7 @@ use crate::error::{classify_openai, classify_status, ErrorClass, ProviderError, 
 use crate::headers::RateHints;
 use crate::http;
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::{Admission, DailyStore, Lane, LaneBudget, ProviderStats, StatsCell};
+use crate::limits::{Admission, DailyStore, Lane, LaneBudget, LaneKind, ProviderStats, StatsCell};
 use crate::retry::{self, AttemptError};
 
 const P: ProviderKind = ProviderKind::OpenAi;
@@ -72,6 +72,16 @@ pub enum ChatEvent {
 /// The stream [`OpenAi::chat_stream`] returns. It holds the key's concurrency slot until it
 /// ends or is dropped.
 pub type ChatStream = BoxStream<'static, Result<ChatEvent, ProviderError>>;
+
+/// The gpt-image-1 size for `ratio`: it draws three sizes only, so each ratio maps to the
+/// closest (3:2 and 16:9 to landscape, 2:3 and 9:16 to portrait).
+pub fn size_for(ratio: AspectRatio) -> &'static str {
+    match ratio {
+        AspectRatio::Square => "1024x1024",
+        AspectRatio::Landscape | AspectRatio::Photo => "1536x1024",
+        AspectRatio::Portrait | AspectRatio::PhotoPortrait => "1024x1536",
+    }
+}
 
 /// Token estimate before the call: UTF-8 bytes / 3 plus 4 per message. English runs about 4
 /// bytes per token (so this overestimates, which is the safe side), Korean about 3 bytes per
@@ -171,7 +181,7 @@ impl OpenAi {
             .with_http_service(OneAttempt { http: http.clone() });
         let chat = Lane::new(
             P,
-            "chat",
+            LaneKind::Chat,
             &common.limits,
             common.limits.rpm,
             common.max_wait,
@@ -183,7 +193,7 @@ impl OpenAi {
         image_limits.tpm = None;
         let images = Lane::new(
             P,
-            "images",
+            LaneKind::Images,
             &image_limits,
             cfg.image_rpm,
             common.max_wait,
@@ -267,7 +277,7 @@ impl OpenAi {
             .prompt(prompt)
             .model(ImageModel::Other(inner.cfg.image_model.clone()))
             .n(1u8)
-            .size(ImageSize::Other(ratio.openai_size().to_owned()))
+            .size(ImageSize::Other(size_for(ratio).to_owned()))
             .build()
             .map_err(|e| ProviderError::new(P, ErrorClass::BadRequest, e.to_string()))?;
         let common = &inner.cfg.common;

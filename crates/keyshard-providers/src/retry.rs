@@ -100,11 +100,11 @@ where
                 .is_some_and(|ra| started.elapsed() + ra > lane.max_wait());
         if give_up {
             stats.record_error(error.class);
-            tracing::debug!(provider = %lane.provider, lane = lane.name, class = %error.class, attempts = failed, "provider call failed");
+            tracing::debug!(provider = %lane.provider, lane = lane.kind.as_str(), class = %error.class, attempts = failed, "provider call failed");
             return Err(error);
         }
         stats.retries.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(provider = %lane.provider, lane = lane.name, class = %error.class, ?delay, "retrying");
+        tracing::debug!(provider = %lane.provider, lane = lane.kind.as_str(), class = %error.class, ?delay, "retrying");
         if error.class == ErrorClass::Retryable {
             tokio::time::sleep(delay).await;
         }

@@ -12,7 +12,7 @@ use crate::error::{classify_stability, ErrorClass, ProviderError, ProviderKind};
 use crate::headers::RateHints;
 use crate::http;
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::{DailyStore, Lane, LaneBudget, ProviderStats, StatsCell};
+use crate::limits::{DailyStore, Lane, LaneBudget, LaneKind, ProviderStats, StatsCell};
 use crate::retry::{self, AttemptError};
 
 const P: ProviderKind = ProviderKind::Stability;
@@ -48,7 +48,7 @@ impl Stability {
         let (daily, stats) = crate::limits::key_parts(P, common, daily_store);
         let images = Lane::new(
             P,
-            "images",
+            LaneKind::Images,
             &common.limits,
             common.limits.rpm,
             common.max_wait,

@@ -1,12 +1,11 @@
 //! `/채팅 질문 [새대화]` (`/chat`): a streamed OpenAI answer that remembers the conversation.
 
-use keyshard_cluster::JobKind;
+use keyshard_types::ChatArgs;
 
 use super::queue::defer_and_queue;
 use crate::context::{Context, Error};
 use crate::replies::check_prompt;
 use crate::respond;
-use crate::work::ChatArgs;
 
 /// The longest question accepted (Discord's option limit is 6,000; a chat turn needs far less).
 pub const MAX_PROMPT: usize = 2_000;
@@ -40,5 +39,5 @@ pub async fn chat(
         prompt,
         reset: reset.unwrap_or(false),
     };
-    defer_and_queue(ctx, JobKind::Chat, serde_json::to_value(args)?).await
+    defer_and_queue(ctx, args.into()).await
 }

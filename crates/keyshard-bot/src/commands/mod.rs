@@ -3,7 +3,9 @@
 //!
 //! A command stays thin: it checks its input, acknowledges, and queues the work (or reads and
 //! shows a view). Its texts come from `replies`, the sending from `respond`, the shared types
-//! from `context`; nothing here names `edge`.
+//! from `context`; nothing here names `edge`. Option choices and job arguments are
+//! `keyshard-types`' enums and structs (choices through `choice::Choice`), the very values
+//! the job carries to `work`, which nothing here names either.
 
 use crate::context::{Data, Error};
 
@@ -26,4 +28,26 @@ pub fn all() -> Vec<poise::Command<Data, Error>> {
         admin::assign(),
         admin::performance(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slash commands exactly as they are registered with Discord. A change here changes
+    /// what every user sees (and makes Discord re-register the commands), so it is deliberate:
+    /// update `tests/fixtures/commands.json` together with the command, never by accident.
+    #[test]
+    fn the_registered_commands_do_not_change_by_accident() {
+        let registered =
+            serde_json::to_value(poise::builtins::create_application_commands(&all())).unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/commands.json");
+        if std::env::var_os("KEYSHARD_WRITE_FIXTURES").is_some() {
+            let text = serde_json::to_string_pretty(&registered).unwrap() + "\n";
+            std::fs::write(path, text).unwrap();
+        }
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(registered, expected);
+    }
 }

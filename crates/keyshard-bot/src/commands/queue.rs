@@ -1,18 +1,15 @@
 //! What every provider-backed command does after its input check: acknowledge at once with a
 //! deferred reply, and queue the job on this instance's durable stream.
 
-use keyshard_cluster::{Job, JobKind};
+use keyshard_cluster::{Job, JobArgs};
 use keyshard_routing::created_at_ms;
 
 use crate::context::{Context, Error};
 use crate::{replies, respond};
 
-/// Defers the reply (the acknowledgement Discord needs within 3 s) and queues the job.
-pub async fn defer_and_queue(
-    ctx: Context<'_>,
-    kind: JobKind,
-    args: serde_json::Value,
-) -> Result<(), Error> {
+/// Defers the reply (the acknowledgement Discord needs within 3 s) and queues the job; its
+/// kind is its arguments'.
+pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Error> {
     let poise::Context::Application(app) = ctx else {
         return Ok(());
     };
@@ -21,7 +18,6 @@ pub async fn defer_and_queue(
     let i = app.interaction;
     let job = Job {
         id: i.id.get(),
-        kind,
         token: i.token.clone(),
         application_id: i.application_id.get(),
         user_id: i.user.id.get(),

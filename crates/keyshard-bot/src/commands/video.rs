@@ -1,12 +1,11 @@
 //! `/비디오 설명` (`/video`): a MiniMax Hailuo video, with progress edits while it renders.
 
-use keyshard_cluster::JobKind;
+use keyshard_types::VideoArgs;
 
 use super::queue::defer_and_queue;
 use crate::context::{Context, Error};
 use crate::replies::check_prompt;
 use crate::respond;
-use crate::work::VideoArgs;
 
 /// MiniMax video prompts are limited to 2,000 characters.
 pub const MAX_PROMPT: usize = 2_000;
@@ -31,10 +30,5 @@ pub async fn video(
         Ok(p) => p,
         Err(message) => return respond::ephemeral(ctx, message).await,
     };
-    defer_and_queue(
-        ctx,
-        JobKind::Video,
-        serde_json::to_value(VideoArgs { prompt })?,
-    )
-    .await
+    defer_and_queue(ctx, VideoArgs { prompt }.into()).await
 }

@@ -33,6 +33,10 @@ pub const UNKNOWN_USER: &str =
 pub const INPUT_UNREADABLE: &str = "⚠️ 입력을 읽지 못했어요. 명령어를 다시 선택해 입력해 주세요.";
 pub const QUEUE_FAILED: &str = "⚠️ 작업을 시작하지 못했어요. 잠시 후 다시 시도해 주세요.";
 pub const INTERNAL: &str = "⚠️ 요청을 처리하는 중 문제가 생겼어요. 잠시 후 다시 시도해 주세요.";
+/// A queued job whose stored arguments this instance cannot read (a value it does not know,
+/// e.g. during an upgrade): it is not run, so the user is asked to send the command again.
+pub const JOB_UNREADABLE: &str =
+    "⚠️ 요청을 처리하는 중 문제가 생겼어요 (요청 내용을 읽을 수 없어요). 명령어를 다시 입력해 주세요.";
 pub const VIDEO_FAILED: &str =
     "⚠️ 영상 생성에 실패했어요. 제공사가 작업을 끝내지 못했어요. 표현을 바꿔 다시 시도해 주세요.";
 pub const STATS_UNAVAILABLE: &str =
@@ -170,5 +174,6 @@ mod tests {
             assert!(provider_failed(&e).starts_with(ERROR_PREFIX));
         }
         assert!(not_configured(ProviderKind::MiniMax).starts_with(ERROR_PREFIX));
+        assert!(JOB_UNREADABLE.starts_with(ERROR_PREFIX));
     }
 }

@@ -6,23 +6,19 @@ use std::time::Instant;
 use futures::StreamExt;
 use keyshard_cluster::{Job, JobContext, Outcome};
 use keyshard_providers::{ChatEvent, ChatMessage, ChatRole, ProviderKind};
+use keyshard_types::ChatArgs;
 
 use super::deliver::{progress, Answer, MESSAGE_LIMIT};
-use super::{args, ChatArgs, Worker};
+use super::Worker;
 use crate::replies::{self, CURSOR};
 
-const COMMAND: &str = "chat";
+pub(super) const COMMAND: &str = "chat";
 
 /// The assistant's standing instructions.
 const SYSTEM_PROMPT: &str = "You are keyshard, a helpful assistant in a Discord server. \
 Answer in the language of the question (usually Korean), concisely, using Discord markdown.";
 
-pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
-    let Some(a) = args::<ChatArgs>(job) else {
-        return w
-            .finish(job, ctx, COMMAND, false, Answer::text(replies::INTERNAL))
-            .await;
-    };
+pub async fn run(w: &Worker, job: &Job, a: &ChatArgs, ctx: &JobContext) -> Outcome {
     let Some(openai) = w.providers().openai.clone() else {
         return w
             .unconfigured(job, ctx, COMMAND, ProviderKind::OpenAi)

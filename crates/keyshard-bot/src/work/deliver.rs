@@ -39,7 +39,7 @@ impl Answer {
 }
 
 /// Whether the interaction token can still edit the reply.
-pub fn token_alive(job: &Job) -> bool {
+pub fn token_alive<A>(job: &Job<A>) -> bool {
     unix_ms().saturating_sub(job.created_ms) < TOKEN_LIFETIME.as_millis() as u64
 }
 
@@ -54,10 +54,11 @@ fn token_refused(e: &serenity::Error) -> bool {
     }
 }
 
-/// Posts the final answer.
-pub async fn deliver(
+/// Posts the final answer. Any job will do, whether its arguments were read or not (`A`):
+/// only its envelope (token, channel, user) is needed.
+pub async fn deliver<A: Sync>(
     http: &serenity::Http,
-    job: &Job,
+    job: &Job<A>,
     answer: Answer,
 ) -> Result<(), serenity::Error> {
     if token_alive(job) {
@@ -75,9 +76,9 @@ pub async fn deliver(
     to_channel(http, job, answer).await
 }
 
-async fn edit_reply(
+async fn edit_reply<A: Sync>(
     http: &serenity::Http,
-    job: &Job,
+    job: &Job<A>,
     answer: &Answer,
 ) -> Result<(), serenity::Error> {
     let parts = split_message(&answer.text, MESSAGE_LIMIT);
@@ -98,9 +99,9 @@ async fn edit_reply(
     Ok(())
 }
 
-async fn to_channel(
+async fn to_channel<A: Sync>(
     http: &serenity::Http,
-    job: &Job,
+    job: &Job<A>,
     answer: Answer,
 ) -> Result<(), serenity::Error> {
     let channel = serenity::ChannelId::new(job.channel_id);

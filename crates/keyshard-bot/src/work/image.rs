@@ -5,14 +5,15 @@
 use std::time::Instant;
 
 use keyshard_cluster::{Job, JobContext, Outcome};
-use keyshard_providers::{AspectRatio, ProviderKind};
+use keyshard_providers::{LaneBudget, LaneKind};
+use keyshard_types::{ImageArgs, ProviderKind};
 use poise::serenity_prelude as serenity;
 
 use super::deliver::{progress, Answer};
-use super::{args, since_created, ImageArgs, Worker};
+use super::{since_created, Worker};
 use crate::replies::{self, results};
 
-const COMMAND: &str = "image";
+pub(super) const COMMAND: &str = "image";
 
 /// The order tried when the user names no provider: MiniMax and Stability are cheaper per
 /// image than gpt-image-1 and have higher per-key limits.
@@ -22,15 +23,6 @@ const DEFAULT_ORDER: [ProviderKind; 3] = [
     ProviderKind::OpenAi,
 ];
 
-pub fn parse_model(s: &str) -> Option<ProviderKind> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "minimax" => Some(ProviderKind::MiniMax),
-        "stability" => Some(ProviderKind::Stability),
-        "openai" => Some(ProviderKind::OpenAi),
-        _ => None,
-    }
-}
-
 /// The chosen provider first, then the rest in the default order.
 pub fn order(chosen: Option<ProviderKind>) -> Vec<ProviderKind> {
     let mut order: Vec<ProviderKind> = chosen.into_iter().collect();
@@ -38,13 +30,8 @@ pub fn order(chosen: Option<ProviderKind>) -> Vec<ProviderKind> {
     order
 }
 
-pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
-    let Some(a) = args::<ImageArgs>(job) else {
-        return w
-            .finish(job, ctx, COMMAND, false, Answer::text(replies::INTERNAL))
-            .await;
-    };
-    let chosen = a.model.as_deref().and_then(parse_model);
+pub async fn run(w: &Worker, job: &Job, a: &ImageArgs, ctx: &JobContext) -> Outcome {
+    let chosen = a.provider;
     let order = match chosen {
         Some(_) => order(chosen),
         // No provider asked for: spread over this instance's image keys in proportion to
@@ -56,11 +43,9 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
             .unconfigured(job, ctx, COMMAND, chosen.unwrap_or(ProviderKind::MiniMax))
             .await;
     }
-    let ratio = a
-        .ratio
-        .as_deref()
-        .and_then(AspectRatio::parse)
-        .unwrap_or_default();
+    // No ratio picked: square (the option's documented default), not an unreadable value —
+    // that never reaches here.
+    let ratio = a.ratio.unwrap_or_default();
     progress(w.http(), job, replies::progress::IMAGE_DRAWING).await;
     let started = Instant::now();
     let image = match w.providers().image(&a.prompt, ratio, &order).await {
@@ -93,11 +78,11 @@ pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
 /// its key's image rate (`draw` in `[0, 1)`), then the others in the default order as
 /// fallbacks. A load-blind split in proportion to capacity keeps every lane busy; choosing by
 /// momentary room herds jobs onto whichever lane has the fewest permits in use.
-pub fn balanced(budget: &[keyshard_providers::LaneBudget], draw: f64) -> Vec<ProviderKind> {
+pub fn balanced(budget: &[LaneBudget], draw: f64) -> Vec<ProviderKind> {
     let rate = |kind: ProviderKind| {
         budget
             .iter()
-            .filter(|l| l.provider == kind && l.lane == "images" && l.window_secs > 0.0)
+            .filter(|l| l.provider == kind && l.lane == LaneKind::Images && l.window_secs > 0.0)
             .map(|l| f64::from(l.requests_limit) / l.window_secs)
             .fold(0.0, f64::max)
     };
@@ -137,18 +122,12 @@ mod tests {
             ]
         );
         assert_eq!(order(None), DEFAULT_ORDER.to_vec());
-        assert_eq!(parse_model(" Stability "), Some(ProviderKind::Stability));
-        assert_eq!(parse_model("dalle"), None);
     }
 
-    fn lane(
-        provider: ProviderKind,
-        remaining: u32,
-        in_flight: u32,
-    ) -> keyshard_providers::LaneBudget {
-        keyshard_providers::LaneBudget {
+    fn lane(provider: ProviderKind, remaining: u32, in_flight: u32) -> LaneBudget {
+        LaneBudget {
             provider,
-            lane: "images",
+            lane: LaneKind::Images,
             window_secs: 60.0,
             requests_limit: 120,
             requests_used: 120 - remaining,

@@ -1,5 +1,7 @@
 //! The job handler: what a worker does with a [`Job`] taken from the instance's queue —
 //! the provider calls with this instance's keys, progress edits, and the one final answer.
+//! The job's arguments arrive decoded ([`JobArgs`]); a job whose arguments could not be read
+//! ([`UnreadableJob`]) is answered with an error message, never run with defaults.
 //!
 //! - [`deliver`]: posting to Discord (edit of the deferred reply, follow-ups, and a channel
 //!   message mentioning the user once the interaction token is dead).
@@ -13,38 +15,16 @@ pub mod video;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyshard_cluster::{Job, JobContext, JobHandler, JobKind, Memory, Outcome, Stats};
+use keyshard_cluster::jobs::BoxFuture;
+use keyshard_cluster::{
+    Job, JobArgs, JobContext, JobHandler, JobKind, Memory, Outcome, Stats, UnreadableJob,
+};
 use keyshard_providers::{ErrorClass, ProviderError, Providers};
 use poise::serenity_prelude as serenity;
-use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_ms;
 use crate::replies;
 use deliver::Answer;
-
-/// `/채팅` job arguments.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ChatArgs {
-    pub prompt: String,
-    #[serde(default)]
-    pub reset: bool,
-}
-
-/// `/이미지` job arguments.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ImageArgs {
-    pub prompt: String,
-    /// `minimax`, `stability` or `openai`; `None` for the default order.
-    pub model: Option<String>,
-    /// `1:1`, `16:9`, …; `None` for square.
-    pub ratio: Option<String>,
-}
-
-/// `/비디오` job arguments.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VideoArgs {
-    pub prompt: String,
-}
 
 /// Timing knobs of the workers.
 #[derive(Clone, Copy, Debug)]
@@ -197,10 +177,11 @@ impl Worker {
             .await
     }
 
-    /// Posts the final answer once (the done marker) and records the completion.
-    pub(crate) async fn finish(
+    /// Posts the final answer once (the done marker) and records the completion. Any job,
+    /// whether its arguments were read or not (`A`): only its envelope is needed.
+    pub(crate) async fn finish<A: Sync>(
         &self,
-        job: &Job,
+        job: &Job<A>,
         ctx: &JobContext,
         command: &str,
         ok: bool,
@@ -226,34 +207,41 @@ impl Worker {
 }
 
 impl JobHandler for Worker {
-    fn handle(&self, job: Job, ctx: JobContext) -> keyshard_cluster::jobs::BoxFuture<Outcome> {
+    fn handle(&self, job: Job, ctx: JobContext) -> BoxFuture<Outcome> {
         let worker = self.clone();
         Box::pin(async move {
-            match job.kind {
-                JobKind::Chat => chat::run(&worker, &job, &ctx).await,
-                JobKind::Image => image::run(&worker, &job, &ctx).await,
-                JobKind::Video => video::run(&worker, &job, &ctx).await,
+            match &job.args {
+                JobArgs::Chat(a) => chat::run(&worker, &job, a, &ctx).await,
+                JobArgs::Image(a) => image::run(&worker, &job, a, &ctx).await,
+                JobArgs::Video(a) => video::run(&worker, &job, a, &ctx).await,
             }
+        })
+    }
+
+    /// The user reads [`replies::JOB_UNREADABLE`] and the job counts as failed: its stored
+    /// arguments cannot be read (a value this version does not know), and guessing them
+    /// would answer a request the user did not make.
+    fn unreadable(&self, job: UnreadableJob, ctx: JobContext) -> BoxFuture<()> {
+        let worker = self.clone();
+        Box::pin(async move {
+            tracing::error!(job = job.id, "cannot run the job: {}", job.args);
+            let answer = Answer::text(replies::JOB_UNREADABLE);
+            let command = command_of(job.kind());
+            worker.finish(&job, &ctx, command, false, answer).await;
         })
     }
 }
 
-/// Time since the interaction was created (the user's wait).
-pub(crate) fn since_created(job: &Job) -> Duration {
-    Duration::from_millis(unix_ms().saturating_sub(job.created_ms))
+/// The command a job of `kind` answers, as the statistics name it.
+fn command_of(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Chat => chat::COMMAND,
+        JobKind::Image => image::COMMAND,
+        JobKind::Video => video::COMMAND,
+    }
 }
 
-/// Decodes a job's arguments; a job that cannot be read is answered with a generic error.
-pub(crate) fn args<T: serde::de::DeserializeOwned>(job: &Job) -> Option<T> {
-    match serde_json::from_value(job.args.clone()) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            tracing::error!(
-                job = job.id,
-                kind = job.kind.as_str(),
-                "unreadable job arguments: {e}"
-            );
-            None
-        }
-    }
+/// Time since the interaction was created (the user's wait).
+pub(crate) fn since_created<A>(job: &Job<A>) -> Duration {
+    Duration::from_millis(unix_ms().saturating_sub(job.created_ms))
 }

@@ -16,21 +16,17 @@ use keyshard_cluster::{Job, JobContext, Outcome};
 use keyshard_providers::{
     ErrorClass, MiniMax, ProviderError, ProviderKind, VideoFile, VideoStatus, VideoTaskId,
 };
+use keyshard_types::VideoArgs;
 use poise::serenity_prelude as serenity;
 
 use super::deliver::{progress, Answer};
-use super::{args, since_created, VideoArgs, Worker};
+use super::{since_created, Worker};
 use crate::replies::progress::VideoPhase;
 use crate::replies::{self, results};
 
-const COMMAND: &str = "video";
+pub(super) const COMMAND: &str = "video";
 
-pub async fn run(w: &Worker, job: &Job, ctx: &JobContext) -> Outcome {
-    let Some(a) = args::<VideoArgs>(job) else {
-        return w
-            .finish(job, ctx, COMMAND, false, Answer::text(replies::INTERNAL))
-            .await;
-    };
+pub async fn run(w: &Worker, job: &Job, a: &VideoArgs, ctx: &JobContext) -> Outcome {
     let Some(minimax) = w.providers().minimax.clone() else {
         return w
             .unconfigured(job, ctx, COMMAND, ProviderKind::MiniMax)

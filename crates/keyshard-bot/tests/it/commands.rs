@@ -1,9 +1,11 @@
 //! Every command end to end through four real instances, the fake Discord and the fake
-//! providers, checking the content, embeds and attachments Discord received.
+//! providers, checking the content, embeds and attachments Discord received; and a queued job
+//! whose arguments cannot be read, which the user is told about.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use keyshard_bot::replies;
 use keyshard_routing::primary;
 use keyshard_sim::cluster::ADMIN_USER_ID;
 use keyshard_sim::discord::{InteractionSpec, MessageKind, SIM_CHANNEL_ID};
@@ -460,4 +462,60 @@ async fn admin_commands_show_the_cluster_and_refuse_non_admins() {
     );
     assert!(denied.ack().unwrap().ephemeral);
     c.procs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_arguments_cannot_be_read_is_answered_with_an_error() {
+    let c = TestCluster::start(1).await;
+    // An interaction the instance has acknowledged, so its token can edit the reply: a /핑,
+    // which queues no job and so leaves no done marker behind.
+    let user = user_on(1, 7);
+    let sent = c
+        .discord
+        .send_interaction(InteractionSpec::guild("핑", user));
+    c.wait_final(sent.id, Duration::from_secs(10)).await;
+    // The job of that interaction, as an instance of another version might have queued it:
+    // a ratio this version does not know.
+    let job = serde_json::json!({
+        "id": sent.id, "kind": "image", "token": sent.token,
+        "application_id": c.discord.config().application_id, "user_id": user,
+        "channel_id": SIM_CHANNEL_ID, "guild_id": null,
+        "args": {"model": null, "prompt": "고양이", "ratio": "7:3"},
+        "created_ms": keyshard_routing::created_at_ms(sent.id), "attachment_limit": 8 << 20,
+        "origin": 1, "tried": [], "attempt": 0
+    });
+    let client = redis::Client::open(c.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}:jobs:1:image", c.cluster_name))
+        .arg("*")
+        .arg("job")
+        .arg(job.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let told = c
+        .discord
+        .wait_for(
+            |rs| {
+                rs.iter().any(|r| {
+                    r.id == sent.id
+                        && r.messages.iter().any(|m| {
+                            m.kind == MessageKind::EditOriginal
+                                && m.accepted()
+                                && m.content.as_deref() == Some(replies::JOB_UNREADABLE)
+                        })
+                })
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        told,
+        "the user was not told: {:#?}",
+        c.discord.interaction(sent.id)
+    );
+    c.wait_failed("image", 1).await;
+    c.wait_jobs_done(1).await;
 }

@@ -185,6 +185,17 @@ impl TestCluster {
     /// Waits until the cluster statistics in Redis count `n` completions of `command` (the
     /// instances flush their counts once a second).
     pub async fn wait_stats(&self, command: &str, n: i64) {
+        self.wait_counted("done", command, n).await
+    }
+
+    /// Waits until the cluster statistics in Redis count `n` failed answers of `command`.
+    pub async fn wait_failed(&self, command: &str, n: i64) {
+        self.wait_counted("failed", command, n).await
+    }
+
+    /// Waits until the statistics count `n` of `{outcome}:{instance}:{command}` over all
+    /// instances.
+    async fn wait_counted(&self, outcome: &str, command: &str, n: i64) {
         let client = redis::Client::open(self.redis.url()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -203,7 +214,9 @@ impl TestCluster {
                     .unwrap();
                 done += h
                     .iter()
-                    .filter(|(f, _)| f.starts_with("done:") && f.ends_with(&format!(":{command}")))
+                    .filter(|(f, _)| {
+                        f.starts_with(&format!("{outcome}:")) && f.ends_with(&format!(":{command}"))
+                    })
                     .map(|(_, v)| v)
                     .sum::<i64>();
             }
@@ -212,7 +225,7 @@ impl TestCluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "statistics never counted {n} {command} (saw {done})"
+                "statistics never counted {n} {outcome} {command} (saw {done})"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -1,55 +1,37 @@
-//! The job types: what a job is ([`Job`], [`JobKind`]), how a handler finished it
-//! ([`Outcome`]), the handler the bot implements ([`JobHandler`]), and the counters for
-//! `/metrics` ([`JobStats`]).
+//! The job types: what a job is ([`Job`]: an envelope of who asked and where to answer, and
+//! the typed [`JobArgs`]; [`UnreadableJob`] when the arguments do not decode), how a handler
+//! finished it ([`Outcome`]), the handler the bot implements ([`JobHandler`]), and the
+//! counters for `/metrics` ([`JobStats`]). The JSON of a job on a stream is `wire`'s.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
 use keyshard_routing::InstanceId;
-use serde::{Deserialize, Serialize};
+pub use keyshard_types::{JobArgs, JobKind};
+use serde::Serialize;
 
 use super::JobContext;
 
-/// What kind of work a job is; each kind has its own stream and worker pool so a slow video
-/// never holds up a chat answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Chat,
-    Image,
-    Video,
-}
-
-impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::Chat, JobKind::Image, JobKind::Video];
-
-    /// The kind's name: in its stream's key, in the heartbeat's per-kind figures, and the
-    /// name routing's placement functions know it by.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Chat => "chat",
-            JobKind::Image => "image",
-            JobKind::Video => "video",
-        }
-    }
-}
-
 /// One unit of deferred work: everything needed to finish an acknowledged interaction on any
 /// instance. `Debug` hides the interaction token.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct Job {
+///
+/// `A` is what the job carries besides its envelope: its decoded [`JobArgs`] (the default,
+/// and every job a handler runs), or [`UnreadableArgs`] for an entry whose arguments did not
+/// decode, which still has everything needed to tell the user ([`UnreadableJob`]). The job's
+/// kind is its arguments' ([`Job::kind`]), so the two cannot disagree.
+#[derive(Clone)]
+pub struct Job<A = JobArgs> {
     /// The interaction id; also the job's id.
     pub id: u64,
-    pub kind: JobKind,
     /// The interaction token (a secret: it lets anyone edit the reply for 15 minutes).
     pub token: String,
     pub application_id: u64,
     pub user_id: u64,
     pub channel_id: u64,
     pub guild_id: Option<u64>,
-    /// The command's arguments, as the command module defines them.
-    pub args: serde_json::Value,
+    /// The command's arguments.
+    pub args: A,
     /// When the interaction was created (Unix ms); its token dies 15 minutes later.
     pub created_ms: u64,
     /// The largest attachment the interaction accepts, in bytes.
@@ -57,18 +39,55 @@ pub struct Job {
     /// The instance that acknowledged the interaction.
     pub origin: InstanceId,
     /// Instances whose keys could not serve this job (auth, quota, balance).
-    #[serde(default)]
     pub tried: Vec<InstanceId>,
     /// How many times the job has moved between instances.
-    #[serde(default)]
     pub attempt: u32,
 }
 
-impl fmt::Debug for Job {
+/// A job whose envelope (id, token, user, …) reads but whose arguments do not: a stored
+/// value this version does not know (`"ratio": "7:3"`), or a broken writer. It is never run;
+/// the handler's [`JobHandler::unreadable`] tells the user and the entry is acknowledged.
+pub type UnreadableJob = Job<UnreadableArgs>;
+
+/// Why a job's arguments did not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable {kind} job arguments: {reason}")]
+pub struct UnreadableArgs {
+    /// The kind the envelope names.
+    pub kind: JobKind,
+    /// What was wrong, naming the field and the value (`` `ratio`: unknown value "7:3"; … ``).
+    pub reason: String,
+}
+
+/// What a [`Job`] carries besides its envelope, and so its kind.
+pub trait Payload {
+    fn kind(&self) -> JobKind;
+}
+
+impl Payload for JobArgs {
+    fn kind(&self) -> JobKind {
+        JobArgs::kind(self)
+    }
+}
+
+impl Payload for UnreadableArgs {
+    fn kind(&self) -> JobKind {
+        self.kind
+    }
+}
+
+impl<A: Payload> Job<A> {
+    /// What kind of work the job is: its stream, its worker pool.
+    pub fn kind(&self) -> JobKind {
+        self.args.kind()
+    }
+}
+
+impl<A: Payload> fmt::Debug for Job<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")
             .field("id", &self.id)
-            .field("kind", &self.kind)
+            .field("kind", &self.kind())
             .field("token", &"***")
             .field("user_id", &self.user_id)
             .field("channel_id", &self.channel_id)
@@ -94,6 +113,16 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// The work itself: provider calls and delivery, implemented by the bot.
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, job: Job, ctx: JobContext) -> BoxFuture<Outcome>;
+
+    /// A job whose arguments do not decode ([`UnreadableJob`]). It cannot run, but its
+    /// envelope says whom to tell: the bot answers the interaction with an error message.
+    /// The entry is acknowledged once this returns, and the job counts as finished. This
+    /// default only logs, so a handler that cannot answer users still drops such a job.
+    fn unreadable(&self, job: UnreadableJob, ctx: JobContext) -> BoxFuture<()> {
+        let _ = ctx;
+        tracing::error!(job = job.id, "dropping a job: {}", job.args);
+        Box::pin(async {})
+    }
 }
 
 /// Counters of the job mechanism, for `/metrics`.
@@ -112,18 +141,18 @@ pub struct JobStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyshard_types::VideoArgs;
 
     #[test]
     fn debug_hides_the_token() {
         let job = Job {
             id: 1,
-            kind: JobKind::Chat,
             token: "aW50ZXJhY3Rpb24".into(),
             application_id: 2,
             user_id: 3,
             channel_id: 4,
             guild_id: None,
-            args: serde_json::Value::Null,
+            args: JobArgs::Video(VideoArgs { prompt: "p".into() }),
             created_ms: 0,
             attachment_limit: 0,
             origin: 1,
@@ -132,19 +161,6 @@ mod tests {
         };
         let text = format!("{job:?}");
         assert!(!text.contains("aW50ZXJhY3Rpb24"), "{text}");
-        assert!(text.contains("***"), "{text}");
-    }
-
-    #[test]
-    fn a_job_without_tried_or_attempt_parses() {
-        // A job queued before `tried`/`attempt` existed, still in a stream after an upgrade.
-        let raw = r#"{"id":1,"kind":"image","token":"t","application_id":2,"user_id":3,
-            "channel_id":4,"guild_id":null,"args":{},"created_ms":5,"attachment_limit":6,
-            "origin":2}"#;
-        let job: Job = serde_json::from_str(raw).unwrap();
-        assert_eq!(
-            (job.kind, job.tried.len(), job.attempt),
-            (JobKind::Image, 0, 0)
-        );
+        assert!(text.contains("***") && text.contains("Video"), "{text}");
     }
 }

@@ -26,14 +26,18 @@
 //! [`ServiceRate`] (the rate published for the overload rule). This module does the I/O.
 //!
 //! Modules:
-//! - `job`: the types ([`Job`], [`JobKind`], [`Outcome`], [`JobHandler`], [`BoxFuture`],
-//!   [`JobStats`]).
+//! - `job`: the types ([`Job`] with its typed [`JobArgs`], [`UnreadableJob`], [`JobKind`],
+//!   [`Outcome`], [`JobHandler`], [`BoxFuture`], [`JobStats`]).
+//! - `wire`: a job's JSON on the stream, unchanged across versions, and [`decode`], which
+//!   reads the arguments according to the kind once, when the entry is read.
 //! - `context`: [`JobContext`], what a running job may ask (delivery marker, saved state,
 //!   the peer it would move to).
 //! - `stream`: every Redis stream call, each written once (`XADD`, `XACK` + `XDEL`, the group's
 //!   creation, the reads, `XLEN`, the move of an entry between streams).
 //! - `run`: one job's path, the same for a stream entry and for the in-process fallback:
-//!   count in flight → handler → finish (record, or move to a peer) → ack → uncount.
+//!   count in flight → handler → finish (record, or move to a peer) → ack → uncount. A job
+//!   whose arguments do not decode takes the same path to the handler's
+//!   [`unreadable`](JobHandler::unreadable), which tells the user.
 //! - `reader`: the `Reader` of one kind: its own pending entries first, then new ones, and a
 //!   steal when idle.
 //! - `rescue`: moving a dead instance's jobs into this instance's streams.
@@ -48,6 +52,7 @@ mod rescue;
 mod run;
 mod steal;
 mod stream;
+mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +64,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use self::context::JobContext;
-pub use self::job::{BoxFuture, Job, JobHandler, JobKind, JobStats, Outcome};
+pub use self::job::{
+    BoxFuture, Job, JobArgs, JobHandler, JobKind, JobStats, Outcome, Payload, UnreadableArgs,
+    UnreadableJob,
+};
+pub use self::wire::{decode, DecodeError};
 /// `{c}:jobs:{instance}:{kind}` (the key is built in [`keys`](crate::keys)).
 pub use crate::keys::job_stream as stream_key;
 /// The consumer group every job stream has.
@@ -154,7 +163,7 @@ impl Jobs {
     /// Queues `job` on this instance's own stream. When Redis cannot take it, the job runs in
     /// this process at once (within the kind's worker limit) instead of being lost.
     pub async fn submit(&self, job: Job) -> Result<(), ClusterError> {
-        let stream = self.stream(self.inner.me, job.kind);
+        let stream = self.stream(self.inner.me, job.kind());
         match stream::add(&self.inner.redis, &stream, &job).await {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -150,11 +150,15 @@ impl Reader {
 
     /// Starts the job in `entry` on a worker that holds `permit` until it is done.
     async fn start(&self, entry: StreamId, permit: OwnedSemaphorePermit) {
-        let Some(job) = stream::parse(&entry) else {
-            // A deleted entry still pending (moved away by a rescuer) or a malformed one:
-            // acknowledge it so it stops coming back.
-            let _ = stream::ack(&self.jobs.inner.redis, &self.stream, &entry.id).await;
-            return;
+        let work = match stream::parse(&entry) {
+            Ok(work) => work,
+            Err(not) => {
+                // A deleted entry still pending (moved away by a rescuer) or one without a
+                // job's envelope, so no one to tell: acknowledge it so it stops coming back.
+                not.log(&self.stream, &entry.id);
+                let _ = stream::ack(&self.jobs.inner.redis, &self.stream, &entry.id).await;
+                return;
+            }
         };
         self.running
             .lock()
@@ -171,7 +175,7 @@ impl Reader {
         );
         tokio::spawn(async move {
             let _permit = permit;
-            jobs.run_job(&*handler, job, Some(&entry)).await;
+            jobs.run_job(&*handler, work, Some(&entry)).await;
             running.lock().expect("jobs lock").remove(&entry.id);
         });
     }

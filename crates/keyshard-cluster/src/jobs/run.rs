@@ -1,15 +1,39 @@
 //! One job's path, the same whether the job came from this instance's stream (the reader) or
 //! runs in-process because Redis refused it: count it in flight → run the handler (unless an
 //! earlier run already answered) → finish (record the completion, or move the job to a peer)
-//! → acknowledge its stream entry → uncount it.
+//! → acknowledge its stream entry → uncount it. A job whose arguments did not decode
+//! ([`Work::Unreadable`]) takes the same path, with the handler's `unreadable` in place of
+//! `handle`: the user is told, and the job counts as finished.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::{stream, Job, JobContext, JobHandler, Jobs, Outcome};
+use super::{stream, Job, JobContext, JobHandler, JobKind, Jobs, Outcome, UnreadableJob};
 use crate::ClusterError;
+
+/// What a worker runs: a job, or a job whose arguments did not decode.
+pub(super) enum Work {
+    Job(Job),
+    Unreadable(UnreadableJob),
+}
+
+impl Work {
+    fn id(&self) -> u64 {
+        match self {
+            Work::Job(j) => j.id,
+            Work::Unreadable(j) => j.id,
+        }
+    }
+
+    fn kind(&self) -> JobKind {
+        match self {
+            Work::Job(j) => j.kind(),
+            Work::Unreadable(j) => j.kind(),
+        }
+    }
+}
 
 /// Where a job's stream entry is, to acknowledge it once the job is done.
 pub(super) struct Entry {
@@ -27,22 +51,37 @@ impl Jobs {
     /// not there. Uncounting after `finish` also puts the completion in the service rate
     /// before the job leaves the in-flight count, so no published load misses it. The
     /// in-process path has no entry but keeps the order, so both publish the same load.
-    pub(super) async fn run_job(&self, handler: &dyn JobHandler, job: Job, entry: Option<&Entry>) {
+    pub(super) async fn run_job(
+        &self,
+        handler: &dyn JobHandler,
+        work: Work,
+        entry: Option<&Entry>,
+    ) {
         // Uncounted when dropped: at the end below, or while unwinding from a panicking
         // handler, which would otherwise leave a phantom job in flight for good.
-        let _in_flight = InFlight::count(&self.counters(job.kind).in_flight);
+        let _in_flight = InFlight::count(&self.counters(work.kind()).in_flight);
         // An entry may hold a job that an earlier run answered without acknowledging it (its
         // instance died in between, and the job was rescued or resumed). Running it again
         // would only repeat the provider call and its side effects, such as a second copy of
         // the turn in conversation memory: the done marker stops a second answer anyway. A
         // job run in-process never reached a stream, so it has no earlier run.
-        if entry.is_some() && self.answered(job.id).await {
-            tracing::info!(job = job.id, "answered by an earlier run; not run again");
+        let ctx = JobContext { jobs: self.clone() };
+        if entry.is_some() && self.answered(work.id()).await {
+            tracing::info!(job = work.id(), "answered by an earlier run; not run again");
         } else {
-            let outcome = handler
-                .handle(job.clone(), JobContext { jobs: self.clone() })
-                .await;
-            self.finish(job, outcome).await;
+            match work {
+                Work::Job(job) => {
+                    let outcome = handler.handle(job.clone(), ctx).await;
+                    self.finish(job, outcome).await;
+                }
+                Work::Unreadable(job) => {
+                    // The handler logs it (the default does nothing else).
+                    handler.unreadable(job, ctx).await;
+                    // Answered (with an error): a completion like any other, so the
+                    // backlog and the service rate stay true.
+                    self.record_finished();
+                }
+            }
         }
         if let Some(entry) = entry {
             if let Err(e) = stream::ack(&self.inner.redis, &entry.stream, &entry.id).await {
@@ -66,13 +105,13 @@ impl Jobs {
             .local
             .lock()
             .expect("jobs lock")
-            .entry(job.kind)
+            .entry(job.kind())
             .or_insert_with(|| Arc::new(Semaphore::new(1)))
             .clone();
         let jobs = self.clone();
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            jobs.run_job(&*handler, job, None).await;
+            jobs.run_job(&*handler, Work::Job(job), None).await;
         });
         Ok(())
     }
@@ -80,11 +119,7 @@ impl Jobs {
     /// Records a finished job, or moves it to a peer.
     async fn finish(&self, mut job: Job, outcome: Outcome) {
         match outcome {
-            Outcome::Finished => {
-                self.inner.finished.fetch_add(1, Ordering::Relaxed);
-                let now = self.now();
-                self.inner.rate.lock().expect("jobs lock").record(now);
-            }
+            Outcome::Finished => self.record_finished(),
             Outcome::MoveToPeer { reason } => {
                 let Some(peer) = self.move_target(&job) else {
                     tracing::warn!(job = job.id, %reason, "no peer left to move the job to");
@@ -92,7 +127,7 @@ impl Jobs {
                 };
                 job.tried.push(self.inner.me);
                 job.attempt += 1;
-                let to = self.stream(peer, job.kind);
+                let to = self.stream(peer, job.kind());
                 match stream::add(&self.inner.redis, &to, &job).await {
                     Ok(()) => {
                         self.inner.moved.fetch_add(1, Ordering::Relaxed);
@@ -105,6 +140,15 @@ impl Jobs {
                 }
             }
         }
+    }
+}
+
+impl Jobs {
+    /// Counts a finished job, in the totals and in the service rate.
+    fn record_finished(&self) {
+        self.inner.finished.fetch_add(1, Ordering::Relaxed);
+        let now = self.now();
+        self.inner.rate.lock().expect("jobs lock").record(now);
     }
 }
 
@@ -153,7 +197,7 @@ mod tests {
     fn job() -> Job {
         serde_json::from_value(serde_json::json!({
             "id": 1, "kind": "chat", "token": "t", "application_id": 1, "user_id": 2,
-            "channel_id": 3, "guild_id": null, "args": {}, "created_ms": 0,
+            "channel_id": 3, "guild_id": null, "args": {"prompt": "p"}, "created_ms": 0,
             "attachment_limit": 0, "origin": 1
         }))
         .unwrap()
@@ -167,7 +211,8 @@ mod tests {
     #[tokio::test]
     async fn a_finished_job_is_recorded_before_it_is_uncounted() {
         let jobs = jobs();
-        jobs.run_job(&Probe { panic: false }, job(), None).await;
+        jobs.run_job(&Probe { panic: false }, Work::Job(job()), None)
+            .await;
         let stats = jobs.stats();
         assert_eq!((stats.in_flight, stats.finished), (0, 1));
         assert!(stats.service_rate > 0.0);
@@ -179,7 +224,10 @@ mod tests {
         let jobs = jobs();
         let run = {
             let jobs = jobs.clone();
-            tokio::spawn(async move { jobs.run_job(&Probe { panic: true }, job(), None).await })
+            tokio::spawn(async move {
+                jobs.run_job(&Probe { panic: true }, Work::Job(job()), None)
+                    .await
+            })
         };
         assert!(run.await.unwrap_err().is_panic());
         assert_eq!((jobs.stats().in_flight, jobs.stats().finished), (0, 0));

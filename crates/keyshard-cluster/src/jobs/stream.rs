@@ -13,7 +13,8 @@ use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisResult;
 
-use super::Job;
+use super::run::Work;
+use super::{decode, DecodeError, Job};
 use crate::conn::Redis;
 use crate::keys::JOB_GROUP;
 use crate::ClusterError;
@@ -28,7 +29,12 @@ const RESCUE_READ_BUDGET: Duration = Duration::from_secs(2);
 
 /// Queues `job` on `stream`.
 pub(super) async fn add(redis: &Redis, stream: &str, job: &Job) -> Result<(), ClusterError> {
-    let payload = serde_json::to_string(job).expect("a job serializes");
+    let payload = serde_json::to_vec(job).expect("a job serializes");
+    add_payload(redis, stream, payload).await
+}
+
+/// Queues the JSON of a job, as written, on `stream`.
+async fn add_payload(redis: &Redis, stream: &str, payload: Vec<u8>) -> Result<(), ClusterError> {
     let stream = stream.to_owned();
     redis
         .run("queue job", OP_BUDGET, move |mut c| async move {
@@ -190,25 +196,65 @@ pub(super) async fn lengths(redis: &Redis, streams: &[String]) -> Result<Vec<u64
 /// Moves `entry` of stream `from` to stream `to`: queued there first, then acknowledged on
 /// `from` (a crash in between runs the job twice, and the done marker keeps the answer
 /// single). An entry that is not a job is dropped. `Ok(true)` when a job moved.
+///
+/// The job's JSON moves as written, not decoded and written again: a job whose arguments
+/// this version cannot read still reaches a handler that tells its user, and fields that a
+/// newer version added survive a move by an older one.
 pub(super) async fn move_entry(
     redis: &Redis,
     from: &str,
     entry: &StreamId,
     to: &str,
 ) -> Result<bool, ClusterError> {
-    let job = parse(entry);
-    if let Some(job) = &job {
-        add(redis, to, job).await?;
+    let payload = match parse(entry) {
+        Ok(_) => payload(entry),
+        Err(not) => {
+            not.log(from, &entry.id);
+            None
+        }
+    };
+    let moved = payload.is_some();
+    if let Some(payload) = payload {
+        add_payload(redis, to, payload).await?;
     }
     ack(redis, from, &entry.id).await?;
-    Ok(job.is_some())
+    Ok(moved)
 }
 
-/// The job in a stream entry; `None` for a malformed entry or a deleted one still pending.
-pub(super) fn parse(entry: &StreamId) -> Option<Job> {
+/// The `job` field of a stream entry; `None` for a deleted entry still pending.
+fn payload(entry: &StreamId) -> Option<Vec<u8>> {
     let raw = entry.map.get("job")?;
-    let bytes: Vec<u8> = redis::from_redis_value_ref(raw).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    redis::from_redis_value_ref(raw).ok()
+}
+
+/// Why a stream entry holds no job to run.
+pub(super) enum NotAJob {
+    /// No `job` field: an entry deleted while still pending (moved away by a rescuer).
+    Deleted,
+    /// A `job` field that is not a job's JSON: nothing in it says whom to answer.
+    Malformed(DecodeError),
+}
+
+impl NotAJob {
+    /// Logs why the entry `id` of `stream` is dropped; a deleted one is routine.
+    pub(super) fn log(&self, stream: &str, id: &str) {
+        match self {
+            NotAJob::Deleted => tracing::debug!(stream, id, "dropping a deleted entry"),
+            NotAJob::Malformed(e) => {
+                tracing::warn!(stream, id, "dropping an entry: {}", e.summary())
+            }
+        }
+    }
+}
+
+/// The job in a stream entry, its arguments decoded (or found unreadable) here, once.
+pub(super) fn parse(entry: &StreamId) -> Result<Work, NotAJob> {
+    let payload = payload(entry).ok_or(NotAJob::Deleted)?;
+    match decode(&payload) {
+        Ok(job) => Ok(Work::Job(job)),
+        Err(DecodeError::Args(job)) => Ok(Work::Unreadable(*job)),
+        Err(e @ DecodeError::NotAJob(_)) => Err(NotAJob::Malformed(e)),
+    }
 }
 
 #[cfg(test)]

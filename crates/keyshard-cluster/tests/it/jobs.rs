@@ -1,12 +1,19 @@
 //! Durable jobs against a real Redis: every job runs and is answered once, a dead instance's
 //! jobs are rescued by a peer, a restarted instance resumes its own, a key problem moves a
-//! job to a peer, and a Redis outage runs jobs in-process instead of losing them.
+//! job to a peer, a Redis outage runs jobs in-process instead of losing them, and an entry
+//! whose arguments do not decode reaches the handler's `unreadable` (so the user is told) and
+//! is acknowledged, on its own instance and after a rescue.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyshard_cluster::{Cluster, InstanceId, Job, JobContext, JobHandler, JobKind, Jobs, Outcome};
+use keyshard_cluster::jobs::BoxFuture;
+use keyshard_cluster::{
+    Cluster, InstanceId, Job, JobArgs, JobContext, JobHandler, JobKind, Jobs, Outcome,
+    UnreadableJob,
+};
+use keyshard_types::ChatArgs;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +40,8 @@ struct Recorder {
     ran: Arc<Mutex<Vec<(u64, InstanceId)>>>,
     delivered: Arc<Mutex<HashMap<u64, Vec<InstanceId>>>>,
     started: Arc<Notify>,
+    /// Jobs given to `unreadable`: id, kind, and the reason.
+    unreadable: Arc<Mutex<Vec<(u64, JobKind, String)>>>,
 }
 
 impl Recorder {
@@ -47,12 +56,33 @@ impl Recorder {
             ran: Arc::default(),
             delivered: delivered.clone(),
             started: Arc::new(Notify::new()),
+            unreadable: Arc::default(),
         }
     }
 }
 
 impl JobHandler for Recorder {
-    fn handle(&self, job: Job, ctx: JobContext) -> keyshard_cluster::jobs::BoxFuture<Outcome> {
+    fn unreadable(&self, job: UnreadableJob, ctx: JobContext) -> BoxFuture<()> {
+        let r = self.clone();
+        Box::pin(async move {
+            // As the bot does: the error message goes out through the done marker.
+            if ctx.begin_delivery(job.id).await {
+                r.delivered
+                    .lock()
+                    .unwrap()
+                    .entry(job.id)
+                    .or_default()
+                    .push(r.me);
+            }
+            let reason = job.args.reason.clone();
+            r.unreadable
+                .lock()
+                .unwrap()
+                .push((job.id, job.kind(), reason));
+        })
+    }
+
+    fn handle(&self, job: Job, ctx: JobContext) -> BoxFuture<Outcome> {
         let r = self.clone();
         Box::pin(async move {
             r.ran.lock().unwrap().push((job.id, r.me));
@@ -92,13 +122,15 @@ impl JobHandler for Recorder {
 fn job(id: u64, origin: InstanceId) -> Job {
     Job {
         id,
-        kind: JobKind::Chat,
         token: "test-token".into(),
         application_id: 1,
         user_id: 42,
         channel_id: 7,
         guild_id: None,
-        args: serde_json::json!({ "prompt": "hi" }),
+        args: JobArgs::Chat(ChatArgs {
+            prompt: "hi".into(),
+            reset: false,
+        }),
         created_ms: now_ms(),
         attachment_limit: 8 << 20,
         origin,
@@ -427,5 +459,97 @@ async fn readers_reconnect_after_redis_restarts_empty() {
         (5, 0),
         "{info:?}"
     );
+    stop.cancel();
+}
+
+/// The JSON of an image job as any version writes it, with `ratio` as given.
+fn image_entry(id: u64, origin: InstanceId, ratio: &str) -> String {
+    format!(
+        r#"{{"id":{id},"kind":"image","token":"test-token","application_id":1,"user_id":42,"channel_id":7,"guild_id":null,"args":{{"model":null,"prompt":"cat","ratio":"{ratio}"}},"created_ms":{},"attachment_limit":8388608,"origin":{origin},"tried":[],"attempt":0}}"#,
+        now_ms()
+    )
+}
+
+/// `XADD`s `payload` as the `job` field of `stream`, as an instance queues a job.
+async fn add_raw(conn: &mut redis::aio::MultiplexedConnection, stream: &str, payload: &str) {
+    let _: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("job")
+        .arg(payload)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// Waits until `stream` has no entries and its group no pending ones: every entry acknowledged.
+async fn wait_all_acknowledged(conn: &mut redis::aio::MultiplexedConnection, stream: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (len, pending): (u64, (u64, redis::Value, redis::Value, redis::Value)) = redis::pipe()
+            .cmd("XLEN")
+            .arg(stream)
+            .cmd("XPENDING")
+            .arg(stream)
+            .arg(keyshard_cluster::jobs::GROUP)
+            .query_async(conn)
+            .await
+            .unwrap();
+        if (len, pending.0) == (0, 0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{stream}: {len} entries, {} pending",
+            pending.0
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_with_unreadable_arguments_reaches_the_handler_and_is_acknowledged() {
+    let mut tc = TestCluster::start().await;
+    let client = redis::Client::open(tc.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // (`tc.node(id)` indexes the nodes still running: take instance 2 before one stops.)
+    let node2 = tc.node(2).clone();
+    // Instance 1 has a bad entry queued and dies before it runs a worker.
+    let dead_stream = keyshard_cluster::jobs::stream_key(&tc.name, 1, JobKind::Image);
+    add_raw(&mut conn, &dead_stream, &image_entry(901, 1, "7:3")).await;
+    tc.nodes.remove(0).task.abort();
+    // Instance 2 has a bad entry and a good one of its own.
+    let stream = keyshard_cluster::jobs::stream_key(&tc.name, 2, JobKind::Image);
+    add_raw(&mut conn, &stream, &image_entry(900, 2, "4:5")).await;
+    add_raw(&mut conn, &stream, &image_entry(902, 2, "16:9")).await;
+
+    let delivered = Arc::default();
+    let recorder = Recorder::new(2, Mode::Finish, &delivered);
+    let (unreadable, ran) = (recorder.unreadable.clone(), recorder.ran.clone());
+    let (jobs, stop, _tasks) = start_workers(&node2, recorder);
+    wait_for("all three jobs answered", Duration::from_secs(10), || {
+        delivered.lock().unwrap().len() == 3
+    })
+    .await;
+    delivered_once(&delivered, [900, 901, 902].into_iter());
+    let mut told = unreadable.lock().unwrap().clone();
+    told.sort_by_key(|(id, _, _)| *id);
+    assert_eq!(told.len(), 2, "{told:?}");
+    for ((id, kind, reason), (want_id, bad)) in told.iter().zip([(900, "4:5"), (901, "7:3")]) {
+        assert_eq!((*id, *kind), (want_id, JobKind::Image));
+        assert!(
+            reason.contains("`ratio`") && reason.contains(bad),
+            "{reason}"
+        );
+    }
+    // Only the good job ran; the others were moved (901, by the rescue) as written.
+    assert_eq!(*ran.lock().unwrap(), vec![(902, 2)]);
+    assert_eq!(jobs.stats().rescued, 1);
+    wait_all_acknowledged(&mut conn, &stream).await;
+    wait_all_acknowledged(&mut conn, &dead_stream).await;
+    wait_for("three jobs counted finished", PATIENCE, || {
+        jobs.stats().finished == 3
+    })
+    .await;
     stop.cancel();
 }

@@ -1,5 +1,6 @@
 //! Per-key limits: a [`Lane`] is one rate-limited stream of calls of one key (OpenAI chat,
-//! OpenAI images, MiniMax images, MiniMax video creation, Stability images). It combines
+//! OpenAI images, MiniMax images, MiniMax video creation and polling, Stability images),
+//! named by its [`LaneKind`]. It combines
 //!
 //! - concurrency (a fair semaphore),
 //! - requests per window (a hard sliding-window cap plus GCRA pacing with a small burst) and
@@ -94,11 +95,54 @@ impl ProviderStats {
     }
 }
 
+/// Which stream of calls of a key a lane is. Its name ([`LaneKind::as_str`], also its serde
+/// name) is an external contract: the `/metrics` labels, the budget JSON each instance
+/// publishes to `{c}:info:{id}` for the admin views, and the simulator's lane names.
+///
+/// `LaneKind` rather than `Lane`: [`Lane`] is the limiter itself, and the name follows
+/// `ProviderKind` and `JobKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaneKind {
+    /// OpenAI chat completions.
+    Chat,
+    /// Image generations, one lane per image provider.
+    Images,
+    /// MiniMax video task creation.
+    Video,
+    /// MiniMax video task polls, file lookups and downloads (not counted per day).
+    VideoQuery,
+}
+
+impl LaneKind {
+    pub const ALL: [LaneKind; 4] = [
+        LaneKind::Chat,
+        LaneKind::Images,
+        LaneKind::Video,
+        LaneKind::VideoQuery,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaneKind::Chat => "chat",
+            LaneKind::Images => "images",
+            LaneKind::Video => "video",
+            LaneKind::VideoQuery => "video_query",
+        }
+    }
+}
+
+impl std::fmt::Display for LaneKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What one lane has left, for `/metrics` and the load-balancer command.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LaneBudget {
     pub provider: ProviderKind,
-    pub lane: &'static str,
+    pub lane: LaneKind,
     pub window_secs: f64,
     pub requests_limit: u32,
     pub requests_used: u32,
@@ -124,7 +168,7 @@ struct LaneState {
 /// One rate-limited stream of calls of one key.
 pub(crate) struct Lane {
     pub provider: ProviderKind,
-    pub name: &'static str,
+    pub kind: LaneKind,
     window: Duration,
     concurrency: u32,
     max_wait: Duration,
@@ -164,7 +208,7 @@ impl Admission {
 impl Lane {
     pub fn new(
         provider: ProviderKind,
-        name: &'static str,
+        kind: LaneKind,
         limits: &KeyLimits,
         rpm: u32,
         max_wait: Duration,
@@ -174,7 +218,7 @@ impl Lane {
         let span = limits.window + limits.guard();
         Arc::new(Lane {
             provider,
-            name,
+            kind,
             window: limits.window,
             concurrency: limits.concurrency.max(1),
             max_wait,
@@ -268,7 +312,7 @@ impl Lane {
             ErrorClass::RateLimited,
             format!(
                 "no {} capacity within {:?} (key limits)",
-                self.name, self.max_wait
+                self.kind, self.max_wait
             ),
         )
         .with_retry_after(retry_after)
@@ -302,7 +346,7 @@ impl Lane {
         let limit = st.requests.limit();
         LaneBudget {
             provider: self.provider,
-            lane: self.name,
+            lane: self.kind,
             window_secs: self.window.as_secs_f64(),
             requests_limit: limit,
             requests_used: used,
@@ -350,7 +394,7 @@ mod tests {
         };
         Lane::new(
             ProviderKind::OpenAi,
-            "chat",
+            LaneKind::Chat,
             &limits,
             rpm,
             Duration::from_secs(600),
@@ -427,7 +471,7 @@ mod tests {
         let limits = KeyLimits::per_minute(1, 1);
         let l = Lane::new(
             ProviderKind::MiniMax,
-            "video",
+            LaneKind::Video,
             &limits,
             1,
             Duration::from_secs(10),
@@ -443,5 +487,20 @@ mod tests {
         let err = l.admit(0).await.err().unwrap();
         assert_eq!(err.class, ErrorClass::RateLimited);
         assert!(err.retry_after.unwrap() > Duration::from_secs(10));
+    }
+
+    #[test]
+    fn lane_names_are_the_published_ones() {
+        let names: Vec<String> = LaneKind::ALL
+            .iter()
+            .map(|l| serde_json::to_string(l).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [r#""chat""#, r#""images""#, r#""video""#, r#""video_query""#]
+        );
+        for l in LaneKind::ALL {
+            assert_eq!(format!("\"{l}\""), serde_json::to_string(&l).unwrap());
+        }
     }
 }

@@ -11,9 +11,9 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use keyshard_providers::{
     AspectRatio, ChatEvent, ChatMessage, ChatRole, DailyStore, ErrorClass, KeyDay, KeyLimits,
-    MemoryStore, MiniMax, MiniMaxConfig, OpenAi, OpenAiConfig, ProviderConfig, ProviderError,
-    ProviderKind, Providers, RetryPolicy, Secret, Stability, StabilityConfig, StoreError, UtcDay,
-    VideoStatus,
+    LaneKind, MemoryStore, MiniMax, MiniMaxConfig, OpenAi, OpenAiConfig, ProviderConfig,
+    ProviderError, ProviderKind, Providers, RetryPolicy, Secret, Stability, StabilityConfig,
+    StoreError, UtcDay, VideoStatus,
 };
 use keyshard_sim::providers::bench::{self, BenchArgs, BenchClient};
 use keyshard_sim::providers::{
@@ -411,7 +411,7 @@ async fn token_budget_is_reconciled_with_reported_usage() {
     assert!(!text.is_empty());
     let (p, c) = usage.unwrap();
     let chat = &client.budget()[0];
-    assert_eq!(chat.lane, "chat");
+    assert_eq!(chat.lane, LaneKind::Chat);
     // The 500-token completion estimate was replaced by what the fake reported.
     assert_eq!(chat.tokens_used, Some(u64::from(p + c)));
     fake.shutdown().await;
@@ -625,7 +625,7 @@ async fn a_video_task_is_resumed_from_its_id_by_a_restarted_client_and_unknown_t
     );
 
     let failing = other.video_create("fake:videofail").await.unwrap();
-    assert_eq!(other.budget()[1].lane, "video");
+    assert_eq!(other.budget()[1].lane, LaneKind::Video);
     assert_eq!(other.budget()[1].day_used, 1);
     let end = other
         .video_wait(&failing, Duration::from_millis(20), Duration::from_secs(5))
