@@ -317,12 +317,27 @@ impl Shared {
     /// A fresh snowflake for "now", unique within this fake.
     pub(crate) fn snowflake(&self) -> u64 {
         let low = self.next_low.fetch_add(1, Ordering::Relaxed);
-        keyshard_routing::snowflake_at(unix_ms(), low)
+        snowflake_at(unix_ms(), low)
     }
 
     pub(crate) fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// Discord's epoch, the first second of 2015, in Unix milliseconds.
+const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+
+/// A Discord snowflake for the given Unix time in milliseconds, with `low` in the 22 low bits
+/// (worker, process, increment), as Discord's documentation lays them out. The fake's own, not
+/// the bot's reading of them, so a wrong reading in the bot shows up against it.
+pub fn snowflake_at(unix_ms: u64, low: u32) -> u64 {
+    (unix_ms.saturating_sub(DISCORD_EPOCH_MS) << 22) | u64::from(low & 0x3f_ffff)
+}
+
+/// The Unix time in milliseconds at which a snowflake was created (its top 42 bits).
+pub fn created_at_ms(snowflake: u64) -> u64 {
+    (snowflake >> 22) + DISCORD_EPOCH_MS
 }
 
 /// Wall-clock Unix milliseconds (snowflakes carry wall-clock time, as Discord's do).
@@ -439,7 +454,7 @@ impl FakeDiscord {
             guild_id: spec.guild_id,
             channel_id: spec.channel_id,
             sent_at,
-            sent_unix_ms: keyshard_routing::created_at_ms(id),
+            sent_unix_ms: created_at_ms(id),
             delivered_to: delivered_to.clone(),
             callbacks: Vec::new(),
             messages: Vec::new(),
@@ -479,6 +494,12 @@ impl FakeDiscord {
     /// Every record, in dispatch order.
     pub fn records(&self) -> Vec<InteractionRecord> {
         self.shared.lock().records.clone()
+    }
+
+    /// Runs `f` over the records in place, without copying them (for counts taken often
+    /// during a run); the fake waits while `f` runs, so keep it short.
+    pub fn inspect_records<R>(&self, f: impl FnOnce(&[InteractionRecord]) -> R) -> R {
+        f(&self.shared.lock().records)
     }
 
     /// Channel messages that no interaction could be attributed to.
@@ -562,5 +583,20 @@ impl FakeDiscord {
                 return pred(&self.shared.lock());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snowflakes_carry_their_time_as_discord_documents() {
+        // Discord's documentation example: 175928847299117063 was created
+        // 2016-04-30 11:18:25.796 UTC.
+        assert_eq!(created_at_ms(175_928_847_299_117_063), 1_462_015_105_796);
+        let t = 1_790_000_000_123;
+        assert_eq!(created_at_ms(snowflake_at(t, 77)), t);
+        assert_eq!(snowflake_at(t, 77) & 0x3f_ffff, 77);
     }
 }
