@@ -171,7 +171,9 @@ impl Shared {
         }
     }
 
-    /// The sliding-window check; an admitted request is counted at once.
+    /// The sliding-window check; an admitted request is counted at once. One function over
+    /// ~90 lines because requests and tokens are decided together under the windows lock (an
+    /// OpenAI request is refused for either), and splitting it would hand the guard around.
     fn admit(&self, lane: FakeLane, key: &str, tokens: u64) -> Gate {
         let now = Instant::now();
         let lim = self.cfg.limits.lane(lane);

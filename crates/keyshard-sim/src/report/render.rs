@@ -242,8 +242,13 @@ impl Report {
         for (name, c) in &self.by_command {
             let _ = writeln!(
                 s,
-                "/{name:<8} sent {:>6}  acked {:>6}  completed {:>6}  failed {:>5}  p50 {:.0} ms",
-                c.sent, c.acked, c.completed, c.failed, c.completion_p50_ms
+                "{} sent {:>6}  acked {:>6}  completed {:>6}  failed {:>5}  p50 {:.0} ms",
+                pad(&format!("/{name}"), 12),
+                c.sent,
+                c.acked,
+                c.completed,
+                c.failed,
+                c.completion_p50_ms
             );
         }
     }
@@ -280,6 +285,19 @@ impl Report {
             );
         }
     }
+}
+
+/// `text` padded with spaces to `width` terminal columns. Korean command names take two
+/// columns a letter, so `{:<8}` (which counts letters) would misalign the table.
+fn pad(text: &str, width: usize) -> String {
+    let wide = |c: char| {
+        matches!(c as u32,
+            0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF
+            | 0x4E00..=0x9FFF | 0xA960..=0xA97F | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF
+            | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6)
+    };
+    let columns: usize = text.chars().map(|c| if wide(c) { 2 } else { 1 }).sum();
+    format!("{text}{}", " ".repeat(width.saturating_sub(columns)))
 }
 
 #[cfg(test)]
@@ -339,6 +357,13 @@ mod tests {
         assert!(!r.render().contains("above capacity"));
         r.capacity_per_min = None;
         assert!(r.render().contains("capacity      n/a"));
+    }
+
+    #[test]
+    fn korean_names_are_padded_by_columns() {
+        assert_eq!(super::pad("/핑", 6), "/핑   ");
+        assert_eq!(super::pad("/ping", 6), "/ping ");
+        assert_eq!(super::pad("/로드밸런서", 6), "/로드밸런서");
     }
 
     #[test]
