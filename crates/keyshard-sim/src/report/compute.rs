@@ -286,6 +286,7 @@ impl<'i, 'a> Tally<'i, 'a> {
             completion_latency_ms: CompletionLatency {
                 p50: r2(quantile(&completions, 0.5)),
                 p99: r2(quantile(&completions, 0.99)),
+                max: r2(completions.last().copied().unwrap_or(0.0)),
             },
             ack_latency_by_route_ms: self
                 .by_route
@@ -305,6 +306,7 @@ impl<'i, 'a> Tally<'i, 'a> {
                 .saturating_duration_since(input.start)
                 .as_secs_f64()),
             throughput_overall_per_min,
+            last_completion_s: r2(overall),
             capacity_per_min: input.capacity_per_min,
             provider_429: input.provider_429,
             lanes: input.lanes.clone(),
@@ -475,6 +477,10 @@ mod tests {
         let p2 = &report.per_instance[1];
         assert_eq!((p2.killed, p2.extra_callback_attempts), (true, 1));
         assert_eq!(report.ack_latency_ms.max, 900.0);
+        assert_eq!(
+            (report.completion_latency_ms.max, report.last_completion_s),
+            (900.0, 30.8)
+        );
         assert_eq!(report.misrouted_examples[0].answered_by, 1);
         assert_eq!(report.lost_examples[0].user_id, 8);
         // Steady window 10 s .. 60 s: one interaction sent and answered in it.

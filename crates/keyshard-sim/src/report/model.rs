@@ -45,6 +45,8 @@ pub struct AckLatency {
 pub struct CompletionLatency {
     pub p50: f64,
     pub p99: f64,
+    /// The slowest answer: a video that waited for its key's window, a job rescued late.
+    pub max: f64,
 }
 
 /// `routing.*`: every acknowledged interaction, judged by the simulator (see
@@ -185,6 +187,8 @@ pub struct Report {
     pub steady_to_s: f64,
     /// Final answers per minute over the whole run, from the first dispatch to the last answer.
     pub throughput_overall_per_min: f64,
+    /// Seconds from the first dispatch to the last final answer (0 for none).
+    pub last_completion_s: f64,
     /// The sum of the fake keys' limits for the mix at their long-run rate; `null` when no
     /// provider limit applies (a `/핑`-only mix) or the fake providers are not wired in.
     pub capacity_per_min: Option<f64>,

@@ -62,8 +62,10 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "completion    p50 {:.2} ms  p99 {:.2} ms",
-            self.completion_latency_ms.p50, self.completion_latency_ms.p99
+            "completion    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms (dispatch to final answer)",
+            self.completion_latency_ms.p50,
+            self.completion_latency_ms.p99,
+            self.completion_latency_ms.max
         );
         let r = &self.routing;
         let _ = writeln!(
@@ -87,8 +89,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "throughput    {}/min answered in it ({}/min sent in it; {}/min over the whole run)",
-            self.throughput_per_min, self.sent_steady_per_min, self.throughput_overall_per_min
+            "throughput    {}/min answered in it ({}/min sent in it; {}/min over the whole run, to the last answer at {:.1} s)",
+            self.throughput_per_min,
+            self.sent_steady_per_min,
+            self.throughput_overall_per_min,
+            self.last_completion_s
         );
         match self.capacity_per_min {
             Some(c) => {
