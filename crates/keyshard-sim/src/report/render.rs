@@ -375,11 +375,7 @@ mod tests {
     fn instance_columns_are_explained() {
         let text = report().render();
         // The last "#1" row: the one of the instance table, after the served matrix.
-        let row = text
-            .lines()
-            .filter(|l| l.starts_with("#1 "))
-            .last()
-            .unwrap();
+        let row = text.lines().rfind(|l| l.starts_with("#1 ")).unwrap();
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(&cells[..7], ["#1", "25", "0", "0", "22", "0", "3"], "{row}");
         assert!(text.contains("answered = acked"), "{text}");
