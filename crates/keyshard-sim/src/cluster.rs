@@ -61,7 +61,8 @@ pub struct ProcessConfig {
 }
 
 impl ProcessConfig {
-    /// Defaults for a simulator run: quiet logs, a fast heartbeat so a killed instance is
+    /// Defaults for a simulator run: logs at `info` (starts, stops, takeovers; nothing per
+    /// interaction, so the ack path is not slowed), a fast heartbeat so a killed instance is
     /// noticed quickly (well inside the 3 s acknowledgement window), and a unique cluster name.
     pub fn new(keyshard_bin: PathBuf, instances: u32, redis_url: String, run_dir: PathBuf) -> Self {
         Self {
@@ -71,7 +72,7 @@ impl ProcessConfig {
             cluster_name: format!("sim{}x{}", std::process::id(), crate::discord::unix_ms()),
             run_dir,
             admin_user_ids: vec![ADMIN_USER_ID],
-            rust_log: "warn".into(),
+            rust_log: "info".into(),
             heartbeat_ms: 250,
             dead_after_ms: 1_000,
             overload_wait_secs: None,
@@ -189,6 +190,8 @@ impl ProcessCluster {
                     .join(","),
             ),
             ("RUST_LOG".into(), c.rust_log.clone()),
+            // Logs go to a file: no colour codes in it (https://no-color.org).
+            ("NO_COLOR".into(), "1".into()),
             ("HEARTBEAT_MS".into(), c.heartbeat_ms.to_string()),
             ("DEAD_AFTER_MS".into(), c.dead_after_ms.to_string()),
             // A `.env.multi` in the working directory must not leak real settings in.
@@ -298,6 +301,44 @@ impl ProcessCluster {
             }
             tokio::time::sleep(READY_PROBE_EVERY).await;
         }
+    }
+
+    /// Waits until every running instance's `/readyz` says its own snapshot sees `alive`
+    /// instances: a snapshot is refreshed inside the instance and is not visible in Redis, so
+    /// this is how the first interactions avoid meeting a peer that has not yet seen the last
+    /// starter.
+    pub async fn wait_converged(&mut self, alive: usize, deadline: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + deadline;
+        for id in 1..=self.cfg.instances {
+            if !self.is_running(id) {
+                continue;
+            }
+            let url = format!("http://{}/readyz", self.slot(id)?.http_bind);
+            loop {
+                let seen = match self
+                    .http
+                    .get(&url)
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                {
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["alive_instances"].as_u64()),
+                    Err(_) => None,
+                };
+                if seen == Some(alive as u64) {
+                    break;
+                }
+                if Instant::now() >= until {
+                    bail!("instance {id} never saw {alive} instances alive within {deadline:?} (last: {seen:?})");
+                }
+                tokio::time::sleep(READY_PROBE_EVERY).await;
+            }
+        }
+        Ok(())
     }
 
     /// SIGKILL, like a crash, and reap the process.

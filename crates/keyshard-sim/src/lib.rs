@@ -6,13 +6,19 @@
 //! - [`providers`]: fake OpenAI / MiniMax / Stability endpoints.
 //! - [`cluster`]: [`cluster::ProcessCluster`], N real `keyshard` processes with their env,
 //!   readiness, kill/terminate/restart, logs in a run directory.
-//! - [`scenario`]: the load scenario (seeded users, commands, open-loop arrivals, kills) and
-//!   [`scenario::run_scenario`], the one call the CLI and the end-to-end tests make.
-//! - [`report`]: the JSON report (DESIGN.md §6 field names) and the readable table.
+//! - [`scenario`]: the load scenario (seeded users, commands, open-loop arrivals, chaos) and
+//!   [`scenario::run_scenario`], the one call the CLI and the end-to-end tests make, in phases:
+//!   start → drive → drain → collect.
+//! - [`judge`]: whether each answer came from the right instance, decided from what the
+//!   simulator observed itself (its kills, the heartbeats it read from Redis as plain data),
+//!   never by calling the code under test.
+//! - [`report`]: the JSON report (DESIGN.md §6 field names): its model, its computation from
+//!   the records and the judge, and the text a person reads.
 //! - [`wiring`]: the fake providers plugged into a scenario (per-instance keys, capacity, 429s).
 
 pub mod cluster;
 pub mod discord;
+pub mod judge;
 pub mod providers;
 pub mod report;
 pub mod scenario;

@@ -93,8 +93,8 @@ struct CommonArgs {
     /// Where instance logs go (default: a fresh temp dir).
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// RUST_LOG for the instances.
-    #[arg(long, default_value = "warn")]
+    /// RUST_LOG for the instances (their logs go to `instance-N.log` in the run directory).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
     instance_log: String,
     /// Seconds to wait for outstanding answers after the load.
     #[arg(long, default_value_t = 120.0)]
@@ -315,6 +315,13 @@ async fn interrupted() {
     }
 }
 
+/// Colour codes only for a person at a terminal: not in a file or a pipe, and not when
+/// `NO_COLOR` is set (https://no-color.org).
+fn colour_stderr() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSHARD_SIM_LOG")
@@ -322,6 +329,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(colour_stderr())
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -154,6 +154,12 @@ impl ProviderFakes for ScenarioProviders {
             .map(|lane| {
                 let requests = self.fakes.admitted_between(lane, from.into(), to.into());
                 let capacity = self.fakes.capacity_per_min(lane, instances as usize) * secs / 60.0;
+                // Any stretch of `secs` lies within ⌈secs ÷ window⌉ windows of a key, and a
+                // sliding window admits at most its limit in each.
+                let limit = self.fakes.limits().lane(lane);
+                let window = limit.window.as_secs_f64();
+                let windows = (secs / window).ceil().max(1.0);
+                let ceiling = f64::from(instances) * f64::from(limit.limit) * windows;
                 LaneUse {
                     lane: lane.name().to_owned(),
                     requests,
@@ -163,6 +169,8 @@ impl ProviderFakes for ScenarioProviders {
                     } else {
                         0.0
                     },
+                    ceiling,
+                    key_window_s: window,
                 }
             })
             .collect()
@@ -217,10 +225,21 @@ mod tests {
                 "stability_images"
             ]
         );
-        // 4 keys at 120/min for 30 s; nothing was asked yet.
+        // 4 keys at 120/min for 30 s; nothing was asked yet. Within one 60 s window each
+        // key may admit its whole 120 at once.
         assert!(lanes
             .iter()
             .all(|l| l.capacity == 240.0 && l.requests == 0 && l.utilization == 0.0));
+        assert!(lanes
+            .iter()
+            .all(|l| l.ceiling == 480.0 && l.key_window_s == 60.0));
+        let long = p.lane_use(
+            &"chat=1".parse().unwrap(),
+            4,
+            from,
+            from + Duration::from_secs(90),
+        );
+        assert_eq!((long[0].capacity, long[0].ceiling), (720.0, 960.0));
     }
 
     #[tokio::test]

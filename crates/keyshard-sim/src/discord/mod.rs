@@ -11,11 +11,13 @@
 //! - [`record`]: what is remembered per interaction, and the rules (ack, duplicate, completion)
 //!   the report is computed with.
 //! - `payload`: the JSON objects, with every field serenity needs.
+//! - `snowflake`: ids that carry their creation time, as Discord's do.
 
 mod gateway;
 mod payload;
 pub mod record;
 mod rest;
+mod snowflake;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use record::{
     CallbackAttempt, Completion, FileRecord, InteractionRecord, MessageKind, MessageRecord,
 };
+pub use snowflake::{created_at_ms, snowflake_at};
 
 /// The per-file upload limit every interaction advertises (Discord's default, 10 MiB).
 pub const ATTACHMENT_SIZE_LIMIT: usize = 10 * 1024 * 1024;
@@ -317,7 +320,7 @@ impl Shared {
     /// A fresh snowflake for "now", unique within this fake.
     pub(crate) fn snowflake(&self) -> u64 {
         let low = self.next_low.fetch_add(1, Ordering::Relaxed);
-        keyshard_routing::snowflake_at(unix_ms(), low)
+        snowflake_at(unix_ms(), low)
     }
 
     pub(crate) fn base_url(&self) -> String {
@@ -439,7 +442,7 @@ impl FakeDiscord {
             guild_id: spec.guild_id,
             channel_id: spec.channel_id,
             sent_at,
-            sent_unix_ms: keyshard_routing::created_at_ms(id),
+            sent_unix_ms: created_at_ms(id),
             delivered_to: delivered_to.clone(),
             callbacks: Vec::new(),
             messages: Vec::new(),
@@ -479,6 +482,12 @@ impl FakeDiscord {
     /// Every record, in dispatch order.
     pub fn records(&self) -> Vec<InteractionRecord> {
         self.shared.lock().records.clone()
+    }
+
+    /// Runs `f` over the records in place, without copying them (for counts taken often
+    /// during a run); the fake waits while `f` runs, so keep it short.
+    pub fn inspect_records<R>(&self, f: impl FnOnce(&[InteractionRecord]) -> R) -> R {
+        f(&self.shared.lock().records)
     }
 
     /// Channel messages that no interaction could be attributed to.

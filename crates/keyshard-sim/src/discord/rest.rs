@@ -127,6 +127,9 @@ async fn read_body(req: Request) -> Result<Parsed, Response> {
     Ok(parsed)
 }
 
+/// Every REST call: attribution to the calling instance, Discord's size limits, then the route
+/// table. Long because the table is one `match` with a line per endpoint, the fastest way to
+/// see which Discord routes the fake serves.
 async fn rest(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().replace("%40", "@");
@@ -343,6 +346,9 @@ fn callback(shared: &Shared, instance: u32, id: &str, token: &str, body: Parsed)
     }
 }
 
+/// Followups and edits through the interaction webhook. Long because it checks in Discord's
+/// order (token, application, token age, the first response) and records every attempt, the
+/// refused ones included, before it creates or edits a message; one piece keeps that order.
 #[allow(clippy::too_many_arguments)]
 fn webhook(
     shared: &Shared,

@@ -197,6 +197,9 @@ fn answer_words(n: usize, last: &str) -> Vec<String> {
         .collect()
 }
 
+/// `POST /chat/completions`. Long because it follows one request through the provider's own
+/// order of checks (key, body, limits, injected failure, JSON or SSE answer); kept in one
+/// piece so that order reads top to bottom as the provider applies it.
 async fn chat(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let key = bearer(&headers);
     if let Some(f) = s.key_failure(&key) {

@@ -52,6 +52,9 @@ async fn failure(s: &Shared, f: Failure) -> Response {
     }
 }
 
+/// `POST /v2beta/stable-image/generate/core`. Long because it follows one request through
+/// Stability's order of checks (key, multipart form, limits, injected failure, image or JSON
+/// answer); kept in one piece so that order reads top to bottom.
 async fn core(State(s): State<Arc<Shared>>, headers: HeaderMap, mut form: Multipart) -> Response {
     let key = bearer(&headers);
     if let Some(f) = s.key_failure(&key) {

@@ -28,6 +28,11 @@ async fn instances_start_answer_die_and_come_back() {
         .await
         .unwrap();
     assert!(discord.commands().iter().any(|c| c.name == "핑"));
+    // Routing is only asserted once each instance's own view sees both.
+    cluster
+        .wait_converged(2, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     // User 2 has primary 1 (2 % 2 + 1), user 3 primary 2.
     let a = discord.send_interaction(InteractionSpec::guild("핑", 2));

@@ -1,0 +1,216 @@
+//! The report's data: what `--json` writes. Field names are a contract (DESIGN.md §6 lists the
+//! ones other tools read: `interactions.*`, `ack_latency_ms.*`, `completion_latency_ms.*`,
+//! `throughput_per_min`, `capacity_per_min`, `provider_429`, `routing.*`, `per_instance[]`,
+//! `elapsed_s`); fields are only ever added.
+//!
+//! Every figure says which window it counts: the whole run (every interaction sent, and its
+//! answer however late) or the steady window (from the end of a warm-up to the end of the
+//! load, see [`super::steady_window`]).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// `interactions.*`, over the whole run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Interactions {
+    pub sent: u64,
+    /// Interactions with an accepted (204) callback.
+    pub acked: u64,
+    /// Interactions nobody acknowledged in time.
+    pub lost: u64,
+    /// Callback attempts after the first accepted one, whatever the fake answered.
+    pub duplicate_acks: u64,
+    /// Callback attempts after the acknowledgement window with nobody having acked.
+    pub late_acks: u64,
+    /// Interactions with a final answer (type-4 callback, or the last edit/followup/channel
+    /// message after a deferred one).
+    pub completed: u64,
+    /// Completed interactions whose final answer starts with "⚠️".
+    pub failed: u64,
+    /// Interactions answered more than once (see `InteractionRecord::has_duplicate_answer`).
+    pub duplicate_answers: u64,
+}
+
+/// `ack_latency_ms.*`: dispatch → accepted callback.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AckLatency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// `completion_latency_ms.*`: dispatch → final answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CompletionLatency {
+    pub p50: f64,
+    pub p99: f64,
+    /// The slowest answer: a video that waited for its key's window, a job rescued late.
+    pub max: f64,
+}
+
+/// `routing.*`: every acknowledged interaction, judged by the simulator (see
+/// [`crate::judge`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Routing {
+    pub primary: u64,
+    pub takeover_overload: u64,
+    pub takeover_down: u64,
+    pub misrouted: u64,
+}
+
+/// One entry of `per_instance[]`, over the whole run.
+///
+/// `acks` and `completions` count different things, so they differ even in a healthy run:
+/// `acks` are interactions this instance acknowledged, `completions` the final answers it
+/// posted. A job acknowledged here can be finished elsewhere (a peer with room steals it, a
+/// key problem moves it, a peer rescues it after a kill), so
+/// `completions = acks − answered_by_others + answered_for_others − (acked, never answered)`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct InstanceReport {
+    pub id: u32,
+    /// Accepted callbacks made by this instance: interactions it acknowledged.
+    pub acks: u64,
+    /// Final answers posted by this instance: its direct replies and the jobs its workers
+    /// finished, whoever acknowledged them.
+    pub completions: u64,
+    /// Of `completions`, those starting with "⚠️".
+    pub failed: u64,
+    /// Acks for users whose primary is this instance.
+    pub acks_as_primary: u64,
+    /// Acks for other instances' users.
+    pub takeovers: u64,
+    /// Final answers to interactions another instance acknowledged (a job stolen, moved or
+    /// rescued to this one).
+    pub answered_for_others: u64,
+    /// Interactions this instance acknowledged whose final answer another instance posted.
+    pub answered_by_others: u64,
+    /// Callback attempts by this instance that were not the accepted one.
+    pub extra_callback_attempts: u64,
+    /// Interactions whose user has this instance as primary.
+    pub primary_for: u64,
+    pub killed: bool,
+    /// Seconds from the first dispatch to the first kill or termination by the simulator.
+    pub killed_at_s: Option<f64>,
+    pub identifies: u32,
+    pub resumes: u32,
+}
+
+/// Counts for one command name, over the whole run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CommandReport {
+    pub sent: u64,
+    pub acked: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub completion_p50_ms: f64,
+}
+
+/// One interaction answered by someone it should not have been.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RouteExample {
+    pub interaction_id: u64,
+    pub user_id: u64,
+    pub primary: u32,
+    pub answered_by: u32,
+    /// Seconds from the first dispatch to this one.
+    pub sent_at_s: f64,
+    pub ack_after_ms: f64,
+}
+
+/// One interaction nobody acknowledged, with the callback attempts it did get.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LostExample {
+    pub interaction_id: u64,
+    pub user_id: u64,
+    pub primary: u32,
+    pub sent_at_s: f64,
+    /// `(instance, ms after dispatch, status)` of each callback attempt.
+    pub attempts: Vec<(u32, f64, u16)>,
+}
+
+/// What the scenario was, echoed into the report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ScenarioSummary {
+    pub instances: u32,
+    pub users: u32,
+    pub rate_per_s: f64,
+    pub duration_s: f64,
+    pub mix: String,
+    pub skew: String,
+    pub seed: u64,
+    pub chaos: Vec<String>,
+}
+
+/// One provider lane over the steady window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LaneUse {
+    /// `openai_chat`, `minimax_images`, … ([`crate::providers::FakeLane::name`])
+    pub lane: String,
+    /// Requests the fake admitted on this lane in the steady window, all keys together.
+    pub requests: u64,
+    /// What the keys allow in the same time at their long-run rate (limit per window).
+    pub capacity: f64,
+    /// `requests / capacity`. Above 1 only when the steady window is not a whole number of
+    /// the keys' windows: a sliding window admits its whole limit at once, so over less than a
+    /// window the keys can admit up to `ceiling`.
+    pub utilization: f64,
+    /// The most the keys' sliding windows can admit in the steady window: each key's limit
+    /// once per window the steady window touches (`limit × ⌈steady ÷ window⌉` per key).
+    pub ceiling: f64,
+    /// The keys' window in seconds (the same for every key of a lane).
+    pub key_window_s: f64,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub scenario: ScenarioSummary,
+    pub interactions: Interactions,
+    pub ack_latency_ms: AckLatency,
+    pub completion_latency_ms: CompletionLatency,
+    /// Ack latency of the interactions answered by their primary, and of the taken-over ones
+    /// (a takeover waits for the claim fallback or for the dead primary's heartbeat to expire).
+    pub ack_latency_by_route_ms: BTreeMap<String, AckLatency>,
+    /// Final answers per minute in the steady window (`steady_from_s`..`steady_to_s`): answers
+    /// that arrived in it, whenever their interaction was sent, every command included. At
+    /// saturating load that is the pace the keys allow; the backlog drained afterwards and the
+    /// render time of the last videos do not dilute it.
+    pub throughput_per_min: f64,
+    /// Interactions sent per minute in the steady window: what throughput can follow at most
+    /// in the long run. Answers can outpace it for a while when a backlog from the warm-up
+    /// drains into the window.
+    pub sent_steady_per_min: f64,
+    /// The steady window, in seconds from the first dispatch: a warm-up of a sixth of the
+    /// load (at most 10 s) to the end of the load.
+    pub steady_from_s: f64,
+    pub steady_to_s: f64,
+    /// Final answers per minute over the whole run, from the first dispatch to the last answer.
+    pub throughput_overall_per_min: f64,
+    /// Seconds from the first dispatch to the last final answer (0 for none).
+    pub last_completion_s: f64,
+    /// The sum of the fake keys' limits for the mix at their long-run rate; `null` when no
+    /// provider limit applies (a `/핑`-only mix) or the fake providers are not wired in.
+    pub capacity_per_min: Option<f64>,
+    pub provider_429: u64,
+    /// Each provider lane the mix uses, over the steady window: requests the fake keys
+    /// admitted against what they allow. Shows which lane holds throughput back.
+    pub lanes: Vec<LaneUse>,
+    pub routing: Routing,
+    pub per_instance: Vec<InstanceReport>,
+    /// `served[p-1][a-1]`: interactions of users with primary `p` acknowledged by instance `a`.
+    pub served: Vec<Vec<u64>>,
+    pub by_command: BTreeMap<String, CommandReport>,
+    /// The first few misrouted interactions, to look them up in the instance logs.
+    pub misrouted_examples: Vec<RouteExample>,
+    /// The first few lost interactions.
+    pub lost_examples: Vec<LostExample>,
+    /// Channel messages that could not be tied to an interaction.
+    pub unattributed_messages: u64,
+    /// REST calls the fake had no route for (a fidelity gap, should be 0).
+    pub unknown_routes: u64,
+    /// Whether the run stopped waiting for answers at its drain deadline.
+    pub drain_timed_out: bool,
+    /// Seconds from the first dispatch to the end of the wait for answers.
+    pub elapsed_s: f64,
+}

@@ -1,0 +1,383 @@
+//! [`Report::render`]: the report as text for a person, one section per question. Each figure
+//! says which window it counts (the whole run, or the steady window) and what it means next
+//! to it, so a reader new to the simulator needs no other page.
+
+use std::fmt::Write as _;
+
+use super::model::Report;
+
+impl Report {
+    /// The readable report: the run, its totals and routing, throughput against capacity,
+    /// who served whom, each instance, each command, examples and notes.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        self.render_scenario(&mut s);
+        self.render_run(&mut s);
+        self.render_steady(&mut s);
+        self.render_served(&mut s);
+        self.render_instances(&mut s);
+        self.render_commands(&mut s);
+        self.render_examples(&mut s);
+        let _ = writeln!(s, "elapsed {:.1} s", self.elapsed_s);
+        s
+    }
+
+    fn render_scenario(&self, s: &mut String) {
+        let sc = &self.scenario;
+        let chaos = if sc.chaos.is_empty() {
+            String::new()
+        } else {
+            format!(", chaos {}", sc.chaos.join(" "))
+        };
+        let _ = writeln!(
+            s,
+            "keyshard-sim: {} instances, {} users ({}), {}/s for {} s, mix {}, seed {}{chaos}",
+            sc.instances, sc.users, sc.skew, sc.rate_per_s, sc.duration_s, sc.mix, sc.seed,
+        );
+    }
+
+    /// Totals, latencies and routing over the whole run.
+    fn render_run(&self, s: &mut String) {
+        let ix = &self.interactions;
+        let _ = writeln!(
+            s,
+            "\nwhole run: every interaction sent, and its answer however late it came"
+        );
+        let _ = writeln!(
+            s,
+            "interactions  sent {}  acked {}  lost {}  duplicate_acks {}  late_acks {}  completed {}  failed {}  duplicate_answers {}",
+            ix.sent, ix.acked, ix.lost, ix.duplicate_acks, ix.late_acks, ix.completed, ix.failed, ix.duplicate_answers
+        );
+        let _ = writeln!(
+            s,
+            "ack latency   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            self.ack_latency_ms.p50, self.ack_latency_ms.p99, self.ack_latency_ms.max
+        );
+        for (route, l) in &self.ack_latency_by_route_ms {
+            let _ = writeln!(
+                s,
+                "  {route:<19} p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                l.p50, l.p99, l.max
+            );
+        }
+        let _ = writeln!(
+            s,
+            "completion    p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms (dispatch to final answer)",
+            self.completion_latency_ms.p50,
+            self.completion_latency_ms.p99,
+            self.completion_latency_ms.max
+        );
+        let r = &self.routing;
+        let _ = writeln!(
+            s,
+            "routing       primary {}  takeover_down {}  takeover_overload {}  misrouted {}",
+            r.primary, r.takeover_down, r.takeover_overload, r.misrouted
+        );
+        let _ = writeln!(
+            s,
+            "              (judged by the simulator from its own kills and the heartbeats it read)"
+        );
+    }
+
+    /// Throughput against capacity, and each provider lane, over the steady window.
+    fn render_steady(&self, s: &mut String) {
+        let steady = self.steady_to_s - self.steady_from_s;
+        let _ = writeln!(
+            s,
+            "\nsteady window {:.1}–{:.1} s: after the warm-up, until the load stops",
+            self.steady_from_s, self.steady_to_s
+        );
+        let _ = writeln!(
+            s,
+            "throughput    {}/min answered in it ({}/min sent in it; {}/min over the whole run, to the last answer at {:.1} s)",
+            self.throughput_per_min,
+            self.sent_steady_per_min,
+            self.throughput_overall_per_min,
+            self.last_completion_s
+        );
+        match self.capacity_per_min {
+            Some(c) => {
+                let _ = writeln!(
+                    s,
+                    "capacity      {c}/min: what the fake keys sustain for this mix in the long run;  provider 429s {}",
+                    self.provider_429
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "capacity      n/a (no provider command in the mix);  provider 429s {}",
+                    self.provider_429
+                );
+            }
+        }
+        if let Some(why) = self.above_capacity() {
+            let _ = writeln!(s, "  above capacity: {why}");
+        }
+        if !self.lanes.is_empty() {
+            let _ = writeln!(
+                s,
+                "provider lanes: requests the fake keys admitted in the steady window"
+            );
+        }
+        for l in &self.lanes {
+            let _ = writeln!(
+                s,
+                "  {:<17} {:>5} = {:>5.1} % of the keys' long-run rate ({:.1} in {steady:.0} s); at most {:.0} fit their {:.0} s windows",
+                l.lane,
+                l.requests,
+                l.utilization * 100.0,
+                l.capacity,
+                l.ceiling,
+                l.key_window_s
+            );
+        }
+    }
+
+    /// Why throughput reads above capacity, when it does: answers drained from the warm-up's
+    /// backlog, and keys whose window is longer than the steady window (a sliding window admits
+    /// its whole limit at once, so a short run gets more than the long-run rate).
+    fn above_capacity(&self) -> Option<String> {
+        let capacity = self.capacity_per_min?;
+        if self.throughput_per_min <= capacity {
+            return None;
+        }
+        let steady = self.steady_to_s - self.steady_from_s;
+        let mut why = Vec::new();
+        if let Some(w) = self
+            .lanes
+            .iter()
+            .filter(|l| l.utilization > 1.0)
+            .map(|l| l.key_window_s)
+            .reduce(f64::max)
+        {
+            why.push(format!(
+                "a key's {w:.0} s sliding window admits its whole limit at once, so over {steady:.0} s the keys let through more than their long-run rate (lanes over 100 % below)"
+            ));
+        }
+        if self.throughput_per_min > self.sent_steady_per_min {
+            why.push("answers to interactions sent during the warm-up landed in the window".into());
+        }
+        if why.is_empty() {
+            why.push("random arrivals: the load is a Poisson process at its mean rate".into());
+        }
+        Some(why.join("; "))
+    }
+
+    fn render_served(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "\nwho served whom, whole run (row: the user's primary; column: the instance that acknowledged)"
+        );
+        let mut header = format!("{:<10}", "primary");
+        for a in 1..=self.served.len() {
+            let _ = write!(header, "{:>8}", format!("#{a}"));
+        }
+        let _ = writeln!(s, "{header}{:>8}", "lost");
+        let mut lost_by_primary = vec![0u64; self.served.len()];
+        for p in &self.per_instance {
+            let acked: u64 = self.served[(p.id - 1) as usize].iter().sum();
+            lost_by_primary[(p.id - 1) as usize] = p.primary_for.saturating_sub(acked);
+        }
+        for (pi, row) in self.served.iter().enumerate() {
+            let mut line = format!("{:<10}", format!("#{}", pi + 1));
+            for v in row {
+                let _ = write!(line, "{v:>8}");
+            }
+            let _ = writeln!(s, "{line}{:>8}", lost_by_primary[pi]);
+        }
+    }
+
+    fn render_instances(&self, s: &mut String) {
+        let _ = writeln!(s, "\nper instance, whole run");
+        let _ = writeln!(
+            s,
+            "{:<9}{:>7}{:>9}{:>10}{:>10}{:>11}{:>10}{:>8}{:>10}{:>9}  state",
+            "instance",
+            "acked",
+            "primary",
+            "takeover",
+            "answered",
+            "for peers",
+            "by peers",
+            "failed",
+            "extra cb",
+            "resumes"
+        );
+        for p in &self.per_instance {
+            let state = match p.killed_at_s {
+                Some(t) => format!("stopped at {t:.1} s"),
+                None => "up".into(),
+            };
+            let _ = writeln!(
+                s,
+                "{:<9}{:>7}{:>9}{:>10}{:>10}{:>11}{:>10}{:>8}{:>10}{:>9}  {state}",
+                format!("#{}", p.id),
+                p.acks,
+                p.acks_as_primary,
+                p.takeovers,
+                p.completions,
+                p.answered_for_others,
+                p.answered_by_others,
+                p.failed,
+                p.extra_callback_attempts,
+                p.resumes
+            );
+        }
+        for line in [
+            "  acked: interactions it acknowledged, as their user's primary or taking over;",
+            "  answered: final answers it posted, its direct replies and the jobs its workers finished;",
+            "  for peers / by peers: answers it posted for another instance's acks (a job it stole,",
+            "  was moved or rescued) and answers others posted for its acks. answered = acked",
+            "  - by peers + for peers (less any acked job never answered). extra cb: callback",
+            "  attempts after another instance had acknowledged.",
+        ] {
+            let _ = writeln!(s, "{line}");
+        }
+    }
+
+    fn render_commands(&self, s: &mut String) {
+        if self.by_command.len() <= 1 && self.by_command.keys().all(|k| k == "핑") {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\nper command, whole run (completion p50: dispatch to final answer)"
+        );
+        for (name, c) in &self.by_command {
+            let _ = writeln!(
+                s,
+                "{} sent {:>6}  acked {:>6}  completed {:>6}  failed {:>5}  p50 {:.0} ms",
+                pad(&format!("/{name}"), 12),
+                c.sent,
+                c.acked,
+                c.completed,
+                c.failed,
+                c.completion_p50_ms
+            );
+        }
+    }
+
+    fn render_examples(&self, s: &mut String) {
+        if !self.misrouted_examples.is_empty() || !self.lost_examples.is_empty() {
+            let _ = writeln!(s);
+        }
+        for e in &self.misrouted_examples {
+            let _ = writeln!(
+                s,
+                "misrouted: interaction {} of user {} (primary #{}) answered by #{} at {:.2} s (+{:.1} ms)",
+                e.interaction_id, e.user_id, e.primary, e.answered_by, e.sent_at_s, e.ack_after_ms
+            );
+        }
+        for e in &self.lost_examples {
+            let _ = writeln!(
+                s,
+                "lost: interaction {} of user {} (primary #{}) sent at {:.2} s, callback attempts {:?}",
+                e.interaction_id, e.user_id, e.primary, e.sent_at_s, e.attempts
+            );
+        }
+        if self.drain_timed_out {
+            let _ = writeln!(
+                s,
+                "\nnote: stopped waiting for answers at the drain deadline"
+            );
+        }
+        if self.unknown_routes > 0 {
+            let _ = writeln!(
+                s,
+                "note: {} REST calls hit routes the fake Discord does not know",
+                self.unknown_routes
+            );
+        }
+    }
+}
+
+/// `text` padded with spaces to `width` terminal columns. Korean command names take two
+/// columns a letter, so `{:<8}` (which counts letters) would misalign the table.
+fn pad(text: &str, width: usize) -> String {
+    let wide = |c: char| {
+        matches!(c as u32,
+            0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF
+            | 0x4E00..=0x9FFF | 0xA960..=0xA97F | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF
+            | 0xFF00..=0xFF60 | 0xFFE0..=0xFFE6)
+    };
+    let columns: usize = text.chars().map(|c| if wide(c) { 2 } else { 1 }).sum();
+    format!("{text}{}", " ".repeat(width.saturating_sub(columns)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::{InstanceReport, LaneUse, Report, Routing};
+
+    fn report() -> Report {
+        Report {
+            throughput_per_min: 250.0,
+            sent_steady_per_min: 240.0,
+            steady_from_s: 5.0,
+            steady_to_s: 30.0,
+            capacity_per_min: Some(240.0),
+            lanes: vec![LaneUse {
+                lane: "minimax_video".into(),
+                requests: 16,
+                capacity: 8.3,
+                utilization: 1.92,
+                ceiling: 20.0,
+                key_window_s: 60.0,
+            }],
+            routing: Routing {
+                misrouted: 1,
+                ..Routing::default()
+            },
+            per_instance: vec![InstanceReport {
+                id: 1,
+                acks: 25,
+                completions: 22,
+                answered_by_others: 3,
+                ..InstanceReport::default()
+            }],
+            served: vec![vec![25]],
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn figures_above_capacity_say_why() {
+        let text = report().render();
+        assert!(text.contains("misrouted 1"), "{text}");
+        assert!(
+            text.contains("above capacity: a key's 60 s sliding window admits its whole limit"),
+            "{text}"
+        );
+        assert!(text.contains("sent during the warm-up"), "{text}");
+        assert!(
+            text.contains("192.0 % of the keys' long-run rate (8.3 in 25 s); at most 20 fit"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn figures_within_capacity_need_no_excuse() {
+        let mut r = report();
+        r.throughput_per_min = 230.0;
+        assert!(!r.render().contains("above capacity"));
+        r.capacity_per_min = None;
+        assert!(r.render().contains("capacity      n/a"));
+    }
+
+    #[test]
+    fn korean_names_are_padded_by_columns() {
+        assert_eq!(super::pad("/핑", 6), "/핑   ");
+        assert_eq!(super::pad("/ping", 6), "/ping ");
+        assert_eq!(super::pad("/로드밸런서", 6), "/로드밸런서");
+    }
+
+    #[test]
+    fn instance_columns_are_explained() {
+        let text = report().render();
+        // The last "#1" row: the one of the instance table, after the served matrix.
+        let row = text.lines().rfind(|l| l.starts_with("#1 ")).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&cells[..7], ["#1", "25", "0", "0", "22", "0", "3"], "{row}");
+        assert!(text.contains("answered = acked"), "{text}");
+    }
+}

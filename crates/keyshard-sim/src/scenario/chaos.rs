@@ -1,0 +1,122 @@
+//! Chaos: what the simulator does to the cluster at given times into the run (SIGKILL,
+//! SIGTERM, restart, a dropped gateway session, a Redis restart), parsed from the command line
+//! and performed by [`run_chaos`]. Each instance action is recorded as a process event, which
+//! the judge reads back (see [`crate::judge::down_intervals`]).
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::cluster::ProcessCluster;
+use crate::discord::FakeDiscord;
+
+/// Something the simulator does to the cluster at a given time into the run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ChaosAction {
+    /// SIGKILL the instance (a crash).
+    Kill(u32),
+    /// SIGTERM and wait (a graceful stop).
+    Terminate(u32),
+    /// Start a stopped instance again (killing it first if it runs).
+    Restart(u32),
+    /// Close the instance's gateway websocket (it should resume).
+    DropSession(u32),
+    /// SIGKILL the private Redis and start it again, empty (only with the private Redis).
+    RedisRestart,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Chaos {
+    pub at: Duration,
+    pub action: ChaosAction,
+}
+
+impl Chaos {
+    /// Parses `INSTANCE@SECS` for an instance action.
+    pub fn parse_instance(s: &str, make: fn(u32) -> ChaosAction) -> anyhow::Result<Chaos> {
+        let (i, t) = s
+            .split_once('@')
+            .with_context(|| format!("{s:?}: expected INSTANCE@SECS"))?;
+        Ok(Chaos {
+            at: parse_secs(t)?,
+            action: make(i.parse().with_context(|| format!("instance {i:?}"))?),
+        })
+    }
+}
+
+impl fmt::Display for Chaos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.at.as_secs_f64();
+        match self.action {
+            ChaosAction::Kill(i) => write!(f, "kill:{i}@{t}"),
+            ChaosAction::Terminate(i) => write!(f, "terminate:{i}@{t}"),
+            ChaosAction::Restart(i) => write!(f, "restart:{i}@{t}"),
+            ChaosAction::DropSession(i) => write!(f, "drop-session:{i}@{t}"),
+            ChaosAction::RedisRestart => write!(f, "redis-restart@{t}"),
+        }
+    }
+}
+
+/// Seconds, possibly fractional.
+pub fn parse_secs(s: &str) -> anyhow::Result<Duration> {
+    let v: f64 = s
+        .parse()
+        .with_context(|| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).with_context(|| format!("{s:?} is not a valid duration"))
+}
+
+/// Performs the chaos actions at their times.
+pub(crate) async fn run_chaos(
+    mut chaos: Vec<Chaos>,
+    start: Instant,
+    cluster: Arc<tokio::sync::Mutex<ProcessCluster>>,
+    discord: FakeDiscord,
+    redis: Option<Arc<Mutex<keyshard_testkit::RedisServer>>>,
+) -> anyhow::Result<()> {
+    chaos.sort_by_key(|c| c.at);
+    for c in chaos {
+        tokio::time::sleep_until((start + c.at).into()).await;
+        tracing::info!(chaos = %c, "chaos");
+        match c.action {
+            ChaosAction::Kill(i) => cluster.lock().await.kill(i).await?,
+            ChaosAction::Terminate(i) => {
+                cluster
+                    .lock()
+                    .await
+                    .terminate(i, Duration::from_secs(30))
+                    .await?;
+            }
+            ChaosAction::Restart(i) => cluster.lock().await.restart(i).await?,
+            ChaosAction::DropSession(i) => discord.drop_session(i),
+            ChaosAction::RedisRestart => {
+                let Some(redis) = redis.clone() else {
+                    bail!("redis-restart needs the private redis-server (unset REDIS_URL)");
+                };
+                tokio::task::spawn_blocking(move || {
+                    redis.lock().unwrap_or_else(|e| e.into_inner()).restart();
+                })
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_instance_actions() {
+        let k = Chaos::parse_instance("3@10.5", ChaosAction::Kill).unwrap();
+        assert_eq!(
+            (k.action, k.at),
+            (ChaosAction::Kill(3), Duration::from_millis(10_500))
+        );
+        assert_eq!(k.to_string(), "kill:3@10.5");
+        assert!(Chaos::parse_instance("3", ChaosAction::Kill).is_err());
+        assert!(parse_secs("-1").is_err());
+    }
+}

@@ -1,0 +1,364 @@
+//! The phases of one scenario run, in order: [`Run::start`] → [`Run::drive`] → [`Run::drain`]
+//! → [`Run::collect`]. Each is a method on [`Run`], which holds what the phases share.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::chaos::run_chaos;
+use super::load::{build_spec, make_users, CommandKind, UserPicker};
+use super::observe::{self, HeartbeatReader, Samples};
+use super::{ChaosAction, ScenarioConfig};
+use crate::cluster::{InstanceEnv, ProcessCluster, ProcessConfig};
+use crate::discord::{FakeDiscord, InteractionRecord, RegisteredCommand};
+use crate::judge::{down_intervals, Observations, OverloadRule};
+use crate::report::{steady_window, Report, ReportInput};
+
+/// Private Redis or the given URL.
+enum RedisHandle {
+    Private(Arc<Mutex<keyshard_testkit::RedisServer>>),
+    External(String),
+}
+
+impl RedisHandle {
+    async fn start(url: Option<&String>) -> anyhow::Result<Self> {
+        Ok(match url {
+            Some(url) => RedisHandle::External(url.clone()),
+            None => {
+                let server = tokio::task::spawn_blocking(keyshard_testkit::RedisServer::try_start)
+                    .await?
+                    .context(
+                        "starting a private redis-server (install redis-server, or set REDIS_URL)",
+                    )?;
+                RedisHandle::Private(Arc::new(Mutex::new(server)))
+            }
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            RedisHandle::Private(s) => s.lock().unwrap_or_else(|e| e.into_inner()).url(),
+            RedisHandle::External(u) => u.clone(),
+        }
+    }
+
+    /// The server chaos may restart: only a private one.
+    fn private(&self) -> Option<Arc<Mutex<keyshard_testkit::RedisServer>>> {
+        match self {
+            RedisHandle::Private(s) => Some(s.clone()),
+            RedisHandle::External(_) => None,
+        }
+    }
+}
+
+/// When the load ran.
+pub(super) struct Load {
+    /// The first dispatch: the time origin of the report.
+    start: Instant,
+    last_sent: Instant,
+}
+
+/// What the phases share.
+pub(super) struct Run {
+    /// The run's configuration, its mix narrowed to the commands the instances registered.
+    cfg: ScenarioConfig,
+    redis: RedisHandle,
+    redis_url: String,
+    cluster_name: String,
+    discord: FakeDiscord,
+    /// Shared with the chaos task while the load runs.
+    cluster: Arc<tokio::sync::Mutex<ProcessCluster>>,
+    registered: HashMap<String, RegisteredCommand>,
+    run_dir: PathBuf,
+    samples: Samples,
+    /// Stops the sampler and the progress line.
+    stop: CancellationToken,
+    watchers: Vec<JoinHandle<()>>,
+}
+
+impl Run {
+    /// Phase 1: Redis, the fake Discord and the instances, until every instance is ready, its
+    /// heartbeat is in Redis and its own view sees all the others.
+    pub(super) async fn start(mut cfg: ScenarioConfig) -> anyhow::Result<Run> {
+        validate(&cfg)?;
+        let redis = RedisHandle::start(cfg.redis_url.as_ref()).await?;
+        let redis_url = redis.url();
+        let discord = FakeDiscord::start(cfg.discord.clone()).await?;
+        let run_dir = cfg.run_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "keyshard-sim-{}-{}",
+                std::process::id(),
+                crate::discord::unix_ms()
+            ))
+        });
+        let pcfg = process_config(&cfg, redis_url.clone(), run_dir.clone());
+        let cluster_name = pcfg.cluster_name.clone();
+        tracing::info!(instances = cfg.instances, run_dir = %run_dir.display(), "starting instances");
+        let mut cluster = ProcessCluster::start(pcfg, &discord).await?;
+        discord
+            .wait_sessions(cfg.instances as usize, Duration::from_secs(10))
+            .await?;
+        let registered = narrow_mix(&mut cfg, &discord)?;
+        let mut reader = HeartbeatReader::new(&redis_url, &cluster_name, cfg.instances)?;
+        observe::wait_all_alive(&mut reader, cfg.instances).await?;
+        // 10 s, as for the heartbeats: a view refreshes every quarter heartbeat.
+        cluster
+            .wait_converged(cfg.instances as usize, Duration::from_secs(10))
+            .await?;
+        Ok(Run {
+            cfg,
+            redis,
+            redis_url,
+            cluster_name,
+            discord,
+            cluster: Arc::new(tokio::sync::Mutex::new(cluster)),
+            registered,
+            run_dir,
+            samples: Samples::default(),
+            stop: CancellationToken::new(),
+            watchers: Vec::new(),
+        })
+    }
+
+    /// Phase 2: the open-loop load (Poisson arrivals at `rate`, each at its scheduled time
+    /// whatever the answers do) with the chaos actions at their times, while the heartbeats
+    /// are sampled and a progress line is logged.
+    pub(super) async fn drive(&mut self) -> anyhow::Result<Load> {
+        let cfg = &self.cfg;
+        let reader = HeartbeatReader::new(&self.redis_url, &self.cluster_name, cfg.instances)?;
+        self.watchers.push(tokio::spawn(observe::sample_heartbeats(
+            reader,
+            cfg.sample_period,
+            self.samples.clone(),
+            self.stop.clone(),
+        )));
+        let mut rng = SmallRng::seed_from_u64(cfg.seed);
+        let users = make_users(&mut rng, cfg.users);
+        let picker = UserPicker::new(users.len(), cfg.skew);
+        let start = Instant::now();
+        if let Some(every) = cfg.progress_every {
+            self.watchers.push(tokio::spawn(observe::report_progress(
+                self.discord.clone(),
+                self.samples.clone(),
+                start,
+                every,
+                self.stop.clone(),
+            )));
+        }
+        tracing::info!(
+            "load: {}/s for {:.0} s, mix {}",
+            cfg.rate,
+            cfg.duration.as_secs_f64(),
+            cfg.mix
+        );
+        let chaos = tokio::spawn(run_chaos(
+            cfg.chaos.clone(),
+            start,
+            self.cluster.clone(),
+            self.discord.clone(),
+            self.redis.private(),
+        ));
+        let end = start + cfg.duration;
+        let mut next = start;
+        let mut last_sent = start;
+        while next < end {
+            tokio::time::sleep_until(next.into()).await;
+            let user = users[picker.pick(&mut rng)];
+            let kind = cfg.mix.pick(&mut rng);
+            let dm = rng.random_bool(cfg.dm_share.clamp(0.0, 1.0));
+            let registered = self.registered.get(kind.name());
+            let spec = build_spec(kind, registered, user, dm, &users, &mut rng);
+            last_sent = self.discord.send_interaction(spec).sent_at;
+            let u: f64 = rng.random::<f64>();
+            next += Duration::from_secs_f64(-(1.0 - u).ln() / cfg.rate);
+        }
+        if let Err(e) = chaos.await? {
+            tracing::warn!(error = %e, "a chaos action failed");
+        }
+        Ok(Load { start, last_sent })
+    }
+
+    /// Phase 3: waits for the answers, up to the drain deadline. Returns whether every
+    /// acknowledged interaction got its final answer.
+    pub(super) async fn drain(&self, load: &Load) -> bool {
+        let cfg = &self.cfg;
+        let discord = &self.discord;
+        // Anything not acknowledged once the last ack window has closed is lost for good;
+        // after that, only answers to acknowledged interactions are awaited. The 50 ms cover
+        // a callback in flight as the window closes.
+        let windows_closed = load.last_sent + cfg.discord.ack_window + Duration::from_millis(50);
+        tokio::time::sleep_until(windows_closed.into()).await;
+        tracing::info!("load done; waiting for the last answers");
+        let drain_until = Instant::now() + cfg.drain_deadline;
+        // Every ack window has closed, so both "never acked" and "completed" are final: records
+        // before the cursor never need looking at again, which keeps each wake-up cheap while
+        // thousands of records wait.
+        let mut cursor = 0;
+        let mut all_answered = move |recs: &[InteractionRecord]| {
+            while let Some(r) = recs.get(cursor) {
+                if r.ack().is_some() && !r.is_completed() {
+                    return false;
+                }
+                cursor += 1;
+            }
+            true
+        };
+        let mut drained = discord
+            .wait_for(&mut all_answered, cfg.drain_deadline)
+            .await;
+        // Let streamed answers finish their last edits.
+        while drained && Instant::now() < drain_until {
+            if !discord.wait_change(cfg.settle).await {
+                break;
+            }
+            drained = discord
+                .wait_for(&mut all_answered, drain_until - Instant::now())
+                .await;
+        }
+        drained
+    }
+
+    /// Phase 4: stops the watchers and the instances, then judges and counts everything.
+    pub(super) async fn collect(
+        self,
+        load: &Load,
+        drained: bool,
+    ) -> anyhow::Result<(Report, Vec<InteractionRecord>)> {
+        let finished = Instant::now();
+        self.stop.cancel();
+        for w in self.watchers {
+            w.await.ok();
+        }
+        let mut cluster = Arc::try_unwrap(self.cluster)
+            .map_err(|_| anyhow::anyhow!("the cluster is still shared after the run"))?
+            .into_inner();
+        let events = cluster.events();
+        cluster.shutdown().await;
+        drop(cluster);
+
+        let cfg = &self.cfg;
+        let discord = &self.discord;
+        let records = discord.records();
+        let down = down_intervals(&events);
+        let samples = self
+            .samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let providers = cfg.providers.as_ref();
+        let report = Report::compute(&ReportInput {
+            scenario: cfg.summary(),
+            instances: cfg.instances,
+            records: &records,
+            ack_window: cfg.discord.ack_window,
+            observed: Observations {
+                down: &down,
+                samples: &samples,
+                // A decision rests on a view up to a heartbeat old, of heartbeats written up to
+                // a heartbeat earlier, read by the sampler up to a period later.
+                lag: Duration::from_millis(cfg.heartbeat_ms * 2) + cfg.sample_period,
+                period: cfg.sample_period,
+                overload: OverloadRule {
+                    max_wait: cfg.overload_wait(),
+                },
+            },
+            start: load.start,
+            end: finished,
+            capacity_per_min: providers.and_then(|p| p.capacity_per_min(&cfg.mix, cfg.instances)),
+            provider_429: providers.map_or(0, |p| p.provider_429()),
+            lanes: providers.map_or_else(Vec::new, |p| {
+                let (from, to) = steady_window(load.start, cfg.duration);
+                p.lane_use(&cfg.mix, cfg.instances, from, to)
+            }),
+            gateway: (1..=cfg.instances)
+                .map(|i| (i, discord.gateway_stats(i)))
+                .collect(),
+            unattributed_messages: discord.unattributed_messages().len() as u64,
+            unknown_routes: discord.unknown_routes().len() as u64,
+            drain_timed_out: !drained,
+        });
+        tracing::info!(run_dir = %self.run_dir.display(), "scenario finished");
+        Ok((report, records))
+    }
+}
+
+fn validate(cfg: &ScenarioConfig) -> anyhow::Result<()> {
+    if cfg.instances == 0 || cfg.users == 0 {
+        bail!("a scenario needs at least one instance and one user");
+    }
+    if !(cfg.rate.is_finite() && cfg.rate > 0.0) {
+        bail!("the rate must be a positive number of interactions per second");
+    }
+    for c in &cfg.chaos {
+        if let ChaosAction::Kill(i)
+        | ChaosAction::Terminate(i)
+        | ChaosAction::Restart(i)
+        | ChaosAction::DropSession(i) = c.action
+        {
+            if i == 0 || i > cfg.instances {
+                bail!("chaos {c} names an instance outside 1..={}", cfg.instances);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How the instances are started for this run.
+fn process_config(cfg: &ScenarioConfig, redis_url: String, run_dir: PathBuf) -> ProcessConfig {
+    let mut pcfg = ProcessConfig::new(cfg.keyshard_bin.clone(), cfg.instances, redis_url, run_dir);
+    pcfg.rust_log = cfg.rust_log.clone();
+    pcfg.heartbeat_ms = cfg.heartbeat_ms;
+    pcfg.dead_after_ms = cfg.dead_after_ms;
+    // Always passed, so the instances and the judge use the same threshold.
+    pcfg.overload_wait_secs = Some(cfg.overload_wait().as_secs_f64());
+    pcfg.env = cfg.env.clone();
+    if let Some(p) = &cfg.providers {
+        let p = p.clone();
+        let hook: InstanceEnv = Arc::new(move |i| p.instance_env(i));
+        pcfg.instance_env = Some(hook);
+    }
+    pcfg
+}
+
+/// The commands the instances registered, by name; the mix loses those they did not register
+/// when the run allows it (the demo runs whatever commands the bot has), or the run fails.
+fn narrow_mix(
+    cfg: &mut ScenarioConfig,
+    discord: &FakeDiscord,
+) -> anyhow::Result<HashMap<String, RegisteredCommand>> {
+    let registered: HashMap<String, RegisteredCommand> = discord
+        .commands()
+        .into_iter()
+        .filter(|c| c.guild_id.is_none())
+        .map(|c| (c.name.clone(), c))
+        .collect();
+    let missing: Vec<&str> = cfg
+        .mix
+        .kinds()
+        .map(CommandKind::name)
+        .filter(|n| !registered.contains_key(*n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(registered);
+    }
+    let names = registered.keys().cloned().collect::<Vec<_>>().join(", ");
+    if !cfg.skip_unregistered {
+        bail!(
+            "the mix names commands the instances did not register: {} (registered: {names})",
+            missing.join(", ")
+        );
+    }
+    tracing::info!(skipped = %missing.join(", "), registered = %names, "commands not registered; left out of the mix");
+    cfg.mix.0.retain(|(k, _)| registered.contains_key(k.name()));
+    if cfg.mix.0.is_empty() {
+        bail!("none of the mix's commands is registered (registered: {names})");
+    }
+    Ok(registered)
+}
