@@ -36,6 +36,10 @@ NOT_ON = {
     "keyshard-providers": {"keyshard-cluster", "keyshard-ledger", "keyshard-bot", "keyshard-sim"},
     "keyshard-ledger": {"keyshard-providers", "keyshard-bot", "keyshard-sim"},
     "keyshard-routing": {"keyshard-cluster", "keyshard-providers", "keyshard-bot"},
+    # The simulator judges the cluster from what it observed itself, never through the code
+    # under test: no workspace crate but the testkit.
+    "keyshard-sim": {"keyshard-routing", "keyshard-cluster", "keyshard-providers",
+                     "keyshard-ledger", "keyshard-bot", "keyshard-types"},
 }
 # Direct dependencies (any kind) allowed only in these crates.
 ONLY_IN = {
