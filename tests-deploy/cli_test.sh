@@ -96,15 +96,20 @@ expect "no docker engine" 1 "cannot reach the Docker engine" -- env FAKE_INFO_RC
 
 # ── validate without a local keyshard binary: `config check` in the image, offline, as the
 # caller, with the files mounted where they are
+validate_then_log() { KEYSHARD_BIN=/bin/false "$SCRIPT" validate "$1" && cat "$FAKE_LOG"; }
+# The first build and the first run of a start, in the order they came.
+start_then_order() {
+  KEYSHARD_BIN=/bin/false "$SCRIPT" start >/dev/null &&
+    grep -oE "build keyshard-1|run --rm" "$FAKE_LOG" | head -n 2 | paste -sd'|'
+}
 reset_fake
 expect "validate in the image when there is no local binary" 0 \
   "run --rm --network none --read-only --user $(id -u):$(id -g) -v $GOOD:$GOOD:ro" \
   "--entrypoint keyshard keyshard:local config check --env-file $GOOD --compose docker-compose.multi.yml" \
-  -- env KEYSHARD_BIN=/bin/false bash -c '"$0" validate "$1" && cat "$FAKE_LOG"' "$SCRIPT" "$GOOD"
+  -- validate_then_log "$GOOD"
 reset_fake
 expect "start without a local binary builds the image, then validates with it" 0 \
-  "build keyshard-1|run --rm" -- env KEYSHARD_BIN=/bin/false bash -c \
-  '"$0" start >/dev/null && grep -oE "build keyshard-1|run --rm" "$FAKE_LOG" | head -n 2 | paste -sd"|"' "$SCRIPT"
+  "build keyshard-1|run --rm" -- start_then_order
 
 # ── The compose calls of each verb
 reset_fake
