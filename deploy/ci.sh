@@ -111,9 +111,10 @@ step_compose_config() {
 # a Docker engine, that the manifests alone plus the stubs still load as the workspace with
 # Cargo.lock unchanged. (Not compiled here: cargo names artifacts by paths relative to the
 # workspace root, so stub builds in the shared target directory would pass for the real crates.)
-# Offline, for this platform only: the build steps before this one fetched what a Linux build
-# needs, while Windows-only crates (anstyle-wincon, …) are in no fresh cache; the lock file is
-# still checked whole. The image step below builds it for real.
+# Offline, for this platform only: Windows-only crates (anstyle-wincon, …) are in no fresh
+# cache; the lock file is still checked whole. This platform's crates are fetched first: the
+# build steps before fetch only what they compile, and Cargo.lock may also list crates nothing
+# here compiles (weak features). The image step below builds it for real.
 step_docker_stubs() {
   local tmp host rc=0
   tmp=$(mktemp -d)
@@ -121,6 +122,7 @@ step_docker_stubs() {
   find . \( -path ./.git -o -path ./target -o -path './target-*' \) -prune -o \
     \( -name Cargo.toml -o -name Cargo.lock \) -print | tar -cf - -T - | tar -xf - -C "$tmp"
   deploy/stub-workspace.sh "$tmp" &&
+    cargo fetch --locked --quiet --target "$host" &&
     (cd "$tmp" && cargo metadata --locked --offline --filter-platform "$host" \
       --format-version 1 >/dev/null) || rc=$?
   rm -rf "$tmp"

@@ -263,6 +263,7 @@ build_debian() {
   rm -f "$log"
   # What the official slim images drop: package lists and caches, documentation.
   "${APT_SUDO[@]}" rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb \
+    "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/*.log "$rootfs"/var/log/apt/* \
     "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/*
   "${APT_SUDO[@]}" tar -C "$rootfs" -c . |
     "$DOCKER" import --change "LABEL $STANDIN_LABEL=1" --change 'CMD ["bash"]' - "$tag" >/dev/null

@@ -1,5 +1,6 @@
 //! The `keyshard` binary: serve as one instance of the cluster, or print the cluster view.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,9 +56,14 @@ enum ConfigCommand {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,serenity=warn,poise=warn"));
+    // Colours only on a terminal: under docker, journald or a log shipper the escape codes are
+    // noise in every line. NO_COLOR is honoured as tracing honours it.
+    let ansi = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
 }
 
