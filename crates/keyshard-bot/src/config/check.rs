@@ -237,31 +237,80 @@ const PROVIDERS: &[(&str, &str)] = &[
 /// Beyond this, comparing instances one by one is not what the operator meant.
 const MAX_INSTANCES: u32 = 999;
 
+/// What the checks found so far.
+#[derive(Default)]
+struct Findings {
+    problems: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Findings {
+    fn problem(&mut self, p: String) {
+        self.problems.push(p);
+    }
+
+    fn warning(&mut self, w: String) {
+        self.warnings.push(w);
+    }
+}
+
 /// Checks an env file for a cluster; see the module docs.
 pub fn check(input: &CheckInput<'_>) -> Report {
     let file = EnvFile::parse(input.text);
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
+    let mut f = Findings::default();
+    syntax(&file, &mut f);
+    let (count, configs, timing) = load_instances(&file, &mut f);
+    if let Some(compose) = &input.compose {
+        compose_services(compose, count, &mut f);
+    }
+    if file.get("INSTANCE_ID").is_some() {
+        f.warning(format!(
+            "INSTANCE_ID is set in {}; compose gives each service its own (1..{count}) and ignores it",
+            input.file_name
+        ));
+    }
+    names(&file, count, &mut f);
+    one_bot(&configs, &mut f);
+    provider_keys(&file, &configs, &mut f);
+    postgres_password(&file, &mut f);
+    f.warnings.extend(timing);
+    if input.others_may_read && !input.file_name.ends_with(".example") {
+        f.warning(format!(
+            "{} is readable by other users; it holds the token and keys: chmod 600 {}",
+            input.file_name, input.file_name
+        ));
+    }
+    Report {
+        file_name: input.file_name.to_owned(),
+        instances: count,
+        problems: f.problems,
+        warnings: f.warnings,
+    }
+}
 
-    // ── The file's syntax
+/// Lines that are not assignments, variables set twice.
+fn syntax(file: &EnvFile, f: &mut Findings) {
     for line in &file.bad_lines {
-        problems.push(format!("line {line} is not KEY=VALUE"));
+        f.problem(format!("line {line} is not KEY=VALUE"));
     }
     let mut first_line: BTreeMap<&str, usize> = BTreeMap::new();
     for e in &file.entries {
-        if let Some(first) = first_line.get(e.key.as_str()) {
-            problems.push(format!(
+        match first_line.get(e.key.as_str()) {
+            Some(first) => f.problem(format!(
                 "{} is set twice (lines {first} and {}): the bot keeps the first, docker compose the last; keep one",
                 e.key, e.line
-            ));
-        } else {
-            first_line.insert(&e.key, e.line);
+            )),
+            None => {
+                first_line.insert(&e.key, e.line);
+            }
         }
     }
+}
 
-    // ── Each instance as the bot loads it
+/// Each instance 1..=INSTANCE_COUNT as the bot loads it: the count, the configs, and the timing
+/// warnings (kept to go after the other warnings). Config's own problems go in at once.
+fn load_instances(file: &EnvFile, f: &mut Findings) -> (u32, Vec<Config>, Vec<String>) {
     let lookup_for = |id: u32| {
-        let file = &file;
         move |name: &str| {
             if name == "INSTANCE_ID" {
                 Some(id.to_string())
@@ -270,107 +319,106 @@ pub fn check(input: &CheckInput<'_>) -> Report {
             }
         }
     };
+    // INSTANCE_COUNT has no per-instance form: instance 1 reads the count every instance reads.
     let (first, _) = Config::read(&lookup_for(1));
     let mut count = first.instance_count;
     if count > MAX_INSTANCES {
-        problems.push(format!(
+        f.problem(format!(
             "INSTANCE_COUNT={count} is more than {MAX_INSTANCES} instances"
         ));
         count = MAX_INSTANCES;
     }
     let mut configs = Vec::new();
-    let mut per_instance: Vec<(u32, String)> = Vec::new();
+    let mut found: Vec<(u32, String)> = Vec::new();
     for id in 1..=count {
-        let (config, found) = Config::read(&lookup_for(id));
-        per_instance.extend(found.into_iter().map(|p| (id, p)));
+        let (config, problems) = Config::read(&lookup_for(id));
+        found.extend(problems.into_iter().map(|p| (id, p)));
         configs.push(config);
     }
-    let (instance_problems, instance_warnings) = (
-        merge(per_instance, count),
-        merge(timing_warnings(&configs), count),
-    );
-    problems.extend(instance_problems);
+    f.problems.extend(merge(found, count));
+    let timing = merge(timing_warnings(&configs), count);
+    (count, configs, timing)
+}
 
-    // ── INSTANCE_COUNT against the compose services
-    if let Some(compose) = &input.compose {
-        match compose.text {
-            None => warnings.push(format!(
-                "{} not found: INSTANCE_COUNT not compared with the compose services",
-                compose.file_name
-            )),
-            Some(text) => {
-                let services = compose_instances(text);
-                if services != (1..=count).collect::<Vec<_>>() {
-                    let names: Vec<String> = services.iter().map(u32::to_string).collect();
-                    problems.push(format!(
-                        "INSTANCE_COUNT={count} but {} defines the services keyshard-{{{}}}; they must be keyshard-1 … keyshard-{count}",
-                        compose.file_name,
-                        names.join(",")
-                    ));
-                }
-            }
-        }
-    }
-    if file.get("INSTANCE_ID").is_some() {
-        warnings.push(format!(
-            "INSTANCE_ID is set in {}; compose gives each service its own (1..{count}) and ignores it",
-            input.file_name
+/// INSTANCE_COUNT against the compose file's `keyshard-N` services.
+fn compose_services(compose: &Compose<'_>, count: u32, f: &mut Findings) {
+    let Some(text) = compose.text else {
+        f.warning(format!(
+            "{} not found: INSTANCE_COUNT not compared with the compose services",
+            compose.file_name
+        ));
+        return;
+    };
+    let services = compose_instances(text);
+    if services != (1..=count).collect::<Vec<_>>() {
+        let names: Vec<String> = services.iter().map(u32::to_string).collect();
+        f.problem(format!(
+            "INSTANCE_COUNT={count} but {} defines the services keyshard-{{{}}}; they must be keyshard-1 … keyshard-{count}",
+            compose.file_name,
+            names.join(",")
         ));
     }
+}
 
-    // ── Every name: read by something, for an instance that exists
-    let (mut per_instance_names, mut plain_names) = config_names();
+/// Every name: read by something, and in a per-instance form for an instance that exists.
+fn names(file: &EnvFile, count: u32, f: &mut Findings) {
+    let (mut per_instance, mut plain) = config_names();
     for (name, kind) in OTHER_NAMES {
         if *kind == "plain" {
-            plain_names.insert((*name).to_owned());
+            plain.insert((*name).to_owned());
         } else {
-            per_instance_names.insert((*name).to_owned());
+            per_instance.insert((*name).to_owned());
         }
     }
+    let mut seen = BTreeSet::new();
     for e in &file.entries {
-        if first_line.get(e.key.as_str()) != Some(&e.line) || e.key == "INSTANCE_ID" {
+        if !seen.insert(e.key.as_str()) || e.key == "INSTANCE_ID" {
             continue;
         }
-        if plain_names.contains(&e.key) || per_instance_names.contains(&e.key) {
+        if plain.contains(&e.key) || per_instance.contains(&e.key) {
             continue;
         }
         let per_instance_form = e.key.rsplit_once('_').and_then(|(base, n)| {
             let n: u32 = n.parse().ok()?;
-            per_instance_names.contains(base).then_some((base, n))
+            per_instance.contains(base).then_some((base, n))
         });
         match per_instance_form {
-            Some((_, n)) if n < 1 || n > count => warnings.push(format!(
+            Some((_, n)) if n < 1 || n > count => f.warning(format!(
                 "{} is for instance {n}, but INSTANCE_COUNT={count}: nothing reads it",
                 e.key
             )),
             Some((base, _)) if !compose_passes_per_instance(base) && !e.value.is_empty() => {
-                warnings.push(format!(
+                f.warning(format!(
                     "{} is read by natively started instances only; docker-compose.multi.yml passes {base} to every instance",
                     e.key
                 ))
             }
             Some(_) => {}
-            None => warnings.push(format!(
+            None => f.warning(format!(
                 "{} is not a keyshard variable (a typo?); nothing reads it",
                 e.key
             )),
         }
     }
+}
 
-    // ── One bot: every instance the same token
+/// One bot: every instance the same token (compared, never printed).
+fn one_bot(configs: &[Config], f: &mut Findings) {
     let tokens: BTreeSet<&str> = configs
         .iter()
         .map(|c| c.discord_token.expose())
         .filter(|t| !Secret::new(*t).looks_like_placeholder())
         .collect();
     if tokens.len() > 1 {
-        problems.push(
+        f.problem(
             "the instances use different DISCORD_TOKEN values; they must all run the same bot"
                 .into(),
         );
     }
+}
 
-    // ── Provider keys: each instance its own, on every instance or on none
+/// Provider keys: each instance its own, on every instance or on none, and some provider on.
+fn provider_keys(file: &EnvFile, configs: &[Config], f: &mut Findings) {
     let lookup = |name: &str| file.get(name).map(str::to_owned);
     let mut any_provider = false;
     for (prefix, provider) in PROVIDERS {
@@ -390,7 +438,7 @@ pub fn check(input: &CheckInput<'_>) -> Report {
             })
             .collect();
         if keys.iter().all(|(_, k)| k.is_none()) {
-            warnings.push(format!(
+            f.warning(format!(
                 "no {var}_N set: {provider} is disabled, and commands that need it say so"
             ));
             continue;
@@ -402,86 +450,78 @@ pub fn check(input: &CheckInput<'_>) -> Report {
             .map(|(id, _)| id.to_string())
             .collect();
         if !shared.is_empty() {
-            warnings.push(format!(
+            f.warning(format!(
                 "instances {} take the shared {var}, which only natively started instances read; docker-compose.multi.yml passes {var}_N to keyshard-N",
                 shared.join(" ")
             ));
         }
         for (id, key) in &keys {
             if key.is_none() {
-                problems.push(format!(
+                f.problem(format!(
                     "{var}_{id} is missing: other instances have {provider} keys, instance {id} has none (each instance serves its users with its own keys)"
                 ));
             }
         }
-        // Instances grouped by key value; the value stays in this map.
-        let mut by_key: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
-        for (id, key) in &keys {
-            if let Some((source, secret)) = key {
-                if !secret.looks_like_placeholder() {
-                    by_key
-                        .entry(secret.expose())
-                        .or_default()
-                        .push((*id, source));
-                }
-            }
-        }
-        let mut groups: Vec<&Vec<(u32, &str)>> =
-            by_key.values().filter(|users| users.len() > 1).collect();
-        groups.sort_by_key(|users| users[0].0);
-        for users in groups {
-            let sources: BTreeSet<&str> = users.iter().map(|(_, s)| *s).collect();
-            if sources.len() == 1 {
-                problems.push(format!(
-                    "{var} is shared by {} instances; give each its own {var}_N (one key per instance is the point: N keys, N times the rate limits)",
-                    users.len()
-                ));
-            } else {
-                let names: Vec<&str> = sources.into_iter().collect();
-                problems.push(format!(
-                    "{} hold the same key; each instance needs its own (a key shared by two instances halves its limits and brings 429s)",
-                    names.join(" and ")
-                ));
-            }
-        }
+        shared_keys(&var, &keys, f);
     }
     if !any_provider {
-        problems.push(format!(
-            "no provider has keys: set OPENAI_API_KEY_N, MINIMAX_API_KEY_N or STABILITY_API_KEY_N for N = 1..{count}"
+        f.problem(format!(
+            "no provider has keys: set OPENAI_API_KEY_N, MINIMAX_API_KEY_N or STABILITY_API_KEY_N for N = 1..{}",
+            configs.len()
         ));
     }
+}
 
-    // ── The compose file's Postgres password goes into DATABASE_URL as it is
-    if let Some(password) = file.get("POSTGRES_PASSWORD").filter(|p| !p.is_empty()) {
-        if Secret::new(password).looks_like_placeholder() {
-            problems.push(
-                "POSTGRES_PASSWORD is still a placeholder; put a password of your own (or leave it empty for the default)".into(),
-            );
-        } else if !password
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
-        {
-            problems.push(
-                "POSTGRES_PASSWORD has characters a URL must escape; docker-compose.multi.yml puts it into DATABASE_URL as it is: use letters, digits and - . _ ~".into(),
-            );
+/// One problem per key value held by more than one instance, naming the variables.
+fn shared_keys(var: &str, keys: &[(u32, Option<(String, Secret)>)], f: &mut Findings) {
+    // Instances grouped by key value; the value stays in this map.
+    let mut by_key: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
+    for (id, key) in keys {
+        if let Some((source, secret)) = key {
+            if !secret.looks_like_placeholder() {
+                by_key
+                    .entry(secret.expose())
+                    .or_default()
+                    .push((*id, source));
+            }
         }
     }
-
-    warnings.extend(instance_warnings);
-
-    // ── The file holds secrets
-    if input.others_may_read && !input.file_name.ends_with(".example") {
-        warnings.push(format!(
-            "{} is readable by other users; it holds the token and keys: chmod 600 {}",
-            input.file_name, input.file_name
-        ));
+    let mut groups: Vec<&Vec<(u32, &str)>> =
+        by_key.values().filter(|users| users.len() > 1).collect();
+    groups.sort_by_key(|users| users[0].0);
+    for users in groups {
+        let sources: BTreeSet<&str> = users.iter().map(|(_, s)| *s).collect();
+        if sources.len() == 1 {
+            f.problem(format!(
+                "{var} is shared by {} instances; give each its own {var}_N (one key per instance is the point: N keys, N times the rate limits)",
+                users.len()
+            ));
+        } else {
+            let names: Vec<&str> = sources.into_iter().collect();
+            f.problem(format!(
+                "{} hold the same key; each instance needs its own (a key shared by two instances halves its limits and brings 429s)",
+                names.join(" and ")
+            ));
+        }
     }
+}
 
-    Report {
-        file_name: input.file_name.to_owned(),
-        instances: count,
-        problems,
-        warnings,
+/// The compose file puts POSTGRES_PASSWORD into DATABASE_URL as it is.
+fn postgres_password(file: &EnvFile, f: &mut Findings) {
+    let Some(password) = file.get("POSTGRES_PASSWORD").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    if Secret::new(password).looks_like_placeholder() {
+        f.problem(
+            "POSTGRES_PASSWORD is still a placeholder; put a password of your own (or leave it empty for the default)".into(),
+        );
+    } else if !password
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+    {
+        f.problem(
+            "POSTGRES_PASSWORD has characters a URL must escape; docker-compose.multi.yml puts it into DATABASE_URL as it is: use letters, digits and - . _ ~".into(),
+        );
     }
 }
 
