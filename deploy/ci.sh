@@ -163,6 +163,12 @@ step_image() {
     return "$rc"
   fi
   rm -f "$log"
+  # A build after a source change leaves the previous builder stage (a GB of compiled crates)
+  # and runtime image untagged. Tag the builder stage (cached: seconds), which keeps it and the
+  # dependency layer under it for the next run, then remove the untagged images, so runs on one
+  # machine do not fill its disk.
+  "$DOCKER" build -q --target builder -t "${IMAGE%:*}:builder" . >/dev/null &&
+    "$DOCKER" image prune -f | tail -n 1
   # The two binaries run from the runtime image.
   "$DOCKER" run --rm --network none --entrypoint keyshard "$IMAGE" --version &&
     "$DOCKER" run --rm --network none --entrypoint keyshard-sim "$IMAGE" --version
