@@ -230,8 +230,10 @@ debian_mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
-# A build context in a fresh directory; removed on exit.
+# Fresh directories for build contexts, all removed on exit. new_workdir sets WORKDIR rather
+# than printing it: a $(…) would run it in a subshell, and the list would never see it.
 WORKDIRS=()
+WORKDIR=
 cleanup() {
   local d
   for d in "${WORKDIRS[@]}"; do
@@ -240,10 +242,8 @@ cleanup() {
 }
 trap cleanup EXIT
 new_workdir() {
-  local d
-  d=$(mktemp -d "${TMPDIR:-/var/tmp}/keyshard-standin.XXXXXX")
-  WORKDIRS+=("$d")
-  printf '%s' "$d"
+  WORKDIR=$(mktemp -d "${TMPDIR:-/var/tmp}/keyshard-standin.XXXXXX")
+  WORKDIRS+=("$WORKDIR")
 }
 
 build_debian() {
@@ -252,7 +252,8 @@ build_debian() {
   command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
   apt_can_install || die "debootstrap needs root"
   mirror=$(debian_mirror)
-  rootfs=$(new_workdir)/rootfs
+  new_workdir
+  rootfs=$WORKDIR/rootfs
   say "$tag: debootstrap --variant=minbase $release from $mirror"
   local log
   log=$(mktemp)
@@ -292,7 +293,8 @@ build_rust() {
   # A stand-in must not claim a version it is not: rust:1.95 holds a 1.95.x compiler.
   [[ $host_ver == "$ver" || $host_ver == "$ver".* ]] ||
     die "$tag: this host's toolchain is $host_ver, not $ver. Install it (rustup toolchain install $ver) and point RUST_TOOLCHAIN_DIR at it, or change RUST_VERSION in the Dockerfile"
-  ctx=$(new_workdir)
+  new_workdir
+  ctx=$WORKDIR
   say "$tag: FROM $debian with the toolchain at $sysroot ($host_ver) and this host's CA bundle"
   # Hard links: the context is 500 MB of compiler, and the copy is only read.
   mkdir -p "$ctx/rust"
@@ -314,7 +316,8 @@ EOF
 
 build_redis() {
   local tag=$1 debian=$2 ctx
-  ctx=$(new_workdir)
+  new_workdir
+  ctx=$WORKDIR
   say "$tag: FROM $debian with Debian's redis-server"
   cat >"$ctx/entrypoint" <<'EOF'
 #!/bin/sh
@@ -350,7 +353,8 @@ EOF
 
 build_postgres() {
   local tag=$1 debian=$2 ctx
-  ctx=$(new_workdir)
+  new_workdir
+  ctx=$WORKDIR
   say "$tag: FROM $debian with Debian's PostgreSQL"
   cat >"$ctx/entrypoint" <<'EOF'
 #!/bin/bash

@@ -188,6 +188,8 @@ expect "  ... in that order" 0 \
 expect "  ... the Debian one first" 0 "debian:bookworm-slim" -- bash -c 'grep -m1 -oE "(import|build) .*" "$CALLS" | grep -o "debian:bookworm-slim"'
 expect "  ... the Rust one holds the host toolchain without its sources, and the CA bundle" 0 \
   "./rust/bin/rustc" "./ca-certificates.crt" "!./rust/lib/rustlib/src" -- grep "rust/bin" "$CALLS"
+build_dirs_left() { echo "build directories left: $(find "$TMP" -maxdepth 1 -name 'keyshard-standin.*' | wc -l)"; }
+expect "  ... and leaves no build directory behind" 0 "build directories left: 0" -- build_dirs_left
 reset
 touch "$STATE/engine-up"
 printf '%s\n' debian:bookworm-slim >"$STATE/images"
