@@ -6,6 +6,7 @@
 set -euo pipefail
 # shellcheck source=tests-deploy/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+keyshard_bin
 
 # ── The fake docker: logs every call to $FAKE_LOG, answers like an engine with compose v2.
 # An instance started by `up` answers its first readiness probe "not yet", then "ready"; with
@@ -86,17 +87,34 @@ expect "start without the env file" 1 "missing.env not found" "cp .env.multi.exa
   -- env KEYSHARD_ENV_FILE="$TMP/missing.env" "$SCRIPT" start
 expect "stop without the env file" 1 "missing.env not found" \
   -- env KEYSHARD_ENV_FILE="$TMP/missing.env" "$SCRIPT" stop
-expect "start refuses placeholders, before docker" 1 "DISCORD_TOKEN is a placeholder" "not starting" \
+expect "start refuses placeholders, before docker" 1 "DISCORD_TOKEN is still a placeholder" "not starting" \
   -- env KEYSHARD_ENV_FILE="$ROOT/.env.multi.example" "$SCRIPT" start
 expect "  ... and made no docker call" 0 -- test ! -s "$FAKE_LOG"
 expect "no docker installed" 1 "docker is not installed" \
   -- env DOCKER="$TMP/bin/no-such-docker" "$SCRIPT" stop
 expect "no docker engine" 1 "cannot reach the Docker engine" -- env FAKE_INFO_RC=1 "$SCRIPT" stop
 
+# ── validate without a local keyshard binary: `config check` in the image, offline, as the
+# caller, with the files mounted where they are
+validate_then_log() { KEYSHARD_BIN=/bin/false "$SCRIPT" validate "$1" && cat "$FAKE_LOG"; }
+# The first build and the first run of a start, in the order they came.
+start_then_order() {
+  KEYSHARD_BIN=/bin/false "$SCRIPT" start >/dev/null &&
+    grep -oE "build keyshard-1|run --rm" "$FAKE_LOG" | head -n 2 | paste -sd'|'
+}
+reset_fake
+expect "validate in the image when there is no local binary" 0 \
+  "run --rm --network none --read-only --user $(id -u):$(id -g) -v $GOOD:$GOOD:ro" \
+  "--entrypoint keyshard keyshard:local config check --env-file $GOOD --compose docker-compose.multi.yml" \
+  -- validate_then_log "$GOOD"
+reset_fake
+expect "start without a local binary builds the image, then validates with it" 0 \
+  "build keyshard-1|run --rm" -- start_then_order
+
 # ── The compose calls of each verb
 reset_fake
-expect "start: build, redis, then the instances in order" 0 "started" -- "$SCRIPT" start
-expect "  ... in that order" 0 "up redis|up keyshard-1|up keyshard-2|up keyshard-3|up keyshard-4" -- events
+expect "start: build, redis and postgres, then the instances in order" 0 "started" -- "$SCRIPT" start
+expect "  ... in that order" 0 "up postgres|up keyshard-1|up keyshard-2|up keyshard-3|up keyshard-4" -- events
 expect "  ... the image built once" 0 "compose --project-name keyshard --file docker-compose.multi.yml --env-file $GOOD build keyshard-1" -- cat "$FAKE_LOG"
 reset_fake
 expect "stop drains with the grace period" 0 "down --timeout 45" -- run_then_log stop

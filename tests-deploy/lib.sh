@@ -8,6 +8,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCRIPT=$ROOT/deploy-multi.sh
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+
+# The keyshard binary whose `config check` deploy-multi.sh validate runs: deploy/ci.sh passes the
+# one it just built; a test run alone builds it (quietly, once, in the usual target directory).
+keyshard_bin() {
+  if [[ -z ${KEYSHARD_BIN:-} ]]; then
+    (cd "$ROOT" && cargo build --locked -q -p keyshard-bot --bin keyshard) >&2 ||
+      { echo "cannot build the keyshard binary the deploy tests need" >&2 && exit 1; }
+    KEYSHARD_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/keyshard
+  fi
+  export KEYSHARD_BIN
+}
 PASSED=0
 FAILED=0
 

@@ -1,10 +1,61 @@
 //! `keyshard status` and `keyshard assign <user_id>`: the cluster view from Redis, as readable
-//! tables or as JSON (`--json`) for scripts.
+//! tables or as JSON (`--json`) for scripts. `keyshard config check`: an env file checked as
+//! every instance will read it (`config::check`), before anything starts.
 
+use std::io::ErrorKind;
+use std::path::Path;
+
+use anyhow::Context;
 use keyshard_cluster::{fetch_status, AssignReport, ClusterStatus};
 use keyshard_routing::UserId;
 
+use crate::config::check::{check, CheckInput, Compose};
 use crate::config::ViewConfig;
+
+/// Checks `env_file` (and `INSTANCE_COUNT` against `compose`'s services), prints every problem
+/// and warning, and says whether it is fit to start a cluster with.
+pub fn config_check(env_file: &Path, compose: Option<&Path>) -> anyhow::Result<bool> {
+    let name = env_file.display().to_string();
+    let text = match std::fs::read_to_string(env_file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == ErrorKind::NotFound => anyhow::bail!(
+            "{name} not found. Create it from the example: cp .env.multi.example {name}"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+    };
+    let others_may_read = others_may_read(env_file);
+    let compose_name = compose.map(|p| p.display().to_string());
+    let compose_text = match compose {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        },
+    };
+    let report = check(&CheckInput {
+        file_name: &name,
+        text: &text,
+        others_may_read,
+        compose: compose_name.as_deref().map(|file_name| Compose {
+            file_name,
+            text: compose_text.as_deref(),
+        }),
+    });
+    print!("{}", report.render());
+    Ok(report.is_ok())
+}
+
+#[cfg(unix)]
+fn others_may_read(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o007 != 0)
+}
+
+#[cfg(not(unix))]
+fn others_may_read(_: &Path) -> bool {
+    false
+}
 
 async fn read(view: &ViewConfig) -> anyhow::Result<ClusterStatus> {
     fetch_status(

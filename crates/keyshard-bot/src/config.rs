@@ -1,9 +1,14 @@
 //! The one typed `Config` of a keyshard instance: read once at start from the environment (and
 //! `.env.multi` through dotenvy), validated as a whole, and readable from a plain map in tests.
 //!
-//! Every variable `X` except `INSTANCE_ID` may be given per instance as `X_<INSTANCE_ID>`
-//! (`OPENAI_API_KEY_3` when `INSTANCE_ID=3`), which wins over plain `X`. That is how one
-//! `.env.multi` holds a separate key set for each instance.
+//! Every variable `X` except `INSTANCE_ID` and `INSTANCE_COUNT` may be given per instance as
+//! `X_<INSTANCE_ID>` (`OPENAI_API_KEY_3` when `INSTANCE_ID=3`), which wins over plain `X`. That
+//! is how one `.env.multi` holds a separate key set for each instance.
+//!
+//! [`check`] is `keyshard config check`: an env file read as every instance of the cluster will
+//! read it, plus the rules that span instances.
+
+pub mod check;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -78,11 +83,19 @@ impl Config {
 
     /// Reads and validates the configuration from any lookup function.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut env = Env::new(&lookup);
-        let instance_count: u32 = env.parse("INSTANCE_COUNT", 4);
-        if instance_count == 0 {
-            env.problem("INSTANCE_COUNT must be at least 1".into());
+        let (config, problems) = Config::read(&lookup);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
         }
+    }
+
+    /// Reads every setting, with the default in place of a value that is wrong, and lists the
+    /// problems. `config check` compares instances with it even when one of them has problems.
+    fn read(lookup: &dyn Fn(&str) -> Option<String>) -> (Config, Vec<String>) {
+        let mut env = Env::new(lookup);
+        let instance_count: u32 = env.parse_min("INSTANCE_COUNT", 4, 1);
         let instance_id = match env.raw("INSTANCE_ID") {
             None => {
                 env.problem("INSTANCE_ID is missing (1..=INSTANCE_COUNT)".into());
@@ -108,26 +121,28 @@ impl Config {
         let discord_token = match discord_token {
             Some(t) => t,
             None => {
-                env.problem("DISCORD_TOKEN is missing".into());
+                env.problem(
+                    "DISCORD_TOKEN is missing: the bot token, from the Discord developer portal"
+                        .into(),
+                );
                 Secret::new(String::new())
             }
         };
         let view = read_view(&mut env, instance_count);
         let admin_user_ids = env.id_list("ADMIN_USER_IDS");
         let guild_id = env.optional_parse::<u64>("GUILD_ID");
-        let discord_api_base = env
-            .get("DISCORD_API_BASE")
-            .map(|b| b.trim_end_matches('/').to_owned());
-        if let Some(base) = &discord_api_base {
+        let discord_api_base = env.get_from("DISCORD_API_BASE").map(|(source, b)| {
+            let base = b.trim_end_matches('/').to_owned();
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 env.problem(format!(
-                    "DISCORD_API_BASE={base:?} must start with http:// or https://"
+                    "{source}={base:?} must start with http:// or https://"
                 ));
             }
-        }
+            base
+        });
         let http_bind = env.parse_with("HTTP_BIND", "0.0.0.0:8080", SocketAddr::from_str);
-        let heartbeat = Duration::from_millis(env.parse("HEARTBEAT_MS", 1_000));
-        let dead_after = Duration::from_millis(env.parse("DEAD_AFTER_MS", 3_000));
+        let heartbeat = Duration::from_millis(env.parse_min("HEARTBEAT_MS", 1_000, 1));
+        let dead_after = Duration::from_millis(env.parse_min("DEAD_AFTER_MS", 3_000, 1));
         if dead_after <= heartbeat {
             env.problem(format!(
                 "DEAD_AFTER_MS ({}) must be longer than HEARTBEAT_MS ({}), or live instances look dead between beats",
@@ -165,8 +180,8 @@ impl Config {
                     .get("OPENAI_IMAGE_MODEL")
                     .unwrap_or_else(|| "gpt-image-1".into()),
                 // gpt-image-1 at tier 1 allows 5 images a minute, far below the chat limit.
-                image_rpm: env.parse("OPENAI_IMAGE_RPM", 5),
-                max_completion_tokens: env.parse("OPENAI_MAX_TOKENS", 1024),
+                image_rpm: env.parse_min("OPENAI_IMAGE_RPM", 5, 1),
+                max_completion_tokens: env.parse_min("OPENAI_MAX_TOKENS", 1024, 1),
                 common,
             });
         let minimax = env
@@ -187,7 +202,7 @@ impl Config {
                 video_model: env
                     .get("MINIMAX_VIDEO_MODEL")
                     .unwrap_or_else(|| "MiniMax-Hailuo-02".into()),
-                video_rpm: env.parse("MINIMAX_VIDEO_RPM", 5),
+                video_rpm: env.parse_min("MINIMAX_VIDEO_RPM", 5, 1),
                 common,
             });
         let stability = env
@@ -205,33 +220,23 @@ impl Config {
             .map(|common| StabilityConfig { common });
 
         // MiniMax asks for polls about every 10 s; the simulator's videos finish in seconds.
-        let video_poll = Duration::from_millis(env.parse("VIDEO_POLL_MS", 10_000));
-        let chat_memory_turns = env.parse("CHAT_MEMORY_TURNS", 10usize);
+        let video_poll = Duration::from_millis(env.parse_min("VIDEO_POLL_MS", 10_000, 1));
+        let chat_memory_turns = env.parse_min("CHAT_MEMORY_TURNS", 10usize, 1);
         // A conversation idle for an hour starts afresh.
-        let chat_memory_ttl = Duration::from_secs(env.parse("CHAT_MEMORY_TTL_SECS", 3_600));
-        let takeover = match env
-            .get("TAKEOVER")
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("on" | "true" | "1") => true,
-            Some("off" | "false" | "0") => false,
-            Some(other) => {
-                env.problem(format!("TAKEOVER={other:?} must be on or off"));
-                true
-            }
+        let chat_memory_ttl = Duration::from_secs(env.parse_min("CHAT_MEMORY_TTL_SECS", 3_600, 1));
+        let takeover = match env.get_from("TAKEOVER") {
+            None => true,
+            Some((source, v)) => match v.to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                _ => {
+                    env.problem(format!("{source}={v:?} must be on or off"));
+                    true
+                }
+            },
         };
-        if video_poll.is_zero() || chat_memory_turns == 0 {
-            env.problem("VIDEO_POLL_MS and CHAT_MEMORY_TURNS must be at least 1".into());
-        }
 
-        if !env.problems.is_empty() {
-            return Err(ConfigError {
-                problems: env.problems,
-            });
-        }
-        Ok(Config {
+        let config = Config {
             discord_token,
             instance_id,
             instance_count,
@@ -252,7 +257,8 @@ impl Config {
             video_poll,
             chat_memory_turns,
             chat_memory_ttl,
-        })
+        };
+        (config, env.problems)
     }
 
     /// The cluster handle's settings.
@@ -283,11 +289,8 @@ impl ViewConfig {
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<ViewConfig, ConfigError> {
         let mut env = Env::new(&lookup);
-        let count = env.parse("INSTANCE_COUNT", 4u32);
-        if count == 0 {
-            env.problem("INSTANCE_COUNT must be at least 1".into());
-        }
-        let view = read_view(&mut env, count.max(1));
+        let count = env.parse_min("INSTANCE_COUNT", 4u32, 1);
+        let view = read_view(&mut env, count);
         if env.problems.is_empty() {
             Ok(view)
         } else {
@@ -311,24 +314,35 @@ fn load_env_file() {
 }
 
 fn read_view(env: &mut Env<'_>, instance_count: u32) -> ViewConfig {
-    let redis_url = env
-        .get("REDIS_URL")
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let (source, redis_url) = env
+        .get_from("REDIS_URL")
+        .unwrap_or_else(|| ("REDIS_URL".into(), "redis://127.0.0.1:6379".into()));
     if redis::Client::open(redis_url.as_str()).is_err() {
         // The URL may carry a password: name the variable, not the value.
-        env.problem(
-            "REDIS_URL is not a valid Redis URL (expected redis://[:password@]host:port[/db])"
-                .into(),
-        );
-    }
-    let cluster_name = env.get("CLUSTER_NAME").unwrap_or_else(|| "keyshard".into());
-    if cluster_name.is_empty() || cluster_name.contains(char::is_whitespace) {
         env.problem(format!(
-            "CLUSTER_NAME={cluster_name:?} must be a non-empty word"
+            "{source} is not a valid Redis URL (expected redis://[:password@]host:port[/db])"
         ));
     }
+    let (source, cluster_name) = env
+        .get_from("CLUSTER_NAME")
+        .unwrap_or_else(|| ("CLUSTER_NAME".into(), "keyshard".into()));
+    if cluster_name.is_empty() || cluster_name.contains(char::is_whitespace) {
+        env.problem(format!(
+            "{source}={cluster_name:?} must be a non-empty word"
+        ));
+    }
+    // f64 parses "inf" and "NaN", which no Duration holds: a number of seconds, 0 or more.
+    let max_wait = match env.parse("OVERLOAD_WAIT_SECS", 20.0f64) {
+        w if w.is_finite() && w >= 0.0 => w,
+        w => {
+            env.problem(format!(
+                "OVERLOAD_WAIT_SECS={w} must be a number of seconds, 0 or more"
+            ));
+            20.0
+        }
+    };
     let overload = OverloadPolicy {
-        max_wait: Duration::from_secs_f64(env.parse("OVERLOAD_WAIT_SECS", 20.0f64).max(0.0)),
+        max_wait: Duration::from_secs_f64(max_wait),
         ..OverloadPolicy::default()
     };
     ViewConfig {
@@ -337,6 +351,23 @@ fn read_view(env: &mut Env<'_>, instance_count: u32) -> ViewConfig {
         instance_count,
         overload,
     }
+}
+
+/// The variable instance `instance` reads for `name`: `name_<instance>` when it is set (and not
+/// empty), else `name` when it is set. The one statement of the per-instance rule: the loading
+/// below and `config check` both go through it.
+fn source_name(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    instance: Option<InstanceId>,
+) -> Option<String> {
+    let set = |n: &str| lookup(n).is_some_and(|v| !v.trim().is_empty());
+    if let Some(per_instance) = instance.map(|id| format!("{name}_{id}")) {
+        if set(&per_instance) {
+            return Some(per_instance);
+        }
+    }
+    set(name).then(|| name.to_owned())
 }
 
 /// A lookup with the per-instance override rule, collecting problems instead of stopping at the first.
@@ -366,34 +397,64 @@ impl<'a> Env<'a> {
 
     /// `X_<INSTANCE_ID>` if set, else `X`; empty counts as unset.
     fn get(&self, name: &str) -> Option<String> {
-        self.instance
-            .and_then(|id| self.raw(&format!("{name}_{id}")))
-            .or_else(|| self.raw(name))
-            .map(|v| v.trim().to_owned())
+        self.get_from(name).map(|(_, v)| v)
     }
 
-    fn parse<T: FromStr + Copy + fmt::Display>(&mut self, name: &str, default: T) -> T {
-        match self.get(name) {
-            None => default,
-            Some(v) => match v.parse() {
-                Ok(x) => x,
-                Err(_) => {
-                    self.problem(format!("{name}={v:?} is not a valid number"));
-                    default
+    /// The value as [`Env::get`] finds it, with the name it was found under (`OPENAI_RPM_2` or
+    /// `OPENAI_RPM`), so a problem names the line the operator has to fix.
+    fn get_from(&self, name: &str) -> Option<(String, String)> {
+        let source = source_name(self.lookup, name, self.instance)?;
+        let value = self.raw(&source)?.trim().to_owned();
+        Some((source, value))
+    }
+
+    /// A number, or `None` (with a problem) when it does not parse or is below `min`.
+    fn number<T: FromStr + PartialOrd + fmt::Display>(
+        &mut self,
+        name: &str,
+        min: Option<T>,
+    ) -> Option<T> {
+        let (source, v) = self.get_from(name)?;
+        match v.parse::<T>() {
+            Ok(x) => match min {
+                Some(min) if x < min => {
+                    self.problem(format!("{source}={x} must be at least {min}"));
+                    None
                 }
+                _ => Some(x),
             },
-        }
-    }
-
-    fn optional_parse<T: FromStr>(&mut self, name: &str) -> Option<T> {
-        let v = self.get(name)?;
-        match v.parse() {
-            Ok(x) => Some(x),
             Err(_) => {
-                self.problem(format!("{name}={v:?} is not a valid number"));
+                self.problem(format!("{source}={v:?} is not a valid number"));
                 None
             }
         }
+    }
+
+    fn parse<T: FromStr + PartialOrd + fmt::Display>(&mut self, name: &str, default: T) -> T {
+        self.number(name, None).unwrap_or(default)
+    }
+
+    /// A number with a smallest sensible value: a zero limit, period or timeout is a typo that
+    /// would stall or spin the instance, so it is refused at start.
+    fn parse_min<T: FromStr + PartialOrd + fmt::Display>(
+        &mut self,
+        name: &str,
+        default: T,
+        min: T,
+    ) -> T {
+        self.number(name, Some(min)).unwrap_or(default)
+    }
+
+    fn optional_min<T: FromStr + PartialOrd + fmt::Display>(
+        &mut self,
+        name: &str,
+        min: T,
+    ) -> Option<T> {
+        self.number(name, Some(min))
+    }
+
+    fn optional_parse<T: FromStr + PartialOrd + fmt::Display>(&mut self, name: &str) -> Option<T> {
+        self.number(name, None)
     }
 
     fn parse_with<T, E>(
@@ -402,25 +463,27 @@ impl<'a> Env<'a> {
         default: &str,
         f: impl Fn(&str) -> Result<T, E>,
     ) -> T {
-        let v = self.get(name).unwrap_or_else(|| default.to_owned());
+        let (source, v) = self
+            .get_from(name)
+            .unwrap_or_else(|| (name.to_owned(), default.to_owned()));
         match f(&v) {
             Ok(x) => x,
             Err(_) => {
-                self.problem(format!("{name}={v:?} is not valid (expected host:port)"));
+                self.problem(format!("{source}={v:?} is not valid (expected host:port)"));
                 f(default).unwrap_or_else(|_| unreachable!("defaults are valid"))
             }
         }
     }
 
     fn id_list(&mut self, name: &str) -> Vec<u64> {
-        let Some(v) = self.get(name) else {
+        let Some((source, v)) = self.get_from(name) else {
             return Vec::new();
         };
         let mut ids = Vec::new();
         for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part.parse() {
                 Ok(id) => ids.push(id),
-                Err(_) => self.problem(format!("{name} has {part:?}, which is not a user id")),
+                Err(_) => self.problem(format!("{source} has {part:?}, which is not a user id")),
             }
         }
         ids
@@ -428,10 +491,11 @@ impl<'a> Env<'a> {
 
     /// A secret: never echoed back, placeholders rejected by name.
     fn secret(&mut self, name: &str) -> Option<Secret> {
-        let secret = Secret::new(self.get(name)?);
+        let (source, value) = self.get_from(name)?;
+        let secret = Secret::new(value);
         if secret.looks_like_placeholder() {
             self.problem(format!(
-                "{name} is still a placeholder; put the real value in .env.multi"
+                "{source} is still a placeholder; put the real value in .env.multi"
             ));
         }
         Some(secret)
@@ -451,30 +515,29 @@ impl<'a> Env<'a> {
         timeout_secs: u64,
     ) -> Option<ProviderConfig> {
         let api_key = self.secret(&format!("{prefix}_API_KEY"))?;
-        let base_url = self
-            .get(&format!("{prefix}_BASE_URL"))
-            .unwrap_or_else(|| base_url.to_owned())
-            .trim_end_matches('/')
-            .to_owned();
+        let (source, base_url) = self
+            .get_from(&format!("{prefix}_BASE_URL"))
+            .unwrap_or_else(|| (format!("{prefix}_BASE_URL"), base_url.to_owned()));
+        let base_url = base_url.trim_end_matches('/').to_owned();
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             self.problem(format!(
-                "{prefix}_BASE_URL={base_url:?} must start with http:// or https://"
+                "{source}={base_url:?} must start with http:// or https://"
             ));
         }
+        // An empty TPM or RPD means "no such limit"; a set one must allow something.
         let limits = KeyLimits {
-            rpm: self.parse(&format!("{prefix}_RPM"), rpm),
-            tpm: self.optional_parse(&format!("{prefix}_TPM")).or(tpm),
-            rpd: self.optional_parse(&format!("{prefix}_RPD")).or(rpd),
-            concurrency: self.parse(&format!("{prefix}_CONCURRENCY"), concurrency),
-            window: Duration::from_secs(self.parse(&format!("{prefix}_WINDOW_SECS"), window_secs)),
+            rpm: self.parse_min(&format!("{prefix}_RPM"), rpm, 1),
+            tpm: self.optional_min(&format!("{prefix}_TPM"), 1).or(tpm),
+            rpd: self.optional_min(&format!("{prefix}_RPD"), 1).or(rpd),
+            concurrency: self.parse_min(&format!("{prefix}_CONCURRENCY"), concurrency, 1),
+            window: Duration::from_secs(self.parse_min(
+                &format!("{prefix}_WINDOW_SECS"),
+                window_secs,
+                1,
+            )),
         };
-        if limits.rpm == 0 || limits.concurrency == 0 || limits.window.is_zero() {
-            self.problem(format!(
-                "{prefix}_RPM, {prefix}_CONCURRENCY and {prefix}_WINDOW_SECS must be at least 1"
-            ));
-        }
         let timeout =
-            Duration::from_secs(self.parse(&format!("{prefix}_TIMEOUT_SECS"), timeout_secs));
+            Duration::from_secs(self.parse_min(&format!("{prefix}_TIMEOUT_SECS"), timeout_secs, 1));
         Some(
             ProviderConfig::new(api_key, base_url)
                 .with_limits(limits)
@@ -570,10 +633,54 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("MINIMAX_API_KEY is still a placeholder"),
+            text.contains("MINIMAX_API_KEY_1 is still a placeholder"),
             "{text}"
         );
         assert!(!text.contains("your-discord-bot-token"));
+    }
+
+    #[test]
+    fn a_problem_names_the_variable_as_written_and_zero_limits_are_refused() {
+        let err = Config::from_map(&map(&[
+            ("DISCORD_TOKEN", "tok"),
+            ("INSTANCE_ID", "2"),
+            ("OPENAI_API_KEY_2", "sk-real"),
+            ("OPENAI_TIMEOUT_SECS_2", "0"),
+            ("OPENAI_RPD", "0"),
+            ("HEARTBEAT_MS_2", "soon"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            [
+                "HEARTBEAT_MS_2=\"soon\" is not a valid number",
+                "OPENAI_RPD=0 must be at least 1",
+                "OPENAI_TIMEOUT_SECS_2=0 must be at least 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn overload_wait_is_a_finite_number_of_seconds() {
+        for bad in ["inf", "NaN", "-1"] {
+            let err = Config::from_map(&map(&[
+                ("DISCORD_TOKEN", "tok"),
+                ("INSTANCE_ID", "1"),
+                ("OVERLOAD_WAIT_SECS", bad),
+            ]))
+            .unwrap_err();
+            assert!(
+                err.problems[0].starts_with("OVERLOAD_WAIT_SECS="),
+                "{bad}: {err}"
+            );
+        }
+        let c = Config::from_map(&map(&[
+            ("DISCORD_TOKEN", "tok"),
+            ("INSTANCE_ID", "1"),
+            ("OVERLOAD_WAIT_SECS", "2.5"),
+        ]))
+        .unwrap();
+        assert_eq!(c.overload.max_wait, Duration::from_millis(2_500));
     }
 
     #[test]

@@ -36,7 +36,11 @@ pub fn init() -> LogSecrets {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(io::stdout().is_terminal())
+        // Colours only on a terminal: under docker, journald or a log shipper the escape codes
+        // are noise in every line. NO_COLOR (https://no-color.org) turns them off there too.
+        .with_ansi(
+            io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(ScrubbingWriter::new(io::stdout, scrubber.clone()))
         .init();
     // The default panic hook writes to stderr directly, past the scrubber; a panic message

@@ -1,5 +1,6 @@
 //! The `keyshard` binary: serve as one instance of the cluster, or print the cluster view.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -32,10 +33,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The configuration, checked without starting anything.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check an env file for every instance 1..INSTANCE_COUNT: every problem at once, no secret
+    /// shown; exits 1 on problems.
+    Check {
+        /// The cluster's env file.
+        #[arg(long, default_value = ".env.multi")]
+        env_file: PathBuf,
+        /// Compare INSTANCE_COUNT with this compose file's keyshard-N services.
+        #[arg(long)]
+        compose: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Reads files and prints; no runtime, no logging, and its own exit code for "problems".
+    if let Some(Command::Config(ConfigCommand::Check { env_file, compose })) = &args.command {
+        return match cli::config_check(env_file, compose.as_deref()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("keyshard: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let log = keyshard_bot::logging::init();
     // One crypto provider for every TLS client in the process (serenity's and the providers').
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -59,6 +88,7 @@ fn main() -> ExitCode {
             Command::Assign { user_id, json } => {
                 cli::assign(&ViewConfig::from_env()?, user_id, json).await
             }
+            Command::Config(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
