@@ -47,7 +47,9 @@ pub struct Config {
     pub stability: Option<StabilityConfig>,
     /// `TAKEOVER=off` keeps the static rule (benchmark comparison only).
     pub takeover: bool,
-    /// How often a video task is polled (`VIDEO_POLL_MS`).
+    /// The longest gap between two polls of a video task, and how often its progress
+    /// message is refreshed (`VIDEO_POLL_MS`). Polls follow the render time
+    /// (`MINIMAX_VIDEO_RENDER_SECS`, then what the tasks really took).
     pub video_poll: Duration,
     /// Exchanges kept per conversation (`CHAT_MEMORY_TURNS`).
     pub chat_memory_turns: usize,
@@ -188,6 +190,7 @@ impl Config {
                     .get("MINIMAX_VIDEO_MODEL")
                     .unwrap_or_else(|| "MiniMax-Hailuo-02".into()),
                 video_rpm: env.parse("MINIMAX_VIDEO_RPM", 5),
+                video_render: video_render(&mut env),
                 common,
             });
         let stability = env
@@ -204,7 +207,8 @@ impl Config {
             )
             .map(|common| StabilityConfig { common });
 
-        // MiniMax asks for polls about every 10 s; the simulator's videos finish in seconds.
+        // MiniMax asks for polls about every 10 s: the longest gap between two polls (they
+        // start near the expected render time), and the progress message's refresh.
         let video_poll = Duration::from_millis(env.parse("VIDEO_POLL_MS", 10_000));
         let chat_memory_turns = env.parse("CHAT_MEMORY_TURNS", 10usize);
         // A conversation idle for an hour starts afresh.
@@ -337,6 +341,21 @@ fn read_view(env: &mut Env<'_>, instance_count: u32) -> ViewConfig {
         instance_count,
         overload,
     }
+}
+
+/// `MINIMAX_VIDEO_RENDER_SECS`: how long a video task takes to render. It sizes the video
+/// jobs run at once (a job holds its slot while its task renders, so using the creation
+/// limit takes `rate × render` of them) and starts the poll plan. Hailuo takes minutes; two
+/// is a middle the plan corrects as tasks finish (and warns about when far off).
+fn video_render(env: &mut Env<'_>) -> Duration {
+    let secs: f64 = env.parse("MINIMAX_VIDEO_RENDER_SECS", 120.0);
+    if !(0.1..=86_400.0).contains(&secs) {
+        env.problem(format!(
+            "MINIMAX_VIDEO_RENDER_SECS={secs} must be between 0.1 and 86400 seconds"
+        ));
+        return Duration::from_secs(120);
+    }
+    Duration::from_secs_f64(secs)
 }
 
 /// A lookup with the per-instance override rule, collecting problems instead of stopping at the first.
