@@ -538,6 +538,30 @@ mod tests {
     }
 
     #[test]
+    fn the_video_render_time_defaults_to_two_minutes_and_is_checked() {
+        let base = [
+            ("DISCORD_TOKEN", "tok"),
+            ("INSTANCE_ID", "1"),
+            ("MINIMAX_API_KEY", "mm-real-key"),
+        ];
+        let c = Config::from_map(&map(&base)).unwrap();
+        let minimax = c.minimax.unwrap();
+        assert_eq!(minimax.video_render, Duration::from_secs(120));
+        assert_eq!(c.video_poll, Duration::from_secs(10));
+        let with = |v: &str| {
+            let mut pairs = base.to_vec();
+            pairs.push(("MINIMAX_VIDEO_RENDER_SECS", v));
+            Config::from_map(&map(&pairs))
+        };
+        let c = with("6.5").unwrap();
+        assert_eq!(c.minimax.unwrap().video_render, Duration::from_millis(6_500));
+        for bad in ["0", "-3", "inf", "NaN", "a while"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("MINIMAX_VIDEO_RENDER_SECS"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_listed_at_once() {
         let err = Config::from_map(&map(&[
             ("INSTANCE_ID", "5"),
