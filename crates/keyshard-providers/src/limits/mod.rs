@@ -226,7 +226,10 @@ impl Receipt {
     /// The answer (status line and headers) arrived at `at`; call it once per attempt that
     /// got an answer, error answers (429s) included.
     pub fn answered(&self, at: Instant, hints: &RateHints) {
-        let pause = self.lane.lock().answered(self.id, at, hints);
+        let mut policy = self.lane.lock();
+        let pause = policy.answered(self.id, at, hints);
+        tracing::trace!(lane = self.lane.kind.as_str(), provider = %self.lane.provider, guard_ms = policy.guard().as_millis() as u64, "answered");
+        drop(policy);
         self.lane.paused(pause);
         self.lane.changed.notify_waiters();
     }
@@ -495,12 +498,13 @@ mod tests {
         let l = lane(2, 10, None);
         let t0 = Instant::now();
         let a = l.admit(0).await.unwrap();
-        let b = l.admit(0).await.unwrap();
         tokio::time::advance(Duration::from_millis(30)).await;
-        for r in [&a, &b] {
-            r.receipt().answered(Instant::now(), &RateHints::default());
-        }
-        drop((a, b));
+        a.receipt().answered(Instant::now(), &RateHints::default());
+        drop(a);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let b = l.admit(0).await.unwrap();
+        b.receipt().answered(Instant::now(), &RateHints::default());
+        drop(b);
         drop(l.admit(0).await.unwrap());
         // 60 s window + the 30 ms the answer took, not the fixed 1 s guard.
         assert_eq!(t0.elapsed(), Duration::from_millis(60_030));

@@ -131,6 +131,11 @@ impl LanePolicy {
         (self.limits.window + self.ledger.guard_estimate()) / self.limits.requests.max(1)
     }
 
+    /// The guard the pace plans with ([`Ledger::guard_estimate`]).
+    pub fn guard(&self) -> Duration {
+        self.ledger.guard_estimate()
+    }
+
     /// The burst: the configured one, or less when the provider reports an allowance below
     /// both the lane's limit and its burst + 2 (a burst allowance, not the window's limit).
     pub fn burst(&self) -> u32 {
@@ -191,19 +196,24 @@ impl LanePolicy {
 
     /// Takes a slot for a request estimated at `tokens` if one is free at `now`.
     pub fn try_admit(&mut self, now: Instant, tokens: u64) -> Decision {
-        let interval = self.interval();
-        let mut own =
-            self.ledger
-                .ready_at(now, tokens)
-                .max(self.pacer.ready_at(now, interval, self.burst()));
+        let (interval, burst) = (self.interval(), self.burst());
+        let pace = self.pacer.ready_at(now, interval, burst);
+        let mut blocked = self.ledger.ready_at(now, tokens);
         if let Some(c) = self.cooldown {
-            own = own.max(c);
+            blocked = blocked.max(c);
         }
         let provider = self.provider_hold(now, tokens);
-        let ready = provider.map_or(own, |(until, _)| own.max(until));
+        if let Some((until, _)) = provider {
+            blocked = blocked.max(until);
+        }
+        let ready = pace.max(blocked);
         if ready <= now {
-            self.pacer.record(now, interval);
+            self.pacer.record(now, interval, burst);
             return Decision::Go(self.ledger.record(now, tokens));
+        }
+        if blocked > pace {
+            // Waiting for the window or a pause is no idleness: it earns no burst.
+            self.pacer.hold(blocked);
         }
         let pause = provider
             .and_then(|(until, reason)| Some((until, reason?)))
@@ -332,12 +342,14 @@ mod tests {
         for id in ids {
             assert_eq!(p.answered(id, t0 + ms(25), &RateHints::default()), None);
         }
-        // Answers 25 ms after their start: the pace is 120 per 60.025 s.
+        // Answers 25 ms after their start: the pace is 120 per 60.025 s, from the first
+        // request on.
         let after = ms(60_025) / 120;
         assert_eq!(p.interval(), after);
+        // The burst is paid back at once: the next request is on the pace.
         let (next, pause) = wait(&mut p, t0 + ms(25));
         assert_eq!(pause, None);
-        assert_eq!(next, t0 + before * 3 - after * 2);
+        assert_eq!(next, t0 + after * 3);
     }
 
     #[test]
@@ -352,9 +364,11 @@ mod tests {
             assert_eq!(pause, None, "request {i}");
         }
         let now = t0 + ms(10);
-        // The window (3 s + 10 ms) decides, not a 3 s pause from the answer's arrival.
+        // The window and the pace (3 s + 10 ms for three) decide, and the provider holds
+        // nothing.
         let (next, pause) = wait(&mut p, now);
         assert_eq!((next, pause), (t0 + ms(3_010), None));
+        assert_eq!(p.usage(now).paused_until, None);
     }
 
     #[test]
@@ -455,13 +469,13 @@ mod tests {
         for h in [
             RateHints::default(),
             // remaining above the limit
-            hints(5, 9, 1_000),
+            hints(5, 9, 5_000),
             // a limit of 0
-            hints(0, 0, 1_000),
+            hints(0, 0, 5_000),
             // no remaining at all (a negative or unparsable value parses to none)
             RateHints {
                 limit_requests: Some(5),
-                reset_requests: Some(ms(1_000)),
+                reset_requests: Some(ms(5_000)),
                 ..RateHints::default()
             },
         ] {
@@ -469,8 +483,9 @@ mod tests {
             let a = go(&mut p, t0);
             go(&mut p, t0);
             assert_eq!(p.answered(a, t0 + ms(5), &h), None, "{h:?}");
-            // The own window of 2 per second decides: a slot frees 1 s after `a`'s answer.
-            assert_eq!(wait(&mut p, t0 + ms(5)).0, t0 + ms(1_005), "{h:?}");
+            // The own window of 2 per second decides (a slot frees 1 s after `a`'s answer,
+            // on the pace of 2 per 1.005 s), not a pause of 5 s.
+            assert_eq!(wait(&mut p, t0 + ms(5)), (t0 + ms(1_005), None), "{h:?}");
         }
         // A huge reset is dropped: the window's length stands in for it.
         let mut p = LanePolicy::new(limits(100, 1_000, 2));
@@ -496,7 +511,7 @@ mod tests {
         // The next request waits for the pace, not for a pause.
         let (next, pause) = wait(&mut p, t0 + ms(20));
         assert_eq!(pause, None);
-        assert_eq!(next, t0 + ms(61_000) / 120);
+        assert_eq!(next, t0 + ms(60_020) / 120);
     }
 
     #[test]
@@ -720,6 +735,14 @@ mod tests {
             }
             match p.try_admit(now, 0) {
                 Decision::Go(id) => {
+                    if std::env::var("DBG").is_ok() && now - t0 < Duration::from_secs(8) {
+                        eprintln!(
+                            "go {:?} burst {} interval {:?}",
+                            now - t0,
+                            p.burst(),
+                            p.interval()
+                        );
+                    }
                     let up = ms(rng.random_range(0..=up_ms));
                     let back = ms(rng.random_range(10..=rtt_ms.max(10)));
                     arrivals.push((now + up, id, back));

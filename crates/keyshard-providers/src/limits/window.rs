@@ -240,30 +240,81 @@ impl Ledger {
     }
 }
 
-/// GCRA pacing: requests spaced `interval` apart on average, with bursts of up to `burst`
-/// back to back. It never admits more than the sliding window does over a whole window; it
-/// spreads the window's requests out, so a provider that enforces a per-minute limit over
-/// shorter slices (OpenAI documents this) sees a smooth flow, not the whole minute's budget
-/// in the first second. The interval and burst are passed in at each call: the lane derives
-/// them from the measured guard and from what the provider reports.
+/// Pacing: requests spaced `interval` apart on average, with bursts of up to `burst` back to
+/// back. It never admits more than the sliding window does over a whole window; it spreads
+/// the window's requests out, so a provider that enforces a per-minute limit over shorter
+/// slices (OpenAI documents this) sees a smooth flow, not the whole minute's budget in the
+/// first second. The interval and burst are passed in at each call (the lane derives them
+/// from the measured guard and from what the provider reports) and apply from the last
+/// request on: a pace planned before any answer came back is corrected by the first ones.
+///
+/// A burst is *credit* a lane earns while it has nothing to send (one request per interval of
+/// idleness, up to `burst - 1`), and a burst spends it: the request after a burst waits for
+/// the pace's own time, so a saturated lane runs on the pace, never ahead of it. (Plain GCRA
+/// lets a saturated lane run `burst - 1` intervals ahead for good; a sliding window then
+/// takes the advance back as a stall before the burst's slots free, once per window: at 120
+/// a minute a 1.5 s gap, 1.5 % of any minute that contains it.) Time the lane spends blocked
+/// by something else (its window, a pause) earns no credit ([`Pacer::hold`]).
 #[derive(Debug, Default)]
 pub struct Pacer {
-    /// Theoretical arrival time of the next request.
-    tat: Option<Instant>,
+    /// The start of the last request that went on the pace (not on credit).
+    anchor: Option<Instant>,
+    /// Requests since then that went ahead of the pace, on credit.
+    ahead: u32,
+    /// Requests the lane may still send ahead of the pace.
+    credit: f64,
+    /// The lane was blocked by something else (its window, a pause) until this, at least:
+    /// no credit is earned before it.
+    held: Option<Instant>,
 }
 
 impl Pacer {
+    /// The pace's next time and the credit (in requests) at `now`: idle time since the pace's
+    /// next time turns into credit, up to `burst - 1`.
+    fn at(&self, now: Instant, interval: Duration, burst: u32) -> (Instant, f64) {
+        let most = f64::from(burst.max(1) - 1);
+        let Some(anchor) = self.anchor else {
+            return (now, most);
+        };
+        let due = anchor + interval * (self.ahead + 1);
+        if now < due {
+            return (due, self.credit.min(most));
+        }
+        // Idle since the pace was due, except while the lane was blocked by something else.
+        let idle_from = self.held.map_or(due, |h| due.max(h));
+        let idle = now.saturating_duration_since(idle_from).as_secs_f64()
+            / interval.as_secs_f64().max(1e-9);
+        (now, (self.credit + idle).min(most))
+    }
+
     pub fn ready_at(&self, now: Instant, interval: Duration, burst: u32) -> Instant {
-        let tolerance = interval * burst.max(1).saturating_sub(1);
-        match self.tat {
-            Some(tat) => now.max(tat.checked_sub(tolerance).unwrap_or(now)),
-            None => now,
+        let (due, credit) = self.at(now, interval, burst);
+        if now >= due || credit >= 1.0 {
+            now
+        } else {
+            due
         }
     }
 
-    pub fn record(&mut self, now: Instant, interval: Duration) {
-        let base = self.tat.map_or(now, |tat| tat.max(now));
-        self.tat = Some(base + interval);
+    pub fn record(&mut self, now: Instant, interval: Duration, burst: u32) {
+        let (due, credit) = self.at(now, interval, burst);
+        if now >= due {
+            self.anchor = Some(now);
+            self.ahead = 0;
+            self.credit = credit;
+        } else {
+            // Ahead of the pace: spends credit; the pace goes on from its own time.
+            self.ahead += 1;
+            self.credit = credit - 1.0;
+        }
+        self.held = None;
+    }
+
+    /// The lane cannot start anything before `until` as far as it knows now (its window is
+    /// full, it is paused): that wait is not idleness and earns no credit. It does not hold
+    /// the pace itself back: the block may end sooner.
+    pub fn hold(&mut self, until: Instant) {
+        self.held = Some(self.held.map_or(until, |h| h.max(until)));
     }
 }
 
@@ -384,28 +435,92 @@ mod tests {
         );
     }
 
+    fn greedy(p: &mut Pacer, from: Instant, n: usize, interval: Duration, burst: u32) -> Vec<f64> {
+        let mut now = from;
+        (0..n)
+            .map(|_| {
+                now = p.ready_at(now, interval, burst);
+                p.record(now, interval, burst);
+                (now - from).as_secs_f64()
+            })
+            .collect()
+    }
+
     #[test]
-    fn pacer_allows_a_burst_then_spaces_requests() {
+    fn pacer_allows_a_burst_then_keeps_the_pace() {
         let t0 = Instant::now();
         let mut p = Pacer::default();
         let (interval, burst) = (secs(0.5), 3);
+        // The burst goes at once; the request after it waits for the pace's own time, so a
+        // saturated lane is never ahead of the pace.
+        assert_eq!(
+            greedy(&mut p, t0, 7, interval, burst),
+            [0.0, 0.0, 0.0, 1.5, 2.0, 2.5, 3.0]
+        );
+        // Idle time earns the burst back, but never beyond it.
+        let later = t0 + secs(100.0);
+        assert_eq!(
+            greedy(&mut p, later, 4, interval, burst),
+            [0.0, 0.0, 0.0, 1.5]
+        );
+        // Half a second idle (the pace was due at 2 s): one request of credit, paid back by
+        // the one after it.
+        let t = later + secs(2.5);
+        assert_eq!(greedy(&mut p, t, 3, interval, burst), [0.0, 0.0, 1.0]);
+        // A smaller burst (the provider's allowance) takes effect at once.
+        let t = t + secs(100.0);
+        assert_eq!(greedy(&mut p, t, 3, interval, 1), [0.0, 0.5, 1.0]);
+    }
+
+    #[test]
+    fn a_saturated_lane_under_a_window_has_no_stall_at_the_window_end() {
+        // 120 a minute, a burst of 3, and the window as a hard cap: the burst is paid back
+        // at once, so the 121st request goes on the pace, not after a gap.
+        let t0 = Instant::now();
+        let (interval, burst) = (secs(0.5), 3);
+        let mut w = ledger(120, 60.0, 0.0);
+        let mut p = Pacer::default();
         let mut now = t0;
         let mut starts = Vec::new();
-        for _ in 0..7 {
-            now = p.ready_at(now, interval, burst);
-            p.record(now, interval);
-            starts.push((now - t0).as_secs_f64());
+        while starts.len() < 240 {
+            let window = w.ready_at(now, 0);
+            let pace = p.ready_at(now, interval, burst);
+            if window > pace {
+                p.hold(window);
+            }
+            now = window.max(pace).max(now);
+            if w.ready_at(now, 0) > now || p.ready_at(now, interval, burst) > now {
+                continue;
+            }
+            p.record(now, interval, burst);
+            w.record(now, 0);
+            starts.push(now);
         }
-        assert_eq!(starts, [0.0, 0.0, 0.0, 0.5, 1.0, 1.5, 2.0]);
-        // Idle time refills the burst, but never beyond it.
-        let later = t0 + secs(100.0);
-        for _ in 0..3 {
-            assert_eq!(p.ready_at(later, interval, burst), later);
-            p.record(later, interval);
-        }
-        assert_eq!(p.ready_at(later, interval, burst), later + secs(0.5));
-        // A smaller burst (the provider's allowance) takes effect at once.
-        assert_eq!(p.ready_at(later, interval, 1), later + secs(1.5));
+        // The burst of 3 at the start, paid back by the next request: on the pace from then
+        // on, through the end of the first window (request 121) and the second.
+        assert_eq!(starts[3] - starts[0], interval * 3);
+        let gaps: Vec<(usize, Duration)> = starts
+            .windows(2)
+            .enumerate()
+            .skip(3)
+            .map(|(i, g)| (i, g[1] - g[0]))
+            .filter(|(_, d)| *d != interval)
+            .collect();
+        assert_eq!(gaps, []);
+    }
+
+    #[test]
+    fn waiting_on_something_else_earns_no_credit() {
+        let t0 = Instant::now();
+        let mut p = Pacer::default();
+        let (interval, burst) = (secs(0.5), 3);
+        greedy(&mut p, t0, 4, interval, burst);
+        // Blocked (a full window) until 10 s: no burst afterwards.
+        p.hold(t0 + secs(10.0));
+        assert_eq!(
+            greedy(&mut p, t0 + secs(10.0), 3, interval, burst),
+            [0.0, 0.5, 1.0]
+        );
     }
 
     #[test]
