@@ -52,7 +52,9 @@ pub struct Config {
     pub stability: Option<StabilityConfig>,
     /// `TAKEOVER=off` keeps the static rule (benchmark comparison only).
     pub takeover: bool,
-    /// How often a video task is polled (`VIDEO_POLL_MS`).
+    /// The longest gap between two polls of a video task, and how often its progress
+    /// message is refreshed (`VIDEO_POLL_MS`). Polls follow the render time
+    /// (`MINIMAX_VIDEO_RENDER_SECS`, then what the tasks really took).
     pub video_poll: Duration,
     /// Exchanges kept per conversation (`CHAT_MEMORY_TURNS`).
     pub chat_memory_turns: usize,
@@ -203,6 +205,7 @@ impl Config {
                     .get("MINIMAX_VIDEO_MODEL")
                     .unwrap_or_else(|| "MiniMax-Hailuo-02".into()),
                 video_rpm: env.parse_min("MINIMAX_VIDEO_RPM", 5, 1),
+                video_render: video_render(&mut env),
                 common,
             });
         let stability = env
@@ -219,7 +222,8 @@ impl Config {
             )
             .map(|common| StabilityConfig { common });
 
-        // MiniMax asks for polls about every 10 s; the simulator's videos finish in seconds.
+        // MiniMax asks for polls about every 10 s: the longest gap between two polls (they
+        // start near the expected render time), and the progress message's refresh.
         let video_poll = Duration::from_millis(env.parse_min("VIDEO_POLL_MS", 10_000, 1));
         let chat_memory_turns = env.parse_min("CHAT_MEMORY_TURNS", 10usize, 1);
         // A conversation idle for an hour starts afresh.
@@ -368,6 +372,21 @@ fn source_name(
         }
     }
     set(name).then(|| name.to_owned())
+}
+
+/// `MINIMAX_VIDEO_RENDER_SECS`: how long a video task takes to render. It sizes the video
+/// jobs run at once (a job holds its slot while its task renders, so using the creation
+/// limit takes `rate × render` of them) and starts the poll plan. Hailuo takes minutes; two
+/// is a middle the plan corrects as tasks finish (and warns about when far off).
+fn video_render(env: &mut Env<'_>) -> Duration {
+    let secs: f64 = env.parse("MINIMAX_VIDEO_RENDER_SECS", 120.0);
+    if !(0.1..=86_400.0).contains(&secs) {
+        env.problem(format!(
+            "MINIMAX_VIDEO_RENDER_SECS={secs} must be between 0.1 and 86400 seconds"
+        ));
+        return Duration::from_secs(120);
+    }
+    Duration::from_secs_f64(secs)
 }
 
 /// A lookup with the per-instance override rule, collecting problems instead of stopping at the first.
@@ -579,6 +598,30 @@ mod tests {
         let openai = c.openai.unwrap();
         assert_eq!(openai.common.api_key.expose(), "sk-three");
         assert_eq!(openai.common.limits.rpm, 120);
+    }
+
+    #[test]
+    fn the_video_render_time_defaults_to_two_minutes_and_is_checked() {
+        let base = [
+            ("DISCORD_TOKEN", "tok"),
+            ("INSTANCE_ID", "1"),
+            ("MINIMAX_API_KEY", "mm-real-key"),
+        ];
+        let c = Config::from_map(&map(&base)).unwrap();
+        let minimax = c.minimax.unwrap();
+        assert_eq!(minimax.video_render, Duration::from_secs(120));
+        assert_eq!(c.video_poll, Duration::from_secs(10));
+        let with = |v: &str| {
+            let mut pairs = base.to_vec();
+            pairs.push(("MINIMAX_VIDEO_RENDER_SECS", v));
+            Config::from_map(&map(&pairs))
+        };
+        let c = with("6.5").unwrap();
+        assert_eq!(c.minimax.unwrap().video_render, Duration::from_millis(6_500));
+        for bad in ["0", "-3", "inf", "NaN", "a while"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("MINIMAX_VIDEO_RENDER_SECS"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -241,6 +241,15 @@ impl Metrics {
                 p.provider_429
             );
         }
+        let _ = writeln!(out, "# HELP keyshard_provider_pauses_total Pauses a provider imposed on a key (Retry-After, a 429, its remaining run out below the configured limits), counted when each starts.\n# TYPE keyshard_provider_pauses_total counter");
+        for p in &cluster.providers {
+            let _ = writeln!(
+                out,
+                "keyshard_provider_pauses_total{{provider=\"{}\"}} {}",
+                p.provider.as_str(),
+                p.provider_pauses
+            );
+        }
         let _ = writeln!(out, "# HELP keyshard_rate_limit_wait_seconds_total Time provider calls waited for key capacity.\n# TYPE keyshard_rate_limit_wait_seconds_total counter");
         for p in &cluster.providers {
             let _ = writeln!(
@@ -278,7 +287,16 @@ mod tests {
             jobs_finished: 3,
             jobs_rescued: 1,
             jobs_moved: 0,
-            providers: Vec::new(),
+            providers: vec![keyshard_providers::ProviderStats {
+                provider: keyshard_providers::ProviderKind::OpenAi,
+                ok: 5,
+                failed: Vec::new(),
+                attempts: 5,
+                retries: 0,
+                provider_429: 0,
+                rate_limit_wait: Duration::from_millis(1500),
+                provider_pauses: 2,
+            }],
         });
         assert!(
             text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"),
@@ -292,5 +310,10 @@ mod tests {
             text.contains("keyshard_jobs_total{event=\"rescued\"} 1"),
             "{text}"
         );
+        assert!(
+            text.contains("keyshard_provider_pauses_total{provider=\"openai\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("keyshard_rate_limit_wait_seconds_total{provider=\"openai\"} 1.5"));
     }
 }

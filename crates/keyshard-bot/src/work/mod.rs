@@ -32,7 +32,8 @@ pub struct WorkTiming {
     /// At most one streaming edit per this interval (Discord allows about 5 edits per 5 s
     /// per message; one a second stays well under and still feels live).
     pub chat_edit_every: Duration,
-    /// How often a video task is polled (`VIDEO_POLL_MS`).
+    /// The longest gap between two polls of a video task, and the progress refresh
+    /// (`VIDEO_POLL_MS`).
     pub video_poll: Duration,
     /// How long a video may take before the job gives up.
     pub video_deadline: Duration,
@@ -85,8 +86,9 @@ impl Worker {
         }
     }
 
-    /// Worker slots per kind: as many as the keys allow in flight, at least one so a job
-    /// of a kind this instance cannot serve is still taken and moved to a peer.
+    /// Worker slots per kind: as many as the keys allow in flight (for videos, the jobs whose
+    /// tasks render meanwhile too: `MiniMax::video_slots`), at least one so a job of a kind
+    /// this instance cannot serve is still taken and moved to a peer.
     pub fn slots(providers: &Providers) -> Vec<(JobKind, usize)> {
         let conc = |b: &[keyshard_providers::LaneBudget]| {
             b.iter().map(|l| l.concurrency as usize).max().unwrap_or(0)
@@ -100,7 +102,7 @@ impl Worker {
         .into_iter()
         .flatten()
         .sum();
-        let video = providers.minimax.as_ref().map_or(0, |p| conc(&p.budget()));
+        let video = providers.minimax.as_ref().map_or(0, |p| p.video_slots());
         vec![
             (JobKind::Chat, chat.max(1)),
             (JobKind::Image, image.max(1)),

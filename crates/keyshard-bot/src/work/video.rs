@@ -3,6 +3,12 @@
 //! while it renders, and the video attached when it fits the interaction's upload limit, else
 //! linked.
 //!
+//! The job holds its worker slot while the task renders, so the task is polled on the plan
+//! of the MiniMax client (`MiniMax::video_poll_delay`: near the render time the last tasks
+//! took, then every tenth of it, at most `VIDEO_POLL_MS` apart) rather than every few
+//! seconds: polls cost lookups and, through the slot, creations. The progress message is
+//! refreshed every `VIDEO_POLL_MS` whether or not a poll is due.
+//!
 //! A task belongs to the MiniMax account of the key that created it; the saved state names
 //! that key by its fingerprint. A peer that rescues the job holds another key, usually another
 //! account (N key sets at N times the limits are N accounts), and cannot see the task: when
@@ -10,7 +16,7 @@
 //! this instance's key rather than failing the user. A task saved by this same key is never
 //! created twice: an error polling it is an error.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use keyshard_cluster::{Job, JobContext, Outcome};
 use keyshard_providers::{
@@ -18,6 +24,7 @@ use keyshard_providers::{
 };
 use keyshard_types::VideoArgs;
 use poise::serenity_prelude as serenity;
+use tokio::time::Instant;
 
 use super::deliver::{progress, Answer};
 use super::{since_created, Worker};
@@ -65,6 +72,9 @@ async fn render(
     // Whether `task` was saved by an earlier run with another key (or an unnamed one) and
     // this key has not yet seen it.
     let mut foreign = false;
+    // When this run created the task: the age the poll plan follows. A resumed task's age
+    // is unknown: it is polled at once and not learned from.
+    let mut created = None;
     let mut task = match saved {
         Some((task, by)) => {
             foreign = by.as_deref() != Some(own_key.as_str());
@@ -75,12 +85,36 @@ async fn render(
             );
             task
         }
-        None => start(w, job, ctx, minimax, &own_key, prompt).await?,
+        None => {
+            let task = start(w, job, ctx, minimax, &own_key, prompt).await?;
+            created = Some(Instant::now());
+            task
+        }
     };
 
     let started = Instant::now();
     let timing = w.inner.timing;
+    let gap = timing.video_poll;
+    let plan = |created: Option<Instant>, polled: bool| match created {
+        Some(c) => minimax.video_poll_delay(c.elapsed(), polled, gap),
+        None if polled => minimax.video_poll_delay(Duration::MAX, true, gap),
+        None => Duration::ZERO,
+    };
+    let mut next_poll = started + plan(created, false);
+    let mut phase = VideoPhase::Queued;
+    // The task's age when a poll last found it still rendering.
+    let mut pending_age = None;
+    if created.is_some() {
+        progress_edit(w, job, phase).await;
+    }
+    let mut next_progress = Instant::now() + gap;
     loop {
+        tokio::time::sleep_until(next_poll.min(next_progress)).await;
+        if Instant::now() < next_poll {
+            progress_edit(w, job, phase).await;
+            next_progress = Instant::now() + gap;
+            continue;
+        }
         let status = match minimax.video_poll(&task).await {
             Ok(s) => s,
             Err(e) if foreign && not_ours(&e) => {
@@ -91,13 +125,22 @@ async fn render(
                 );
                 foreign = false;
                 task = start(w, job, ctx, minimax, &own_key, prompt).await?;
+                created = Some(Instant::now());
+                pending_age = None;
+                next_poll = Instant::now() + plan(created, false);
                 continue;
             }
             Err(e) => return Err(w.fail(job, ctx, COMMAND, &e).await),
         };
         foreign = false;
-        let phase = match status {
-            VideoStatus::Success { file_id } => return Ok(file_id),
+        let age = created.map(|c| c.elapsed());
+        phase = match status {
+            VideoStatus::Success { file_id } => {
+                if let Some(age) = age {
+                    minimax.video_rendered(pending_age, age);
+                }
+                return Ok(file_id);
+            }
             VideoStatus::Failed(msg) => {
                 tracing::warn!(job = job.id, "the video task failed at the provider: {msg}");
                 let answer = Answer::text(replies::VIDEO_FAILED);
@@ -106,6 +149,7 @@ async fn render(
             VideoStatus::Preparing | VideoStatus::Queueing => VideoPhase::Queued,
             VideoStatus::Processing => VideoPhase::Rendering,
         };
+        pending_age = age;
         if started.elapsed() > timing.video_deadline {
             let e = ProviderError::new(
                 ProviderKind::MiniMax,
@@ -114,10 +158,16 @@ async fn render(
             );
             return Err(w.fail(job, ctx, COMMAND, &e).await);
         }
-        let text = replies::progress::video(phase, since_created(job).as_secs());
-        progress(w.http(), job, &text).await;
-        tokio::time::sleep(timing.video_poll).await;
+        next_poll = Instant::now() + plan(created, true);
+        progress_edit(w, job, phase).await;
+        next_progress = Instant::now() + gap;
     }
+}
+
+/// Refreshes the progress message: the phase last seen, and the time since the user asked.
+async fn progress_edit(w: &Worker, job: &Job, phase: VideoPhase) {
+    let text = replies::progress::video(phase, since_created(job).as_secs());
+    progress(w.http(), job, &text).await;
 }
 
 /// The finished video: attached when it fits the interaction's upload limit, else linked.
