@@ -42,3 +42,7 @@ pub use row::{format_key_fp, LedgerRow, Routing, Status};
 pub use schema::{connect_lazy, migrate, migrate_until_done, MIGRATOR};
 pub use write::write_batch;
 pub use writer::{backoff_delay, LedgerWriter, WriterConfig, WriterStats};
+
+/// The pool type every function here takes, re-exported so callers name one crate (only this
+/// crate depends on sqlx).
+pub use sqlx::PgPool;

@@ -254,6 +254,11 @@ impl LedgerWriter {
         outcome
     }
 
+    /// Whether the schema is in place and writing has started ([`spawn_when`](Self::spawn_when)).
+    pub fn schema_ready(&self) -> bool {
+        self.inner.schema_ready.load(Ordering::Acquire)
+    }
+
     /// The row's JSON as the stream carries it (what the bot appends in its own scripts).
     pub fn encode(row: &LedgerRow) -> String {
         serde_json::to_string(row).expect("a LedgerRow always serializes")

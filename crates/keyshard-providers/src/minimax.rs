@@ -26,6 +26,10 @@ const P: ProviderKind = ProviderKind::MiniMax;
 /// keeps a busy bot polling many tasks from hammering the API.
 const QUERY_RPM: u32 = 600;
 
+/// The length of every video this client asks Hailuo for, in seconds (what a video is billed
+/// by, and what the usage ledger records).
+pub const VIDEO_SECONDS: u32 = 6;
+
 /// A MiniMax video task, as stored in a job so that any instance can resume it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct VideoTaskId(pub String);
@@ -159,7 +163,7 @@ impl MiniMax {
         let body = json!({
             "model": self.inner.cfg.video_model,
             "prompt": prompt,
-            "duration": 6,
+            "duration": VIDEO_SECONDS,
             "resolution": "768P",
         });
         let v = self
