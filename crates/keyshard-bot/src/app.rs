@@ -172,6 +172,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
 }
 
+/// The ledger handle (`None` when off) and the tasks to wait for at shutdown.
+type LedgerParts = (Option<Arc<Ledger>>, Vec<tokio::task::JoinHandle<()>>);
+
 /// The usage ledger, when `DATABASE_URL` is set: the pool (connecting on first use), the
 /// writer, the migrations applied in the background under the advisory lock (the instance
 /// serves Discord while Postgres is down; the writer holds its rows in Redis until the schema
@@ -182,7 +185,7 @@ fn start_ledger(
     cluster: &Cluster,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
-) -> anyhow::Result<(Option<Arc<Ledger>>, Vec<tokio::task::JoinHandle<()>>)> {
+) -> anyhow::Result<LedgerParts> {
     let Some(cfg) = &config.ledger else {
         tracing::warn!(
             "DATABASE_URL is not set: the usage ledger is off (no usage rows, /사용량 unavailable)"

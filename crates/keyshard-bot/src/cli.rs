@@ -89,7 +89,10 @@ pub async fn usage(
         .await
         .map_err(|e| anyhow::anyhow!("reading usage from {url} failed: {e}"))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&usage_json(&span, by, &lines))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&usage_json(&span, by, &lines))?
+        );
     } else {
         print!("{}", usage_table(since, by, &lines));
     }
@@ -154,11 +157,7 @@ fn usage_table(since: Duration, by: Option<Dimension>, lines: &[UsageLine]) -> S
     use std::fmt::Write as _;
     let mut out = String::new();
     let name = by.map_or("total", Dimension::as_str);
-    let _ = writeln!(
-        out,
-        "usage over the last {} by {name}",
-        humantime(since)
-    );
+    let _ = writeln!(out, "usage over the last {} by {name}", humantime(since));
     let _ = writeln!(
         out,
         "{:<22} {:>10} {:>8} {:>12} {:>12} {:>7} {:>8} {:>12}",
@@ -240,7 +239,9 @@ mod tests {
         assert!(parse_since("h").is_err());
         assert!(parse_since("0h").is_err());
         assert_eq!(parse_dimension("key"), Ok(Dimension::Key));
-        assert!(parse_dimension("model").unwrap_err().contains("user, guild"));
+        assert!(parse_dimension("model")
+            .unwrap_err()
+            .contains("user, guild"));
         assert_eq!(humantime(Duration::from_secs(86_400)), "1d");
     }
 

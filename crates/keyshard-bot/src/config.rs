@@ -703,7 +703,10 @@ mod tests {
         let c = Config::from_map(&map(&[
             ("DISCORD_TOKEN", "tok"),
             ("INSTANCE_ID", "1"),
-            ("DATABASE_URL", "postgres://keyshard:pg-s3cret@db:5432/keyshard"),
+            (
+                "DATABASE_URL",
+                "postgres://keyshard:pg-s3cret@db:5432/keyshard",
+            ),
             ("LEDGER_PRICES", "openai/*=in:1,out:2"),
             ("LEDGER_RAW_RETENTION_DAYS", "30"),
         ]))
@@ -718,7 +721,10 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains("pg-s3cret"), "{debug}");
         assert!(crate::logging::secrets(&c).contains(&"pg-s3cret".to_string()));
-        assert_eq!(database_password("postgres://postgres@127.0.0.1:5432/x"), None);
+        assert_eq!(
+            database_password("postgres://postgres@127.0.0.1:5432/x"),
+            None
+        );
 
         let err = Config::from_map(&map(&[
             ("DISCORD_TOKEN", "tok"),
@@ -731,7 +737,11 @@ mod tests {
         let text = err.to_string();
         assert_eq!(err.problems.len(), 3, "{text}");
         assert!(!text.contains("pg-s3cret"), "{text}");
-        for needle in ["DATABASE_URL must start", "LEDGER_PRICES", "LEDGER_ROLLUP_RETENTION_DAYS (10)"] {
+        for needle in [
+            "DATABASE_URL must start",
+            "LEDGER_PRICES",
+            "LEDGER_ROLLUP_RETENTION_DAYS (10)",
+        ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         let missing = LedgerConfig::from_lookup(|_| None).unwrap_err().to_string();

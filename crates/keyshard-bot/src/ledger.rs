@@ -128,7 +128,10 @@ impl Ledger {
     pub async fn begin_delivery(&self, ctx: &JobContext, mut row: LedgerRow) -> bool {
         self.price(&mut row);
         let json = LedgerWriter::encode(&row);
-        match ctx.begin_delivery_recording(row.interaction_id, &json).await {
+        match ctx
+            .begin_delivery_recording(row.interaction_id, &json)
+            .await
+        {
             Delivery::First { .. } => {
                 self.held(&row, self.writer.recorded_in_redis(&row));
                 true
@@ -155,7 +158,8 @@ impl Ledger {
         let m = &self.metrics;
         m.usage_rows.inc(&[provider, status]);
         m.usage_cost_micros.add(&[provider], row.cost_micros);
-        m.usage_tokens.add(&[provider, "in"], u64::from(row.tokens_in));
+        m.usage_tokens
+            .add(&[provider, "in"], u64::from(row.tokens_in));
         m.usage_tokens
             .add(&[provider, "out"], u64::from(row.tokens_out));
         m.usage_images.add(&[provider], u64::from(row.images));

@@ -84,9 +84,10 @@ pub fn secrets(config: &Config) -> Vec<String> {
         config.minimax.as_ref().map(|c| &c.common.api_key),
         config.stability.as_ref().map(|c| &c.common.api_key),
     ];
-    let database_password = config.ledger.as_ref().and_then(|l| {
-        crate::config::database_password(l.database_url.expose()).map(str::to_owned)
-    });
+    let database_password = config
+        .ledger
+        .as_ref()
+        .and_then(|l| crate::config::database_password(l.database_url.expose()).map(str::to_owned));
     std::iter::once(&config.discord_token)
         .chain(keys.into_iter().flatten())
         .map(|s| s.expose().to_owned())

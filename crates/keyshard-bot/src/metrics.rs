@@ -413,8 +413,13 @@ mod tests {
             text.contains("keyshard_usage_cost_microdollars_total{provider=\"openai\"} 150"),
             "{text}"
         );
-        assert!(text.contains("keyshard_usage_tokens_total{provider=\"openai\",direction=\"in\"} 900"));
-        assert!(!text.contains("keyshard_ledger_"), "no writer: no writer series");
+        assert!(
+            text.contains("keyshard_usage_tokens_total{provider=\"openai\",direction=\"in\"} 900")
+        );
+        assert!(
+            !text.contains("keyshard_ledger_"),
+            "no writer: no writer series"
+        );
     }
 
     impl Metrics {

@@ -105,8 +105,7 @@ pub fn judge(records: &[InteractionRecord], reading: &Reading) -> LedgerReport {
                 if done.instance != by {
                     out.wrong_instance += 1;
                     if out.wrong_instance_examples.len() < EXAMPLES {
-                        out.wrong_instance_examples
-                            .push((r.id, done.instance, by));
+                        out.wrong_instance_examples.push((r.id, done.instance, by));
                     }
                 }
             }
@@ -189,7 +188,13 @@ mod tests {
         };
         let r = judge(&records, &reading);
         assert_eq!(
-            (r.rows, r.answered, r.missing, r.unanswered, r.wrong_instance),
+            (
+                r.rows,
+                r.answered,
+                r.missing,
+                r.unanswered,
+                r.wrong_instance
+            ),
             (4, 3, 1, 1, 1)
         );
         assert_eq!(r.duplicates, 1, "the row for an interaction never sent");

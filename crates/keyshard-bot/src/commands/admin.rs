@@ -65,7 +65,12 @@ pub async fn loadbalancer(ctx: Context<'_>) -> Result<(), Error> {
     let data = ctx.data();
     let (Some(status), Ok(window)) = (status(ctx).await, read_window(&data.cluster, 5).await)
     else {
-        return respond::ephemeral(ctx, replies::STATS_UNAVAILABLE, Answered::Failed("stats_unavailable")).await;
+        return respond::ephemeral(
+            ctx,
+            replies::STATS_UNAVAILABLE,
+            Answered::Failed("stats_unavailable"),
+        )
+        .await;
     };
     let info = read_info(&data.cluster).await.unwrap_or_default();
     let view = replies::admin::load_balancer(data.config.instance_id, &status, &window, &info);
@@ -94,7 +99,12 @@ pub async fn assign(
     let user = user.unwrap_or_else(|| ctx.author().clone());
     let data = ctx.data();
     let Some(status) = status(ctx).await else {
-        return respond::ephemeral(ctx, replies::STATS_UNAVAILABLE, Answered::Failed("stats_unavailable")).await;
+        return respond::ephemeral(
+            ctx,
+            replies::STATS_UNAVAILABLE,
+            Answered::Failed("stats_unavailable"),
+        )
+        .await;
     };
     let report = status.assign_report(user.id.get(), &data.config.overload);
     respond::ephemeral_embed(ctx, replies::admin::assignment(&user.name, &report)).await
@@ -120,16 +130,17 @@ pub async fn performance(ctx: Context<'_>) -> Result<(), Error> {
     )
     .await;
     let (Ok(w1), Ok(w5), Ok(w60)) = windows else {
-        return respond::ephemeral(ctx, replies::STATS_UNAVAILABLE, Answered::Failed("stats_unavailable")).await;
+        return respond::ephemeral(
+            ctx,
+            replies::STATS_UNAVAILABLE,
+            Answered::Failed("stats_unavailable"),
+        )
+        .await;
     };
     let info = read_info(&data.cluster).await.unwrap_or_default();
     let ledger = ledger_lines(ctx).await;
-    let view = replies::admin::performance(
-        data.config.instance_count,
-        [&w1, &w5, &w60],
-        &info,
-        &ledger,
-    );
+    let view =
+        replies::admin::performance(data.config.instance_count, [&w1, &w5, &w60], &info, &ledger);
     respond::ephemeral_embed(ctx, view).await
 }
 

@@ -109,7 +109,10 @@ pub async fn usage(
     #[rename = "순위"]
     #[description = "가장 많이 쓴 순위 (관리자)"]
     #[name_localized("en-US", "top")]
-    #[description_localized("en-US", "Rank the heaviest users, guilds, commands, providers or keys (admins)")]
+    #[description_localized(
+        "en-US",
+        "Rank the heaviest users, guilds, commands, providers or keys (admins)"
+    )]
     top: Option<Choice<Ranking>>,
     #[rename = "기간"]
     #[description = "기간 (관리자, 기본: 하루)"]
@@ -207,10 +210,7 @@ mod tests {
         assert_eq!(Period::from_choice("week"), Some(Period::Week));
         assert_eq!(Period::Week.label(), "일주일");
         assert_eq!(Period::Month.length(), Duration::from_secs(30 * 86_400));
-        assert_eq!(
-            Ranking::from_choice("key"),
-            Some(Ranking(Dimension::Key))
-        );
+        assert_eq!(Ranking::from_choice("key"), Some(Ranking(Dimension::Key)));
         assert_eq!(Ranking(Dimension::Guild).label(), "서버");
         assert!(Ranking::CHOICES.iter().all(|r| r.0 != Dimension::Instance));
     }

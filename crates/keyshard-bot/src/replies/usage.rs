@@ -87,7 +87,10 @@ pub fn top_view(by: Dimension, period: &str, lines: &[UsageLine]) -> serenity::C
         })
         .collect();
     serenity::CreateEmbed::new()
-        .title(format!("🏆 {} 순위 — 최근 {period} (예상 비용순)", dimension(by)))
+        .title(format!(
+            "🏆 {} 순위 — 최근 {period} (예상 비용순)",
+            dimension(by)
+        ))
         .description(if rows.is_empty() {
             "아직 기록이 없어요".to_owned()
         } else {
@@ -156,7 +159,10 @@ mod tests {
             totals_line(&t),
             "요청 12회 (실패 1) · 토큰 900/350 · 이미지 2장 · 예상 비용 $0.0123"
         );
-        assert_eq!(totals_line(&Totals::default()), "요청 0회 · 예상 비용 $0.0000");
+        assert_eq!(
+            totals_line(&Totals::default()),
+            "요청 0회 · 예상 비용 $0.0000"
+        );
         assert_eq!(dollars(123_450_000), "$123.45");
     }
 

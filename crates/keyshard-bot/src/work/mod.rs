@@ -160,7 +160,15 @@ impl Worker {
             let reason = format!("{} key problem: {}", error.provider, error.message);
             let message = replies::provider_failed(error);
             return self
-                .move_or_tell(job, ctx, command, meter, reason, message, error.class.as_str())
+                .move_or_tell(
+                    job,
+                    ctx,
+                    command,
+                    meter,
+                    reason,
+                    message,
+                    error.class.as_str(),
+                )
                 .await;
         }
         tracing::warn!(job = job.id, provider = %error.provider, class = %error.class, "provider call failed: {}", error.message);

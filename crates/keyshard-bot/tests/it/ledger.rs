@@ -15,7 +15,7 @@ use keyshard_sim::discord::{InteractionSpec, SIM_GUILD_ID};
 use crate::commands::{slow_videos, user_on, video_rendering_on};
 use crate::support::{final_messages, final_text, Row, Setup, TestCluster};
 
-fn row<'a>(rows: &'a [Row], id: u64) -> &'a Row {
+fn row(rows: &[Row], id: u64) -> &Row {
     rows.iter()
         .find(|r| r.interaction_id == id)
         .unwrap_or_else(|| panic!("no row for {id}: {rows:#?}"))
@@ -59,7 +59,9 @@ async fn every_kind_of_answer_has_one_row_with_its_fields() {
     let admin = c
         .ask(InteractionSpec::guild("로드밸런서", ADMIN_USER_ID))
         .await;
-    let all = [&ping, &dm, &chat, &image, &video, &refused, &not_admin, &admin];
+    let all = [
+        &ping, &dm, &chat, &image, &video, &refused, &not_admin, &admin,
+    ];
     let ids: Vec<u64> = all.iter().map(|r| r.id).collect();
     let rows = c.wait_rows(&ids).await;
     assert_eq!(rows.len(), ids.len(), "one row each");
@@ -68,8 +70,14 @@ async fn every_kind_of_answer_has_one_row_with_its_fields() {
         let got = row(&rows, r.id);
         assert_eq!(got.served_by, r.completion().unwrap().instance, "{got:?}");
         assert_eq!(got.primary, primary(r.user_id, 4));
-        assert_eq!((got.reason, got.rescued, got.stolen, got.moved), (0, false, false, false));
-        assert!(got.ack_ms.is_some_and(|a| (0..3_000).contains(&a)), "{got:?}");
+        assert_eq!(
+            (got.reason, got.rescued, got.stolen, got.moved),
+            (0, false, false, false)
+        );
+        assert!(
+            got.ack_ms.is_some_and(|a| (0..3_000).contains(&a)),
+            "{got:?}"
+        );
         assert!(got.finish_ms >= got.ack_ms.unwrap(), "{got:?}");
     }
 
@@ -86,13 +94,21 @@ async fn every_kind_of_answer_has_one_row_with_its_fields() {
     assert!(ch.tokens_in > 0 && ch.tokens_out > 0, "{ch:?}");
     assert!(ch.cost_micros > 0, "{ch:?}");
     let fp = ch.key_fp.as_deref().unwrap();
-    assert!(fp.len() == 12 && fp.chars().all(|c| c.is_ascii_hexdigit()), "{fp}");
+    assert!(
+        fp.len() == 12 && fp.chars().all(|c| c.is_ascii_hexdigit()),
+        "{fp}"
+    );
     assert!(ch.start_ms.unwrap() >= ch.ack_ms.unwrap(), "{ch:?}");
     assert!(ch.provider_ms.is_some(), "{ch:?}");
 
     let im = row(&rows, image.id);
     assert_eq!(
-        (im.command.as_str(), im.provider.as_deref(), im.model.as_deref(), im.images),
+        (
+            im.command.as_str(),
+            im.provider.as_deref(),
+            im.model.as_deref(),
+            im.images
+        ),
         ("image", Some("minimax"), Some("image-01"), 1)
     );
     assert_eq!(im.cost_micros, 3_500, "image-01 at $0.0035");
@@ -146,7 +162,10 @@ async fn a_direct_answer_whose_instance_died_before_confirming_is_recovered_by_t
     setup.discord.callback_delay = Some((1, Duration::from_secs(3)));
     let mut c = TestCluster::setup(setup).await;
     let user = user_on(1, 11);
-    let id = c.discord.send_interaction(InteractionSpec::guild("핑", user)).id;
+    let id = c
+        .discord
+        .send_interaction(InteractionSpec::guild("핑", user))
+        .id;
     let acked = c
         .discord
         .wait_for(
@@ -167,7 +186,9 @@ async fn a_direct_answer_whose_instance_died_before_confirming_is_recovered_by_t
     let r = c.discord.interaction(id).unwrap();
     assert_eq!(r.acked_by(), Some(1));
     assert!(
-        r.callbacks.iter().any(|cb| cb.instance == 2 && cb.error_code == Some(40060)),
+        r.callbacks
+            .iter()
+            .any(|cb| cb.instance == 2 && cb.error_code == Some(40060)),
         "the sweeper tried and heard 40060: {:?}",
         r.callbacks
     );
@@ -186,10 +207,17 @@ async fn usage_for_a_user_an_admin_and_the_cli() {
 
     // A user: their own today and this month, in an embed only they see.
     let own = c.ask(InteractionSpec::guild("사용량", a)).await;
-    assert_eq!(own.ack().unwrap().kind, 5, "deferred while the ledger is read");
+    assert_eq!(
+        own.ack().unwrap().kind,
+        5,
+        "deferred while the ledger is read"
+    );
     let embed = final_messages(&own).last().unwrap().embeds[0].to_string();
     assert!(embed.contains(&format!("user{a} 님의 사용량")), "{embed}");
-    assert!(embed.contains("이번 달") && embed.contains("요청 3회"), "{embed}");
+    assert!(
+        embed.contains("이번 달") && embed.contains("요청 3회"),
+        "{embed}"
+    );
     assert!(embed.contains("Asia/Seoul"), "{embed}");
     // Rankings are for admins.
     let denied = c
@@ -212,7 +240,10 @@ async fn usage_for_a_user_an_admin_and_the_cli() {
         .ask(InteractionSpec::guild("사용량", ADMIN_USER_ID).user("사용자", b))
         .await;
     let embed = final_messages(&theirs).last().unwrap().embeds[0].to_string();
-    assert!(embed.contains(&format!("user{b} 님의 사용량")) && embed.contains("요청 1회"), "{embed}");
+    assert!(
+        embed.contains(&format!("user{b} 님의 사용량")) && embed.contains("요청 1회"),
+        "{embed}"
+    );
     let perf = c.ask(InteractionSpec::guild("성능", ADMIN_USER_ID)).await;
     let fields = perf.ack().unwrap().embeds[0]["fields"].to_string();
     assert!(fields.contains("최근 24시간 (사용량 원장)"), "{fields}");
@@ -231,8 +262,15 @@ async fn usage_for_a_user_an_admin_and_the_cli() {
         cmd.output().unwrap()
     };
     let url = c.database_url().to_owned();
-    let out = keyshard(&["usage", "--since", "1h", "--by", "command", "--json"], Some(&url));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = keyshard(
+        &["usage", "--since", "1h", "--by", "command", "--json"],
+        Some(&url),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["by"], "command");
     let ping = v["lines"]
@@ -247,12 +285,24 @@ async fn usage_for_a_user_an_admin_and_the_cli() {
     assert!(String::from_utf8_lossy(&table.stdout).contains(&a.to_string()));
 
     let ok = keyshard(&["migrate"], Some(&url));
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("ledger schema up to date"));
-    let nowhere = keyshard(&["migrate"], Some("postgres://keyshard:pw-secret@127.0.0.1:1/x"));
+    let nowhere = keyshard(
+        &["migrate"],
+        Some("postgres://keyshard:pw-secret@127.0.0.1:1/x"),
+    );
     let err = String::from_utf8_lossy(&nowhere.stderr);
     assert!(!nowhere.status.success());
-    assert!(err.contains("applying the ledger migrations to postgres://keyshard:***@127.0.0.1:1/x failed"), "{err}");
+    assert!(
+        err.contains(
+            "applying the ledger migrations to postgres://keyshard:***@127.0.0.1:1/x failed"
+        ),
+        "{err}"
+    );
     assert!(!err.contains("pw-secret"), "{err}");
     let unset = keyshard(&["usage"], None);
     assert!(!unset.status.success());

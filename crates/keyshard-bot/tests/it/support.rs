@@ -341,7 +341,12 @@ impl TestCluster {
         loop {
             // A missing table (migrations not applied yet) reads as no rows.
             let rows: Vec<Row> = keyshard_testkit::psql(self.database_url(), ROW_SQL)
-                .map(|out| out.lines().filter(|l| !l.is_empty()).map(parse_row).collect())
+                .map(|out| {
+                    out.lines()
+                        .filter(|l| !l.is_empty())
+                        .map(parse_row)
+                        .collect()
+                })
                 .unwrap_or_default();
             let found: Vec<Row> = rows
                 .into_iter()
@@ -364,7 +369,10 @@ fn parse_row(line: &str) -> Row {
     let f: Vec<&str> = line.split('|').collect();
     assert_eq!(f.len(), 24, "{line}");
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let num = |s: &str| s.parse::<i64>().unwrap_or_else(|_| panic!("{s:?} in {line}"));
+    let num = |s: &str| {
+        s.parse::<i64>()
+            .unwrap_or_else(|_| panic!("{s:?} in {line}"))
+    };
     let opt_num = |s: &str| (!s.is_empty()).then(|| num(s));
     Row {
         interaction_id: num(f[0]) as u64,

@@ -56,7 +56,10 @@ async fn four_handles_race_and_each_interaction_is_claimed_once_by_its_owner() {
             primary(user, N),
             "all alive and idle: the primary wins"
         );
-        let ClaimOutcome::Won { assignment, rank, .. } = outcome else {
+        let ClaimOutcome::Won {
+            assignment, rank, ..
+        } = outcome
+        else {
             panic!("Redis is up, yet {outcome:?}");
         };
         assert_eq!((assignment.reason, *rank), (Reason::Primary, None));
@@ -106,7 +109,10 @@ async fn stalled_owner_is_replaced_by_the_next_instance_within_its_grace() {
     let outcomes = tc.claim_on(&[3, 4, 1], id, user).await;
 
     let (_, first, took) = &outcomes[0];
-    let ClaimOutcome::Won { assignment, rank, .. } = first else {
+    let ClaimOutcome::Won {
+        assignment, rank, ..
+    } = first
+    else {
         panic!("instance 3 should take over: {outcomes:?}");
     };
     assert_eq!(*rank, Some(0));

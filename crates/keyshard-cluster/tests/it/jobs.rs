@@ -417,7 +417,11 @@ async fn an_idle_instance_takes_waiting_jobs_from_a_busy_peer() {
     assert!(delivered.lock().unwrap().values().all(|v| v == &vec![3]));
     assert_eq!(jobs3.stats().stolen, 6);
     assert!(
-        arrivals.lock().unwrap().values().all(|a| a.stolen && !a.rescued),
+        arrivals
+            .lock()
+            .unwrap()
+            .values()
+            .all(|a| a.stolen && !a.rescued),
         "{arrivals:?}"
     );
     stop1.cancel();
@@ -594,9 +598,13 @@ async fn the_ledger_row_is_recorded_with_the_done_marker_once() {
         contexts.push(rx.recv().await.unwrap());
         stops.push(stop);
     }
-    let first = contexts[0].begin_delivery_recording(777, r#"{"row":"a"}"#).await;
+    let first = contexts[0]
+        .begin_delivery_recording(777, r#"{"row":"a"}"#)
+        .await;
     assert!(matches!(first, Delivery::First { .. }), "{first:?}");
-    let again = contexts[1].begin_delivery_recording(777, r#"{"row":"b"}"#).await;
+    let again = contexts[1]
+        .begin_delivery_recording(777, r#"{"row":"b"}"#)
+        .await;
     assert_eq!(again, Delivery::Again);
     let client = redis::Client::open(tc.redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
@@ -608,7 +616,11 @@ async fn the_ledger_row_is_recorded_with_the_done_marker_once() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(lens, (1, 0), "one row, in the first run's instance's stream");
+    assert_eq!(
+        lens,
+        (1, 0),
+        "one row, in the first run's instance's stream"
+    );
     assert_eq!(
         redis_get(&tc.redis.url(), &keys::done(&tc.name, 777))
             .await

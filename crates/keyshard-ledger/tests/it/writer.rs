@@ -270,7 +270,10 @@ async fn rows_appended_by_the_bot_survive_an_empty_redis_restart() {
         stream.push(&LedgerWriter::encode(r)).await.unwrap();
         assert_eq!(one.writer.recorded_in_redis(r), Recorded::Queued);
     }
-    assert_eq!(one.writer.recorded_in_redis(&appended[0]), Recorded::Duplicate);
+    assert_eq!(
+        one.writer.recorded_in_redis(&appended[0]),
+        Recorded::Duplicate
+    );
     let s = one.writer.stats();
     assert_eq!((s.recorded, s.not_in_redis, s.buffered), (60, 0, 60));
 
@@ -315,7 +318,11 @@ async fn writes_wait_for_the_schema_and_a_graceful_stop_writes_what_is_left() {
         stream.backlog(1).await.unwrap_or(0) == 40
     })
     .await;
-    assert_eq!(writer.stats().write_failures, 0, "no write before the schema");
+    assert_eq!(
+        writer.stats().write_failures,
+        0,
+        "no write before the schema"
+    );
 
     keyshard_ledger::migrate(&pool).await.unwrap();
     migrated.notify_one();

@@ -297,14 +297,7 @@ impl Run {
         // The instances' writers still run: a killed instance's stream is taken over, rows
         // held back by a Postgres outage are written.
         let settle_ms = match &self.postgres {
-            Some(pg) => Some(
-                wait_ledger(
-                    pg.url(),
-                    &self.discord,
-                    self.cfg.ledger_settle,
-                )
-                .await,
-            ),
+            Some(pg) => Some(wait_ledger(pg.url(), &self.discord, self.cfg.ledger_settle).await),
             None => None,
         };
         let events = cluster.events();
