@@ -26,4 +26,9 @@ want=${1:-all}
 [[ $want == all || $want == skew ]] && run skew-static --instances 4 --load-factor 1.5 --skew zipf:1.1 --instance-env TAKEOVER=off "${common[@]}"
 [[ $want == all || $want == failover ]] && run failover --instances 4 --load-factor 1.0 --kill 2@20 "${common[@]}"
 [[ $want == all || $want == redis ]] && run redis-restart --instances 4 --load-factor 1.0 --redis-restart 20 "${common[@]}"
+# The usage ledger (every run above has it on and reports ledger.*): Postgres down for 10 s
+# under load, and the ack latency at 200/s with the ledger on and off.
+[[ $want == all || $want == postgres ]] && run postgres-restart --instances 4 --load-factor 1.0 --postgres-restart 20 "${common[@]}"
+[[ $want == all || $want == ack ]] && run ack-ledger --instances 4 --users 500 --mix ping=1 --rate 200 --duration 30
+[[ $want == all || $want == ack ]] && run ack-no-ledger --instances 4 --users 500 --mix ping=1 --rate 200 --duration 30 --no-ledger
 exit 0

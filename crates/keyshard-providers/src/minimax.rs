@@ -32,6 +32,9 @@ const QUERY_RPM: u32 = 600;
 /// of [`RenderClock`]'s plan (two or three), the file lookup and the download, with room to
 /// spare, so polls never queue behind each other and hold their jobs' slots longer.
 const LOOKUPS_PER_VIDEO: u32 = 8;
+/// The length of every video this client asks Hailuo for, in seconds (what a video is billed
+/// by, and what the usage ledger records).
+pub const VIDEO_SECONDS: u32 = 6;
 
 /// A MiniMax video task, as stored in a job so that any instance can resume it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -174,7 +177,7 @@ impl MiniMax {
         let body = json!({
             "model": self.inner.cfg.video_model,
             "prompt": prompt,
-            "duration": 6,
+            "duration": VIDEO_SECONDS,
             "resolution": "768P",
         });
         let v = self

@@ -27,41 +27,57 @@ use poise::serenity_prelude as serenity;
 use tokio::time::Instant;
 
 use super::deliver::{progress, Answer};
-use super::{since_created, Worker};
+use super::{since_created, Meter, Use, Worker};
 use crate::replies::progress::VideoPhase;
 use crate::replies::{self, results};
 
 pub(super) const COMMAND: &str = "video";
 
-pub async fn run(w: &Worker, job: &Job, a: &VideoArgs, ctx: &JobContext) -> Outcome {
+pub async fn run(
+    w: &Worker,
+    job: &Job,
+    a: &VideoArgs,
+    ctx: &JobContext,
+    meter: &mut Meter,
+) -> Outcome {
     let Some(minimax) = w.providers().minimax.clone() else {
         return w
-            .unconfigured(job, ctx, COMMAND, ProviderKind::MiniMax)
+            .unconfigured(job, ctx, COMMAND, meter, ProviderKind::MiniMax)
             .await;
     };
-    let file_id = match render(w, job, ctx, &minimax, &a.prompt).await {
+    meter.called(w.catalog(), ProviderKind::MiniMax, Use::Video);
+    // Provider time for a video is the render: from the task's creation (or resumption) to
+    // the file's retrieval, polls and the waits between them included.
+    let started = Instant::now();
+    let file_id = match render(w, job, ctx, &minimax, &a.prompt, meter, started).await {
         Ok(id) => id,
         Err(outcome) => return outcome,
     };
-    let file = match minimax.video_file(&file_id).await {
+    let file = minimax.video_file(&file_id).await;
+    meter.spent(started.elapsed());
+    let file = match file {
         Ok(f) => f,
-        Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+        Err(e) => return w.fail(job, ctx, COMMAND, meter, &e).await,
     };
     w.inner
         .stats
         .provider_request(ProviderKind::MiniMax.as_str());
+    meter.video_secs = keyshard_providers::minimax::VIDEO_SECONDS;
     let answer = answer(w, job, &minimax, &file).await;
-    w.finish(job, ctx, COMMAND, true, answer).await
+    w.finish(job, ctx, COMMAND, meter, Ok(()), answer).await
 }
 
 /// Resumes the task an earlier run saved, or starts one, and polls it until the provider has
-/// the file (its id); `Err` is the job's outcome when it ended otherwise.
+/// the file (its id); `Err` is the job's outcome when it ended otherwise (with the render's
+/// time, from `started`, on the meter).
 async fn render(
     w: &Worker,
     job: &Job,
     ctx: &JobContext,
     minimax: &MiniMax,
     prompt: &str,
+    meter: &mut Meter,
+    started: Instant,
 ) -> Result<String, Outcome> {
     let own_key = minimax.key_fingerprint();
     let saved = ctx.load_state(job.id).await.and_then(|s| {
@@ -85,14 +101,18 @@ async fn render(
             );
             task
         }
-        None => {
-            let task = start(w, job, ctx, minimax, &own_key, prompt).await?;
-            created = Some(Instant::now());
-            task
-        }
+        None => match start(minimax, w, job, prompt, &own_key, ctx).await {
+            Ok(task) => {
+                created = Some(Instant::now());
+                task
+            }
+            Err(e) => {
+                meter.spent(started.elapsed());
+                return Err(w.fail(job, ctx, COMMAND, meter, &e).await);
+            }
+        },
     };
 
-    let started = Instant::now();
     let timing = w.inner.timing;
     let gap = timing.video_poll;
     let plan = |created: Option<Instant>, polled: bool| match created {
@@ -124,13 +144,22 @@ async fn render(
                     "the saved video task belongs to another MiniMax key; starting it again with this one"
                 );
                 foreign = false;
-                task = start(w, job, ctx, minimax, &own_key, prompt).await?;
+                task = match start(minimax, w, job, prompt, &own_key, ctx).await {
+                    Ok(task) => task,
+                    Err(e) => {
+                        meter.spent(started.elapsed());
+                        return Err(w.fail(job, ctx, COMMAND, meter, &e).await);
+                    }
+                };
                 created = Some(Instant::now());
                 pending_age = None;
                 next_poll = Instant::now() + plan(created, false);
                 continue;
             }
-            Err(e) => return Err(w.fail(job, ctx, COMMAND, &e).await),
+            Err(e) => {
+                meter.spent(started.elapsed());
+                return Err(w.fail(job, ctx, COMMAND, meter, &e).await);
+            }
         };
         foreign = false;
         let age = created.map(|c| c.elapsed());
@@ -143,8 +172,10 @@ async fn render(
             }
             VideoStatus::Failed(msg) => {
                 tracing::warn!(job = job.id, "the video task failed at the provider: {msg}");
+                meter.spent(started.elapsed());
                 let answer = Answer::text(replies::VIDEO_FAILED);
-                return Err(w.finish(job, ctx, COMMAND, false, answer).await);
+                let failed = Err("video_failed");
+                return Err(w.finish(job, ctx, COMMAND, meter, failed, answer).await);
             }
             VideoStatus::Preparing | VideoStatus::Queueing => VideoPhase::Queued,
             VideoStatus::Processing => VideoPhase::Rendering,
@@ -156,7 +187,8 @@ async fn render(
                 ErrorClass::Retryable,
                 "the video task did not finish in time",
             );
-            return Err(w.fail(job, ctx, COMMAND, &e).await);
+            meter.spent(started.elapsed());
+            return Err(w.fail(job, ctx, COMMAND, meter, &e).await);
         }
         next_poll = Instant::now() + plan(created, true);
         progress_edit(w, job, phase).await;
@@ -191,20 +223,18 @@ async fn answer(w: &Worker, job: &Job, minimax: &MiniMax, file: &VideoFile) -> A
     }
 }
 
-/// Creates the task with this instance's key and saves its id with the job.
+/// Creates the task with this instance's key and saves its id with the job; `Err` when the
+/// provider refused to create it.
 async fn start(
+    minimax: &MiniMax,
     w: &Worker,
     job: &Job,
-    ctx: &JobContext,
-    minimax: &MiniMax,
-    own_key: &str,
     prompt: &str,
-) -> Result<VideoTaskId, Outcome> {
+    own_key: &str,
+    ctx: &JobContext,
+) -> Result<VideoTaskId, ProviderError> {
     progress(w.http(), job, replies::progress::VIDEO_REQUESTING).await;
-    let task = match minimax.video_create(prompt).await {
-        Ok(t) => t,
-        Err(e) => return Err(w.fail(job, ctx, COMMAND, &e).await),
-    };
+    let task = minimax.video_create(prompt).await?;
     if let Err(e) = ctx
         .save_state(
             job.id,
