@@ -47,14 +47,22 @@ impl Probe {
         }
     }
 
-    /// Ready: the gateway session is up, the commands are registered, a membership snapshot
-    /// has been read from Redis at least once since start (later outages are served in
-    /// degraded mode, so they do not make the instance unready), and it is not draining.
+    /// Ready: every shard's gateway session is up, the commands are registered, a membership
+    /// snapshot has been read from Redis at least once since start (later outages are served
+    /// in degraded mode, so they do not make the instance unready), and it is not draining.
+    /// While a shard's IDENTIFY waits (the restart backoff, the bucket, the day's reserve),
+    /// `waiting` and `detail` say for what.
     pub fn readiness(&self) -> Readiness {
         if self.cluster.is_ready() {
             self.redis_seen.store(true, Ordering::Release);
         }
+        let shards = &self.state.shards;
+        let waiting = shards.waiting();
         let r = Readiness {
+            shards: shards.count(),
+            shards_up: shards.up_count(),
+            waiting: waiting.as_ref().map(|w| w.kind()),
+            detail: waiting.as_ref().map(ToString::to_string),
             gateway: self.state.gateway_ready.load(Ordering::Acquire),
             commands: self.state.commands_registered.load(Ordering::Acquire),
             redis: self.redis_seen.load(Ordering::Acquire),
@@ -101,6 +109,13 @@ pub struct Readiness {
     pub draining: bool,
     /// Instances alive in this instance's snapshot (lets a test wait for a converged view).
     pub alive_instances: usize,
+    /// The shards this instance runs, and how many of them are up.
+    pub shards: u32,
+    pub shards_up: u32,
+    /// What a shard's IDENTIFY waits for (`backoff`, `bucket`, `reserve`, `budget`, `local`),
+    /// and the same for a person.
+    pub waiting: Option<&'static str>,
+    pub detail: Option<String>,
 }
 
 pub fn router(probe: Probe) -> Router {

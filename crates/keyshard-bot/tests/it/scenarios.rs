@@ -19,6 +19,8 @@ fn scenario(users: u32, rate: f64, secs: u64, mix: &str) -> ScenarioConfig {
         mix.parse().unwrap(),
     );
     cfg.keyshard_bin = PathBuf::from(env!("CARGO_BIN_EXE_keyshard"));
+    // Discord's rules with a 100 ms IDENTIFY window (the instances get the same value).
+    cfg.discord = keyshard_sim::discord::DiscordConfig::quick();
     // Tests always use their own private Redis, whatever the environment says.
     cfg.redis_url = None;
     cfg

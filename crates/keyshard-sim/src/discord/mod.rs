@@ -46,6 +46,12 @@ pub const REQUEST_SIZE_LIMIT: usize = 25 * 1024 * 1024;
 
 /// The guild the simulated users are in, and its default channel.
 pub const SIM_GUILD_ID: u64 = 1_180_000_000_000_000_001;
+
+/// The `k`-th simulated guild (0 is [`SIM_GUILD_ID`]): consecutive values of `id >> 22`, so
+/// guilds spread evenly over the shards (`(id >> 22) % num_shards`).
+pub fn sim_guild(k: u32) -> u64 {
+    SIM_GUILD_ID + (u64::from(k) << 22)
+}
 pub const SIM_CHANNEL_ID: u64 = 1_180_000_000_000_000_101;
 
 /// Discord's session rules, as the scenario sets them (`developers/events/gateway.mdx`).
@@ -772,6 +778,17 @@ impl FakeDiscord {
         F: FnMut(&[InteractionRecord]) -> bool,
     {
         self.wait_until(deadline, |s| pred(&s.records)).await
+    }
+
+    /// Waits until instance `instance` has had more than `than` IDENTIFYs accepted; `false`
+    /// when that did not happen within `deadline`.
+    pub async fn wait_identifies(&self, instance: u32, than: u32, deadline: Duration) -> bool {
+        self.wait_until(deadline, |s| {
+            s.gateway_stats
+                .get(&instance)
+                .is_some_and(|g| g.identifies > than)
+        })
+        .await
     }
 
     /// Waits for any change to the records or sessions; `false` when none came within
