@@ -119,7 +119,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             "restarted without a clean stop: first IDENTIFY in {delay:?} (restart backoff)"
         ),
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not count this start in Redis: no restart backoff"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not count this start in Redis: no restart backoff")
+        }
     }
     state.shards.set_queue(queue.clone());
     let relay = Relay::start(

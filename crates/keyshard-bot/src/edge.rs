@@ -251,11 +251,7 @@ async fn build_client(data: Data) -> anyhow::Result<serenity::Client> {
                 if !data.state.registering.swap(true, Ordering::AcqRel) {
                     let builders =
                         poise::builtins::create_application_commands(&framework.options().commands);
-                    tokio::spawn(register_commands(
-                        ctx.http.clone(),
-                        builders,
-                        data.clone(),
-                    ));
+                    tokio::spawn(register_commands(ctx.http.clone(), builders, data.clone()));
                 }
                 Ok(data)
             })
@@ -319,7 +315,12 @@ async fn register_commands(
                 data.state
                     .commands_registered
                     .store(true, Ordering::Release);
-                tracing::info!(count = builders.len(), ?outcome, hash, "slash commands in place");
+                tracing::info!(
+                    count = builders.len(),
+                    ?outcome,
+                    hash,
+                    "slash commands in place"
+                );
                 return;
             }
             Err(e) => {

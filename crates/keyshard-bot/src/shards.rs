@@ -218,7 +218,8 @@ impl ShardBoard {
         let entries = self.lock();
         let all = !entries.is_empty() && entries.iter().all(|e| e.up);
         drop(entries);
-        self.all_up.send_if_modified(|v| std::mem::replace(v, all) != all);
+        self.all_up
+            .send_if_modified(|v| std::mem::replace(v, all) != all);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
@@ -267,7 +268,10 @@ mod tests {
         board.identified(1, 3);
         board.up(1);
         board.ended(1, 2);
-        assert!(board.all_up(), "the old socket's end is not the new session's");
+        assert!(
+            board.all_up(),
+            "the old socket's end is not the new session's"
+        );
         board.ended(1, 3);
         assert!(!board.all_up());
         assert_eq!(board.up_count(), 1);

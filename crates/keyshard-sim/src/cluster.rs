@@ -123,6 +123,16 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Spawns every instance against `discord` and waits until all of them are ready.
     pub async fn start(cfg: ProcessConfig, discord: &FakeDiscord) -> anyhow::Result<Self> {
+        let mut cluster = Self::launch(cfg, discord)?;
+        for id in 1..=cluster.cfg.instances {
+            cluster.wait_ready(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Spawns every instance against `discord` without waiting for any to be ready (for a
+    /// test about an instance that does not get ready).
+    pub fn launch(cfg: ProcessConfig, discord: &FakeDiscord) -> anyhow::Result<Self> {
         if !cfg.keyshard_bin.is_file() {
             bail!(
                 "keyshard binary not found at {} (build it with `cargo build -p keyshard-bot`, or pass --keyshard-bin)",
@@ -148,9 +158,6 @@ impl ProcessCluster {
         };
         for id in 1..=cluster.cfg.instances {
             cluster.spawn(id)?;
-        }
-        for id in 1..=cluster.cfg.instances {
-            cluster.wait_ready(id).await?;
         }
         Ok(cluster)
     }

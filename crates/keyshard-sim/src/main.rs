@@ -242,7 +242,9 @@ fn base_config(
     cfg.overload_wait_secs = common.overload_wait_secs;
     cfg.env = common.instance_env.clone();
     cfg.shards = common.gateway.shards;
-    cfg.discord.gateway = common.gateway.rules(GatewayRules::default().identify_window)?;
+    cfg.discord.gateway = common
+        .gateway
+        .rules(GatewayRules::default().identify_window)?;
     Ok(cfg)
 }
 
@@ -278,12 +280,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.crash_loop,
     ]
     .concat()
-        .into_iter()
-        .chain(args.redis_restart.into_iter().map(|at| Chaos {
-            at,
-            action: ChaosAction::RedisRestart,
-        }))
-        .collect();
+    .into_iter()
+    .chain(args.redis_restart.into_iter().map(|at| Chaos {
+        at,
+        action: ChaosAction::RedisRestart,
+    }))
+    .collect();
     cfg.providers = start_providers(&args.mix, &args.common).await?;
     if let Some(factor) = args.load_factor {
         let capacity = cfg

@@ -155,7 +155,10 @@ impl Relay {
     pub async fn close_all(&self, grace: Duration) {
         self.closing.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("gateway relay: connections still open after {grace:?}; leaving");
         }
     }
@@ -313,7 +316,9 @@ async fn pump(shared: &Shared, conn: u64, down: Ws, up: Up) -> Option<u32> {
                 }
             },
             Event::Up(_) => {
-                let _ = down_tx.send(close(RECONNECT, "gateway connection lost")).await;
+                let _ = down_tx
+                    .send(close(RECONNECT, "gateway connection lost"))
+                    .await;
                 return shard;
             }
             Event::Down(Some(Ok(msg))) => match msg {
@@ -357,7 +362,9 @@ async fn pump(shared: &Shared, conn: u64, down: Ws, up: Up) -> Option<u32> {
                                 }
                             }
                             if up_tx.send(msg).await.is_err() {
-                                let _ = down_tx.send(close(RECONNECT, "gateway connection lost")).await;
+                                let _ = down_tx
+                                    .send(close(RECONNECT, "gateway connection lost"))
+                                    .await;
                                 return shard;
                             }
                         }
@@ -368,7 +375,9 @@ async fn pump(shared: &Shared, conn: u64, down: Ws, up: Up) -> Option<u32> {
                     if grant.is_some() {
                         held.push_back(other);
                     } else if up_tx.send(other).await.is_err() {
-                        let _ = down_tx.send(close(RECONNECT, "gateway connection lost")).await;
+                        let _ = down_tx
+                            .send(close(RECONNECT, "gateway connection lost"))
+                            .await;
                         return shard;
                     }
                 }
@@ -408,7 +417,10 @@ mod tests {
         assert_eq!((f.op, f.shard, f.session_id), (2, Some(3), None));
         let resume = r#"{"op":6,"d":{"token":"secret","session_id":"abc","seq":7}}"#;
         let f = client_frame(resume).unwrap();
-        assert_eq!((f.op, f.shard, f.session_id.as_deref()), (6, None, Some("abc")));
+        assert_eq!(
+            (f.op, f.shard, f.session_id.as_deref()),
+            (6, None, Some("abc"))
+        );
         assert_eq!(client_frame(r#"{"op":1,"d":12}"#).unwrap().op, 1);
         assert!(client_frame("not json").is_none());
     }
@@ -466,13 +478,9 @@ mod relay_tests {
         });
         let board = Arc::new(ShardBoard::default());
         board.plan(2);
-        let relay = Relay::start(
-            fake.gateway_url(1),
-            Arc::new(hand.clone()),
-            board.clone(),
-        )
-        .await
-        .unwrap();
+        let relay = Relay::start(fake.gateway_url(1), Arc::new(hand.clone()), board.clone())
+            .await
+            .unwrap();
         Setup {
             fake,
             hand,
@@ -512,7 +520,10 @@ mod relay_tests {
     }
 
     async fn next_close(ws: &mut Client) -> Option<u16> {
-        match tokio::time::timeout(FRAME, ws.next()).await.expect("in time") {
+        match tokio::time::timeout(FRAME, ws.next())
+            .await
+            .expect("in time")
+        {
             Some(Ok(Message::Close(f))) => f.map(|f| u16::from(f.code)),
             other => panic!("expected a close frame, got {other:?}"),
         }
@@ -526,7 +537,11 @@ mod relay_tests {
         // Held: a heartbeat still gets its ACK from Discord, the IDENTIFY has not gone out.
         send(&mut ws, serde_json::json!({"op": 1, "d": null})).await;
         assert_eq!(recv(&mut ws).await["op"], 11);
-        send(&mut ws, serde_json::json!({"op": 3, "d": {"status": "online"}})).await;
+        send(
+            &mut ws,
+            serde_json::json!({"op": 3, "d": {"status": "online"}}),
+        )
+        .await;
         assert_eq!(s.fake.gateway_stats(1).identifies, 0);
         assert_eq!(*s.hand.asked.lock().unwrap(), vec![1]);
 
@@ -560,7 +575,11 @@ mod relay_tests {
         .await;
         assert_eq!(recv(&mut again).await["d"]["id"], missed.id.to_string());
         assert_eq!(recv(&mut again).await["t"], "RESUMED");
-        assert_eq!(s.hand.asked.lock().unwrap().len(), 1, "only the IDENTIFY asked");
+        assert_eq!(
+            s.hand.asked.lock().unwrap().len(),
+            1,
+            "only the IDENTIFY asked"
+        );
         assert_eq!(s.fake.gateway_stats(1).resumes, 1);
         assert_eq!(s.board.views().await[0].resumes, 1);
     }

@@ -97,7 +97,10 @@ fn gateway_line(info: Option<&serde_json::Value>) -> String {
     let Some(shards) = info.and_then(|i| i["gateway"].as_array()) else {
         return "알 수 없음".into();
     };
-    let up = shards.iter().filter(|s| s["up"].as_bool() == Some(true)).count();
+    let up = shards
+        .iter()
+        .filter(|s| s["up"].as_bool() == Some(true))
+        .count();
     let latencies: Vec<String> = shards
         .iter()
         .map(|s| {
@@ -108,7 +111,10 @@ fn gateway_line(info: Option<&serde_json::Value>) -> String {
         .collect();
     let mut line = format!("샤드 {up}/{} · {} ms", shards.len(), latencies.join("/"));
     // The wait an operator must act on (the reserve) before the passing ones.
-    let waits: Vec<&str> = shards.iter().filter_map(|s| s["waiting"].as_str()).collect();
+    let waits: Vec<&str> = shards
+        .iter()
+        .filter_map(|s| s["waiting"].as_str())
+        .collect();
     let wait = ["reserve", "backoff", "local", "budget", "bucket"]
         .into_iter()
         .find(|w| waits.contains(w));
@@ -317,7 +323,10 @@ mod tests {
             {"id": 1, "up": false, "latency_ms": null, "waiting": "reserve"},
         ]});
         let line = gateway_line(Some(&info));
-        assert!(line.starts_with("샤드 0/2 · -/- ms · ⏸ IDENTIFY 중지"), "{line}");
+        assert!(
+            line.starts_with("샤드 0/2 · -/- ms · ⏸ IDENTIFY 중지"),
+            "{line}"
+        );
     }
 
     #[test]

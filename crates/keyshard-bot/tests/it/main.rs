@@ -2,6 +2,7 @@
 //! Discord of `keyshard-sim`.
 
 mod commands;
+mod gateway;
 mod logs;
 mod ping;
 mod scenarios;

@@ -10,7 +10,7 @@ use keyshard_sim::report::Report;
 use keyshard_sim::scenario::{run_scenario, Chaos, ChaosAction, ScenarioConfig};
 use keyshard_sim::wiring::ScenarioProviders;
 
-fn scenario(users: u32, rate: f64, secs: u64, mix: &str) -> ScenarioConfig {
+pub(crate) fn scenario(users: u32, rate: f64, secs: u64, mix: &str) -> ScenarioConfig {
     let mut cfg = ScenarioConfig::new(
         4,
         users,
@@ -26,14 +26,14 @@ fn scenario(users: u32, rate: f64, secs: u64, mix: &str) -> ScenarioConfig {
     cfg
 }
 
-fn chaos(at_secs: f64, action: ChaosAction) -> Chaos {
+pub(crate) fn chaos(at_secs: f64, action: ChaosAction) -> Chaos {
     Chaos {
         at: Duration::from_secs_f64(at_secs),
         action,
     }
 }
 
-fn assert_exactly_once(r: &Report) {
+pub(crate) fn assert_exactly_once(r: &Report) {
     let i = &r.interactions;
     assert!(i.sent > 0);
     assert_eq!(i.acked, i.sent, "every interaction acknowledged: {i:?}");

@@ -3,7 +3,8 @@
 //! Every IDENTIFY of every instance asks [`IdentifyQueue::acquire`] first. One round trip reads
 //! the bucket's slot (`{c}:gw:identify:{bucket}`, its PTTL), the day's session starts left
 //! (`{c}:gw:budget`) and when they reset; `keyshard_routing::identify_turn` decides; a `Now`
-//! takes the slot (`SET NX PX window`) and a unit of the budget (`DECR`) in one script, and
+//! takes the slot (`SET NX PX`, the window and a margin: `IdentifyPolicy::slot_hold`) and a
+//! unit of the budget (`DECR`) in one script, and
 //! `keeps_reserve` decides whether the take stands (a take that would go below the reserve
 //! gives its unit back). Since the slot is taken atomically and the count is decremented one
 //! take at a time, no two IDENTIFYs of a bucket go out within a window, whichever instances
@@ -488,7 +489,7 @@ impl IdentifyQueue {
         let slot = keys::identify_slot(&self.inner.cluster_name, b);
         let budget = keys::identify_budget(&self.inner.cluster_name);
         let holder = self.holder(shard);
-        let window = (self.inner.policy.window.as_millis() as u64).max(1);
+        let hold = (self.inner.policy.slot_hold().as_millis() as u64).max(1);
         let answer: Vec<i64> = self
             .inner
             .redis
@@ -498,7 +499,7 @@ impl IdentifyQueue {
                     TAKE.key(&slot)
                         .key(&budget)
                         .arg(&holder)
-                        .arg(window)
+                        .arg(hold)
                         .invoke_async(&mut c)
                         .await
                 }
@@ -573,7 +574,7 @@ impl IdentifyQueue {
                     .last_local
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                let delay = local_delay(*last, now, self.inner.policy.window);
+                let delay = local_delay(*last, now, self.inner.policy.slot_hold());
                 if delay.is_zero() {
                     *last = Some(now);
                 }

@@ -93,7 +93,7 @@ fn simulate(
     policy: IdentifyPolicy,
     arrivals: &[u64],
 ) -> (BTreeMap<u32, Vec<u64>>, i64, u32) {
-    let window = policy.window.as_millis() as u64;
+    let window = policy.slot_hold().as_millis() as u64;
     let mut slot_until: BTreeMap<u32, u64> = BTreeMap::new();
     let mut remaining = i64::from(budget);
     let mut grants: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
@@ -168,9 +168,10 @@ fn a_cluster_spends_one_identify_per_bucket_per_window_and_never_the_reserve() {
                     (instances * shards).min(budget.saturating_sub(reserve))
                 );
                 prop_assert!(remaining >= i64::from(reserve.min(budget)));
+                // A window apart at least, with the slot's margin on top.
                 for times in grants.values() {
                     for w in times.windows(2) {
-                        prop_assert!(w[1] - w[0] >= 500, "{times:?}");
+                        prop_assert!(w[1] - w[0] >= 600, "{times:?}");
                     }
                 }
                 Ok(())

@@ -181,7 +181,9 @@ impl Run {
             let registered = self.registered.get(kind.name());
             let mut spec = build_spec(kind, registered, user, dm, &users, &mut rng);
             if spec.guild_id.is_some() && cfg.guilds > 1 {
-                spec.guild_id = Some(crate::discord::sim_guild((user % u64::from(cfg.guilds)) as u32));
+                spec.guild_id = Some(crate::discord::sim_guild(
+                    (user % u64::from(cfg.guilds)) as u32,
+                ));
             }
             last_sent = self.discord.send_interaction(spec).sent_at;
             let u: f64 = rng.random::<f64>();
