@@ -29,11 +29,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario against N real `keyshard` processes and write the JSON report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run only the fakes (and a private Redis) and print the env that points an instance at them.
     Serve(ServeArgs),
     /// A canned scenario: 4 instances, ~40 users, every command, instance 2 killed half-way.
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
 }
 
 #[derive(Args)]
@@ -419,9 +419,9 @@ fn main() -> ExitCode {
         let work = match cli.command {
             // `serve` waits for Ctrl-C itself and ends normally on it.
             Command::Serve(a) => return serve(a).await,
-            Command::Run(a) => Box::pin(run(a))
+            Command::Run(a) => Box::pin(run(*a))
                 as std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>,
-            Command::Demo(a) => Box::pin(demo(a)),
+            Command::Demo(a) => Box::pin(demo(*a)),
         };
         // Ctrl-C or SIGTERM drops the scenario, and with it every child process (kill on drop).
         tokio::select! {

@@ -219,6 +219,8 @@ fn close(code: u16, reason: &'static str) -> Message {
 }
 
 /// One shard connection from serenity, relayed to Discord until either side closes it.
+// The handshake callback's `Result<Response, ErrorResponse>` is tungstenite's signature.
+#[allow(clippy::result_large_err)]
 async fn connection(shared: Arc<Shared>, tcp: TcpStream) {
     // Dispatches go out back to back: without this, Nagle and serenity's delayed ACK add
     // 40 ms stalls to the acknowledgement path.

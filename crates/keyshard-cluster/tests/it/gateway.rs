@@ -4,7 +4,7 @@
 //! once.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -20,19 +20,19 @@ use crate::support::{config, SLACK};
 
 /// Discord's `GET /gateway/bot`, as a fixed reading, counting how often it is read.
 struct Reading {
-    budget: Mutex<SessionBudget>,
+    budget: SessionBudget,
     fetches: AtomicU32,
 }
 
 impl Reading {
     fn new(remaining: u32, max_concurrency: u32) -> Arc<Reading> {
         Arc::new(Reading {
-            budget: Mutex::new(SessionBudget {
+            budget: SessionBudget {
                 total: 1_000,
                 remaining,
                 reset_after: Duration::from_secs(3_600),
                 max_concurrency,
-            }),
+            },
             fetches: AtomicU32::new(0),
         })
     }
@@ -41,7 +41,7 @@ impl Reading {
 impl BudgetSource for Reading {
     fn fetch(&self) -> BudgetFuture<'_> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
-        let b = *self.budget.lock().unwrap();
+        let b = self.budget;
         Box::pin(async move { Ok(b) })
     }
 }
@@ -114,7 +114,7 @@ async fn buckets_do_not_wait_for_each_other() {
     let redis = RedisServer::start();
     let reading = Reading::new(500, 4);
     let q = queue(&redis.url(), 1, 2_000, 10, &reading);
-    q.seed(*reading.budget.lock().unwrap()).await.unwrap();
+    q.seed(reading.budget).await.unwrap();
     let started = Instant::now();
     let grants = join_all((0..4).map(|shard| q.acquire(shard))).await;
     assert_eq!(grants.len(), 4);
@@ -139,10 +139,7 @@ async fn the_days_reserve_is_never_spent() {
     let queues: Vec<_> = (1..=3)
         .map(|id| queue(&redis.url(), id, 10, 3, &reading))
         .collect();
-    queues[0]
-        .seed(*reading.budget.lock().unwrap())
-        .await
-        .unwrap();
+    queues[0].seed(reading.budget).await.unwrap();
     // Six shards in six buckets ask at once; the budget above the reserve is two.
     let asks = queues.iter().enumerate().flat_map(|(i, q)| {
         (0..2).map(move |k| {

@@ -97,7 +97,7 @@ fn closed_by_client(shared: &Shared, instance: u32, conn_id: u64, code: Option<u
     st.stats(instance).clean_closes += 1;
     if ends {
         st.sessions
-            .retain(|s| !s.conn.as_ref().is_some_and(|c| c.id == conn_id));
+            .retain(|s| s.conn.as_ref().is_none_or(|c| c.id != conn_id));
     } else {
         for s in st.sessions.iter_mut() {
             if s.conn.as_ref().is_some_and(|c| c.id == conn_id) {
