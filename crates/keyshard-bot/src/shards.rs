@@ -190,7 +190,8 @@ impl ShardBoard {
                     identifies: e.identifies,
                     resumes: e.resumes,
                     invalidated: e.invalidated,
-                    waiting: waits.get(&id).cloned(),
+                    // A wait left behind by a connection that went away is not one.
+                    waiting: waits.get(&id).filter(|_| !e.up).cloned(),
                 }
             })
             .collect()
@@ -198,7 +199,11 @@ impl ShardBoard {
 
     /// The first thing a shard's IDENTIFY waits for, if any (for `/readyz` and the log).
     pub fn waiting(&self) -> Option<IdentifyWait> {
-        let waits = self.queue.get()?.waits();
+        let mut waits = self.queue.get()?.waits();
+        let entries = self.lock();
+        // A wait left behind by a connection that went away is not one.
+        waits.retain(|id, _| entries.get(*id as usize).is_some_and(|e| !e.up));
+        drop(entries);
         // The reserve first: it is the wait an operator must act on.
         waits
             .values()
