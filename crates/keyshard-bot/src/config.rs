@@ -20,7 +20,9 @@ use keyshard_ledger::{PriceTable, Retention};
 use keyshard_providers::{
     KeyLimits, MiniMaxConfig, OpenAiConfig, ProviderConfig, Secret, StabilityConfig,
 };
-use keyshard_routing::{ClaimTiming, InstanceId, OverloadPolicy};
+use keyshard_routing::{
+    ClaimTiming, IdentifyPolicy, InstanceId, OverloadPolicy, RestartPolicy, ShardSetting,
+};
 
 /// Every problem found in the configuration, reported together so an operator fixes them in one go.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,8 @@ pub struct Config {
     /// Where "today" and "this month" begin for `/사용량` (and, later, daily quotas): an IANA
     /// zone name as Postgres knows it (`QUOTA_TIMEZONE`, default `Asia/Seoul`).
     pub quota_timezone: String,
+    /// Shards, the cluster's IDENTIFY queue and the restart backoff.
+    pub gateway: GatewayConfig,
 }
 
 /// The usage ledger's settings (DESIGN.md §8).
@@ -165,6 +169,16 @@ fn read_ledger(env: &mut Env<'_>) -> Option<LedgerConfig> {
             rollup: Duration::from_secs(rollup_days.saturating_mul(86_400)),
         },
     })
+}
+
+/// The gateway settings: `SHARD_COUNT`, `IDENTIFY_WINDOW_MS`, `IDENTIFY_RESERVE`,
+/// `RESTART_BACKOFF_MS`, `RESTART_BACKOFF_MAX_MS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// `auto` (Discord's recommendation) or a number; every instance runs every shard.
+    pub shards: ShardSetting,
+    pub identify: IdentifyPolicy,
+    pub restart: RestartPolicy,
 }
 
 /// What the read-only CLI verbs (`status`, `assign`) need: no token, no instance id.
@@ -355,6 +369,7 @@ impl Config {
                 "QUOTA_TIMEZONE={quota_timezone:?} must be a time zone name such as Asia/Seoul"
             ));
         }
+        let gateway = read_gateway(&mut env);
 
         let config = Config {
             discord_token,
@@ -379,6 +394,7 @@ impl Config {
             chat_memory_ttl,
             ledger,
             quota_timezone,
+            gateway,
         };
         (config, env.problems)
     }
@@ -505,6 +521,52 @@ fn video_render(env: &mut Env<'_>) -> Duration {
         return Duration::from_secs(120);
     }
     Duration::from_secs_f64(secs)
+}
+
+/// The gateway settings. Discord's IDENTIFY window is 5 s; a shorter `IDENTIFY_WINDOW_MS` is
+/// for the simulator, which enforces the same value on its side.
+fn read_gateway(env: &mut Env<'_>) -> GatewayConfig {
+    let shards = match env.get("SHARD_COUNT") {
+        None => ShardSetting::Auto,
+        Some(v) if v.eq_ignore_ascii_case("auto") => ShardSetting::Auto,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if n >= 1 => ShardSetting::Fixed(n),
+            _ => {
+                env.problem(format!(
+                    "SHARD_COUNT={v:?} must be auto or a number of shards (at least 1)"
+                ));
+                ShardSetting::Auto
+            }
+        },
+    };
+    let window = Duration::from_millis(env.parse("IDENTIFY_WINDOW_MS", 5_000));
+    // Fifty of Discord's 1000 daily session starts: enough for an operator to restart a
+    // whole cluster of a dozen shards by hand after a crash loop or a bad deploy spent the rest.
+    let reserve = env.parse("IDENTIFY_RESERVE", 50u32);
+    let defaults = RestartPolicy::default();
+    let restart = RestartPolicy {
+        base: Duration::from_millis(
+            env.parse("RESTART_BACKOFF_MS", defaults.base.as_millis() as u64),
+        ),
+        max: Duration::from_millis(
+            env.parse("RESTART_BACKOFF_MAX_MS", defaults.max.as_millis() as u64),
+        ),
+    };
+    if window.is_zero() {
+        env.problem("IDENTIFY_WINDOW_MS must be at least 1".into());
+    }
+    if restart.max < restart.base {
+        env.problem(format!(
+            "RESTART_BACKOFF_MAX_MS ({}) must not be shorter than RESTART_BACKOFF_MS ({})",
+            restart.max.as_millis(),
+            restart.base.as_millis()
+        ));
+    }
+    GatewayConfig {
+        shards,
+        identify: IdentifyPolicy { window, reserve },
+        restart,
+    }
 }
 
 /// A lookup with the per-instance override rule, collecting problems instead of stopping at the first.
@@ -899,6 +961,36 @@ mod tests {
         }
         let missing = LedgerConfig::from_lookup(|_| None).unwrap_err().to_string();
         assert!(missing.contains("DATABASE_URL is not set"), "{missing}");
+    }
+
+    #[test]
+    fn gateway_settings_default_to_discords_and_are_checked() {
+        let c = Config::from_map(&map(&[("DISCORD_TOKEN", "tok"), ("INSTANCE_ID", "1")])).unwrap();
+        assert_eq!(c.gateway.shards, ShardSetting::Auto);
+        assert_eq!(c.gateway.identify.window, Duration::from_secs(5));
+        assert_eq!(c.gateway.identify.reserve, 50);
+        assert_eq!(c.gateway.restart, RestartPolicy::default());
+        let c = Config::from_map(&map(&[
+            ("DISCORD_TOKEN", "tok"),
+            ("INSTANCE_ID", "1"),
+            ("SHARD_COUNT", "4"),
+            ("IDENTIFY_WINDOW_MS", "500"),
+            ("IDENTIFY_RESERVE", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(c.gateway.shards, ShardSetting::Fixed(4));
+        assert_eq!(c.gateway.identify.window, Duration::from_millis(500));
+        assert_eq!(c.gateway.identify.reserve, 0);
+        let err = Config::from_map(&map(&[
+            ("DISCORD_TOKEN", "tok"),
+            ("INSTANCE_ID", "1"),
+            ("SHARD_COUNT", "0"),
+            ("RESTART_BACKOFF_MS", "9000"),
+            ("RESTART_BACKOFF_MAX_MS", "1000"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.to_string().contains("SHARD_COUNT=\"0\""), "{err}");
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //!
 //! - [`FakeDiscord`]: start it, broadcast interactions to every session, drop a session, read
 //!   and await the records.
-//! - `gateway`: HELLO, heartbeat ACK, IDENTIFY → READY, RESUME with replay, dispatches.
-//! - `rest`: gateway URL, application, commands, callbacks, webhooks, channel messages.
+//! - `gateway`: HELLO, heartbeat ACK, IDENTIFY → READY (under Discord's session rules:
+//!   one IDENTIFY per bucket per window, a daily count, 4011 for a bot that must shard), RESUME
+//!   with replay, dispatches by shard, the close handshake.
+//! - `rest`: gateway URL (`/gateway` and `/gateway/bot`), application, commands, callbacks,
+//!   webhooks, channel messages.
 //! - [`record`]: what is remembered per interaction, and the rules (ack, duplicate, completion)
 //!   the report is computed with.
 //! - `payload`: the JSON objects, with every field serenity needs.
@@ -43,7 +46,71 @@ pub const REQUEST_SIZE_LIMIT: usize = 25 * 1024 * 1024;
 
 /// The guild the simulated users are in, and its default channel.
 pub const SIM_GUILD_ID: u64 = 1_180_000_000_000_000_001;
+
+/// The `k`-th simulated guild (0 is [`SIM_GUILD_ID`]): consecutive values of `id >> 22`, so
+/// guilds spread evenly over the shards (`(id >> 22) % num_shards`).
+pub fn sim_guild(k: u32) -> u64 {
+    SIM_GUILD_ID + (u64::from(k) << 22)
+}
 pub const SIM_CHANNEL_ID: u64 = 1_180_000_000_000_000_101;
+
+/// Discord's session rules, as the scenario sets them (`developers/events/gateway.mdx`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayRules {
+    /// `shards` in `GET /gateway/bot`: Discord's recommended shard count.
+    pub recommended_shards: u32,
+    /// `session_start_limit.total`: IDENTIFYs allowed per day.
+    pub identify_total: u32,
+    /// `session_start_limit.remaining` when the fake starts.
+    pub identify_remaining: u32,
+    /// When the first day ends (`reset_after`); later days last 24 h.
+    pub identify_reset_after: Duration,
+    /// `session_start_limit.max_concurrency`: IDENTIFY buckets (`shard_id % max_concurrency`).
+    pub max_concurrency: u32,
+    /// One IDENTIFY per bucket per this long (Discord: 5 s); a second one gets op 9. Zero
+    /// turns the rule off.
+    pub identify_window: Duration,
+    /// The guilds the bot is in: a session whose shard would hold more than
+    /// [`MAX_GUILDS_PER_SHARD`] of them is closed with 4011 (sharding required).
+    pub bot_guilds: u64,
+}
+
+/// Discord closes a session with 4011 when its shard would hold more guilds than this.
+pub const MAX_GUILDS_PER_SHARD: u64 = 2_500;
+
+/// Closed when an IDENTIFY names a shard outside `0..num_shards`.
+pub const CLOSE_INVALID_SHARD: u16 = 4010;
+/// Closed when a session's shard would hold too many guilds.
+pub const CLOSE_SHARDING_REQUIRED: u16 = 4011;
+/// Closed when the token is no longer valid: after the day's IDENTIFYs ran out, Discord
+/// resets the token and ends every session.
+pub const CLOSE_AUTHENTICATION_FAILED: u16 = 4004;
+
+impl Default for GatewayRules {
+    /// Discord's rules for a small bot: one shard, 1000 IDENTIFYs a day, one bucket, 5 s.
+    fn default() -> Self {
+        Self {
+            recommended_shards: 1,
+            identify_total: 1_000,
+            identify_remaining: 1_000,
+            identify_reset_after: Duration::from_secs(24 * 3_600),
+            max_concurrency: 1,
+            identify_window: Duration::from_secs(5),
+            bot_guilds: 1,
+        }
+    }
+}
+
+impl GatewayRules {
+    /// Discord's rules with a 100 ms IDENTIFY window, for tests that start several instances:
+    /// the rule is enforced (and the cluster's queue used) without 5 s between sessions.
+    pub fn quick() -> Self {
+        Self {
+            identify_window: Duration::from_millis(100),
+            ..Self::default()
+        }
+    }
+}
 
 /// Timing rules and identity of the fake.
 #[derive(Clone, Debug)]
@@ -65,6 +132,8 @@ pub struct DiscordConfig {
     /// Discord). The callback counts as accepted when decided, so a slow instance's claim can
     /// lapse after it answered, and a test can kill it between its answer and its next step.
     pub callback_delay: Option<(u32, Duration)>,
+    /// Session starts, buckets, shards.
+    pub gateway: GatewayRules,
 }
 
 impl Default for DiscordConfig {
@@ -81,6 +150,17 @@ impl Default for DiscordConfig {
             // identifies anew, so only a dropped socket within this window resumes.
             resume_window: Duration::from_secs(60),
             callback_delay: None,
+            gateway: GatewayRules::default(),
+        }
+    }
+}
+
+impl DiscordConfig {
+    /// Discord's rules with a quick IDENTIFY window ([`GatewayRules::quick`]), for tests.
+    pub fn quick() -> Self {
+        Self {
+            gateway: GatewayRules::quick(),
+            ..Self::default()
         }
     }
 }
@@ -176,6 +256,8 @@ impl fmt::Debug for SentInteraction {
 pub struct SessionInfo {
     pub session_id: String,
     pub instance: u32,
+    /// `[shard_id, num_shards]` from its IDENTIFY.
+    pub shard: [u32; 2],
     pub connected: bool,
     pub seq: u64,
 }
@@ -183,9 +265,27 @@ pub struct SessionInfo {
 /// Gateway counters per instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GatewayStats {
+    /// IDENTIFYs accepted (each spends one of the day's session starts).
     pub identifies: u32,
     pub resumes: u32,
+    /// Op 9 the client earned: an IDENTIFY over its bucket's rate, a RESUME of a session that
+    /// is gone. Invalidations the simulator caused are in `invalidated`.
     pub invalid_sessions: u32,
+    /// Sessions invalidated on purpose by [`FakeDiscord::invalidate_sessions`].
+    pub invalidated: u32,
+    /// Sockets the client closed with a close frame (the fake answers each with its own).
+    pub clean_closes: u32,
+    /// Sessions closed with 4011 (a bot that must shard connected with too few shards).
+    pub sharding_required: u32,
+}
+
+/// `session_start_limit` as `GET /gateway/bot` reports it now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionStartLimit {
+    pub total: u32,
+    pub remaining: u32,
+    pub reset_after: Duration,
+    pub max_concurrency: u32,
 }
 
 /// A command registration as the fake stored it.
@@ -229,7 +329,6 @@ pub(crate) struct Shared {
 
 /// Everything behind the one lock. A std mutex: every critical section is short and never
 /// awaits, and the websocket writers get their frames through channels, outside the lock.
-#[derive(Default)]
 pub(crate) struct State {
     pub(crate) records: Vec<InteractionRecord>,
     pub(crate) by_id: HashMap<u64, usize>,
@@ -247,8 +346,53 @@ pub(crate) struct State {
     pub(crate) rest_calls: std::collections::BTreeMap<(u32, &'static str), u64>,
     /// REST calls no route matched: `(instance, method, path)` — a fidelity gap to look at.
     pub(crate) unknown_routes: Vec<(u32, String, String)>,
+    /// `PUT …/commands` calls per instance (global and guild).
+    pub(crate) command_puts: std::collections::BTreeMap<u32, u32>,
+    pub(crate) identify: IdentifyLedger,
     next_session: u64,
     next_conn: u64,
+}
+
+/// The day's session starts and the last IDENTIFY of each bucket.
+pub(crate) struct IdentifyLedger {
+    pub(crate) remaining: u32,
+    /// When the current day ends.
+    pub(crate) resets_at: Instant,
+    pub(crate) last_by_bucket: HashMap<u32, Instant>,
+    /// Set once the day's IDENTIFYs ran out: Discord resets the token, so every later
+    /// IDENTIFY or RESUME fails authentication.
+    pub(crate) token_reset: bool,
+}
+
+impl IdentifyLedger {
+    fn new(rules: &GatewayRules) -> Self {
+        Self {
+            remaining: rules.identify_remaining.min(rules.identify_total),
+            resets_at: Instant::now() + rules.identify_reset_after,
+            last_by_bucket: HashMap::new(),
+            token_reset: false,
+        }
+    }
+
+    /// Starts a new day if the current one is over.
+    pub(crate) fn roll(&mut self, rules: &GatewayRules) {
+        const DAY: Duration = Duration::from_secs(24 * 3_600);
+        let now = Instant::now();
+        while now >= self.resets_at {
+            self.resets_at += DAY;
+            self.remaining = rules.identify_total;
+        }
+    }
+
+    pub(crate) fn limit(&mut self, rules: &GatewayRules) -> SessionStartLimit {
+        self.roll(rules);
+        SessionStartLimit {
+            total: rules.identify_total,
+            remaining: self.remaining,
+            reset_after: self.resets_at.saturating_duration_since(Instant::now()),
+            max_concurrency: rules.max_concurrency.max(1),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -263,6 +407,7 @@ pub(crate) struct OriginalMessage {
 #[derive(Debug)]
 pub(crate) enum Out {
     Text(String),
+    /// Close the socket with this code (the server ends the session's connection).
     Close(u16),
 }
 
@@ -276,6 +421,8 @@ pub(crate) struct Conn {
 pub(crate) struct Session {
     pub(crate) id: String,
     pub(crate) instance: u32,
+    /// `[shard_id, num_shards]`.
+    pub(crate) shard: [u32; 2],
     pub(crate) seq: u64,
     pub(crate) buffer: VecDeque<(u64, String)>,
     pub(crate) conn: Option<Conn>,
@@ -303,9 +450,43 @@ impl Session {
             self.disconnected_at = Some(Instant::now());
         }
     }
+
+    /// Whether Discord sends this session an event of `guild` (`None`: a DM): a guild's
+    /// events go to shard `(guild_id >> 22) % num_shards`, everything else to shard 0.
+    pub(crate) fn receives(&self, guild: Option<u64>) -> bool {
+        let [id, total] = self.shard;
+        match guild {
+            Some(g) => (g >> 22) % u64::from(total.max(1)) == u64::from(id),
+            None => id == 0,
+        }
+    }
 }
 
 impl State {
+    fn new(rules: &GatewayRules) -> Self {
+        Self {
+            records: Vec::new(),
+            by_id: HashMap::new(),
+            by_token: HashMap::new(),
+            sessions: Vec::new(),
+            commands: Vec::new(),
+            gateway_stats: HashMap::new(),
+            originals: HashMap::new(),
+            followups: HashMap::new(),
+            unattributed: Vec::new(),
+            rest_calls: Default::default(),
+            unknown_routes: Vec::new(),
+            command_puts: Default::default(),
+            identify: IdentifyLedger::new(rules),
+            next_session: 0,
+            next_conn: 0,
+        }
+    }
+
+    pub(crate) fn stats(&mut self, instance: u32) -> &mut GatewayStats {
+        self.gateway_stats.entry(instance).or_default()
+    }
+
     pub(crate) fn next_session_id(&mut self, instance: u32) -> String {
         self.next_session += 1;
         format!("sim{instance}x{:08x}", self.next_session)
@@ -349,10 +530,11 @@ impl FakeDiscord {
             .context("binding the fake Discord")?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        let state = Mutex::new(State::new(&cfg.gateway));
         let shared = Arc::new(Shared {
             cfg,
             addr,
-            state: Mutex::new(State::default()),
+            state,
             changed: Notify::new(),
             shutdown: shutdown.clone(),
             next_low: AtomicU32::new(0),
@@ -413,8 +595,9 @@ impl FakeDiscord {
         Ok(())
     }
 
-    /// Broadcasts an INTERACTION_CREATE to every live session (and buffers it for sessions
-    /// waiting to resume). The id is a snowflake of now.
+    /// Dispatches an INTERACTION_CREATE to every live session of the shard its guild belongs to
+    /// (shard 0 for a DM), and buffers it for such sessions waiting to resume. Every instance
+    /// runs every shard, so each gets it once. The id is a snowflake of now.
     pub fn send_interaction(&self, spec: InteractionSpec) -> SentInteraction {
         let shared = &self.shared;
         let id = shared.snowflake();
@@ -436,9 +619,11 @@ impl FakeDiscord {
         });
         let mut delivered_to = Vec::new();
         let limit = shared.cfg.replay_buffer;
-        for session in st.sessions.iter_mut() {
+        for session in st.sessions.iter_mut().filter(|s| s.receives(spec.guild_id)) {
             session.dispatch("INTERACTION_CREATE", &d, limit);
-            delivered_to.push(session.instance);
+            if !delivered_to.contains(&session.instance) {
+                delivered_to.push(session.instance);
+            }
         }
         let idx = st.records.len();
         st.records.push(InteractionRecord {
@@ -465,8 +650,8 @@ impl FakeDiscord {
         }
     }
 
-    /// Closes instance `instance`'s websocket(s) with close code 4000, as Discord does on a
-    /// server-side hiccup: the session stays resumable and collects what it misses.
+    /// Closes instance `instance`'s websockets (every shard) with close code 4000, as Discord
+    /// does on a server-side hiccup: the sessions stay resumable and collect what they miss.
     pub fn drop_session(&self, instance: u32) {
         let mut st = self.shared.lock();
         for s in st.sessions.iter_mut().filter(|s| s.instance == instance) {
@@ -477,6 +662,55 @@ impl FakeDiscord {
         }
         drop(st);
         self.shared.changed.notify_waiters();
+    }
+
+    /// Sends op 9 INVALID_SESSION to every connected session of `instance`, as Discord does
+    /// when it ends a session on its side. `resumable`: the session keeps collecting events
+    /// and a RESUME picks them up; otherwise it is gone and the client must IDENTIFY again.
+    /// Returns how many sessions were invalidated.
+    pub fn invalidate_sessions(&self, instance: u32, resumable: bool) -> u32 {
+        let mut st = self.shared.lock();
+        let mut n = 0;
+        for s in st.sessions.iter_mut().filter(|s| s.instance == instance) {
+            if let Some(conn) = &s.conn {
+                let _ = conn.tx.send(Out::Text(payload::invalid_session(resumable)));
+                n += 1;
+            }
+            s.detach();
+        }
+        if !resumable {
+            st.sessions.retain(|s| s.instance != instance);
+        }
+        st.stats(instance).invalidated += n;
+        drop(st);
+        self.shared.changed.notify_waiters();
+        n
+    }
+
+    /// `PUT …/commands` calls instance `instance` made (0 for the bare prefix).
+    pub fn command_puts(&self, instance: u32) -> u32 {
+        self.shared
+            .lock()
+            .command_puts
+            .get(&instance)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `PUT …/commands` calls of every instance together.
+    pub fn command_puts_total(&self) -> u32 {
+        self.shared.lock().command_puts.values().sum()
+    }
+
+    /// The day's session starts as `GET /gateway/bot` reports them now.
+    pub fn session_start_limit(&self) -> SessionStartLimit {
+        let rules = &self.shared.cfg.gateway;
+        self.shared.lock().identify.limit(rules)
+    }
+
+    /// Whether the day's IDENTIFYs ran out, so Discord reset the token and ended every session.
+    pub fn token_reset(&self) -> bool {
+        self.shared.lock().identify.token_reset
     }
 
     /// The record of one interaction.
@@ -526,6 +760,7 @@ impl FakeDiscord {
             .map(|s| SessionInfo {
                 session_id: s.id.clone(),
                 instance: s.instance,
+                shard: s.shard,
                 connected: s.conn.is_some(),
                 seq: s.seq,
             })
@@ -549,6 +784,17 @@ impl FakeDiscord {
         F: FnMut(&[InteractionRecord]) -> bool,
     {
         self.wait_until(deadline, |s| pred(&s.records)).await
+    }
+
+    /// Waits until instance `instance` has had more than `than` IDENTIFYs accepted; `false`
+    /// when that did not happen within `deadline`.
+    pub async fn wait_identifies(&self, instance: u32, than: u32, deadline: Duration) -> bool {
+        self.wait_until(deadline, |s| {
+            s.gateway_stats
+                .get(&instance)
+                .is_some_and(|g| g.identifies > than)
+        })
+        .await
     }
 
     /// Waits for any change to the records or sessions; `false` when none came within
