@@ -50,7 +50,9 @@ pub enum CommandSync {
 
 /// Registers the command set whose hash is `hash` unless the cluster already did (see the
 /// module doc). `register` makes the call to Discord; its error is returned as is (and the
-/// lock released, so another instance or a later try can register).
+/// lock released, so another instance or a later try can register). Long because each of
+/// its steps (read the hash, take the lock, read again, register, store, release) has its
+/// own answer to Redis being unreachable, said next to the step.
 pub async fn sync_commands<F, Fut, E>(
     cluster: &Cluster,
     hash: &str,

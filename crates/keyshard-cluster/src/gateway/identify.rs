@@ -40,6 +40,10 @@ use tokio::time::Instant;
 use crate::conn::Redis;
 use crate::{keys, Cluster, ClusterError};
 
+mod wait;
+
+pub use wait::IdentifyWait;
+
 /// How long a restart count outlives its last start: far longer than the longest backoff, so
 /// a crash loop keeps counting; short enough that a removed instance's key goes away.
 pub const RESTARTS_TTL: Duration = Duration::from_secs(24 * 3_600);
@@ -62,73 +66,6 @@ pub type BudgetFuture<'a> =
 /// error is a log-safe description.
 pub trait BudgetSource: Send + Sync {
     fn fetch(&self) -> BudgetFuture<'_>;
-}
-
-/// What an IDENTIFY waits for, for `/readyz`, the log and the admin view.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IdentifyWait {
-    /// The restart backoff after a crash.
-    Backoff { left: Duration },
-    /// Another IDENTIFY of the same bucket went out less than a window ago.
-    Bucket { bucket: u32 },
-    /// The day's session starts are down to the reserve.
-    Reserve {
-        remaining: u32,
-        reserve: u32,
-        resets_in: Option<Duration>,
-    },
-    /// Reading the day's session starts from Discord.
-    Budget,
-    /// Redis is unreachable: one IDENTIFY per window from this process.
-    Local,
-}
-
-impl IdentifyWait {
-    /// A short machine word: `backoff`, `bucket`, `reserve`, `budget`, `local`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            IdentifyWait::Backoff { .. } => "backoff",
-            IdentifyWait::Bucket { .. } => "bucket",
-            IdentifyWait::Reserve { .. } => "reserve",
-            IdentifyWait::Budget => "budget",
-            IdentifyWait::Local => "local",
-        }
-    }
-}
-
-impl fmt::Display for IdentifyWait {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IdentifyWait::Backoff { left } => write!(
-                f,
-                "restart backoff after a crash: IDENTIFY in {}s",
-                left.as_secs()
-            ),
-            IdentifyWait::Bucket { bucket } => {
-                write!(f, "waiting for IDENTIFY bucket {bucket} (one per window)")
-            }
-            IdentifyWait::Reserve {
-                remaining,
-                reserve,
-                resets_in,
-            } => {
-                write!(
-                    f,
-                    "IDENTIFY paused: {remaining} session starts left today, the reserve is \
-                     {reserve} (IDENTIFY_RESERVE)"
-                )?;
-                match resets_in {
-                    Some(r) => write!(f, "; Discord resets the count in {}s", r.as_secs()),
-                    None => Ok(()),
-                }
-            }
-            IdentifyWait::Budget => write!(f, "reading the session start limit from Discord"),
-            IdentifyWait::Local => write!(
-                f,
-                "Redis unreachable: IDENTIFY spaced by this instance alone"
-            ),
-        }
-    }
 }
 
 /// A granted IDENTIFY.
@@ -599,31 +536,4 @@ fn ttl_of(pttl: i64) -> Option<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waits_read_as_operators_need_them() {
-        let reserve = IdentifyWait::Reserve {
-            remaining: 50,
-            reserve: 50,
-            resets_in: Some(Duration::from_secs(3_600)),
-        };
-        assert_eq!(reserve.kind(), "reserve");
-        let text = reserve.to_string();
-        assert!(
-            text.contains("50 session starts left") && text.contains("IDENTIFY_RESERVE"),
-            "{text}"
-        );
-        assert!(text.contains("3600s"), "{text}");
-        assert_eq!(IdentifyWait::Local.kind(), "local");
-    }
-
-    #[test]
-    fn pttl_values_map_to_durations() {
-        assert_eq!(ttl_of(-2), None);
-        assert_eq!(ttl_of(-1), None);
-        assert_eq!(ttl_of(0), None);
-        assert_eq!(ttl_of(250), Some(Duration::from_millis(250)));
-    }
-}
+mod tests;

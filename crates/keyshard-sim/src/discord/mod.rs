@@ -16,14 +16,15 @@
 //! - `payload`: the JSON objects, with every field serenity needs.
 //! - `snowflake`: ids that carry their creation time, as Discord's do.
 
+mod config;
 mod gateway;
 mod payload;
 pub mod record;
 mod rest;
 mod snowflake;
+mod types;
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,10 +34,18 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+pub use config::{
+    DiscordConfig, GatewayRules, CLOSE_AUTHENTICATION_FAILED, CLOSE_INVALID_SHARD,
+    CLOSE_SHARDING_REQUIRED, MAX_GUILDS_PER_SHARD,
+};
 pub use record::{
     CallbackAttempt, Completion, FileRecord, InteractionRecord, MessageKind, MessageRecord,
 };
 pub use snowflake::{created_at_ms, snowflake_at};
+pub use types::{
+    GatewayStats, InteractionSpec, OptionValue, RegisteredCommand, SentInteraction, SessionInfo,
+    SessionStartLimit,
+};
 
 /// The per-file upload limit every interaction advertises (Discord's default, 10 MiB).
 pub const ATTACHMENT_SIZE_LIMIT: usize = 10 * 1024 * 1024;
@@ -53,250 +62,6 @@ pub fn sim_guild(k: u32) -> u64 {
     SIM_GUILD_ID + (u64::from(k) << 22)
 }
 pub const SIM_CHANNEL_ID: u64 = 1_180_000_000_000_000_101;
-
-/// Discord's session rules, as the scenario sets them (`developers/events/gateway.mdx`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct GatewayRules {
-    /// `shards` in `GET /gateway/bot`: Discord's recommended shard count.
-    pub recommended_shards: u32,
-    /// `session_start_limit.total`: IDENTIFYs allowed per day.
-    pub identify_total: u32,
-    /// `session_start_limit.remaining` when the fake starts.
-    pub identify_remaining: u32,
-    /// When the first day ends (`reset_after`); later days last 24 h.
-    pub identify_reset_after: Duration,
-    /// `session_start_limit.max_concurrency`: IDENTIFY buckets (`shard_id % max_concurrency`).
-    pub max_concurrency: u32,
-    /// One IDENTIFY per bucket per this long (Discord: 5 s); a second one gets op 9. Zero
-    /// turns the rule off.
-    pub identify_window: Duration,
-    /// The guilds the bot is in: a session whose shard would hold more than
-    /// [`MAX_GUILDS_PER_SHARD`] of them is closed with 4011 (sharding required).
-    pub bot_guilds: u64,
-}
-
-/// Discord closes a session with 4011 when its shard would hold more guilds than this.
-pub const MAX_GUILDS_PER_SHARD: u64 = 2_500;
-
-/// Closed when an IDENTIFY names a shard outside `0..num_shards`.
-pub const CLOSE_INVALID_SHARD: u16 = 4010;
-/// Closed when a session's shard would hold too many guilds.
-pub const CLOSE_SHARDING_REQUIRED: u16 = 4011;
-/// Closed when the token is no longer valid: after the day's IDENTIFYs ran out, Discord
-/// resets the token and ends every session.
-pub const CLOSE_AUTHENTICATION_FAILED: u16 = 4004;
-
-impl Default for GatewayRules {
-    /// Discord's rules for a small bot: one shard, 1000 IDENTIFYs a day, one bucket, 5 s.
-    fn default() -> Self {
-        Self {
-            recommended_shards: 1,
-            identify_total: 1_000,
-            identify_remaining: 1_000,
-            identify_reset_after: Duration::from_secs(24 * 3_600),
-            max_concurrency: 1,
-            identify_window: Duration::from_secs(5),
-            bot_guilds: 1,
-        }
-    }
-}
-
-impl GatewayRules {
-    /// Discord's rules with a 100 ms IDENTIFY window, for tests that start several instances:
-    /// the rule is enforced (and the cluster's queue used) without 5 s between sessions.
-    pub fn quick() -> Self {
-        Self {
-            identify_window: Duration::from_millis(100),
-            ..Self::default()
-        }
-    }
-}
-
-/// Timing rules and identity of the fake.
-#[derive(Clone, Debug)]
-pub struct DiscordConfig {
-    /// The bot's application id (and user id), as READY announces it.
-    pub application_id: u64,
-    /// How long after the dispatch the first callback is accepted (Discord: 3 s).
-    pub ack_window: Duration,
-    /// How long an interaction token works for webhooks (Discord: 15 min).
-    pub token_ttl: Duration,
-    /// The heartbeat interval HELLO announces (Discord: 41.25 s).
-    pub heartbeat_interval: Duration,
-    /// Dispatches kept per session for RESUME; older ones force a fresh IDENTIFY.
-    pub replay_buffer: usize,
-    /// How long a session without a socket keeps collecting dispatches for a RESUME.
-    pub resume_window: Duration,
-    /// `(instance, delay)`: the answers to that instance's interaction callbacks are held for
-    /// `delay` after the fake has decided them (a slow path between one instance and
-    /// Discord). The callback counts as accepted when decided, so a slow instance's claim can
-    /// lapse after it answered, and a test can kill it between its answer and its next step.
-    pub callback_delay: Option<(u32, Duration)>,
-    /// Session starts, buckets, shards.
-    pub gateway: GatewayRules,
-}
-
-impl Default for DiscordConfig {
-    fn default() -> Self {
-        Self {
-            application_id: 1_170_000_000_000_000_001,
-            ack_window: Duration::from_secs(3),
-            token_ttl: Duration::from_secs(15 * 60),
-            heartbeat_interval: Duration::from_millis(41_250),
-            // Minutes of traffic at the simulator's rates; a killed instance's session must
-            // not grow without bound while nobody resumes it.
-            replay_buffer: 20_000,
-            // Discord keeps a session resumable for a short while; a restarted process
-            // identifies anew, so only a dropped socket within this window resumes.
-            resume_window: Duration::from_secs(60),
-            callback_delay: None,
-            gateway: GatewayRules::default(),
-        }
-    }
-}
-
-impl DiscordConfig {
-    /// Discord's rules with a quick IDENTIFY window ([`GatewayRules::quick`]), for tests.
-    pub fn quick() -> Self {
-        Self {
-            gateway: GatewayRules::quick(),
-            ..Self::default()
-        }
-    }
-}
-
-/// One option value in `data.options`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum OptionValue {
-    String(String, String),
-    Integer(String, i64),
-    Bool(String, bool),
-    /// A user option; the user also goes into `data.resolved.users`.
-    User(String, u64),
-}
-
-/// What to send: a chat-input command from one user, in a guild or a DM.
-#[derive(Clone, Debug, PartialEq)]
-pub struct InteractionSpec {
-    pub command: String,
-    pub user_id: u64,
-    pub username: String,
-    /// `None` sends a DM interaction (top-level `user`, no `member`).
-    pub guild_id: Option<u64>,
-    pub channel_id: u64,
-    pub options: Vec<OptionValue>,
-}
-
-impl InteractionSpec {
-    /// A command from `user_id` in the simulated guild.
-    pub fn guild(command: &str, user_id: u64) -> Self {
-        Self {
-            command: command.into(),
-            user_id,
-            username: format!("user{user_id}"),
-            guild_id: Some(SIM_GUILD_ID),
-            channel_id: SIM_CHANNEL_ID,
-            options: Vec::new(),
-        }
-    }
-
-    /// A command from `user_id` in a DM with the bot (the channel id is derived from the user).
-    pub fn dm(command: &str, user_id: u64) -> Self {
-        Self {
-            guild_id: None,
-            channel_id: user_id ^ 0x5a5a,
-            ..Self::guild(command, user_id)
-        }
-    }
-
-    pub fn string(mut self, name: &str, value: &str) -> Self {
-        self.options
-            .push(OptionValue::String(name.into(), value.into()));
-        self
-    }
-
-    pub fn integer(mut self, name: &str, value: i64) -> Self {
-        self.options.push(OptionValue::Integer(name.into(), value));
-        self
-    }
-
-    pub fn bool(mut self, name: &str, value: bool) -> Self {
-        self.options.push(OptionValue::Bool(name.into(), value));
-        self
-    }
-
-    pub fn user(mut self, name: &str, user_id: u64) -> Self {
-        self.options.push(OptionValue::User(name.into(), user_id));
-        self
-    }
-}
-
-/// What [`FakeDiscord::send_interaction`] dispatched.
-#[derive(Clone)]
-pub struct SentInteraction {
-    pub id: u64,
-    /// The interaction token (a secret in real Discord: `Debug` hides it).
-    pub token: String,
-    pub sent_at: Instant,
-    pub delivered_to: Vec<u32>,
-}
-
-impl fmt::Debug for SentInteraction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SentInteraction")
-            .field("id", &self.id)
-            .field("token", &"***")
-            .field("delivered_to", &self.delivered_to)
-            .finish()
-    }
-}
-
-/// A session's view for tests and reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub session_id: String,
-    pub instance: u32,
-    /// `[shard_id, num_shards]` from its IDENTIFY.
-    pub shard: [u32; 2],
-    pub connected: bool,
-    pub seq: u64,
-}
-
-/// Gateway counters per instance.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GatewayStats {
-    /// IDENTIFYs accepted (each spends one of the day's session starts).
-    pub identifies: u32,
-    pub resumes: u32,
-    /// Op 9 the client earned: an IDENTIFY over its bucket's rate, a RESUME of a session that
-    /// is gone. Invalidations the simulator caused are in `invalidated`.
-    pub invalid_sessions: u32,
-    /// Sessions invalidated on purpose by [`FakeDiscord::invalidate_sessions`].
-    pub invalidated: u32,
-    /// Sockets the client closed with a close frame (the fake answers each with its own).
-    pub clean_closes: u32,
-    /// Sessions closed with 4011 (a bot that must shard connected with too few shards).
-    pub sharding_required: u32,
-}
-
-/// `session_start_limit` as `GET /gateway/bot` reports it now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SessionStartLimit {
-    pub total: u32,
-    pub remaining: u32,
-    pub reset_after: Duration,
-    pub max_concurrency: u32,
-}
-
-/// A command registration as the fake stored it.
-#[derive(Clone, Debug)]
-pub struct RegisteredCommand {
-    pub id: u64,
-    pub name: String,
-    pub guild_id: Option<u64>,
-    pub instance: u32,
-    pub body: serde_json::Value,
-}
 
 /// The fake Discord server. Cheap to clone; the server stops when the last clone is dropped.
 #[derive(Clone)]

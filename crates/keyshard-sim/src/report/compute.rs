@@ -266,6 +266,8 @@ impl<'i, 'a> Tally<'i, 'a> {
         }
     }
 
+    /// Assembles the report from the parts computed above. Long but flat: one field after
+    /// another of the JSON model, in its order, with no decision of its own.
     fn finish(mut self) -> Report {
         self.instance_events();
         let input = self.input;

@@ -291,6 +291,8 @@ impl Run {
     }
 
     /// Phase 4: stops the watchers and the instances, then judges and counts everything.
+    /// Long because it is the run's ordered teardown (watchers, then instances, then the
+    /// ledger read-back, then the judge), each step needing the previous one's output.
     pub(super) async fn collect(
         self,
         load: &Load,
