@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Stats};
+use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Quotas, Stats};
 use keyshard_ledger::{LedgerRow, Routing, Status};
 use keyshard_providers::Providers;
 use keyshard_routing::Assignment;
@@ -37,6 +37,8 @@ pub struct Data {
     pub state: Arc<EdgeState>,
     /// The usage ledger; `None` when `DATABASE_URL` is unset.
     pub ledger: Option<Arc<Ledger>>,
+    /// The cluster's quotas (`keyshard_cluster::Quotas`).
+    pub quotas: Quotas,
 }
 
 /// The stable English name of a command (its `en-US` name: `ping`, `chat`, `usage`, …), as

@@ -205,6 +205,12 @@ impl Quotas {
         }
     }
 
+    /// Whether any override is known to this instance (loaded from Postgres or written here):
+    /// with no default limit either, the claim path skips the script.
+    pub fn has_overrides(&self) -> bool {
+        !self.local.lock().expect("quota lock").overrides.is_empty()
+    }
+
     /// Whether the last decision came from the local counters.
     pub fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
