@@ -96,7 +96,9 @@ impl QuotaConfig {
 
     /// The wall clock as the quotas see it.
     pub fn now_ms(&self) -> u64 {
-        (crate::clock::unix_ms() as i64).saturating_add(self.clock_offset_ms).max(0) as u64
+        (crate::clock::unix_ms() as i64)
+            .saturating_add(self.clock_offset_ms)
+            .max(0) as u64
     }
 }
 
@@ -119,7 +121,9 @@ fn read_quota(env: &mut Env<'_>, zone: &str, admins: &[u64]) -> QuotaConfig {
         );
     }
     let zone = QuotaZone::new(zone).unwrap_or_else(|e| {
-        env.problem(format!("QUOTA_TIMEZONE: {e}; use a name such as Asia/Seoul"));
+        env.problem(format!(
+            "QUOTA_TIMEZONE: {e}; use a name such as Asia/Seoul"
+        ));
         QuotaZone::new("Asia/Seoul").expect("Asia/Seoul is in the bundled tz database")
     });
     QuotaConfig {

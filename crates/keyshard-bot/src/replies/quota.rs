@@ -61,10 +61,7 @@ pub fn remaining_line(c: QuotaCommand, limits: Limits, r: Remaining) -> String {
     }
     if limits.cooldown_secs > 0 {
         if r.cooldown_left_ms > 0 {
-            parts.push(format!(
-                "대기 {}초 남음",
-                r.cooldown_left_ms.div_ceil(1000)
-            ));
+            parts.push(format!("대기 {}초 남음", r.cooldown_left_ms.div_ceil(1000)));
         } else {
             parts.push(format!("대기 {}초", limits.cooldown_secs));
         }
@@ -83,8 +80,7 @@ pub const OVERRIDE_EMPTY: &str = "⚠️ 하루 횟수나 대기 시간 중 하�
 /// `/한도` on a guild with a cooldown (cooldowns are per user).
 pub const GUILD_HAS_NO_COOLDOWN: &str =
     "⚠️ 대기 시간은 사용자에게만 설정할 수 있어요. 서버에는 하루 횟수만 설정해 주세요.";
-pub const OVERRIDE_STORE_FAILED: &str =
-    "⚠️ 한도를 저장하지 못했어요. 잠시 후 다시 시도해 주세요.";
+pub const OVERRIDE_STORE_FAILED: &str = "⚠️ 한도를 저장하지 못했어요. 잠시 후 다시 시도해 주세요.";
 
 /// Whom an override is for, as `/한도` shows it.
 pub fn target(user: Option<u64>, guild: Option<u64>) -> String {
@@ -129,7 +125,13 @@ mod tests {
     #[test]
     fn every_rule_says_which_limit_and_when() {
         for rule in Rule::ALL {
-            let t = refused(QuotaCommand::Image, rule, 10, 1_780_000_000_500, "Asia/Seoul");
+            let t = refused(
+                QuotaCommand::Image,
+                rule,
+                10,
+                1_780_000_000_500,
+                "Asia/Seoul",
+            );
             assert!(t.starts_with(REFUSAL_MARK), "{t}");
             assert!(t.contains("/이미지"), "{t}");
             assert!(t.contains("<t:1780000001:R>"), "{t}");
@@ -137,6 +139,9 @@ mod tests {
         }
         assert!(refused(QuotaCommand::Chat, Rule::Cooldown, 30, 0, "Asia/Seoul").contains("30초"));
         assert!(refused(QuotaCommand::Chat, Rule::GuildDaily, 5, 0, "Asia/Seoul").contains("서버"));
-        assert!(refused(QuotaCommand::Chat, Rule::UserDaily, 5, 0, "Asia/Seoul").contains("Asia/Seoul 자정"));
+        assert!(
+            refused(QuotaCommand::Chat, Rule::UserDaily, 5, 0, "Asia/Seoul")
+                .contains("Asia/Seoul 자정")
+        );
     }
 }

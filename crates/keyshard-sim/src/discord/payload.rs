@@ -109,7 +109,7 @@ pub fn interaction(
             d["context"] = json!(0);
             d["member"] = json!({
                 "user": caller,
-                "roles": [],
+                "roles": spec.roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
                 "deaf": false,
                 "mute": false,
                 "flags": 0,
