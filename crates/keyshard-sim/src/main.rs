@@ -140,6 +140,11 @@ struct CommonArgs {
     /// Extra instance env, NAME=VALUE (repeatable).
     #[arg(long = "instance-env", value_parser = parse_kv)]
     instance_env: Vec<(String, String)>,
+    /// A daily limit per user for a command, CMD=N (chat, image, video; repeatable): the same
+    /// as `--instance-env QUOTA_<CMD>_USER_DAILY=N`. The report's `quota.*` judges the run
+    /// against every `QUOTA_<CMD>_{USER,GUILD}_DAILY` the instances get.
+    #[arg(long, value_parser = parse_quota)]
+    quota: Vec<(String, String)>,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -198,6 +203,18 @@ struct DemoArgs {
     json: Option<PathBuf>,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+fn parse_quota(s: &str) -> anyhow::Result<(String, String)> {
+    let (cmd, n) = s.split_once('=').context("expected CMD=N, e.g. image=10")?;
+    if !matches!(cmd, "chat" | "image" | "video") {
+        anyhow::bail!("{cmd:?} has no quota (chat, image, video)");
+    }
+    let n: u64 = n.parse().context("the limit is a number")?;
+    Ok((
+        format!("QUOTA_{}_USER_DAILY", cmd.to_ascii_uppercase()),
+        n.to_string(),
+    ))
 }
 
 fn parse_kv(s: &str) -> anyhow::Result<(String, String)> {
@@ -260,6 +277,7 @@ fn base_config(
     cfg.drain_deadline = keyshard_sim::scenario::parse_secs(&common.drain.to_string())?;
     cfg.overload_wait_secs = common.overload_wait_secs;
     cfg.env = common.instance_env.clone();
+    cfg.env.extend(common.quota.iter().cloned());
     cfg.shards = common.gateway.shards;
     cfg.discord.gateway = common
         .gateway

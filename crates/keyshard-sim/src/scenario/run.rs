@@ -372,6 +372,11 @@ impl Run {
             drain_timed_out: !drained,
             ledger,
         });
+        let mut report = report;
+        let limits = crate::quota::QuotaLimits::from_env(&cfg.env);
+        if !limits.is_empty() {
+            report.quota = Some(crate::quota::judge(&records, &limits));
+        }
         tracing::info!(run_dir = %self.run_dir.display(), "scenario finished");
         Ok((report, records))
     }
