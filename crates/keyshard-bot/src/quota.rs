@@ -7,7 +7,13 @@
 use keyshard_cluster::{JobKind, QuotaAsk};
 use keyshard_routing::{QuotaCommand, Verdict};
 
+use std::time::Duration;
+
 use crate::context::Data;
+
+/// What the admission leaves of the acknowledgement window for the answer's own trip to
+/// Discord (a healthy one takes tens of milliseconds; half a second covers a slow one).
+const RESPONSE_MARGIN_MS: u64 = 500;
 
 /// The quota command of a job kind.
 pub fn command_of(kind: JobKind) -> QuotaCommand {
@@ -47,7 +53,14 @@ pub async fn admit(data: &Data, asker: &Asker<'_>, command: QuotaCommand) -> Ver
         day: q.zone.day(now_ms),
         now_ms,
     };
-    let decision = data.quotas.admit(&ask).await;
+    // The wait may use what is left of Discord's 3 s window, less the time the deferral (or
+    // the refusal) needs to reach Discord.
+    let deadline = keyshard_routing::ack_deadline_ms(asker.interaction_id);
+    let left_ms = deadline
+        .saturating_sub(crate::clock::unix_ms())
+        .saturating_sub(RESPONSE_MARGIN_MS);
+    let budget = Duration::from_millis(left_ms).max(keyshard_cluster::quota::QUOTA_BUDGET);
+    let decision = data.quotas.admit(&ask, budget).await;
     if let Verdict::Refuse { rule, .. } = decision.verdict {
         data.metrics.quota_refusals.inc(&[rule.as_str()]);
         data.stats.quota_refused(rule.as_str());

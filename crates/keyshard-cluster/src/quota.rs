@@ -25,10 +25,17 @@ use keyshard_routing::{judge, Day, Limits, Override, Plan, QuotaCommand, Rule, U
 use crate::conn::Redis;
 use crate::{keys, Cluster, ClusterError};
 
-/// The script's time budget. It runs on the acknowledgement path (before the deferred reply,
-/// which Discord wants within 3 s of the interaction), right after the claim: one round trip
-/// like the claim's, with the claim's budget. A timeout falls back to the local counters.
+/// The time budget of the calls off the acknowledgement path (refund, `/사용량`, `/한도`):
+/// the claim's budget, far above a healthy round trip.
 pub const QUOTA_BUDGET: Duration = Duration::from_millis(250);
+
+/// The longest one attempt of the admission script may take: the connection's own response
+/// limit. The caller's budget (what is left of the acknowledgement window) may allow more
+/// than one attempt.
+const ADMIT_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// An attempt with less time than this left is not started: no round trip fits.
+const ADMIT_MIN_ATTEMPT: Duration = Duration::from_millis(50);
 
 /// How long a reservation record lives: long enough for the slowest job to fail and refund
 /// (a video may take 30 minutes, a rescued one twice that), short enough not to pile up.
@@ -179,6 +186,7 @@ pub struct QuotaStats {
 /// The cluster's quotas, on the instance's one Redis connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Quotas {
+    cluster: Cluster,
     redis: Arc<Redis>,
     prefix: String,
     local: Arc<Mutex<Local>>,
@@ -197,6 +205,7 @@ impl std::fmt::Debug for Quotas {
 impl Quotas {
     pub fn new(cluster: &Cluster) -> Quotas {
         Quotas {
+            cluster: cluster.clone(),
             redis: cluster.redis(),
             prefix: cluster.config().cluster_name.clone(),
             local: Arc::default(),
@@ -218,8 +227,41 @@ impl Quotas {
 
     /// Checks every rule for `ask` and, only when all pass, reserves them all, in one atomic
     /// step; idempotent per interaction. While Redis fails, the local counters decide.
-    pub async fn admit(&self, ask: &QuotaAsk) -> QuotaDecision {
-        match self.admit_redis(ask).await {
+    ///
+    /// `budget` is how long the caller can wait (what is left of the acknowledgement window).
+    /// A slow answer is not a failed Redis: a timed-out attempt may have run, and the next
+    /// attempt returns its verdict (the reservation record), so a timeout is retried within
+    /// the budget instead of falling back at once to local counters, which would let every
+    /// instance admit up to the limit again under load. Only a Redis that refuses, a budget
+    /// spent, or a timeout while the cluster already finds Redis unreachable falls back.
+    pub async fn admit(&self, ask: &QuotaAsk, budget: Duration) -> QuotaDecision {
+        let started = std::time::Instant::now();
+        let result = loop {
+            // While the cluster already finds Redis unreachable, one short attempt (the
+            // claim's budget): a Redis that silently drops packets must not cost every
+            // limited command the whole window.
+            let degraded = self.cluster.is_degraded();
+            let left = budget.saturating_sub(started.elapsed());
+            let attempt = if degraded {
+                QUOTA_BUDGET
+            } else {
+                left.clamp(ADMIT_MIN_ATTEMPT, ADMIT_ATTEMPT)
+            };
+            match self.admit_redis(ask, attempt).await {
+                Err(e)
+                    if e.is_timeout()
+                        && !degraded
+                        && budget.saturating_sub(started.elapsed()) >= ADMIT_MIN_ATTEMPT =>
+                {
+                    tracing::debug!(
+                        interaction = ask.interaction_id,
+                        "quota script slow ({e}); asking again"
+                    );
+                }
+                other => break other,
+            }
+        };
+        match result {
             Ok(verdict) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!("quotas: Redis answers again; counting in Redis");
@@ -247,7 +289,7 @@ impl Quotas {
         }
     }
 
-    async fn admit_redis(&self, ask: &QuotaAsk) -> Result<Verdict, ClusterError> {
+    async fn admit_redis(&self, ask: &QuotaAsk, budget: Duration) -> Result<Verdict, ClusterError> {
         let p = &self.prefix;
         let c = ask.command.as_str();
         let resv = keys::quota_reservation(p, ask.interaction_id);
@@ -265,7 +307,7 @@ impl Quotas {
         // return the first verdict, so the retry cannot count twice.
         let reply: Vec<String> = self
             .redis
-            .run_retrying("quota admit", QUOTA_BUDGET, |mut conn| {
+            .run_retrying("quota admit", budget, |mut conn| {
                 let mut inv = script.prepare_invoke();
                 inv.key(&resv).key(&uday).key(&gday).key(&cd).key(&ov);
                 inv.arg(d.user_daily)

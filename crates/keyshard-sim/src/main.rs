@@ -54,6 +54,10 @@ struct RunArgs {
     /// Seconds of load.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Send exactly N interactions, evenly spaced over --duration (0: back to back), instead
+    /// of Poisson arrivals at --rate.
+    #[arg(long)]
+    count: Option<u64>,
     /// Weighted commands: ping=1[,chat=W,image=W,video=W].
     #[arg(long, default_value = "ping=1")]
     mix: Mix,
@@ -306,6 +310,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     cfg.skew = args.skew;
     cfg.seed = args.seed;
+    cfg.count = args.count;
     cfg.guilds = args.guilds;
     cfg.chaos = [
         args.kill,

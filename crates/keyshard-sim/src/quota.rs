@@ -127,8 +127,7 @@ pub fn judge(records: &[InteractionRecord], limits: &QuotaLimits) -> QuotaReport
             .filter_map(|((_, cmd), n)| limits.get(*cmd).map(|l| n.saturating_sub(*l)))
             .sum()
     };
-    report.over_limit =
-        over(&per_user, &limits.user_daily) + over(&per_guild, &limits.guild_daily);
+    report.over_limit = over(&per_user, &limits.user_daily) + over(&per_guild, &limits.guild_daily);
     report
 }
 

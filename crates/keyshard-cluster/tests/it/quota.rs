@@ -25,6 +25,9 @@ fn ask(id: u64, user: u64, guild: Option<u64>, limits: Limits, now: u64) -> Quot
     }
 }
 
+/// What is left of an acknowledgement window after the claim, roughly.
+const BUDGET: std::time::Duration = std::time::Duration::from_millis(2_000);
+
 const DAILY_10: Limits = Limits {
     cooldown_secs: 0,
     user_daily: 10,
@@ -39,7 +42,10 @@ async fn two_hundred_requests_on_four_instances_accept_exactly_the_limit() {
     let mut set = tokio::task::JoinSet::new();
     for n in 0..200u64 {
         let q = handles[(n % 4) as usize].clone();
-        set.spawn(async move { q.admit(&ask(1_000 + n, 42, Some(7), DAILY_10, now)).await });
+        set.spawn(async move {
+            q.admit(&ask(1_000 + n, 42, Some(7), DAILY_10, now), BUDGET)
+                .await
+        });
     }
     let decisions = set.join_all().await;
     assert!(decisions.iter().all(|d| !d.degraded), "{decisions:?}");
@@ -71,15 +77,15 @@ async fn a_verdict_is_kept_per_interaction_and_a_refund_gives_back_once() {
         ..DAILY_10
     };
     assert_eq!(
-        q.admit(&ask(1, 5, None, one, now)).await.verdict,
+        q.admit(&ask(1, 5, None, one, now), BUDGET).await.verdict,
         Verdict::Admit
     );
     // Asked again (a retry, a second instance): the same verdict, nothing more taken.
     assert_eq!(
-        q.admit(&ask(1, 5, None, one, now)).await.verdict,
+        q.admit(&ask(1, 5, None, one, now), BUDGET).await.verdict,
         Verdict::Admit
     );
-    let refused = q.admit(&ask(2, 5, None, one, now)).await.verdict;
+    let refused = q.admit(&ask(2, 5, None, one, now), BUDGET).await.verdict;
     assert!(matches!(
         refused,
         Verdict::Refuse {
@@ -91,9 +97,12 @@ async fn a_verdict_is_kept_per_interaction_and_a_refund_gives_back_once() {
     assert!(q.refund(1).await);
     assert!(!q.refund(1).await, "the second refund gives nothing back");
     assert!(!q.refund(2).await, "a refusal reserved nothing");
-    assert_eq!(q.admit(&ask(2, 5, None, one, now)).await.verdict, refused);
     assert_eq!(
-        q.admit(&ask(3, 5, None, one, now)).await.verdict,
+        q.admit(&ask(2, 5, None, one, now), BUDGET).await.verdict,
+        refused
+    );
+    assert_eq!(
+        q.admit(&ask(3, 5, None, one, now), BUDGET).await.verdict,
         Verdict::Admit
     );
 }
@@ -109,15 +118,21 @@ async fn the_guild_day_the_cooldown_and_overrides() {
         guild_daily: 2,
     };
     assert_eq!(
-        q.admit(&ask(1, 5, Some(9), guild2, now)).await.verdict,
+        q.admit(&ask(1, 5, Some(9), guild2, now), BUDGET)
+            .await
+            .verdict,
         Verdict::Admit
     );
     assert_eq!(
-        q.admit(&ask(2, 6, Some(9), guild2, now)).await.verdict,
+        q.admit(&ask(2, 6, Some(9), guild2, now), BUDGET)
+            .await
+            .verdict,
         Verdict::Admit
     );
     assert!(matches!(
-        q.admit(&ask(3, 7, Some(9), guild2, now)).await.verdict,
+        q.admit(&ask(3, 7, Some(9), guild2, now), BUDGET)
+            .await
+            .verdict,
         Verdict::Refuse {
             rule: Rule::GuildDaily,
             limit: 2,
@@ -126,11 +141,13 @@ async fn the_guild_day_the_cooldown_and_overrides() {
     ));
     // Another guild, and a DM, are not that guild's.
     assert_eq!(
-        q.admit(&ask(4, 7, Some(10), guild2, now)).await.verdict,
+        q.admit(&ask(4, 7, Some(10), guild2, now), BUDGET)
+            .await
+            .verdict,
         Verdict::Admit
     );
     assert_eq!(
-        q.admit(&ask(5, 7, None, guild2, now)).await.verdict,
+        q.admit(&ask(5, 7, None, guild2, now), BUDGET).await.verdict,
         Verdict::Admit
     );
     // An override raises the guild's limit at once.
@@ -145,7 +162,9 @@ async fn the_guild_day_the_cooldown_and_overrides() {
     .await
     .unwrap();
     assert_eq!(
-        q.admit(&ask(6, 7, Some(9), guild2, now)).await.verdict,
+        q.admit(&ask(6, 7, Some(9), guild2, now), BUDGET)
+            .await
+            .verdict,
         Verdict::Admit
     );
 
@@ -155,10 +174,10 @@ async fn the_guild_day_the_cooldown_and_overrides() {
         guild_daily: 0,
     };
     assert_eq!(
-        q.admit(&ask(7, 8, None, cd, now)).await.verdict,
+        q.admit(&ask(7, 8, None, cd, now), BUDGET).await.verdict,
         Verdict::Admit
     );
-    match q.admit(&ask(8, 8, None, cd, now)).await.verdict {
+    match q.admit(&ask(8, 8, None, cd, now), BUDGET).await.verdict {
         Verdict::Refuse {
             rule: Rule::Cooldown,
             limit: 60,
@@ -183,7 +202,7 @@ async fn the_guild_day_the_cooldown_and_overrides() {
     .await
     .unwrap();
     assert_eq!(
-        q.admit(&ask(9, 8, None, cd, now)).await.verdict,
+        q.admit(&ask(9, 8, None, cd, now), BUDGET).await.verdict,
         Verdict::Admit
     );
     let standing = q
@@ -207,7 +226,7 @@ async fn the_guild_day_the_cooldown_and_overrides() {
     q.load_cache(vec![]).await.unwrap();
     assert!(q.cache_loaded().await.unwrap());
     assert!(matches!(
-        q.admit(&ask(10, 8, None, cd, now)).await.verdict,
+        q.admit(&ask(10, 8, None, cd, now), BUDGET).await.verdict,
         Verdict::Refuse {
             rule: Rule::Cooldown,
             ..
@@ -225,15 +244,15 @@ async fn without_redis_each_instance_limits_by_its_own_counters() {
         user_daily: 2,
         ..DAILY_10
     };
-    let d = q.admit(&ask(1, 5, None, two, now)).await;
+    let d = q.admit(&ask(1, 5, None, two, now), BUDGET).await;
     assert!(d.degraded);
     assert_eq!(d.verdict, Verdict::Admit);
     assert_eq!(
-        q.admit(&ask(2, 5, None, two, now)).await.verdict,
+        q.admit(&ask(2, 5, None, two, now), BUDGET).await.verdict,
         Verdict::Admit
     );
     assert!(matches!(
-        q.admit(&ask(3, 5, None, two, now)).await.verdict,
+        q.admit(&ask(3, 5, None, two, now), BUDGET).await.verdict,
         Verdict::Refuse {
             rule: Rule::UserDaily,
             ..
@@ -242,12 +261,12 @@ async fn without_redis_each_instance_limits_by_its_own_counters() {
     assert!(q.is_degraded());
     assert!(q.refund(2).await, "a local reservation is refunded locally");
     assert_eq!(
-        q.admit(&ask(4, 5, None, two, now)).await.verdict,
+        q.admit(&ask(4, 5, None, two, now), BUDGET).await.verdict,
         Verdict::Admit
     );
     // Another user is not refused: degraded never means refusing everything.
     assert_eq!(
-        q.admit(&ask(5, 6, None, two, now)).await.verdict,
+        q.admit(&ask(5, 6, None, two, now), BUDGET).await.verdict,
         Verdict::Admit
     );
 }
