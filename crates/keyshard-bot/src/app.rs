@@ -101,6 +101,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ledger: ledger.clone(),
         quotas: quotas.clone(),
     };
+    // The overrides cache and the reconciliation against the ledger (with a ledger only).
+    let quota_tasks = crate::quota::spawn_loops(data.clone(), work_stop.clone());
 
     // The gateway: the shard plan from Discord, the cluster's IDENTIFY queue, the relay every
     // shard connects through, and one client per shard.
@@ -217,6 +219,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _ = info_task.await;
     let _ = stats_task.await;
+    for t in quota_tasks {
+        let _ = t.await;
+    }
     // Every answer is in: the writer pushes and writes what it holds, within a few seconds.
     ledger_stop.cancel();
     for t in ledger_tasks {

@@ -418,6 +418,7 @@ mod tests {
         m.interactions.inc(&["핑", "answered"]);
         m.interactions.inc(&["핑", "answered"]);
         m.ack_latency.observe(Duration::from_millis(3));
+        m.quota_refusals.inc(&["cooldown"]);
         let text = m.render(&ClusterSample {
             claims_won: 2,
             claims_lost: 6,
@@ -448,7 +449,20 @@ mod tests {
                 oldest_buffered_age_ms: Some(1_500),
                 ..Default::default()
             }),
+            quota: Some(QuotaSample {
+                degraded: true,
+                degraded_decisions: 4,
+                refunds: 1,
+                drift: 2,
+            }),
         });
+        assert!(text.contains("keyshard_quota_drift 2"), "{text}");
+        assert!(
+            text.contains("keyshard_quota_refusals_total{rule=\"cooldown\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("keyshard_quota_degraded 1"), "{text}");
+        assert!(text.contains("keyshard_quota_local_decisions_total 4"), "{text}");
         assert!(
             text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"),
             "{text}"

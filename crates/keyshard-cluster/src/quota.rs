@@ -440,11 +440,14 @@ impl Quotas {
     ) -> Result<(), ClusterError> {
         let (daily_f, cd_f) = scope.fields(command);
         let key = keys::quota_overrides(&self.prefix);
-        self.local
-            .lock()
-            .expect("quota lock")
-            .overrides
-            .insert((scope, command), o);
+        {
+            let mut local = self.local.lock().expect("quota lock");
+            if o == Override::default() {
+                local.overrides.remove(&(scope, command));
+            } else {
+                local.overrides.insert((scope, command), o);
+            }
+        }
         self.redis
             .run("quota override", QUOTA_BUDGET, move |mut c| async move {
                 let mut pipe = redis::pipe();
@@ -464,6 +467,13 @@ impl Quotas {
                 pipe.query_async::<()>(&mut c).await
             })
             .await
+    }
+
+    /// Replaces this instance's own copy of the overrides (for its local counters and for
+    /// [`has_overrides`](Self::has_overrides)) without touching Redis.
+    pub fn remember(&self, all: &[(Scope, QuotaCommand, Override)]) {
+        self.local.lock().expect("quota lock").overrides =
+            all.iter().map(|(s, c, o)| ((*s, *c), *o)).collect();
     }
 
     /// Whether the cache holds what Postgres had when it was loaded since Redis started.

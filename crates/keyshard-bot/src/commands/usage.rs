@@ -19,6 +19,20 @@ use crate::context::{Answered, Context, Error};
 use crate::replies::usage as view;
 use crate::respond;
 
+/// The caller's roles when `target` is the caller (an exempt role shows as no limit); none
+/// for another user, whose roles this interaction does not carry.
+fn roles_of(ctx: Context<'_>, target: &serenity::User) -> Vec<u64> {
+    match ctx {
+        poise::Context::Application(app) if app.interaction.user.id == target.id => app
+            .interaction
+            .member
+            .as_ref()
+            .map(|m| m.roles.iter().map(|r| r.get()).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 /// How many groups a ranking shows: an embed stays readable, and the CLI shows them all.
 const TOP_N: usize = 10;
 
@@ -150,9 +164,16 @@ pub async fn usage(
         (None, None, None) => {
             let target = named.unwrap_or_else(|| ctx.author().clone());
             let tz = &data.config.quota_timezone;
+            let limits = crate::quota::remaining_lines(
+                data,
+                target.id.get(),
+                ctx.guild_id().map(|g| g.get()),
+                &roles_of(ctx, &target),
+            )
+            .await;
             keyshard_ledger::user_usage(pool, target.id.get(), now, tz, raw_kept)
                 .await
-                .map(|u| view::user_view(&target.name, &u, tz))
+                .map(|u| view::user_view(&target.name, &u, tz).field("남은 한도", limits, false))
         }
         // An admin's view over a period: a ranking, or sums for a user, a guild or everyone.
         (top, guild, period) => {

@@ -64,7 +64,11 @@ pub fn load_balancer(
             false,
         );
     }
-    embed
+    embed.field(
+        "한도 거절 (최근 5분)",
+        super::quota::refusals_line(&window.quota_refusals()),
+        false,
+    )
 }
 
 /// `openai/chat 480/500 · minimax/images 9/10`, from an instance's published budget.
@@ -229,6 +233,13 @@ pub fn performance(
         .field("명령별 지연 (60분)", or_none(latency), false)
         .field("키 사용률 (1분)", or_none(utilisation), false)
         .field("키 세트 대비 용량 배수 (5분)", multiple, false)
+        .field(
+            "한도 거절 (1분 / 5분 / 60분)",
+            [w1, w5, w60]
+                .map(|w| super::quota::refusals_line(&w.quota_refusals()))
+                .join("\n"),
+            false,
+        )
         .field("최근 24시간 (사용량 원장)", &ledger.0, false)
         .field("최근 7일 (사용량 원장)", &ledger.1, false)
 }

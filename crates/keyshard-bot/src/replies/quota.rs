@@ -69,12 +69,28 @@ pub fn remaining_line(c: QuotaCommand, limits: Limits, r: Remaining) -> String {
     format!("/{}: {}", command_ko(c), parts.join(" · "))
 }
 
+/// The refusals of a statistics window by rule, for `/로드밸런서` and `/성능`.
+pub fn refusals_line(by_rule: &std::collections::BTreeMap<String, u64>) -> String {
+    let n = |rule: Rule| by_rule.get(rule.as_str()).copied().unwrap_or(0);
+    format!(
+        "하루 한도 {} · 서버 한도 {} · 대기 시간 {}",
+        n(Rule::UserDaily),
+        n(Rule::GuildDaily),
+        n(Rule::Cooldown)
+    )
+}
+
 /// `/사용량` for an admin or an exempt member.
 pub const EXEMPT: &str = "관리자 또는 예외 역할: 한도 없음";
+
+/// `/사용량` when the counters cannot be read.
+pub const STANDING_UNAVAILABLE: &str = "지금은 남은 한도를 확인할 수 없어요.";
 
 /// `/한도` without a ledger: overrides are stored in Postgres.
 pub const OVERRIDES_NEED_LEDGER: &str =
     "⚠️ 한도 설정은 사용 기록 데이터베이스(DATABASE_URL)가 있어야 쓸 수 있어요.";
+/// `/한도` names neither or both of a user and a guild.
+pub const ONE_TARGET: &str = "⚠️ 사용자나 서버 ID 중 하나만 골라 주세요.";
 /// `/한도 설정` without any value.
 pub const OVERRIDE_EMPTY: &str = "⚠️ 하루 횟수나 대기 시간 중 하나는 입력해 주세요.";
 /// `/한도` on a guild with a cooldown (cooldowns are per user).
