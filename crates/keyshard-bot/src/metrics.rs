@@ -462,7 +462,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("keyshard_quota_degraded 1"), "{text}");
-        assert!(text.contains("keyshard_quota_local_decisions_total 4"), "{text}");
+        assert!(
+            text.contains("keyshard_quota_local_decisions_total 4"),
+            "{text}"
+        );
         assert!(
             text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"),
             "{text}"

@@ -243,3 +243,97 @@ async fn the_daily_count_resets_at_midnight_in_seoul() {
     assert_eq!(redis_int(&c, &key(&yesterday)).await, Some(1));
     c.procs.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_override_applies_at_once_survives_a_redis_restart_and_is_cleared() {
+    let mut setup = Setup::new(2).with_providers().with_ledger();
+    env(&mut setup, &[("QUOTA_IMAGE_USER_DAILY", "1")]);
+    let mut c = TestCluster::setup(setup).await;
+    let user = user_on(1, 41);
+    assert_served(&c.ask(image(user)).await);
+    assert_refused(&c.ask(image(user)).await, &["1회"]);
+
+    // /사용량 shows what is left.
+    let r = c.ask(InteractionSpec::guild("사용량", user)).await;
+    let embed = r
+        .final_messages()
+        .next()
+        .and_then(|m| m.embeds.first().cloned())
+        .unwrap_or_else(|| panic!("no usage view: {r:#?}"));
+    let fields = embed["fields"].to_string();
+    assert!(fields.contains("남은 한도"), "{fields}");
+    assert!(fields.contains("/이미지: 오늘 0/1회 남음"), "{fields}");
+    assert!(fields.contains("/채팅: 하루 한도 없음"), "{fields}");
+
+    // A non-admin is refused; an admin raises the user's limit to 3.
+    let set = |who: u64| {
+        InteractionSpec::guild("한도", who)
+            .sub("설정")
+            .string("명령", "image")
+            .user("사용자", user)
+            .integer("하루", 3)
+    };
+    let r = c.ask(set(user)).await;
+    assert!(final_text(&r).starts_with("⚠️"), "{r:#?}");
+    let r = c.ask(set(ADMIN_USER_ID)).await;
+    assert!(final_text(&r).starts_with("✅"), "{r:#?}");
+    assert!(final_text(&r).contains("하루 3회"), "{}", final_text(&r));
+    assert_served(&c.ask(image(user)).await);
+    assert_served(&c.ask(image(user)).await);
+    assert_refused(&c.ask(image(user)).await, &["3회"]);
+
+    // Redis restarts empty: the cache is reloaded from Postgres (within the reload interval),
+    // so the override holds again once the counters start afresh.
+    c.redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let mut conn = redis::Client::open(c.redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let loaded: bool = redis::cmd("HEXISTS")
+            .arg(format!("{}:quota:overrides", c.cluster_name))
+            .arg("loaded")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(false);
+        if loaded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the overrides were never reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.wait_converged(2).await;
+    for _ in 0..3 {
+        assert_served(&c.ask(image(user)).await);
+    }
+    assert_refused(&c.ask(image(user)).await, &["3회"]);
+
+    // /한도 보기 lists it; /한도 해제 brings the default back.
+    let r = c
+        .ask(
+            InteractionSpec::guild("한도", ADMIN_USER_ID)
+                .sub("보기")
+                .user("사용자", user),
+        )
+        .await;
+    assert!(
+        final_text(&r).contains("/이미지: 하루 3회"),
+        "{}",
+        final_text(&r)
+    );
+    let r = c
+        .ask(
+            InteractionSpec::guild("한도", ADMIN_USER_ID)
+                .sub("해제")
+                .user("사용자", user),
+        )
+        .await;
+    assert!(final_text(&r).starts_with("✅"), "{r:#?}");
+    assert_refused(&c.ask(image(user)).await, &["1회"]);
+    c.procs.shutdown().await;
+}

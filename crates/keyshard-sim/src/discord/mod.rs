@@ -187,6 +187,8 @@ pub struct InteractionSpec {
     pub options: Vec<OptionValue>,
     /// The member's role ids in the guild (ignored in a DM).
     pub roles: Vec<u64>,
+    /// A subcommand (`/한도 설정`): the options then belong to it.
+    pub subcommand: Option<String>,
 }
 
 impl InteractionSpec {
@@ -200,7 +202,14 @@ impl InteractionSpec {
             channel_id: SIM_CHANNEL_ID,
             options: Vec::new(),
             roles: Vec::new(),
+            subcommand: None,
         }
+    }
+
+    /// The subcommand `name` of the command; the options given go to it.
+    pub fn sub(mut self, name: &str) -> Self {
+        self.subcommand = Some(name.into());
+        self
     }
 
     /// With the member holding `role` (e.g. `QUOTA_EXEMPT_ROLE_ID`).

@@ -78,6 +78,10 @@ pub fn interaction(
             }
         })
         .collect();
+    let options = match &spec.subcommand {
+        Some(sub) => vec![json!({"name": sub, "type": 1, "options": options})],
+        None => options,
+    };
     let mut data = json!({
         "id": command_id.to_string(),
         "name": spec.command,
