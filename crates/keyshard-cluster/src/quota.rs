@@ -164,6 +164,13 @@ impl Scope {
     }
 }
 
+/// One command's counters as read: the user's day, the guild's day, the cooldown's PTTL,
+/// and the overrides' fields (user daily, user cooldown, guild daily).
+type RawStanding = (Option<u64>, Option<u64>, i64, Vec<Option<u32>>);
+
+/// A counter a reservation took: (day, whose, command).
+type Taken = (String, Scope, QuotaCommand);
+
 /// A user's standing for one command today, for `/사용량`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Standing {
@@ -375,7 +382,7 @@ impl Quotas {
     ) -> Result<Vec<(QuotaCommand, Standing)>, ClusterError> {
         let p = self.prefix.clone();
         let day_s = day.date.clone();
-        let raw: Vec<(Option<u64>, Option<u64>, i64, Vec<Option<u32>>)> = self
+        let raw: Vec<RawStanding> = self
             .redis
             .run("quota standing", QUOTA_BUDGET, move |mut c| async move {
                 let mut pipe = redis::pipe();
@@ -622,7 +629,7 @@ struct Local {
     /// (user, command) → cooldown end (Unix ms).
     cooldowns: HashMap<(u64, QuotaCommand), u64>,
     /// interaction → (verdict, what it reserved) for idempotence and refunds.
-    reservations: HashMap<u64, (Verdict, Vec<(String, Scope, QuotaCommand)>)>,
+    reservations: HashMap<u64, (Verdict, Vec<Taken>)>,
     /// The overrides as last loaded or written by this instance.
     overrides: HashMap<(Scope, QuotaCommand), Override>,
 }

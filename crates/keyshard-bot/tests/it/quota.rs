@@ -268,7 +268,7 @@ async fn an_admins_override_applies_at_once_survives_a_redis_restart_and_is_clea
     // A non-admin is refused; an admin raises the user's limit to 3.
     let set = |who: u64| {
         InteractionSpec::guild("한도", who)
-            .sub("설정")
+            .subcommand("설정")
             .string("명령", "image")
             .user("사용자", user)
             .integer("하루", 3)
@@ -317,7 +317,7 @@ async fn an_admins_override_applies_at_once_survives_a_redis_restart_and_is_clea
     let r = c
         .ask(
             InteractionSpec::guild("한도", ADMIN_USER_ID)
-                .sub("보기")
+                .subcommand("보기")
                 .user("사용자", user),
         )
         .await;
@@ -329,7 +329,7 @@ async fn an_admins_override_applies_at_once_survives_a_redis_restart_and_is_clea
     let r = c
         .ask(
             InteractionSpec::guild("한도", ADMIN_USER_ID)
-                .sub("해제")
+                .subcommand("해제")
                 .user("사용자", user),
         )
         .await;

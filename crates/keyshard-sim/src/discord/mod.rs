@@ -207,7 +207,7 @@ impl InteractionSpec {
     }
 
     /// The subcommand `name` of the command; the options given go to it.
-    pub fn sub(mut self, name: &str) -> Self {
+    pub fn subcommand(mut self, name: &str) -> Self {
         self.subcommand = Some(name.into());
         self
     }
