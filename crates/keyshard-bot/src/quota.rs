@@ -221,11 +221,7 @@ async fn reconcile(
         keyshard_ledger::answered_by_user(ledger.pool(), snap.day.start_ms, snap.taken_ms)
             .await
             .map_err(|e| e.to_string())?;
-    let drift: u64 = snap
-        .counts
-        .iter()
-        .map(|(k, n)| n.abs_diff(answered.get(k).copied().unwrap_or(0)))
-        .sum();
+    let drift = keyshard_routing::drift(&snap.counts, &answered);
     if drift > 0 {
         tracing::warn!(
             drift,

@@ -40,8 +40,8 @@ pub use load::{InstanceState, Membership, OverloadPolicy};
 pub use owner::{effective_owner, ladder, ladder_from, primary, Assignment, Reason};
 pub use placement::{move_target, steal_order};
 pub use quota::{
-    judge, merge, remaining, Day, Limits, Override, Plan, QuotaCommand, QuotaRules, QuotaZone,
-    Remaining, Rule, Used, Verdict,
+    drift, judge, merge, remaining, Day, Limits, Override, Plan, QuotaCommand, QuotaRules,
+    QuotaZone, Remaining, Rule, Used, Verdict,
 };
 pub use rate::ServiceRate;
 pub use snowflake::{

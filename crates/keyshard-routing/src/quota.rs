@@ -295,6 +295,19 @@ pub fn remaining(plan: &Plan, used: Used, now_ms: u64) -> Remaining {
     }
 }
 
+/// The quota drift: for every (user, command) counter, the absolute difference between what
+/// it reserved and the ledger's answered (ok) rows of the same interactions, summed. A user
+/// without a counter (exempt, or never limited) is not compared. The goal is 0.
+pub fn drift<K: Eq + std::hash::Hash>(
+    reserved: &std::collections::HashMap<K, u64>,
+    answered: &std::collections::HashMap<K, u64>,
+) -> u64 {
+    reserved
+        .iter()
+        .map(|(k, n)| n.abs_diff(answered.get(k).copied().unwrap_or(0)))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +452,18 @@ mod tests {
         assert!(rules.is_exempt(7, &[]));
         assert!(rules.is_exempt(8, &[1, 99]));
         assert!(!rules.is_exempt(8, &[1]));
+    }
+
+    #[test]
+    fn drift_sums_the_differences_of_counted_users_only() {
+        use std::collections::HashMap;
+        let reserved: HashMap<(u64, &str), u64> =
+            [((1, "image"), 3), ((2, "image"), 1), ((3, "chat"), 2)].into();
+        // User 9 has rows but no counter (exempt): not drift.
+        let answered: HashMap<(u64, &str), u64> =
+            [((1, "image"), 3), ((2, "image"), 2), ((9, "image"), 5)].into();
+        assert_eq!(drift(&reserved, &answered), 1 + 2);
+        assert_eq!(drift(&reserved, &reserved), 0);
     }
 
     #[test]

@@ -37,9 +37,11 @@ pub fn load_balancer(
         ))
         .description(format!(
             "응답: 인스턴스 #{me} · 과부하 기준: 예상 대기 {}\n\
-             게이트웨이 세션 시작 잔량(오늘): {remaining} · 예약분 {}",
+             게이트웨이 세션 시작 잔량(오늘): {remaining} · 예약분 {}\n\
+             한도 거절(최근 5분): {}",
             secs(status.max_wait_ms),
-            starts.reserve
+            starts.reserve,
+            super::quota::refusals_line(&window.quota_refusals())
         ));
     for s in &status.instances {
         let state = match (s.alive, s.overloaded || s.draining) {
@@ -64,11 +66,7 @@ pub fn load_balancer(
             false,
         );
     }
-    embed.field(
-        "한도 거절 (최근 5분)",
-        super::quota::refusals_line(&window.quota_refusals()),
-        false,
-    )
+    embed
 }
 
 /// `openai/chat 480/500 · minimax/images 9/10`, from an instance's published budget.
