@@ -39,6 +39,9 @@ pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Erro
         let zone = data.config.quota.zone.name();
         let text = replies::quota::refused(command, rule, limit, until_ms, zone);
         let class = replies::quota::ledger_class(rule);
+        if let Some(mut c) = ctx.invocation_data::<Claimed>().await {
+            c.refusing(class);
+        }
         return respond::ephemeral(ctx, text, Answered::Refused(class)).await;
     }
     // A failed acknowledgement keeps the reservation: the usual cause is another instance
