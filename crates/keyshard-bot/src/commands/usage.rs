@@ -144,7 +144,16 @@ pub async fn usage(
         return respond::ephemeral(ctx, view::ADMIN_OPTIONS, Answered::Refused("not_admin")).await;
     }
     let Some(ledger) = data.ledger.clone() else {
-        return respond::ephemeral(ctx, view::LEDGER_OFF, Answered::Failed("ledger_off")).await;
+        if others {
+            return respond::ephemeral(ctx, view::LEDGER_OFF, Answered::Failed("ledger_off")).await;
+        }
+        // No ledger, but the quota counters live in Redis: the caller still sees what is left.
+        let me = ctx.author().clone();
+        let guild = ctx.guild_id().map(|g| g.get());
+        let limits =
+            crate::quota::remaining_lines(data, me.id.get(), guild, &roles_of(ctx, &me)).await;
+        let text = format!("{}\n\n**남은 한도**\n{limits}", view::LEDGER_OFF);
+        return respond::ephemeral(ctx, text, Answered::Failed("ledger_off")).await;
     };
     let guild = match guild.as_deref().map(str::trim).map(str::parse::<u64>) {
         None => None,

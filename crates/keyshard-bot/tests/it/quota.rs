@@ -104,6 +104,9 @@ async fn each_rule_refuses_with_its_wording_and_admins_and_the_exempt_role_pass(
         "{}",
         final_text(&r)
     );
+    // Without a ledger, /사용량 still shows what is left (the counters live in Redis).
+    let usage = final_text(&c.ask(InteractionSpec::guild("사용량", a)).await);
+    assert!(usage.contains("/이미지: 오늘 0/2회 남음"), "{usage}");
 
     // The guild's day: a third image by another user fills it; the next one is refused.
     assert_served(&c.ask(image(b)).await);
