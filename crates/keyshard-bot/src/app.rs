@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use keyshard_cluster::{
-    publish_info, run_every, Cluster, IdentifyQueue, Jobs, Memory, RequestsPerDay, Stats,
+    publish_info, run_every, Cluster, IdentifyQueue, Jobs, Memory, Quotas, RequestsPerDay, Stats,
 };
 use keyshard_providers::Providers;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +64,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .map_err(|e| anyhow::anyhow!("provider setup: {e}"))?;
     let jobs = Jobs::new(&cluster);
     let stats = Stats::new(&cluster);
+    let quotas = Quotas::new(&cluster);
     let work_stop = CancellationToken::new();
     let stats_task = stats.spawn(work_stop.clone());
 
@@ -83,7 +84,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             providers.clone(),
             metrics.clone(),
         )
-        .with_ledger(ledger.clone()),
+        .with_ledger(ledger.clone())
+        .with_quotas(quotas.clone()),
         http_stop.clone(),
     )
     .await?;
@@ -97,7 +99,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics,
         state: state.clone(),
         ledger: ledger.clone(),
+        quotas: quotas.clone(),
     };
+    // The overrides cache and the reconciliation against the ledger (with a ledger only).
+    let quota_tasks = crate::quota::spawn_loops(data.clone(), work_stop.clone());
 
     // The gateway: the shard plan from Discord, the cluster's IDENTIFY queue, the relay every
     // shard connects through, and one client per shard.
@@ -163,6 +168,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             },
             catalog: Catalog::from_config(&config),
             ledger,
+            quotas: quotas.clone(),
         },
     );
     let worker_tasks = jobs.spawn(
@@ -213,6 +219,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _ = info_task.await;
     let _ = stats_task.await;
+    for t in quota_tasks {
+        let _ = t.await;
+    }
     // Every answer is in: the writer pushes and writes what it holds, within a few seconds.
     ledger_stop.cancel();
     for t in ledger_tasks {

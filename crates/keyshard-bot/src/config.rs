@@ -12,6 +12,7 @@ pub mod check;
 mod env;
 mod gateway;
 mod ledger;
+mod quota;
 
 pub(crate) use env::source_name;
 use env::Env;
@@ -19,6 +20,8 @@ use gateway::read_gateway;
 pub use gateway::GatewayConfig;
 use ledger::read_ledger;
 pub use ledger::{database_password, LedgerConfig};
+use quota::read_quota;
+pub use quota::QuotaConfig;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,6 +75,9 @@ pub struct Config {
     /// Where "today" and "this month" begin for `/사용량` (and, later, daily quotas): an IANA
     /// zone name as Postgres knows it (`QUOTA_TIMEZONE`, default `Asia/Seoul`).
     pub quota_timezone: String,
+    /// Quotas and cooldowns per command (`QUOTA_<CMD>_*`), who is never limited, and the
+    /// zone whose midnight resets the daily counts.
+    pub quota: QuotaConfig,
     /// Shards, the cluster's IDENTIFY queue and the restart backoff.
     pub gateway: GatewayConfig,
 }
@@ -264,6 +270,7 @@ impl Config {
                 "QUOTA_TIMEZONE={quota_timezone:?} must be a time zone name such as Asia/Seoul"
             ));
         }
+        let quota = read_quota(&mut env, &quota_timezone, &admin_user_ids);
         let gateway = read_gateway(&mut env);
 
         let config = Config {
@@ -289,6 +296,7 @@ impl Config {
             chat_memory_ttl,
             ledger,
             quota_timezone,
+            quota,
             gateway,
         };
         (config, env.problems)

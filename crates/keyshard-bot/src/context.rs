@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Stats};
+use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Quotas, Stats};
 use keyshard_ledger::{LedgerRow, Routing, Status};
 use keyshard_providers::Providers;
 use keyshard_routing::Assignment;
@@ -37,6 +37,8 @@ pub struct Data {
     pub state: Arc<EdgeState>,
     /// The usage ledger; `None` when `DATABASE_URL` is unset.
     pub ledger: Option<Arc<Ledger>>,
+    /// The cluster's quotas (`keyshard_cluster::Quotas`).
+    pub quotas: Quotas,
 }
 
 /// The stable English name of a command (its `en-US` name: `ping`, `chat`, `usage`, …), as
@@ -133,6 +135,9 @@ pub struct Claimed {
     /// Set on a sweep that found the interaction answered already by the instance that held
     /// the claim before: the row is recorded on its behalf.
     recovered_for: Option<InstanceId>,
+    /// A job command refused by its quota (the class): answered without a job, so a sweeping
+    /// fallback that finds it answered records its row as refused.
+    refused: Option<&'static str>,
     me: InstanceId,
     instance_count: u32,
     cluster: Cluster,
@@ -159,6 +164,7 @@ impl Claimed {
             acked_ms: None,
             answer: None,
             recovered_for: None,
+            refused: None,
             me: data.config.instance_id,
             instance_count: data.config.instance_count,
             cluster: data.cluster.clone(),
@@ -189,8 +195,19 @@ impl Claimed {
             return false;
         };
         self.recovered_for = Some(holder);
-        self.answered(Answered::Ok);
+        self.answered(self.refused.map_or(Answered::Ok, Answered::Refused));
         true
+    }
+
+    /// This job command is being refused by its quota (`class`): it is answered without a
+    /// job, whichever instance's answer reaches Discord (the verdict is the same for all).
+    pub fn refusing(&mut self, class: &'static str) {
+        self.refused = Some(class);
+    }
+
+    /// Whether this job command was refused by its quota (answered without a job).
+    pub fn is_refusal(&self) -> bool {
+        self.refused.is_some()
     }
 
     /// What a job queued for this interaction carries about its claim.

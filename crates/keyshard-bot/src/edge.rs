@@ -126,10 +126,11 @@ async fn tell(ctx: Context<'_>, text: &str, answered: Answered) {
 /// stalled) before confirming: its ledger row is recorded from here, on its behalf. A job
 /// command's row comes from its job (the one that instance queued, if it did).
 async fn recover(ctx: Context<'_>) {
-    if crate::commands::queues_a_job(command_name(ctx.command())) {
-        return;
-    }
     if let Some(mut claimed) = ctx.invocation_data::<Claimed>().await {
+        // A job command's row comes from its job, unless its quota refused it (no job).
+        if crate::commands::queues_a_job(command_name(ctx.command())) && !claimed.is_refusal() {
+            return;
+        }
         if claimed.recover() {
             tracing::info!(
                 command = %ctx.command().name,

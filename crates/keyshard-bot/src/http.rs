@@ -28,6 +28,8 @@ pub struct Probe {
     pub metrics: Arc<Metrics>,
     /// The usage ledger; `None` when off.
     pub ledger: Option<Arc<Ledger>>,
+    /// The quotas' degraded state, refunds and drift; `None` in probes built without them.
+    pub quotas: Option<keyshard_cluster::Quotas>,
     /// Redis has answered at least once since start.
     redis_seen: Arc<AtomicBool>,
 }
@@ -47,8 +49,15 @@ impl Probe {
             providers,
             metrics,
             ledger: None,
+            quotas: None,
             redis_seen: Arc::default(),
         }
+    }
+
+    /// With the quotas' counters in `/metrics`.
+    pub fn with_quotas(mut self, quotas: keyshard_cluster::Quotas) -> Self {
+        self.quotas = Some(quotas);
+        self
     }
 
     /// With the usage ledger's state in `/readyz` and its counters in `/metrics`.
@@ -125,6 +134,15 @@ impl Probe {
             jobs_moved: jobs.moved,
             providers: self.providers.stats(),
             ledger: self.ledger.as_ref().map(|l| l.writer().stats()),
+            quota: self.quotas.as_ref().map(|q| {
+                use std::sync::atomic::Ordering::Relaxed;
+                crate::metrics::QuotaSample {
+                    degraded: q.is_degraded(),
+                    degraded_decisions: q.stats.degraded_decisions.load(Relaxed),
+                    refunds: q.stats.refunds.load(Relaxed),
+                    drift: q.stats.drift.load(Relaxed),
+                }
+            }),
         }
     }
 }

@@ -48,6 +48,7 @@ pub mod http;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;
+pub mod quota;
 pub mod redact;
 pub mod replies;
 pub mod respond;

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub usage_images: CounterVec,
     /// Seconds of video of those rows, by `provider`.
     pub usage_video_secs: CounterVec,
+    /// Quota refusals by `rule` (user_daily, guild_daily, cooldown).
+    pub quota_refusals: CounterVec,
 }
 
 impl Default for Metrics {
@@ -145,6 +147,7 @@ impl Default for Metrics {
             usage_tokens: CounterVec::new(&["provider", "direction"]),
             usage_images: CounterVec::new(&["provider"]),
             usage_video_secs: CounterVec::new(&["provider"]),
+            quota_refusals: CounterVec::new(&["rule"]),
         }
     }
 }
@@ -167,6 +170,19 @@ pub struct ClusterSample {
     pub providers: Vec<keyshard_providers::ProviderStats>,
     /// The ledger writer's counters; `None` while the ledger is off.
     pub ledger: Option<keyshard_ledger::WriterStats>,
+    /// The quotas' state; `None` when the probe has no quota handle.
+    pub quota: Option<QuotaSample>,
+}
+
+/// The quota mechanism's state at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QuotaSample {
+    /// The last decision came from this instance's own counters (Redis failed).
+    pub degraded: bool,
+    pub degraded_decisions: u64,
+    pub refunds: u64,
+    /// The last reconciliation's |reserved − answered| summed over users and commands today.
+    pub drift: u64,
 }
 
 impl Metrics {
@@ -278,6 +294,35 @@ impl Metrics {
             );
         }
         self.render_usage(&mut out, cluster.ledger.as_ref());
+        self.quota_refusals.render(
+            &mut out,
+            "keyshard_quota_refusals_total",
+            "Requests this instance refused by quota, by rule (user_daily, guild_daily, cooldown).",
+        );
+        if let Some(q) = cluster.quota {
+            gauge(
+                &mut out,
+                "keyshard_quota_degraded",
+                "1 while quota decisions come from this instance's own counters (Redis failed).",
+                u8::from(q.degraded).to_string(),
+            );
+            let _ = writeln!(
+                out,
+                "# HELP keyshard_quota_local_decisions_total Quota decisions taken by this instance's own counters while Redis failed.\n# TYPE keyshard_quota_local_decisions_total counter\nkeyshard_quota_local_decisions_total {}",
+                q.degraded_decisions
+            );
+            let _ = writeln!(
+                out,
+                "# HELP keyshard_quota_refunds_total Reservations given back (failed jobs, jobs never queued).\n# TYPE keyshard_quota_refunds_total counter\nkeyshard_quota_refunds_total {}",
+                q.refunds
+            );
+            gauge(
+                &mut out,
+                "keyshard_quota_drift",
+                "Reserved daily counts minus the ledger's answered rows, absolute, summed over users and commands today (last reconciliation; goal 0).",
+                q.drift.to_string(),
+            );
+        }
         out
     }
 
@@ -373,6 +418,7 @@ mod tests {
         m.interactions.inc(&["핑", "answered"]);
         m.interactions.inc(&["핑", "answered"]);
         m.ack_latency.observe(Duration::from_millis(3));
+        m.quota_refusals.inc(&["cooldown"]);
         let text = m.render(&ClusterSample {
             claims_won: 2,
             claims_lost: 6,
@@ -403,7 +449,23 @@ mod tests {
                 oldest_buffered_age_ms: Some(1_500),
                 ..Default::default()
             }),
+            quota: Some(QuotaSample {
+                degraded: true,
+                degraded_decisions: 4,
+                refunds: 1,
+                drift: 2,
+            }),
         });
+        assert!(text.contains("keyshard_quota_drift 2"), "{text}");
+        assert!(
+            text.contains("keyshard_quota_refusals_total{rule=\"cooldown\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("keyshard_quota_degraded 1"), "{text}");
+        assert!(
+            text.contains("keyshard_quota_local_decisions_total 4"),
+            "{text}"
+        );
         assert!(
             text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"),
             "{text}"

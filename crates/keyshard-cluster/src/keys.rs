@@ -120,6 +120,55 @@ pub fn commands_lock(cluster: &str) -> String {
     format!("{cluster}:commands:lock")
 }
 
+/// `{c}:quota:{day}:u:{user}:{command}`: requests of a user and command accepted on `day`
+/// (`YYYY-MM-DD` in `QUOTA_TIMEZONE`), reserved by the quota script, given back on a refund.
+pub fn quota_user_day(cluster: &str, day: &str, user: u64, command: &str) -> String {
+    format!("{cluster}:quota:{day}:u:{user}:{command}")
+}
+
+/// `{c}:quota:{day}:g:{guild}:{command}`: requests of a guild and command accepted on `day`.
+pub fn quota_guild_day(cluster: &str, day: &str, guild: u64, command: &str) -> String {
+    format!("{cluster}:quota:{day}:g:{guild}:{command}")
+}
+
+/// The pattern of every user's daily quota counter on `day` (for the reconciliation's `SCAN`).
+pub fn quota_user_day_pattern(cluster: &str, day: &str) -> String {
+    format!("{cluster}:quota:{day}:u:*")
+}
+
+/// `{c}:quota:cd:{user}:{command}`: a user's cooldown for a command, alive while it runs.
+pub fn quota_cooldown(cluster: &str, user: u64, command: &str) -> String {
+    format!("{cluster}:quota:cd:{user}:{command}")
+}
+
+/// `{c}:quota:resv:{interaction_id}`: what the quota script decided for an interaction (and
+/// which counters it reserved), so a second call returns the first verdict and a refund gives
+/// back exactly what was taken, once.
+pub fn quota_reservation(cluster: &str, interaction_id: u64) -> String {
+    format!("{cluster}:quota:resv:{interaction_id}")
+}
+
+/// `{c}:quota:overrides`: the admins' overrides (a hash, the cache of Postgres's
+/// `quota_overrides`), read by the quota script in the same step as the counters.
+pub fn quota_overrides(cluster: &str) -> String {
+    format!("{cluster}:quota:overrides")
+}
+
+/// A field of [`quota_overrides`]: `u:{user}:{command}:{daily|cooldown}` or
+/// `g:{guild}:{command}:daily`.
+pub fn quota_override_field(scope: char, id: u64, command: &str, what: &str) -> String {
+    format!("{scope}:{id}:{command}:{what}")
+}
+
+/// The field of [`quota_overrides`] that says the hash was loaded from Postgres since Redis
+/// started: without it (Redis restarted empty) the cache is reloaded.
+pub const QUOTA_OVERRIDES_LOADED: &str = "loaded";
+
+/// `{c}:quota:reconcile`: the one instance comparing the counters with the ledger.
+pub fn quota_reconcile_lock(cluster: &str) -> String {
+    format!("{cluster}:quota:reconcile")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +199,13 @@ mod tests {
             restarts(c, 2),
             commands_hash(c),
             commands_lock(c),
+            quota_user_day(c, "2026-11-30", 5, "image"),
+            quota_guild_day(c, "2026-11-30", 6, "video"),
+            quota_cooldown(c, 5, "chat"),
+            quota_reservation(c, 99),
+            quota_overrides(c),
+            quota_override_field('u', 5, "image", "daily"),
+            quota_reconcile_lock(c),
         ];
         let want = [
             "ks:hb:2",
@@ -172,6 +228,13 @@ mod tests {
             "ks:gw:restarts:2",
             "ks:commands:hash",
             "ks:commands:lock",
+            "ks:quota:2026-11-30:u:5:image",
+            "ks:quota:2026-11-30:g:6:video",
+            "ks:quota:cd:5:chat",
+            "ks:quota:resv:99",
+            "ks:quota:overrides",
+            "u:5:image:daily",
+            "ks:quota:reconcile",
         ];
         assert_eq!(got, want);
     }

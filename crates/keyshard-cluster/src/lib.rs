@@ -25,6 +25,8 @@
 //! - [`memory`]: conversation memory per user and channel ([`Memory`]).
 //! - [`ledger`]: the Redis side of the usage ledger's durable buffer, a stream per instance
 //!   ([`LedgerStream`]); the rows and the Postgres side live in `keyshard-ledger`.
+//! - [`quota`]: quotas and cooldowns checked and reserved in one Lua script per interaction,
+//!   refunded once, overrides cached in a hash, local counters while Redis fails ([`Quotas`]).
 //! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
 //! - [`requests_per_day`]: a counter per provider key and UTC day ([`RequestsPerDay`]) that
 //!   the bot hands to the providers as their daily request store.
@@ -48,6 +50,7 @@ pub mod keys;
 pub mod ledger;
 pub mod memory;
 pub mod metrics;
+pub mod quota;
 pub mod requests_per_day;
 pub mod stats;
 pub mod status;
@@ -67,6 +70,7 @@ pub use jobs::{
 pub use ledger::LedgerStream;
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
+pub use quota::{QuotaAsk, QuotaDecision, Quotas, Scope, Standing};
 pub use requests_per_day::RequestsPerDay;
 pub use stats::{publish_info, read_info, read_window, Stats, Window};
 pub use status::{

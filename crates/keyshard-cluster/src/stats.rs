@@ -104,6 +104,12 @@ impl Stats {
         self.add(format!("lat:{command}:{bucket}"), 1);
     }
 
+    /// This instance refused a request by quota `rule` (`user_daily`, `guild_daily`,
+    /// `cooldown`).
+    pub fn quota_refused(&self, rule: &str) {
+        self.add(format!("quota:{}:{rule}", self.me), 1);
+    }
+
     /// A provider request succeeded on this instance's key.
     pub fn provider_request(&self, provider: &str) {
         self.add(format!("provider:{}:{provider}", self.me), 1);
@@ -192,6 +198,19 @@ impl Window {
             .filter(|(k, _)| k.starts_with(&ok) || k.starts_with(&failed))
             .map(|(_, v)| (*v).max(0) as u64)
             .sum()
+    }
+
+    /// Quota refusals by rule, summed over the instances.
+    pub fn quota_refusals(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (field, n) in &self.fields {
+            if let Some(rest) = field.strip_prefix("quota:") {
+                if let Some((_, rule)) = rest.split_once(':') {
+                    *out.entry(rule.to_owned()).or_default() += (*n).max(0) as u64;
+                }
+            }
+        }
+        out
     }
 
     /// Successful provider requests, by `(instance, provider)`.

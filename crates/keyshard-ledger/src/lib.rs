@@ -13,6 +13,9 @@
 //!   rollup, edges from raw rows, as [`plan`] decides); [`audit`] and [`present`] for the
 //!   simulator's `ledger.*` report.
 //! - [`price`]: [`PriceTable`] (`LEDGER_PRICES`) and the cost estimate in micro-dollars.
+//! - [`quota`]: the admins' quota overrides (`quota_overrides`: [`set_override`],
+//!   [`list_overrides`], [`clear_overrides`]) and the answered rows per user and command
+//!   ([`answered_by_user`]) that the quota counters are reconciled against.
 //! - [`retention`]: [`prune`] in bounded batches, [`Retention`] defaults, [`spawn_pruner`].
 //! - [`schema`]: `migrations/` embedded ([`MIGRATOR`]), [`migrate`] under the advisory lock
 //!   (and [`migrate_until_done`], retrying while Postgres is down), [`connect_lazy`].
@@ -22,6 +25,7 @@ pub mod buffer;
 pub mod error;
 pub mod plan;
 pub mod price;
+pub mod quota;
 pub mod read;
 pub mod retention;
 pub mod row;
@@ -33,6 +37,9 @@ pub use buffer::{Limits, Recorded};
 pub use error::LedgerError;
 pub use plan::{plan, Plan, DAY_MS};
 pub use price::{Price, PriceTable, DEFAULT_PRICES};
+pub use quota::{
+    answered_by_user, clear_overrides, list_overrides, set_override, OverrideRow, OverrideScope,
+};
 pub use read::{
     audit, local_bounds, present, top, totals, usage, user_usage, Audit, Dimension, LocalBounds,
     Rank, Span, Totals, UsageFilter, UsageLine, UserUsage,

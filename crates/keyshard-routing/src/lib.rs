@@ -12,6 +12,9 @@
 //! - [`placement`]: where job work goes between instances: the peer a job moves to when this
 //!   instance's key cannot serve it ([`move_target`]), and whom an idle worker takes a waiting
 //!   job of its kind from ([`steal_order`]).
+//! - [`quota`]: quotas and cooldowns per user and guild per command: the rules, the day in
+//!   `QUOTA_TIMEZONE` with the clock passed in ([`QuotaZone::day`]), and the verdict for one
+//!   interaction ([`judge`] → [`Verdict`]).
 //! - [`rate`]: the service-rate estimate behind the overload rule ([`ServiceRate`]).
 //! - [`snowflake`]: a Discord snowflake's creation time and the 3 s acknowledgement deadline.
 //! - [`gateway`]: the shard count, when a shard may IDENTIFY (one per bucket per window, never
@@ -23,6 +26,7 @@ pub mod gateway;
 pub mod load;
 pub mod owner;
 pub mod placement;
+pub mod quota;
 pub mod rate;
 pub mod snowflake;
 
@@ -35,6 +39,10 @@ pub use gateway::{
 pub use load::{InstanceState, Membership, OverloadPolicy};
 pub use owner::{effective_owner, ladder, ladder_from, primary, Assignment, Reason};
 pub use placement::{move_target, steal_order};
+pub use quota::{
+    drift, judge, merge, remaining, Day, Limits, Override, Plan, QuotaCommand, QuotaRules,
+    QuotaZone, Remaining, Rule, Used, Verdict,
+};
 pub use rate::ServiceRate;
 pub use snowflake::{
     ack_deadline_ms, created_at_ms, snowflake_at, ACK_WINDOW_MS, DISCORD_EPOCH_MS,

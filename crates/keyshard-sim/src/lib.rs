@@ -14,6 +14,8 @@
 //!   never by calling the code under test.
 //! - [`ledger`]: the usage ledger read back from Postgres (`psql`, plain SQL) and judged
 //!   against the simulator's own record of answered interactions (`ledger.*`).
+//! - [`quota`]: refusals told from answers by their shape, and `quota.over_limit` from the
+//!   simulator's own tally against the run's configured limits.
 //! - [`report`]: the JSON report (DESIGN.md §6 field names): its model, its computation from
 //!   the records and the judge, and the text a person reads.
 //! - [`wiring`]: the fake providers plugged into a scenario (per-instance keys, capacity, 429s).
@@ -23,6 +25,7 @@ pub mod discord;
 pub mod judge;
 pub mod ledger;
 pub mod providers;
+pub mod quota;
 pub mod report;
 pub mod scenario;
 pub mod wiring;

@@ -54,6 +54,10 @@ struct RunArgs {
     /// Seconds of load.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Send exactly N interactions, evenly spaced over --duration (0: back to back), instead
+    /// of Poisson arrivals at --rate.
+    #[arg(long)]
+    count: Option<u64>,
     /// Weighted commands: ping=1[,chat=W,image=W,video=W].
     #[arg(long, default_value = "ping=1")]
     mix: Mix,
@@ -140,6 +144,11 @@ struct CommonArgs {
     /// Extra instance env, NAME=VALUE (repeatable).
     #[arg(long = "instance-env", value_parser = parse_kv)]
     instance_env: Vec<(String, String)>,
+    /// A daily limit per user for a command, CMD=N (chat, image, video; repeatable): the same
+    /// as `--instance-env QUOTA_<CMD>_USER_DAILY=N`. The report's `quota.*` judges the run
+    /// against every `QUOTA_<CMD>_{USER,GUILD}_DAILY` the instances get.
+    #[arg(long, value_parser = parse_quota)]
+    quota: Vec<(String, String)>,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -198,6 +207,18 @@ struct DemoArgs {
     json: Option<PathBuf>,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+fn parse_quota(s: &str) -> anyhow::Result<(String, String)> {
+    let (cmd, n) = s.split_once('=').context("expected CMD=N, e.g. image=10")?;
+    if !matches!(cmd, "chat" | "image" | "video") {
+        anyhow::bail!("{cmd:?} has no quota (chat, image, video)");
+    }
+    let n: u64 = n.parse().context("the limit is a number")?;
+    Ok((
+        format!("QUOTA_{}_USER_DAILY", cmd.to_ascii_uppercase()),
+        n.to_string(),
+    ))
 }
 
 fn parse_kv(s: &str) -> anyhow::Result<(String, String)> {
@@ -260,6 +281,7 @@ fn base_config(
     cfg.drain_deadline = keyshard_sim::scenario::parse_secs(&common.drain.to_string())?;
     cfg.overload_wait_secs = common.overload_wait_secs;
     cfg.env = common.instance_env.clone();
+    cfg.env.extend(common.quota.iter().cloned());
     cfg.shards = common.gateway.shards;
     cfg.discord.gateway = common
         .gateway
@@ -288,6 +310,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     cfg.skew = args.skew;
     cfg.seed = args.seed;
+    cfg.count = args.count;
     cfg.guilds = args.guilds;
     cfg.chaos = [
         args.kill,

@@ -13,6 +13,7 @@ mod admin;
 mod chat;
 mod choice;
 mod image;
+mod limits;
 mod ping;
 mod queue;
 mod usage;
@@ -29,6 +30,7 @@ pub fn all() -> Vec<poise::Command<Data, Error>> {
         admin::assign(),
         admin::performance(),
         usage::usage(),
+        limits::limits(),
     ]
 }
 

@@ -19,6 +19,20 @@ use crate::context::{Answered, Context, Error};
 use crate::replies::usage as view;
 use crate::respond;
 
+/// The caller's roles when `target` is the caller (an exempt role shows as no limit); none
+/// for another user, whose roles this interaction does not carry.
+fn roles_of(ctx: Context<'_>, target: &serenity::User) -> Vec<u64> {
+    match ctx {
+        poise::Context::Application(app) if app.interaction.user.id == target.id => app
+            .interaction
+            .member
+            .as_ref()
+            .map(|m| m.roles.iter().map(|r| r.get()).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 /// How many groups a ranking shows: an embed stays readable, and the CLI shows them all.
 const TOP_N: usize = 10;
 
@@ -133,7 +147,16 @@ pub async fn usage(
         return respond::ephemeral(ctx, view::ADMIN_OPTIONS, Answered::Refused("not_admin")).await;
     }
     let Some(ledger) = data.ledger.clone() else {
-        return respond::ephemeral(ctx, view::LEDGER_OFF, Answered::Failed("ledger_off")).await;
+        if others {
+            return respond::ephemeral(ctx, view::LEDGER_OFF, Answered::Failed("ledger_off")).await;
+        }
+        // No ledger, but the quota counters live in Redis: the caller still sees what is left.
+        let me = ctx.author().clone();
+        let guild = ctx.guild_id().map(|g| g.get());
+        let limits =
+            crate::quota::remaining_lines(data, me.id.get(), guild, &roles_of(ctx, &me)).await;
+        let text = format!("{}\n\n**남은 한도**\n{limits}", view::LEDGER_OFF);
+        return respond::ephemeral(ctx, text, Answered::Failed("ledger_off")).await;
     };
     let guild = match guild.as_deref().map(str::trim).map(str::parse::<u64>) {
         None => None,
@@ -153,9 +176,16 @@ pub async fn usage(
         (None, None, None) => {
             let target = named.unwrap_or_else(|| ctx.author().clone());
             let tz = &data.config.quota_timezone;
+            let limits = crate::quota::remaining_lines(
+                data,
+                target.id.get(),
+                ctx.guild_id().map(|g| g.get()),
+                &roles_of(ctx, &target),
+            )
+            .await;
             keyshard_ledger::user_usage(pool, target.id.get(), now, tz, raw_kept)
                 .await
-                .map(|u| view::user_view(&target.name, &u, tz))
+                .map(|u| view::user_view(&target.name, &u, tz).field("남은 한도", limits, false))
         }
         // An admin's view over a period: a ranking, or sums for a user, a guild or everyone.
         (top, guild, period) => {

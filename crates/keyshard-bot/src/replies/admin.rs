@@ -37,9 +37,11 @@ pub fn load_balancer(
         ))
         .description(format!(
             "응답: 인스턴스 #{me} · 과부하 기준: 예상 대기 {}\n\
-             게이트웨이 세션 시작 잔량(오늘): {remaining} · 예약분 {}",
+             게이트웨이 세션 시작 잔량(오늘): {remaining} · 예약분 {}\n\
+             한도 거절(최근 5분): {}",
             secs(status.max_wait_ms),
-            starts.reserve
+            starts.reserve,
+            super::quota::refusals_line(&window.quota_refusals())
         ));
     for s in &status.instances {
         let state = match (s.alive, s.overloaded || s.draining) {
@@ -229,6 +231,13 @@ pub fn performance(
         .field("명령별 지연 (60분)", or_none(latency), false)
         .field("키 사용률 (1분)", or_none(utilisation), false)
         .field("키 세트 대비 용량 배수 (5분)", multiple, false)
+        .field(
+            "한도 거절 (1분 / 5분 / 60분)",
+            [w1, w5, w60]
+                .map(|w| super::quota::refusals_line(&w.quota_refusals()))
+                .join("\n"),
+            false,
+        )
         .field("최근 24시간 (사용량 원장)", &ledger.0, false)
         .field("최근 7일 (사용량 원장)", &ledger.1, false)
 }

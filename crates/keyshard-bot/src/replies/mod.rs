@@ -9,6 +9,7 @@
 //! - [`admin`]: the admin views (`/로드밸런서`, `/할당`, `/성능`);
 //! - [`progress`]: the edits of a deferred reply while a job runs;
 //! - [`results`]: the final answers of jobs;
+//! - [`quota`]: quota refusals (one wording per rule), `/한도`, the remaining limits;
 //! - [`usage`]: `/사용량`'s views and `/성능`'s ledger lines.
 //!
 //! A leaf of the bot's import graph: it renders plain data and names no other bot module.
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod ping;
 pub mod progress;
+pub mod quota;
 pub mod results;
 pub mod usage;
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use keyshard_cluster::jobs::BoxFuture;
 use keyshard_cluster::{
-    Job, JobArgs, JobContext, JobHandler, JobKind, Memory, Outcome, Stats, UnreadableJob,
+    Job, JobArgs, JobContext, JobHandler, JobKind, Memory, Outcome, Quotas, Stats, UnreadableJob,
 };
 use keyshard_ledger::{LedgerRow, Routing, Status};
 use keyshard_providers::{ErrorClass, ProviderError, Providers};
@@ -73,6 +73,7 @@ struct WorkerInner {
     timing: WorkTiming,
     catalog: Catalog,
     ledger: Option<Arc<Ledger>>,
+    quotas: Quotas,
 }
 
 /// What a worker is built from besides its handles: who it is, its models and keys as the
@@ -83,6 +84,8 @@ pub struct WorkerSetup {
     pub timing: WorkTiming,
     pub catalog: Catalog,
     pub ledger: Option<Arc<Ledger>>,
+    /// The quotas, for the refund of a failed job.
+    pub quotas: Quotas,
 }
 
 impl Worker {
@@ -104,6 +107,7 @@ impl Worker {
                 timing: setup.timing,
                 catalog: setup.catalog,
                 ledger: setup.ledger,
+                quotas: setup.quotas,
             }),
         }
     }
@@ -255,6 +259,11 @@ impl Worker {
             );
         }
         self.inner.stats.completed(command, ok, since_created(job));
+        if !ok {
+            // The user got an error, not a result: the job gives back its daily counts (once,
+            // however many runs it had: the done marker above lets one run through).
+            self.inner.quotas.refund(job.id).await;
+        }
         Outcome::Finished
     }
 

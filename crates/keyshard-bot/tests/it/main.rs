@@ -6,5 +6,6 @@ mod gateway;
 mod ledger;
 mod logs;
 mod ping;
+mod quota;
 mod scenarios;
 mod support;

@@ -12,5 +12,6 @@ mod jobs;
 mod ledger;
 mod liveness;
 mod outage;
+mod quota;
 mod requests_per_day;
 mod support;

@@ -6,6 +6,7 @@
 //! awaited by polling with a deadline, never by fixed sleeps; the only sleeps pace rows that
 //! keep arriving during an outage.
 
+mod quota;
 mod read;
 mod retention;
 mod schema;

@@ -50,7 +50,15 @@ async fn an_empty_database_gets_the_schema_and_a_second_run_changes_nothing() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(tables, vec!["_sqlx_migrations", "ledger", "ledger_daily"]);
+    assert_eq!(
+        tables,
+        vec![
+            "_sqlx_migrations",
+            "ledger",
+            "ledger_daily",
+            "quota_overrides"
+        ]
+    );
     migrate(&db.pool).await.expect("applying again is a no-op");
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&db.pool)

@@ -78,6 +78,10 @@ pub fn interaction(
             }
         })
         .collect();
+    let options = match &spec.subcommand {
+        Some(sub) => vec![json!({"name": sub, "type": 1, "options": options})],
+        None => options,
+    };
     let mut data = json!({
         "id": command_id.to_string(),
         "name": spec.command,
@@ -109,7 +113,7 @@ pub fn interaction(
             d["context"] = json!(0);
             d["member"] = json!({
                 "user": caller,
-                "roles": [],
+                "roles": spec.roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
                 "deaf": false,
                 "mute": false,
                 "flags": 0,

@@ -26,6 +26,10 @@ pub struct InteractionSpec {
     pub guild_id: Option<u64>,
     pub channel_id: u64,
     pub options: Vec<OptionValue>,
+    /// The member's role ids in the guild (ignored in a DM).
+    pub roles: Vec<u64>,
+    /// A subcommand (`/한도 설정`): the options then belong to it.
+    pub subcommand: Option<String>,
 }
 
 impl InteractionSpec {
@@ -38,7 +42,21 @@ impl InteractionSpec {
             guild_id: Some(SIM_GUILD_ID),
             channel_id: SIM_CHANNEL_ID,
             options: Vec::new(),
+            roles: Vec::new(),
+            subcommand: None,
         }
+    }
+
+    /// The subcommand `name` of the command; the options given go to it.
+    pub fn subcommand(mut self, name: &str) -> Self {
+        self.subcommand = Some(name.into());
+        self
+    }
+
+    /// With the member holding `role` (e.g. `QUOTA_EXEMPT_ROLE_ID`).
+    pub fn role(mut self, role: u64) -> Self {
+        self.roles.push(role);
+        self
     }
 
     /// A command from `user_id` in a DM with the bot (the channel id is derived from the user).

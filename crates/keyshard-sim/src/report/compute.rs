@@ -347,6 +347,8 @@ impl<'i, 'a> Tally<'i, 'a> {
             unknown_routes: input.unknown_routes,
             drain_timed_out: input.drain_timed_out,
             ledger: input.ledger.clone(),
+            // Judged after the report, from the run's env (`crate::quota`).
+            quota: None,
             elapsed_s: r2(input
                 .end
                 .saturating_duration_since(input.start)

@@ -269,6 +269,9 @@ pub struct Report {
     pub drain_timed_out: bool,
     /// The usage ledger against what the simulator saw; `None` with the ledger off.
     pub ledger: Option<LedgerReport>,
+    /// Quotas as the simulator judges them from its own records ([`crate::quota`]); `None`
+    /// when the run sets no daily limit.
+    pub quota: Option<crate::quota::QuotaReport>,
     /// Seconds from the first dispatch to the end of the wait for answers.
     pub elapsed_s: f64,
 }

@@ -79,6 +79,13 @@ impl Report {
             "              (judged by the simulator from its own kills and the heartbeats it read)"
         );
         self.render_ledger(s);
+        if let Some(q) = &self.quota {
+            let _ = writeln!(
+                s,
+                "quota         accepted {}  refused {}  over_limit {}  (failed, refunded: {})",
+                q.accepted, q.refused, q.over_limit, q.failed
+            );
+        }
     }
 
     /// The usage ledger against the simulator's own record of answered interactions.

@@ -100,6 +100,10 @@ pub struct ScenarioConfig {
     pub overload_wait_secs: Option<f64>,
     /// Extra env for every instance (e.g. `CLAIM_GRACE_MS`).
     pub env: Vec<(String, String)>,
+    /// Send exactly this many interactions, evenly spaced over `duration` (back to back when
+    /// it is 0), instead of Poisson arrivals at `rate`: a burst with a known size (the quota
+    /// no-overrun check sends 200).
+    pub count: Option<u64>,
     pub providers: Option<Arc<dyn ProviderFakes>>,
     /// How often the heartbeats are read from Redis to judge takeovers.
     pub sample_period: Duration,
@@ -138,6 +142,7 @@ impl ScenarioConfig {
             dead_after_ms: 1_000,
             overload_wait_secs: None,
             env: Vec::new(),
+            count: None,
             providers: None,
             sample_period: Duration::from_millis(100),
             // Often enough that a run never looks stuck, rarely enough to read.

@@ -228,7 +228,12 @@ impl Run {
         let end = start + cfg.duration;
         let mut next = start;
         let mut last_sent = start;
-        while next < end {
+        let mut sent: u64 = 0;
+        while match cfg.count {
+            Some(n) => sent < n,
+            None => next < end,
+        } {
+            sent += 1;
             tokio::time::sleep_until(next.into()).await;
             let user = users[picker.pick(&mut rng)];
             let kind = cfg.mix.pick(&mut rng);
@@ -242,7 +247,10 @@ impl Run {
             }
             last_sent = self.discord.send_interaction(spec).sent_at;
             let u: f64 = rng.random::<f64>();
-            next += Duration::from_secs_f64(-(1.0 - u).ln() / cfg.rate);
+            next += match cfg.count {
+                Some(n) => cfg.duration / n.clamp(1, u64::from(u32::MAX)) as u32,
+                None => Duration::from_secs_f64(-(1.0 - u).ln() / cfg.rate),
+            };
         }
         if let Err(e) = chaos.await? {
             tracing::warn!(error = %e, "a chaos action failed");
@@ -374,6 +382,11 @@ impl Run {
             drain_timed_out: !drained,
             ledger,
         });
+        let mut report = report;
+        let limits = crate::quota::QuotaLimits::from_env(&cfg.env);
+        if !limits.is_empty() {
+            report.quota = Some(crate::quota::judge(&records, &limits));
+        }
         tracing::info!(run_dir = %self.run_dir.display(), "scenario finished");
         Ok((report, records))
     }
