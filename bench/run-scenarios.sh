@@ -8,11 +8,10 @@ sim=./target/release/keyshard-sim
 out=bench/results
 mkdir -p "$out"
 # Fake keys at 120 requests/min on every lane; a mix that loads every lane alike (three image
-# providers per key set); videos polled every 3 s with room for 20 in flight per instance.
+# providers per key set). The instances run with their defaults: the simulator tells them its
+# fake's video render time (MINIMAX_VIDEO_RENDER_SECS), as an operator does for the real model.
 common=(--users 500 --duration 60 --mix "chat=1,image=3,video=1" --provider-rpm 120
-  --instance-env MINIMAX_CONCURRENCY=32 --instance-env VIDEO_POLL_MS=4000 --overload-wait-secs 5)
-# The simulator's own log (start, a progress line every 5 s, chaos, end) goes to stderr; each
-# run's instance logs (at info) stay in bench/results/<name>/ for a look afterwards.
+  --overload-wait-secs 5)
 run() {
   local name=$1
   shift
@@ -27,4 +26,9 @@ want=${1:-all}
 [[ $want == all || $want == skew ]] && run skew-static --instances 4 --load-factor 1.5 --skew zipf:1.1 --instance-env TAKEOVER=off "${common[@]}"
 [[ $want == all || $want == failover ]] && run failover --instances 4 --load-factor 1.0 --kill 2@20 "${common[@]}"
 [[ $want == all || $want == redis ]] && run redis-restart --instances 4 --load-factor 1.0 --redis-restart 20 "${common[@]}"
+# The usage ledger (every run above has it on and reports ledger.*): Postgres down for 10 s
+# under load, and the ack latency at 200/s with the ledger on and off.
+[[ $want == all || $want == postgres ]] && run postgres-restart --instances 4 --load-factor 1.0 --postgres-restart 20 "${common[@]}"
+[[ $want == all || $want == ack ]] && run ack-ledger --instances 4 --users 500 --mix ping=1 --rate 200 --duration 30
+[[ $want == all || $want == ack ]] && run ack-no-ledger --instances 4 --users 500 --mix ping=1 --rate 200 --duration 30 --no-ledger
 exit 0

@@ -14,8 +14,9 @@ use crate::context::{Data, EdgeState};
 use crate::daily_store::ClusterDailyStore;
 use crate::edge::{self, DRAIN_TIMEOUT};
 use crate::http::{self, Probe};
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::work::{WorkTiming, Worker};
+use crate::work::{Catalog, WorkTiming, Worker, WorkerSetup};
 
 /// How often the instance publishes its remaining key budget for `/로드밸런서` and `/성능`,
 /// and how long a published budget stays (a dead instance's budget disappears with it).
@@ -56,6 +57,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let state = Arc::new(EdgeState::default());
     let metrics = Arc::new(Metrics::default());
+    // The ledger's loops outlive the work: the rows of the last answers are recorded after
+    // them, and its stop writes what is left.
+    let ledger_stop = CancellationToken::new();
+    let (ledger, ledger_tasks) = start_ledger(&config, &cluster, &metrics, &ledger_stop)?;
     let http_stop = CancellationToken::new();
     let http_task = http::serve(
         config.http_bind,
@@ -65,7 +70,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             jobs.clone(),
             providers.clone(),
             metrics.clone(),
-        ),
+        )
+        .with_ledger(ledger.clone()),
         http_stop.clone(),
     )
     .await?;
@@ -78,6 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         providers: providers.clone(),
         metrics,
         state: state.clone(),
+        ledger: ledger.clone(),
     };
     let mut client = edge::build_client(data).await?;
     let worker = Worker::new(
@@ -85,10 +92,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         providers.clone(),
         Memory::new(&cluster, config.chat_memory_turns, config.chat_memory_ttl),
         stats.clone(),
-        config.instance_id,
-        WorkTiming {
-            video_poll: config.video_poll,
-            ..WorkTiming::default()
+        WorkerSetup {
+            instance: config.instance_id,
+            instance_count: config.instance_count,
+            timing: WorkTiming {
+                video_poll: config.video_poll,
+                ..WorkTiming::default()
+            },
+            catalog: Catalog::from_config(&config),
+            ledger,
         },
     );
     let worker_tasks = jobs.spawn(
@@ -134,6 +146,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _ = info_task.await;
     let _ = stats_task.await;
+    // Every answer is in: the writer pushes and writes what it holds, within a few seconds.
+    ledger_stop.cancel();
+    for t in ledger_tasks {
+        let _ = t.await;
+    }
     cluster_stop.cancel();
     let _ = cluster_loops.await;
     cluster.leave().await;
@@ -153,6 +170,52 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         )),
         Some(Err(join)) => Err(anyhow::anyhow!("the Discord client task failed: {join}")),
     }
+}
+
+/// The ledger handle (`None` when off) and the tasks to wait for at shutdown.
+type LedgerParts = (Option<Arc<Ledger>>, Vec<tokio::task::JoinHandle<()>>);
+
+/// The usage ledger, when `DATABASE_URL` is set: the pool (connecting on first use), the
+/// writer, the migrations applied in the background under the advisory lock (the instance
+/// serves Discord while Postgres is down; the writer holds its rows in Redis until the schema
+/// is there), and the pruner once it is. Without `DATABASE_URL` the ledger is off, said once
+/// here and in `/readyz`.
+fn start_ledger(
+    config: &Config,
+    cluster: &Cluster,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> anyhow::Result<LedgerParts> {
+    let Some(cfg) = &config.ledger else {
+        tracing::warn!(
+            "DATABASE_URL is not set: the usage ledger is off (no usage rows, /사용량 unavailable)"
+        );
+        return Ok((None, Vec::new()));
+    };
+    tracing::info!(database = %cfg.redacted_url(), "usage ledger on");
+    let ledger = Arc::new(
+        Ledger::new(cluster, cfg, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("usage ledger setup: {e}"))?,
+    );
+    let (migrated_tx, migrated_rx) = tokio::sync::oneshot::channel::<()>();
+    let migrator = {
+        let (pool, stop, retention) = (ledger.pool().clone(), stop.clone(), cfg.retention);
+        tokio::spawn(async move {
+            if keyshard_ledger::migrate_until_done(&pool, &stop).await {
+                let _ = migrated_tx.send(());
+                // Retention runs once the schema is there; it stops with the ledger.
+                let _ = keyshard_ledger::spawn_pruner(pool, retention, stop).await;
+            }
+        })
+    };
+    let writer = ledger.writer().spawn_when(stop.clone(), async move {
+        if migrated_rx.await.is_err() {
+            // Dropped without a send: shutdown came first (the writer's gate sees it too),
+            // and the schema was never applied.
+            std::future::pending::<()>().await;
+        }
+    });
+    Ok((Some(ledger), vec![migrator, writer]))
 }
 
 /// Publishes the remaining key budget every [`INFO_EVERY`] until `stop` (a failed publish is

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use keyshard_ledger::{PriceTable, Retention};
 use keyshard_providers::{
     KeyLimits, MiniMaxConfig, OpenAiConfig, ProviderConfig, Secret, StabilityConfig,
 };
@@ -52,12 +53,118 @@ pub struct Config {
     pub stability: Option<StabilityConfig>,
     /// `TAKEOVER=off` keeps the static rule (benchmark comparison only).
     pub takeover: bool,
-    /// How often a video task is polled (`VIDEO_POLL_MS`).
+    /// The longest gap between two polls of a video task, and how often its progress
+    /// message is refreshed (`VIDEO_POLL_MS`). Polls follow the render time
+    /// (`MINIMAX_VIDEO_RENDER_SECS`, then what the tasks really took).
     pub video_poll: Duration,
     /// Exchanges kept per conversation (`CHAT_MEMORY_TURNS`).
     pub chat_memory_turns: usize,
     /// How long a conversation lasts after its last exchange (`CHAT_MEMORY_TTL_SECS`).
     pub chat_memory_ttl: Duration,
+    /// The usage ledger; `None` when `DATABASE_URL` is unset (the ledger is off).
+    pub ledger: Option<LedgerConfig>,
+    /// Where "today" and "this month" begin for `/사용량` (and, later, daily quotas): an IANA
+    /// zone name as Postgres knows it (`QUOTA_TIMEZONE`, default `Asia/Seoul`).
+    pub quota_timezone: String,
+}
+
+/// The usage ledger's settings (DESIGN.md §8).
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// `DATABASE_URL`: a secret as a whole (it may carry a password); log
+    /// [`LedgerConfig::redacted_url`] instead.
+    pub database_url: Secret,
+    /// `LEDGER_PRICES` over the built-in list prices (`keyshard_ledger::DEFAULT_PRICES`).
+    pub prices: PriceTable,
+    /// `LEDGER_RAW_RETENTION_DAYS` (90) and `LEDGER_ROLLUP_RETENTION_DAYS` (730).
+    pub retention: Retention,
+}
+
+impl LedgerConfig {
+    /// Reads the ledger's variables alone (for `keyshard migrate` and `keyshard usage`):
+    /// `.env.multi` and the environment, `DATABASE_URL` required.
+    pub fn from_env() -> Result<LedgerConfig, ConfigError> {
+        load_env_file();
+        LedgerConfig::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<LedgerConfig, ConfigError> {
+        let mut env = Env::new(&lookup);
+        let ledger = read_ledger(&mut env);
+        match ledger {
+            Some(l) if env.problems.is_empty() => Ok(l),
+            Some(_) => Err(ConfigError {
+                problems: env.problems,
+            }),
+            None => {
+                env.problem("DATABASE_URL is not set (the usage ledger is off)".into());
+                Err(ConfigError {
+                    problems: env.problems,
+                })
+            }
+        }
+    }
+
+    /// The URL with its password replaced by `***`, for log lines.
+    pub fn redacted_url(&self) -> String {
+        let url = self.database_url.expose();
+        match database_password(url) {
+            Some(pw) => url.replacen(&format!(":{pw}@"), ":***@", 1),
+            None => url.to_owned(),
+        }
+    }
+}
+
+/// The password in a `postgres://user:password@host/db` URL, if any. Unlike a Redis URL, a
+/// Postgres URL's `user@host` names a user, not a password, so only what follows the `:` of
+/// the user info counts.
+pub fn database_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then_some(password)
+}
+
+/// The ledger's variables; `None` when `DATABASE_URL` is unset. Problems go to `env`.
+fn read_ledger(env: &mut Env<'_>) -> Option<LedgerConfig> {
+    let url = env.get("DATABASE_URL")?;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        // The URL may carry a password: name the variable, not the value.
+        env.problem(
+            "DATABASE_URL must start with postgres:// or postgresql:// (postgres://user:password@host:5432/db)"
+                .into(),
+        );
+    }
+    let prices = match env.get("LEDGER_PRICES") {
+        None => PriceTable::defaults(),
+        Some(spec) => PriceTable::parse(&spec).unwrap_or_else(|e| {
+            env.problem(format!("LEDGER_PRICES: {e}"));
+            PriceTable::defaults()
+        }),
+    };
+    let defaults = Retention::default();
+    let days = |d: Duration| d.as_secs() / 86_400;
+    let raw_days: u64 = env.parse("LEDGER_RAW_RETENTION_DAYS", days(defaults.raw));
+    let rollup_days: u64 = env.parse("LEDGER_ROLLUP_RETENTION_DAYS", days(defaults.rollup));
+    // A row can wait in the buffer for minutes at most; a raw retention of at least a day
+    // keeps a late row from being written again after its first copy was pruned (see
+    // keyshard-ledger's `retention`), and the rollup must outlive the raw rows it sums.
+    if raw_days == 0 || rollup_days < raw_days {
+        env.problem(format!(
+            "LEDGER_RAW_RETENTION_DAYS ({raw_days}) must be at least 1 and LEDGER_ROLLUP_RETENTION_DAYS ({rollup_days}) at least as long"
+        ));
+    }
+    Some(LedgerConfig {
+        database_url: Secret::new(url),
+        prices,
+        retention: Retention {
+            raw: Duration::from_secs(raw_days.saturating_mul(86_400)),
+            rollup: Duration::from_secs(rollup_days.saturating_mul(86_400)),
+        },
+    })
 }
 
 /// What the read-only CLI verbs (`status`, `assign`) need: no token, no instance id.
@@ -203,6 +310,7 @@ impl Config {
                     .get("MINIMAX_VIDEO_MODEL")
                     .unwrap_or_else(|| "MiniMax-Hailuo-02".into()),
                 video_rpm: env.parse_min("MINIMAX_VIDEO_RPM", 5, 1),
+                video_render: video_render(&mut env),
                 common,
             });
         let stability = env
@@ -219,7 +327,8 @@ impl Config {
             )
             .map(|common| StabilityConfig { common });
 
-        // MiniMax asks for polls about every 10 s; the simulator's videos finish in seconds.
+        // MiniMax asks for polls about every 10 s: the longest gap between two polls (they
+        // start near the expected render time), and the progress message's refresh.
         let video_poll = Duration::from_millis(env.parse_min("VIDEO_POLL_MS", 10_000, 1));
         let chat_memory_turns = env.parse_min("CHAT_MEMORY_TURNS", 10usize, 1);
         // A conversation idle for an hour starts afresh.
@@ -235,6 +344,17 @@ impl Config {
                 }
             },
         };
+        let ledger = read_ledger(&mut env);
+        let quota_timezone = env
+            .get("QUOTA_TIMEZONE")
+            .unwrap_or_else(|| "Asia/Seoul".into());
+        // Postgres checks the name itself when `/사용량` first uses it; this catches a typo
+        // that could never be a zone name.
+        if quota_timezone.contains(char::is_whitespace) {
+            env.problem(format!(
+                "QUOTA_TIMEZONE={quota_timezone:?} must be a time zone name such as Asia/Seoul"
+            ));
+        }
 
         let config = Config {
             discord_token,
@@ -257,6 +377,8 @@ impl Config {
             video_poll,
             chat_memory_turns,
             chat_memory_ttl,
+            ledger,
+            quota_timezone,
         };
         (config, env.problems)
     }
@@ -368,6 +490,21 @@ fn source_name(
         }
     }
     set(name).then(|| name.to_owned())
+}
+
+/// `MINIMAX_VIDEO_RENDER_SECS`: how long a video task takes to render. It sizes the video
+/// jobs run at once (a job holds its slot while its task renders, so using the creation
+/// limit takes `rate × render` of them) and starts the poll plan. Hailuo takes minutes; two
+/// is a middle the plan corrects as tasks finish (and warns about when far off).
+fn video_render(env: &mut Env<'_>) -> Duration {
+    let secs: f64 = env.parse("MINIMAX_VIDEO_RENDER_SECS", 120.0);
+    if !(0.1..=86_400.0).contains(&secs) {
+        env.problem(format!(
+            "MINIMAX_VIDEO_RENDER_SECS={secs} must be between 0.1 and 86400 seconds"
+        ));
+        return Duration::from_secs(120);
+    }
+    Duration::from_secs_f64(secs)
 }
 
 /// A lookup with the per-instance override rule, collecting problems instead of stopping at the first.
@@ -582,6 +719,33 @@ mod tests {
     }
 
     #[test]
+    fn the_video_render_time_defaults_to_two_minutes_and_is_checked() {
+        let base = [
+            ("DISCORD_TOKEN", "tok"),
+            ("INSTANCE_ID", "1"),
+            ("MINIMAX_API_KEY", "mm-real-key"),
+        ];
+        let c = Config::from_map(&map(&base)).unwrap();
+        let minimax = c.minimax.unwrap();
+        assert_eq!(minimax.video_render, Duration::from_secs(120));
+        assert_eq!(c.video_poll, Duration::from_secs(10));
+        let with = |v: &str| {
+            let mut pairs = base.to_vec();
+            pairs.push(("MINIMAX_VIDEO_RENDER_SECS", v));
+            Config::from_map(&map(&pairs))
+        };
+        let c = with("6.5").unwrap();
+        assert_eq!(
+            c.minimax.unwrap().video_render,
+            Duration::from_millis(6_500)
+        );
+        for bad in ["0", "-3", "inf", "NaN", "a while"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("MINIMAX_VIDEO_RENDER_SECS"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_listed_at_once() {
         let err = Config::from_map(&map(&[
             ("INSTANCE_ID", "5"),
@@ -681,6 +845,60 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.overload.max_wait, Duration::from_millis(2_500));
+    }
+
+    #[test]
+    fn the_ledger_is_off_without_a_database_url_and_its_password_never_shows() {
+        let c = Config::from_map(&map(&[("DISCORD_TOKEN", "tok"), ("INSTANCE_ID", "1")])).unwrap();
+        assert!(c.ledger.is_none());
+        assert_eq!(c.quota_timezone, "Asia/Seoul");
+
+        let c = Config::from_map(&map(&[
+            ("DISCORD_TOKEN", "tok"),
+            ("INSTANCE_ID", "1"),
+            (
+                "DATABASE_URL",
+                "postgres://keyshard:pg-s3cret@db:5432/keyshard",
+            ),
+            ("LEDGER_PRICES", "openai/*=in:1,out:2"),
+            ("LEDGER_RAW_RETENTION_DAYS", "30"),
+        ]))
+        .unwrap();
+        let ledger = c.ledger.as_ref().unwrap();
+        assert_eq!(ledger.retention.raw, Duration::from_secs(30 * 86_400));
+        assert!(ledger.prices.knows("openai", "some-new-model"));
+        assert_eq!(
+            ledger.redacted_url(),
+            "postgres://keyshard:***@db:5432/keyshard"
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("pg-s3cret"), "{debug}");
+        assert!(crate::logging::secrets(&c).contains(&"pg-s3cret".to_string()));
+        assert_eq!(
+            database_password("postgres://postgres@127.0.0.1:5432/x"),
+            None
+        );
+
+        let err = Config::from_map(&map(&[
+            ("DISCORD_TOKEN", "tok"),
+            ("INSTANCE_ID", "1"),
+            ("DATABASE_URL", "mysql://u:pg-s3cret@h/db"),
+            ("LEDGER_PRICES", "openai/x=bogus:1"),
+            ("LEDGER_ROLLUP_RETENTION_DAYS", "10"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{text}");
+        assert!(!text.contains("pg-s3cret"), "{text}");
+        for needle in [
+            "DATABASE_URL must start",
+            "LEDGER_PRICES",
+            "LEDGER_ROLLUP_RETENTION_DAYS (10)",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        let missing = LedgerConfig::from_lookup(|_| None).unwrap_err().to_string();
+        assert!(missing.contains("DATABASE_URL is not set"), "{missing}");
     }
 
     #[test]

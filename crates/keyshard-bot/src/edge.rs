@@ -13,7 +13,7 @@ use poise::serenity_prelude as serenity;
 
 use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::context::{Claimed, Context, Data, Error};
+use crate::context::{command_name, Answered, Asked, Claimed, Context, Data, Error, HowClaimed};
 use crate::redact::redact;
 use crate::{replies, respond};
 
@@ -36,15 +36,31 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
             .cluster
             .claim(interaction.id.get(), interaction.user.id.get(), unix_ms())
             .await;
-        let (assignment, redis_rtt) = match outcome {
+        let (assignment, how, redis_rtt) = match outcome {
             // An owner's claim is one Redis round trip: it doubles as /핑's measurement.
-            ClaimOutcome::Won { assignment, rank } => {
-                (assignment, rank.is_none().then(|| started.elapsed()))
-            }
+            ClaimOutcome::Won {
+                assignment,
+                rank,
+                swept_from,
+            } => (
+                assignment,
+                HowClaimed {
+                    degraded: false,
+                    swept_from,
+                },
+                rank.is_none().then(|| started.elapsed()),
+            ),
             ClaimOutcome::Degraded {
                 answer: true,
                 assignment,
-            } => (assignment, None),
+            } => (
+                assignment,
+                HowClaimed {
+                    degraded: true,
+                    swept_from: None,
+                },
+                None,
+            ),
             ClaimOutcome::Lost | ClaimOutcome::Degraded { answer: false, .. } => {
                 data.metrics.interactions.inc(&[command, "not_ours"]);
                 return Ok(false);
@@ -52,14 +68,15 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
         };
         data.stats
             .handled(assignment.owner.is_some_and(|o| o != assignment.primary));
-        ctx.set_invocation_data(Claimed::new(
-            assignment,
-            redis_rtt,
-            interaction.id.get(),
-            data.cluster.clone(),
-            data.state.clone(),
-        ))
-        .await;
+        let asked = Asked {
+            interaction_id: interaction.id.get(),
+            user_id: interaction.user.id.get(),
+            guild_id: interaction.guild_id.map(|g| g.get()),
+            channel_id: interaction.channel_id.get(),
+            command: command_name(ctx.command()).to_owned(),
+        };
+        ctx.set_invocation_data(Claimed::new(assignment, how, redis_rtt, asked, data))
+            .await;
         data.metrics.interactions.inc(&[command, "answered"]);
         Ok(true)
     })
@@ -94,12 +111,31 @@ pub fn describe(err: &Error) -> String {
 /// The one place where errors become what a Discord user reads (in Korean, starting with ⚠️).
 /// Tells the user what went wrong in an ephemeral reply; a reply that cannot be sent is only
 /// logged (the interaction may already be answered or its token dead).
-async fn tell(ctx: Context<'_>, text: &str) {
-    if let Err(e) = respond::ephemeral(ctx, text).await {
+async fn tell(ctx: Context<'_>, text: &str, answered: Answered) {
+    if let Err(e) = respond::ephemeral(ctx, text, answered).await {
         tracing::debug!(
             "could not tell the user what went wrong: {}",
             redact(&e.to_string())
         );
+    }
+}
+
+/// Discord said the interaction was answered already. For a command answered without a job,
+/// when this instance swept the lapsed claim of another, that instance answered and died (or
+/// stalled) before confirming: its ledger row is recorded from here, on its behalf. A job
+/// command's row comes from its job (the one that instance queued, if it did).
+async fn recover(ctx: Context<'_>) {
+    if crate::commands::queues_a_job(command_name(ctx.command())) {
+        return;
+    }
+    if let Some(mut claimed) = ctx.invocation_data::<Claimed>().await {
+        if claimed.recover() {
+            tracing::info!(
+                command = %ctx.command().name,
+                answered_by = ?claimed.how.swept_from,
+                "the instance whose claim lapsed had answered; recording its usage row"
+            );
+        }
     }
 }
 
@@ -115,6 +151,7 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                     .is_some_and(is_lost_race)
                 {
                     tracing::debug!(command = %ctx.command().name, "lost the acknowledgement race: {}", describe(&error));
+                    recover(ctx).await;
                     return;
                 }
                 tracing::warn!(command = %ctx.command().name, "command failed: {}", describe(&error));
@@ -122,11 +159,11 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                     .metrics
                     .interactions
                     .inc(&[&ctx.command().name, "error"]);
-                tell(ctx, replies::INTERNAL).await;
+                tell(ctx, replies::INTERNAL, Answered::Failed("internal")).await;
             }
             poise::FrameworkError::ArgumentParse { ctx, error, .. } => {
                 tracing::debug!(command = %ctx.command().name, "argument parse failed: {error}");
-                tell(ctx, replies::INPUT_UNREADABLE).await;
+                tell(ctx, replies::INPUT_UNREADABLE, Answered::Refused("input")).await;
             }
             poise::FrameworkError::CommandStructureMismatch {
                 ctx, description, ..
@@ -134,12 +171,17 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                 // An option that does not match the registered command: a user Discord could
                 // not resolve (deleted account, not in the guild) or a stale registration.
                 tracing::info!(command = %ctx.command().name, "unreadable options: {description}");
-                let text = if description.contains("User") {
-                    replies::UNKNOWN_USER
+                let (text, class) = if description.contains("User") {
+                    (replies::UNKNOWN_USER, "unknown_user")
                 } else {
-                    replies::INPUT_UNREADABLE
+                    (replies::INPUT_UNREADABLE, "input")
                 };
-                tell(poise::Context::Application(ctx), text).await;
+                tell(
+                    poise::Context::Application(ctx),
+                    text,
+                    Answered::Refused(class),
+                )
+                .await;
             }
             poise::FrameworkError::CommandPanic { ctx, .. } => {
                 // The panic itself is logged by the panic hook (`logging::init`); poise's own
@@ -149,7 +191,7 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
                     .metrics
                     .interactions
                     .inc(&[&ctx.command().name, "error"]);
-                tell(ctx, replies::INTERNAL).await;
+                tell(ctx, replies::INTERNAL, Answered::Failed("panic")).await;
             }
             poise::FrameworkError::CommandCheckFailed {
                 error: Some(error),

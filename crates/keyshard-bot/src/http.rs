@@ -15,6 +15,7 @@ use keyshard_providers::Providers;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::EdgeState;
+use crate::ledger::Ledger;
 use crate::metrics::{ClusterSample, Metrics};
 
 /// What the HTTP endpoints read.
@@ -25,6 +26,8 @@ pub struct Probe {
     pub jobs: Jobs,
     pub providers: Providers,
     pub metrics: Arc<Metrics>,
+    /// The usage ledger; `None` when off.
+    pub ledger: Option<Arc<Ledger>>,
     /// Redis has answered at least once since start.
     redis_seen: Arc<AtomicBool>,
 }
@@ -43,8 +46,15 @@ impl Probe {
             jobs,
             providers,
             metrics,
+            ledger: None,
             redis_seen: Arc::default(),
         }
+    }
+
+    /// With the usage ledger's state in `/readyz` and its counters in `/metrics`.
+    pub fn with_ledger(mut self, ledger: Option<Arc<Ledger>>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     /// Ready: the gateway session is up, the commands are registered, a membership snapshot
@@ -61,11 +71,30 @@ impl Probe {
             redis_degraded: self.cluster.is_degraded(),
             draining: self.state.is_draining(),
             alive_instances: self.cluster.membership().alive_count(),
+            ledger: self.ledger_state(),
             ready: false,
         };
         Readiness {
             ready: r.gateway && r.commands && r.redis && !r.draining,
             ..r
+        }
+    }
+
+    /// The ledger in a word, for `/readyz` (it never makes the instance unready: rows wait in
+    /// Redis while Postgres is away).
+    fn ledger_state(&self) -> &'static str {
+        match &self.ledger {
+            None => "off",
+            Some(l) => {
+                let s = l.writer().stats();
+                if !l.writer().schema_ready() {
+                    "waiting_for_schema"
+                } else if s.postgres_failing {
+                    "postgres_unreachable"
+                } else {
+                    "on"
+                }
+            }
         }
     }
 
@@ -87,6 +116,7 @@ impl Probe {
             jobs_rescued: jobs.rescued,
             jobs_moved: jobs.moved,
             providers: self.providers.stats(),
+            ledger: self.ledger.as_ref().map(|l| l.writer().stats()),
         }
     }
 }
@@ -101,6 +131,10 @@ pub struct Readiness {
     pub draining: bool,
     /// Instances alive in this instance's snapshot (lets a test wait for a converged view).
     pub alive_instances: usize,
+    /// The usage ledger: `off` (no `DATABASE_URL`), `waiting_for_schema` (Postgres not
+    /// reached yet; rows wait in Redis), `postgres_unreachable` (writes failing; rows wait) or
+    /// `on`. Never makes the instance unready.
+    pub ledger: &'static str,
 }
 
 pub fn router(probe: Probe) -> Router {

@@ -16,17 +16,20 @@
 //! - [`respond`]: how an interaction is answered (ephemeral, deferred, public, embed).
 //! - [`daily_store`]: the cluster's Redis counter as the providers' daily request store.
 //! - [`work`]: the job handler: provider calls with this instance's keys and delivery.
+//! - [`ledger`]: the usage ledger from the bot's side: each answered interaction's row,
+//!   priced and recorded with the step that marks it answered (claim confirmation or done
+//!   marker), exactly once.
 //! - [`replies`]: every message a Discord user reads, in Korean.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus series this instance exports.
-//! - [`cli`]: the `status` and `assign` views for operators.
+//! - [`cli`]: the `status` and `assign` views, `migrate` and `usage`, for operators.
 //! - [`logging`]: the tracing setup; every log line passes a scrubber for secrets.
 //! - [`redact`]: the scrubbing itself: known secrets, interaction tokens in fields and URLs.
 //! - [`clock`]: the one reading of the wall clock.
 //!
 //! Imports run one way: `app → edge → commands → {context, respond, replies}`, `work →
-//! {replies, clock, redact}`; `context`, `replies`, `clock`, `redact`, `config` and `metrics`
-//! name no module above them, and nothing but `app` names `edge`.
+//! {replies, clock, redact, ledger}`; `context`, `replies`, `clock`, `redact`, `config`,
+//! `metrics` and `ledger` name no module above them, and nothing but `app` names `edge`.
 
 pub mod app;
 pub mod cli;
@@ -37,6 +40,7 @@ pub mod context;
 pub mod daily_store;
 pub mod edge;
 pub mod http;
+pub mod ledger;
 pub mod logging;
 pub mod metrics;
 pub mod redact;
@@ -45,4 +49,4 @@ pub mod respond;
 pub mod work;
 
 pub use app::run;
-pub use config::{Config, ConfigError, ViewConfig};
+pub use config::{Config, ConfigError, LedgerConfig, ViewConfig};

@@ -67,22 +67,35 @@ impl LogSecrets {
         self.0.hide(secrets(config));
     }
 
+    /// For the ledger verbs (`migrate`, `usage`), which read no full `Config`: every log line
+    /// hides the password in `DATABASE_URL`.
+    pub fn hide_ledger(&self, ledger: &crate::config::LedgerConfig) {
+        let pw = crate::config::database_password(ledger.database_url.expose());
+        self.0.hide(pw.map(str::to_owned));
+    }
+
     /// `text` (an error printed outside tracing) without any secret.
     pub fn scrub(&self, text: &str) -> String {
         self.0.scrub(text).into_owned()
     }
 }
 
-/// Every secret in `config`: the Discord token and this instance's provider keys.
+/// Every secret in `config`: the Discord token, this instance's provider keys, and the
+/// password in `DATABASE_URL` (the URL without it is fine to log, and is logged redacted).
 pub fn secrets(config: &Config) -> Vec<String> {
     let keys = [
         config.openai.as_ref().map(|c| &c.common.api_key),
         config.minimax.as_ref().map(|c| &c.common.api_key),
         config.stability.as_ref().map(|c| &c.common.api_key),
     ];
+    let database_password = config
+        .ledger
+        .as_ref()
+        .and_then(|l| crate::config::database_password(l.database_url.expose()).map(str::to_owned));
     std::iter::once(&config.discord_token)
         .chain(keys.into_iter().flatten())
         .map(|s| s.expose().to_owned())
+        .chain(database_password)
         .collect()
 }
 

@@ -120,6 +120,17 @@ pub struct Metrics {
     pub interactions: CounterVec,
     /// From the claim decision to the acknowledgement sent.
     pub ack_latency: Histogram,
+    /// Usage-ledger rows this instance recorded, by `provider` (`none` without a provider
+    /// call) and `status` (ok, failed, refused).
+    pub usage_rows: CounterVec,
+    /// Estimated cost of those rows in micro-dollars, by `provider`.
+    pub usage_cost_micros: CounterVec,
+    /// Tokens of those rows, by `provider` and `direction` (in, out).
+    pub usage_tokens: CounterVec,
+    /// Images of those rows, by `provider`.
+    pub usage_images: CounterVec,
+    /// Seconds of video of those rows, by `provider`.
+    pub usage_video_secs: CounterVec,
 }
 
 impl Default for Metrics {
@@ -129,6 +140,11 @@ impl Default for Metrics {
             ack_latency: Histogram::new(&[
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
+            usage_rows: CounterVec::new(&["provider", "status"]),
+            usage_cost_micros: CounterVec::new(&["provider"]),
+            usage_tokens: CounterVec::new(&["provider", "direction"]),
+            usage_images: CounterVec::new(&["provider"]),
+            usage_video_secs: CounterVec::new(&["provider"]),
         }
     }
 }
@@ -149,6 +165,8 @@ pub struct ClusterSample {
     pub jobs_rescued: u64,
     pub jobs_moved: u64,
     pub providers: Vec<keyshard_providers::ProviderStats>,
+    /// The ledger writer's counters; `None` while the ledger is off.
+    pub ledger: Option<keyshard_ledger::WriterStats>,
 }
 
 impl Metrics {
@@ -241,6 +259,15 @@ impl Metrics {
                 p.provider_429
             );
         }
+        let _ = writeln!(out, "# HELP keyshard_provider_pauses_total Pauses a provider imposed on a key (Retry-After, a 429, its remaining run out below the configured limits), counted when each starts.\n# TYPE keyshard_provider_pauses_total counter");
+        for p in &cluster.providers {
+            let _ = writeln!(
+                out,
+                "keyshard_provider_pauses_total{{provider=\"{}\"}} {}",
+                p.provider.as_str(),
+                p.provider_pauses
+            );
+        }
         let _ = writeln!(out, "# HELP keyshard_rate_limit_wait_seconds_total Time provider calls waited for key capacity.\n# TYPE keyshard_rate_limit_wait_seconds_total counter");
         for p in &cluster.providers {
             let _ = writeln!(
@@ -250,7 +277,89 @@ impl Metrics {
                 p.rate_limit_wait.as_secs_f64()
             );
         }
+        self.render_usage(&mut out, cluster.ledger.as_ref());
         out
+    }
+
+    /// The usage counters per provider and the ledger writer's state.
+    fn render_usage(&self, out: &mut String, writer: Option<&keyshard_ledger::WriterStats>) {
+        self.usage_rows.render(
+            out,
+            "keyshard_usage_rows_total",
+            "Usage-ledger rows this instance recorded, by provider (none: no provider call) and status.",
+        );
+        self.usage_cost_micros.render(
+            out,
+            "keyshard_usage_cost_microdollars_total",
+            "Estimated cost of the recorded rows in micro-dollars (LEDGER_PRICES), by provider.",
+        );
+        self.usage_tokens.render(
+            out,
+            "keyshard_usage_tokens_total",
+            "Tokens of the recorded rows, by provider and direction.",
+        );
+        self.usage_images.render(
+            out,
+            "keyshard_usage_images_total",
+            "Images of the recorded rows, by provider.",
+        );
+        self.usage_video_secs.render(
+            out,
+            "keyshard_usage_video_seconds_total",
+            "Seconds of video of the recorded rows, by provider.",
+        );
+        let Some(w) = writer else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP keyshard_ledger_rows_total Ledger rows by what happened to them in this instance's writer.\n# TYPE keyshard_ledger_rows_total counter"
+        );
+        for (event, n) in [
+            ("recorded", w.recorded),
+            ("written", w.written),
+            ("already_written", w.duplicates),
+            ("taken_over", w.taken_over),
+            ("repushed", w.repushed),
+            ("dropped", w.dropped),
+            ("unprotected", w.unprotected),
+            ("malformed", w.malformed),
+        ] {
+            let _ = writeln!(out, "keyshard_ledger_rows_total{{event=\"{event}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keyshard_ledger_failures_total Failed ledger writes (Postgres) and pushes (Redis).\n# TYPE keyshard_ledger_failures_total counter\n\
+             keyshard_ledger_failures_total{{kind=\"write\"}} {}\nkeyshard_ledger_failures_total{{kind=\"push\"}} {}",
+            w.write_failures, w.push_failures
+        );
+        let gauge = |out: &mut String, name: &str, help: &str, v: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            out,
+            "keyshard_ledger_buffered_rows",
+            "Ledger rows held in memory, not yet known to be in Postgres.",
+            w.buffered.to_string(),
+        );
+        gauge(
+            out,
+            "keyshard_ledger_unpushed_rows",
+            "Of those, rows not yet in Redis either.",
+            w.not_in_redis.to_string(),
+        );
+        gauge(
+            out,
+            "keyshard_ledger_oldest_buffered_age_seconds",
+            "How long ago the oldest buffered ledger row was recorded (0 when none).",
+            (w.oldest_buffered_age_ms.unwrap_or(0) as f64 / 1000.0).to_string(),
+        );
+        gauge(
+            out,
+            "keyshard_ledger_postgres_failing",
+            "1 while ledger writes to Postgres fail.",
+            u8::from(w.postgres_failing).to_string(),
+        );
     }
 }
 
@@ -278,7 +387,22 @@ mod tests {
             jobs_finished: 3,
             jobs_rescued: 1,
             jobs_moved: 0,
-            providers: Vec::new(),
+            providers: vec![keyshard_providers::ProviderStats {
+                provider: keyshard_providers::ProviderKind::OpenAi,
+                ok: 5,
+                failed: Vec::new(),
+                attempts: 5,
+                retries: 0,
+                provider_429: 0,
+                rate_limit_wait: Duration::from_millis(1500),
+                provider_pauses: 2,
+            }],
+            ledger: Some(keyshard_ledger::WriterStats {
+                recorded: 5,
+                buffered: 2,
+                oldest_buffered_age_ms: Some(1_500),
+                ..Default::default()
+            }),
         });
         assert!(
             text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"),
@@ -292,5 +416,40 @@ mod tests {
             text.contains("keyshard_jobs_total{event=\"rescued\"} 1"),
             "{text}"
         );
+        assert!(
+            text.contains("keyshard_provider_pauses_total{provider=\"openai\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("keyshard_rate_limit_wait_seconds_total{provider=\"openai\"} 1.5"));
+        assert!(text.contains("keyshard_ledger_rows_total{event=\"recorded\"} 5"));
+        assert!(text.contains("keyshard_ledger_buffered_rows 2"));
+        assert!(text.contains("keyshard_ledger_oldest_buffered_age_seconds 1.5"));
+    }
+
+    #[test]
+    fn usage_counters_render_per_provider() {
+        let m = Metrics::default();
+        m.usage_cost_micros.add(&["openai"], 150);
+        m.usage_tokens.add(&["openai", "in"], 900);
+        let text = m.render_usage_only();
+        assert!(
+            text.contains("keyshard_usage_cost_microdollars_total{provider=\"openai\"} 150"),
+            "{text}"
+        );
+        assert!(
+            text.contains("keyshard_usage_tokens_total{provider=\"openai\",direction=\"in\"} 900")
+        );
+        assert!(
+            !text.contains("keyshard_ledger_"),
+            "no writer: no writer series"
+        );
+    }
+
+    impl Metrics {
+        fn render_usage_only(&self) -> String {
+            let mut out = String::new();
+            self.render_usage(&mut out, None);
+            out
+        }
     }
 }

@@ -1,25 +1,34 @@
 //! Answering the interaction in hand, for the commands and for `edge::on_error`: an ephemeral
 //! message, a deferred reply, a public message, an embed only the caller sees. Acknowledgements
-//! that a user waits on record their latency from the claim decision ([`Claimed`]).
+//! that a user waits on record their latency from the claim decision ([`Claimed`]), and every
+//! answer that reached Discord is noted on the claim ([`Claimed::answered`]), which records
+//! the interaction's usage-ledger row when the invocation ends.
 //!
 //! The texts come from `replies`; this module only says how they are sent.
 
 use poise::serenity_prelude as serenity;
 use poise::CreateReply;
 
-use crate::context::{Claimed, Context, Error};
+use crate::context::{Answered, Claimed, Context, Error};
 
-/// A message only the caller sees (a mistake in their input, a refusal, an error).
-pub async fn ephemeral(ctx: Context<'_>, text: impl Into<String>) -> Result<(), Error> {
+/// A message only the caller sees (a mistake in their input, a refusal, an error); `answered`
+/// says which, for the ledger.
+pub async fn ephemeral(
+    ctx: Context<'_>,
+    text: impl Into<String>,
+    answered: Answered,
+) -> Result<(), Error> {
     ctx.send(CreateReply::default().content(text).ephemeral(true))
         .await?;
+    note(ctx, answered).await;
     Ok(())
 }
 
-/// An embed only the caller sees (the admin views).
+/// An embed only the caller sees (the admin views, a usage report).
 pub async fn ephemeral_embed(ctx: Context<'_>, embed: serenity::CreateEmbed) -> Result<(), Error> {
     ctx.send(CreateReply::default().embed(embed).ephemeral(true))
         .await?;
+    note(ctx, Answered::Ok).await;
     Ok(())
 }
 
@@ -28,6 +37,31 @@ pub async fn ephemeral_embed(ctx: Context<'_>, embed: serenity::CreateEmbed) -> 
 pub async fn defer(ctx: Context<'_>) -> Result<(), Error> {
     ctx.defer().await?;
     observe_ack(ctx).await;
+    if let Some(mut c) = ctx.invocation_data::<Claimed>().await {
+        c.acked();
+    }
+    Ok(())
+}
+
+/// Defers the reply so that only the caller sees it (a view that reads the ledger): the
+/// acknowledgement within 3 s, the view as an edit after.
+pub async fn defer_ephemeral(ctx: Context<'_>) -> Result<(), Error> {
+    ctx.defer_ephemeral().await?;
+    observe_ack(ctx).await;
+    if let Some(mut c) = ctx.invocation_data::<Claimed>().await {
+        c.acked();
+    }
+    Ok(())
+}
+
+/// After [`defer_ephemeral`]: the view itself.
+pub async fn fill_deferred_embed(
+    ctx: Context<'_>,
+    embed: serenity::CreateEmbed,
+) -> Result<(), Error> {
+    ctx.send(CreateReply::default().embed(embed).ephemeral(true))
+        .await?;
+    note(ctx, Answered::Ok).await;
     Ok(())
 }
 
@@ -35,12 +69,19 @@ pub async fn defer(ctx: Context<'_>) -> Result<(), Error> {
 pub async fn say(ctx: Context<'_>, text: impl Into<String>) -> Result<(), Error> {
     ctx.say(text).await?;
     observe_ack(ctx).await;
+    note(ctx, Answered::Ok).await;
     Ok(())
 }
 
-/// After [`defer`]: fills the deferred reply with `text` (visible as the final answer).
-pub async fn fill_deferred(ctx: Context<'_>, text: impl Into<String>) -> Result<(), Error> {
+/// After [`defer`]: fills the deferred reply with `text` (visible as the final answer) when no
+/// job will; `answered` says what it was, for the ledger.
+pub async fn fill_deferred(
+    ctx: Context<'_>,
+    text: impl Into<String>,
+    answered: Answered,
+) -> Result<(), Error> {
     ctx.send(CreateReply::default().content(text)).await?;
+    note(ctx, answered).await;
     Ok(())
 }
 
@@ -51,5 +92,12 @@ async fn observe_ack(ctx: Context<'_>) {
             .metrics
             .ack_latency
             .observe(c.decided_at.elapsed());
+    }
+}
+
+/// Notes on the claim that the interaction was answered (no I/O).
+async fn note(ctx: Context<'_>, answered: Answered) {
+    if let Some(mut c) = ctx.invocation_data::<Claimed>().await {
+        c.answered(answered);
     }
 }

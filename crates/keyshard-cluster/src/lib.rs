@@ -50,12 +50,13 @@ pub mod task;
 
 mod conn;
 
-pub use cluster::{ClaimOutcome, Cluster, BACKGROUND_BUDGET, CLAIM_BUDGET};
+pub use cluster::{ClaimOutcome, Cluster, Confirmed, BACKGROUND_BUDGET, CLAIM_BUDGET};
 pub use config::{ClusterConfig, Load};
 pub use error::{redact_url, ClusterError};
 pub use heartbeat::Heartbeat;
 pub use jobs::{
-    Job, JobArgs, JobContext, JobHandler, JobKind, JobStats, Jobs, Outcome, UnreadableJob,
+    Arrival, ClaimInfo, Delivery, Job, JobArgs, JobContext, JobHandler, JobKind, JobStats, Jobs,
+    Outcome, UnreadableJob,
 };
 pub use ledger::LedgerStream;
 pub use memory::{Memory, Turn};

@@ -125,6 +125,27 @@ impl Buffer {
         Recorded::Queued
     }
 
+    /// A row already in this instance's Redis stream (appended by the script that marked its
+    /// interaction answered): held as pushed, against an empty Redis restart, and never pushed
+    /// unless Redis loses it. Subject to [`Limits::unwritten`] like any pushed row.
+    pub fn record_pushed(&mut self, id: u64, json: Arc<str>, now_ms: u64) -> Recorded {
+        if self.slots.contains_key(&id) {
+            return Recorded::Duplicate;
+        }
+        self.slots.insert(
+            id,
+            Slot {
+                json,
+                recorded_ms: now_ms,
+                state: State::InFlight,
+            },
+        );
+        // In flight for a moment so `pushed` takes it like a row whose push was just answered.
+        self.not_in_redis += 1;
+        self.pushed(&[id]);
+        Recorded::Queued
+    }
+
     /// Up to `max` waiting rows, oldest first, now in flight.
     pub fn take_waiting(&mut self, max: usize) -> Vec<(u64, Arc<str>)> {
         let mut out = Vec::new();
@@ -278,6 +299,23 @@ mod tests {
         assert!(b.is_empty());
         assert_eq!(b.oldest_recorded_ms(), None);
         assert_eq!(b.counters(), BufferCounters::default());
+    }
+
+    #[test]
+    fn a_row_already_in_redis_is_held_as_pushed() {
+        let mut b = buffer(1, 10);
+        assert_eq!(b.record_pushed(1, json(1), 5), Recorded::Queued);
+        assert_eq!(b.record_pushed(1, json(1), 6), Recorded::Duplicate);
+        // Not in the outbox: nothing to push, and the outbox bound does not count it.
+        assert!(b.take_waiting(10).is_empty());
+        assert_eq!((b.len(), b.not_in_redis()), (1, 0));
+        assert_eq!(b.record(2, json(2), 7), Recorded::Queued);
+        // Lost by an empty Redis restart: pushed again like any other.
+        let mark = b.mark();
+        assert_eq!(b.repush_before(mark), 1);
+        assert_eq!(ids(&b.take_waiting(10)), vec![2, 1]);
+        b.written([1, 2]);
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //!   simulator's `ledger.*` report.
 //! - [`price`]: [`PriceTable`] (`LEDGER_PRICES`) and the cost estimate in micro-dollars.
 //! - [`retention`]: [`prune`] in bounded batches, [`Retention`] defaults, [`spawn_pruner`].
-//! - [`schema`]: `migrations/` embedded ([`MIGRATOR`]), [`migrate`] under the advisory lock,
-//!   [`connect_lazy`].
+//! - [`schema`]: `migrations/` embedded ([`MIGRATOR`]), [`migrate`] under the advisory lock
+//!   (and [`migrate_until_done`], retrying while Postgres is down), [`connect_lazy`].
 //! - [`error`] holds [`LedgerError`].
 
 pub mod buffer;
@@ -39,6 +39,10 @@ pub use read::{
 };
 pub use retention::{prune, spawn_pruner, Pruned, Retention};
 pub use row::{format_key_fp, LedgerRow, Routing, Status};
-pub use schema::{connect_lazy, migrate, MIGRATOR};
+pub use schema::{connect_lazy, migrate, migrate_until_done, MIGRATOR};
 pub use write::write_batch;
 pub use writer::{backoff_delay, LedgerWriter, WriterConfig, WriterStats};
+
+/// The pool type every function here takes, re-exported so callers name one crate (only this
+/// crate depends on sqlx).
+pub use sqlx::PgPool;

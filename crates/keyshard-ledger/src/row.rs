@@ -44,6 +44,10 @@ pub enum Routing {
     NoneAlive,
     /// Redis was unreachable: the static rule (the primary answers) decided.
     Degraded,
+    /// Recorded by the fallback whose sweep took the lapsed claim of the instance that
+    /// answered (`served_by`) and died or stalled before confirming it
+    /// (`migrations/0002_recovered_reason.sql`).
+    Recovered,
 }
 
 impl Routing {
@@ -56,6 +60,7 @@ impl Routing {
             Routing::AllOverloaded => 3,
             Routing::NoneAlive => 4,
             Routing::Degraded => 5,
+            Routing::Recovered => 6,
         }
     }
 }
@@ -241,13 +246,16 @@ mod tests {
             Routing::AllOverloaded,
             Routing::NoneAlive,
             Routing::Degraded,
+            Routing::Recovered,
         ];
         let codes: Vec<i16> = routing.iter().map(|r| r.code()).collect();
-        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6]);
         assert_eq!(Routing::from(Reason::AllOverloaded), Routing::AllOverloaded);
         let sql = include_str!("../../../migrations/0001_ledger.sql");
         assert!(sql.contains("0 primary, 1 primary down, 2 primary overloaded, 3 all overloaded, 4 none alive, 5 degraded"));
         assert!(sql.contains("0 ok, 1 failed (the user got an error message), 2 refused"));
+        let recovered = include_str!("../../../migrations/0002_recovered_reason.sql");
+        assert!(recovered.contains("5 degraded (Redis unreachable, static rule), 6 recovered"));
         assert_eq!(
             [Status::Ok, Status::Failed, Status::Refused].map(Status::code),
             [0, 1, 2]

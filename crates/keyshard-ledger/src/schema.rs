@@ -7,8 +7,9 @@ use std::time::Duration;
 use keyshard_cluster::redact_url;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio_util::sync::CancellationToken;
 
-use crate::LedgerError;
+use crate::{backoff_delay, LedgerError};
 
 /// The embedded `migrations/` folder (`build.rs` rebuilds the crate when it changes).
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
@@ -74,6 +75,51 @@ pub async fn migrate(pool: &PgPool) -> Result<(), LedgerError> {
         Err(e) => {
             let _ = sqlx::Connection::close(conn.detach()).await;
             Err(e.into())
+        }
+    }
+}
+
+/// The first pause before [`migrate_until_done`] tries again...
+const MIGRATE_RETRY_FIRST: Duration = Duration::from_millis(500);
+
+/// ...doubling up to this: a Postgres that comes back is migrated (and written to) within
+/// 10 s, and N instances waiting for it make a handful of connection attempts a minute.
+const MIGRATE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// [`migrate`], tried again with a growing pause until it succeeds: an instance starts (and
+/// answers Discord) while Postgres is down, and its rows wait in Redis until the schema is
+/// there. `true` once applied; `false` when `shutdown` came first. The first failure is
+/// logged at `warn`, a failure that is not an outage (a broken migration, a database changed
+/// by hand) at `error` every time, since it will not heal by itself.
+pub async fn migrate_until_done(pool: &PgPool, shutdown: &CancellationToken) -> bool {
+    let mut failures = 0u32;
+    loop {
+        let result = tokio::select! {
+            r = migrate(pool) => r,
+            () = shutdown.cancelled() => return false,
+        };
+        match result {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(failures, "ledger schema applied; writing usage rows");
+                }
+                return true;
+            }
+            Err(e) => {
+                failures += 1;
+                if !e.is_unavailable() {
+                    tracing::error!(error = %e, "applying the ledger migrations failed; retrying");
+                } else if failures == 1 {
+                    tracing::warn!(error = %e, "Postgres unreachable: the ledger migrations wait for it (usage rows wait in Redis meanwhile)");
+                } else {
+                    tracing::debug!(error = %e, failures, "Postgres still unreachable");
+                }
+                let delay = backoff_delay(failures, MIGRATE_RETRY_FIRST, MIGRATE_RETRY_MAX);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return false,
+                }
+            }
         }
     }
 }

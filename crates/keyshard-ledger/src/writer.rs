@@ -19,6 +19,14 @@
 //!   pushed before it) and pushes them again.
 //! - A dead peer's stream is taken over by one live writer (`LedgerStream::lock_takeover`)
 //!   and written like its own.
+//! - Rows the bot appended to the stream itself, in the same Redis script that marked the
+//!   interaction answered (the claim confirmation, a job's done marker), are handed to
+//!   [`LedgerWriter::recorded_in_redis`]: held in memory as pushed, so an empty Redis restart
+//!   loses them no more than the others.
+//! - Writing waits for the schema ([`LedgerWriter::spawn_when`]): an instance that starts
+//!   while Postgres is down keeps its rows in Redis until the migrations are applied.
+//! - A graceful stop pushes what is left in memory and writes its own stream one last time,
+//!   so a rolling restart leaves nothing behind in Redis.
 //!
 //! Why every 250 ms: at 200 interactions a second a tick carries ~50 rows, so one statement
 //! and one round trip serve many rows (per-row cost is what limits throughput), while a row
@@ -158,6 +166,8 @@ struct Inner {
     /// The last `{c}:gen` seen by the write loop.
     generation: Mutex<Option<String>>,
     redis_down: AtomicBool,
+    /// The schema is in place: writing may start (see [`LedgerWriter::spawn_when`]).
+    schema_ready: AtomicBool,
 }
 
 impl std::fmt::Debug for LedgerWriter {
@@ -191,6 +201,7 @@ impl LedgerWriter {
                 backoff: Mutex::new(Backoff::default()),
                 generation: Mutex::new(None),
                 redis_down: AtomicBool::new(false),
+                schema_ready: AtomicBool::new(false),
                 cfg,
             }),
         }
@@ -228,6 +239,29 @@ impl LedgerWriter {
             Recorded::Duplicate => {}
         }
         outcome
+    }
+
+    /// For a row already appended to this instance's stream by the bot (module docs): counted
+    /// as recorded and held in memory as pushed until it is written. No I/O.
+    pub fn recorded_in_redis(&self, row: &LedgerRow) -> Recorded {
+        let json = serde_json::to_string(row).expect("a LedgerRow always serializes");
+        let outcome = self
+            .buffer()
+            .record_pushed(row.interaction_id, Arc::from(json), now_ms());
+        if outcome == Recorded::Queued {
+            self.inner.counters.recorded.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// Whether the schema is in place and writing has started ([`spawn_when`](Self::spawn_when)).
+    pub fn schema_ready(&self) -> bool {
+        self.inner.schema_ready.load(Ordering::Acquire)
+    }
+
+    /// The row's JSON as the stream carries it (what the bot appends in its own scripts).
+    pub fn encode(row: &LedgerRow) -> String {
+        serde_json::to_string(row).expect("a LedgerRow always serializes")
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -269,9 +303,43 @@ impl LedgerWriter {
 
     /// Starts the push, write and takeover loops; they stop when `shutdown` is cancelled,
     /// after which the task pushes what is still only in memory (or, with Redis down, writes
-    /// it to Postgres), within a few seconds, and ends.
+    /// it to Postgres) and writes its own stream once more, within a few seconds, and ends.
     pub fn spawn(&self, shutdown: CancellationToken) -> JoinHandle<()> {
+        self.spawn_when(shutdown, std::future::ready(()))
+    }
+
+    /// [`spawn`](Self::spawn), with writing to Postgres (the write and takeover loops) held
+    /// until `schema` resolves, e.g. once the migrations are applied. Rows are pushed to Redis
+    /// meanwhile, and wait there.
+    pub fn spawn_when(
+        &self,
+        shutdown: CancellationToken,
+        schema: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
         let cfg = self.inner.cfg;
+        let gate = {
+            let (me, stop) = (self.clone(), shutdown.clone());
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = schema => {
+                        me.inner.schema_ready.store(true, Ordering::Release);
+                        let _ = tx.send(true);
+                    }
+                    () = stop.cancelled() => {}
+                }
+            });
+            rx
+        };
+        let after_schema = move |stop: CancellationToken| {
+            let mut gate = gate.clone();
+            async move {
+                tokio::select! {
+                    r = gate.wait_for(|ready| *ready) => r.is_ok(),
+                    () = stop.cancelled() => false,
+                }
+            }
+        };
         let push = {
             let me = self.clone();
             run_every(
@@ -286,30 +354,34 @@ impl LedgerWriter {
             )
         };
         let write = {
-            let me = self.clone();
-            run_every(
-                "ledger write",
-                cfg.interval,
-                shutdown.clone(),
-                None,
-                move || {
-                    let me = me.clone();
-                    async move { me.write_tick().await }
-                },
-            )
+            let (me, stop, ready) = (self.clone(), shutdown.clone(), after_schema.clone());
+            async move {
+                if ready(stop.clone()).await {
+                    run_every("ledger write", cfg.interval, stop, None, move || {
+                        let me = me.clone();
+                        async move { me.write_tick().await }
+                    })
+                    .await;
+                }
+            }
         };
         let takeover = {
-            let me = self.clone();
-            run_every(
-                "ledger takeover",
-                cfg.takeover_every,
-                shutdown,
-                None,
-                move || {
-                    let me = me.clone();
-                    async move { me.takeover_tick().await }
-                },
-            )
+            let (me, ready) = (self.clone(), after_schema);
+            async move {
+                if ready(shutdown.clone()).await {
+                    run_every(
+                        "ledger takeover",
+                        cfg.takeover_every,
+                        shutdown,
+                        None,
+                        move || {
+                            let me = me.clone();
+                            async move { me.takeover_tick().await }
+                        },
+                    )
+                    .await;
+                }
+            }
         };
         let me = self.clone();
         tokio::spawn(async move {
@@ -318,11 +390,18 @@ impl LedgerWriter {
         })
     }
 
-    /// Shutdown: what is only in memory goes to Redis, or to Postgres if Redis is down.
+    /// Shutdown: what is only in memory goes to Redis, or to Postgres if Redis is down; then
+    /// this instance's stream is written once more, so a graceful stop leaves nothing waiting
+    /// in Redis for a restart or a peer (a Postgres that is down leaves it there, safely).
     async fn finish(&self) {
+        let schema = self.inner.schema_ready.load(Ordering::Acquire);
         let last = async {
             if self.push_tick().await.is_err() {
-                let _ = self.write_direct().await;
+                if schema {
+                    let _ = self.write_direct().await;
+                }
+            } else if schema {
+                let _ = self.write_tick().await;
             }
         };
         let _ = tokio::time::timeout(FINAL_BUDGET, last).await;

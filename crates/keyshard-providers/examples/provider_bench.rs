@@ -2,7 +2,7 @@
 //! 16 concurrent callers, 60 s, against the fake OpenAI of keyshard-sim.
 //!
 //! ```text
-//! cargo run --release -p keyshard-providers --example provider_bench -- [--rpm 120] [--callers 16] [--secs 60] [--window-secs 60] [--json]
+//! cargo run --release -p keyshard-providers --example provider_bench -- [--rpm 120] [--callers 16] [--secs 60] [--window-secs 60] [--burst-allowance N] [--json]
 //! ```
 //!
 //! It lives here rather than in the `keyshard-sim` binary because keyshard-sim does not
@@ -44,9 +44,10 @@ fn parse_args() -> anyhow::Result<(BenchArgs, bool)> {
             "--secs" => args.duration = Duration::from_secs_f64(value()?.parse()?),
             "--window-secs" => args.window = Duration::from_secs_f64(value()?.parse()?),
             "--seed" => args.seed = value()?.parse()?,
+            "--burst-allowance" => args.burst_allowance = Some(value()?.parse()?),
             "--json" => json = true,
             other => anyhow::bail!(
-                "unknown argument {other}; use --rpm N --callers N --secs S --window-secs S --seed N --json"
+                "unknown argument {other}; use --rpm N --callers N --secs S --window-secs S --seed N --burst-allowance N --json"
             ),
         }
     }

@@ -194,6 +194,10 @@ pub struct MiniMaxConfig {
     /// Video task creations per `common.limits.window` (Hailuo: 5, 20 on some paid plans).
     /// Polling and file retrieval are not counted: MiniMax publishes no limit for them.
     pub video_rpm: u32,
+    /// How long a video task takes to render. It sizes how many video jobs run at once
+    /// ([`crate::MiniMax::video_slots`]) and is where polling starts until the client has
+    /// seen tasks finish ([`crate::render::RenderClock`]).
+    pub video_render: Duration,
 }
 
 impl MiniMaxConfig {
@@ -203,6 +207,8 @@ impl MiniMaxConfig {
             image_model: "image-01".into(),
             video_model: "MiniMax-Hailuo-02".into(),
             video_rpm: 5,
+            // Hailuo renders a 6 s clip in minutes; two is a middle the poll plan corrects.
+            video_render: Duration::from_secs(120),
         }
     }
 }

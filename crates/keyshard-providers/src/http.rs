@@ -40,6 +40,9 @@ pub(crate) struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the status line and headers arrived: the provider had counted the request by
+    /// then (the lane frees its slot a window later).
+    pub at: tokio::time::Instant,
 }
 
 pub(crate) async fn send(
@@ -50,6 +53,7 @@ pub(crate) async fn send(
         .send()
         .await
         .map_err(|e| ProviderError::transport(provider, &e))?;
+    let at = tokio::time::Instant::now();
     let status = response.status();
     let headers = response.headers().clone();
     let body = response
@@ -60,6 +64,7 @@ pub(crate) async fn send(
         status,
         headers,
         body,
+        at,
     })
 }
 

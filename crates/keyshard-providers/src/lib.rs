@@ -3,7 +3,8 @@
 //!
 //! - [`openai`]: streamed chat through async-openai (with usage), gpt-image-1 images.
 //! - [`minimax`]: `image-01` images; Hailuo video create → poll → retrieve → download,
-//!   resumable from a stored [`VideoTaskId`].
+//!   resumable from a stored [`VideoTaskId`]; polls planned by [`render`] (pure: near the
+//!   expected render time, and how many video jobs a key needs in flight).
 //! - [`stability`]: Stability `core` images.
 //! - [`image`]: what every image provider takes and gives ([`AspectRatio`],
 //!   [`GeneratedImage`]). [`ProviderKind`] and [`AspectRatio`] are `keyshard-types`'s,
@@ -11,10 +12,13 @@
 //! - [`clients`]: [`Providers`], the three clients of one instance with their remaining
 //!   [`budget`](Providers::budget) and [`stats`](Providers::stats), and the image fallback
 //!   over them ([`ImageProvider`], [`try_next_provider`]).
-//! - [`limits`]: per-key limits. A `Lane` (named by its [`LaneKind`]) waits for capacity: requests and tokens per sliding
-//!   window ([`limits::window`], pure), concurrency, provider cooldowns, and requests per UTC
-//!   day ([`limits::daily`]: the limit check, degrading to memory while the store fails) in a
-//!   [`DailyStore`] ([`limits::day_store`]: the trait and its in-memory [`MemoryStore`]).
+//! - [`limits`]: per-key limits. A `Lane` (named by its [`LaneKind`]) waits for capacity:
+//!   requests and tokens per sliding window, each slot freed a window after its answer, and
+//!   GCRA pacing ([`limits::window`]), what the provider reports (`x-ratelimit-*`,
+//!   [`limits::reported`]) and its pauses (`Retry-After`), composed in [`limits::policy`]
+//!   (all three pure); concurrency; and requests per UTC day ([`limits::daily`]: the limit
+//!   check, degrading to memory while the store fails) in a [`DailyStore`]
+//!   ([`limits::day_store`]: the trait and its in-memory [`MemoryStore`]).
 //! - [`retry`]: the one retry loop (capped, jittered backoff; only `Retryable`/`RateLimited`);
 //!   no library underneath retries on its own.
 //! - [`error`]: [`ProviderError`] and the pure rules that map each provider's error answers
@@ -23,8 +27,8 @@
 //! - [`config`]: [`ProviderConfig`], [`KeyLimits`] (window semantics documented there),
 //!   [`RetryPolicy`] and the per-provider configs; [`secret`]: [`Secret`].
 //!
-//! Imports run one way: `clients` → the provider modules → {`image`, `limits`, `retry`,
-//! `http`, `headers`, `config`, `error`}. This crate does no storage I/O of its own: whatever
+//! Imports run one way: `clients` → the provider modules → {`image`, `limits`, `render`,
+//! `retry`, `http`, `headers`, `config`, `error`}. This crate does no storage I/O of its own: whatever
 //! must outlive the process (the daily counts) goes through a trait the caller implements.
 
 pub mod clients;
@@ -36,6 +40,7 @@ pub mod image;
 pub mod limits;
 pub mod minimax;
 pub mod openai;
+pub mod render;
 pub mod retry;
 pub mod secret;
 pub mod stability;

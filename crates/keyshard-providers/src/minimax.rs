@@ -5,7 +5,8 @@
 //! task created by one process can be polled and finished by another ([`VideoTaskId`] is
 //! what the bot stores in its job).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -17,7 +18,8 @@ use crate::error::{classify_minimax, classify_status, ErrorClass, ProviderError,
 use crate::headers::RateHints;
 use crate::http;
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::{DailyStore, Lane, LaneBudget, LaneKind, ProviderStats, StatsCell};
+use crate::limits::{DailyStore, Lane, LaneBudget, LaneKind, ProviderStats, Receipt, StatsCell};
+use crate::render::{self, RenderClock};
 use crate::retry::{self, AttemptError};
 
 const P: ProviderKind = ProviderKind::MiniMax;
@@ -25,6 +27,14 @@ const P: ProviderKind = ProviderKind::MiniMax;
 /// Polling and file lookups per window: MiniMax publishes no limit for them; 10 per second
 /// keeps a busy bot polling many tasks from hammering the API.
 const QUERY_RPM: u32 = 600;
+
+/// Lookups budgeted per video created, when that is more than [`QUERY_RPM`]: the few polls
+/// of [`RenderClock`]'s plan (two or three), the file lookup and the download, with room to
+/// spare, so polls never queue behind each other and hold their jobs' slots longer.
+const LOOKUPS_PER_VIDEO: u32 = 8;
+/// The length of every video this client asks Hailuo for, in seconds (what a video is billed
+/// by, and what the usage ledger records).
+pub const VIDEO_SECONDS: u32 = 6;
 
 /// A MiniMax video task, as stored in a job so that any instance can resume it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -75,6 +85,10 @@ struct Inner {
     video: Arc<Lane>,
     query: Arc<Lane>,
     stats: Arc<StatsCell>,
+    // A std mutex: a few float operations, never held across an await.
+    render: Mutex<RenderClock>,
+    /// Renders were seen to take much longer than configured (warned once).
+    render_warned: AtomicBool,
 }
 
 impl std::fmt::Debug for MiniMax {
@@ -103,8 +117,10 @@ impl MiniMax {
             Some(daily.clone()),
         );
         let video = lane(LaneKind::Video, &common.limits, cfg.video_rpm, Some(daily));
-        // Polls and downloads are bookkeeping, not generations: they do not count per day.
-        let query = lane(LaneKind::VideoQuery, &common.limits, QUERY_RPM, None);
+        // Polls and downloads are bookkeeping, not generations: they do not count per day,
+        // and they have a budget of their own that grows with the creation limit.
+        let query_rpm = QUERY_RPM.max(cfg.video_rpm.saturating_mul(LOOKUPS_PER_VIDEO));
+        let query = lane(LaneKind::VideoQuery, &common.limits, query_rpm, None);
         Ok(MiniMax {
             inner: Arc::new(Inner {
                 http: http::client(P)?,
@@ -112,6 +128,8 @@ impl MiniMax {
                 video,
                 query,
                 stats,
+                render: Mutex::new(RenderClock::new(cfg.video_render)),
+                render_warned: AtomicBool::new(false),
                 cfg,
             }),
         })
@@ -159,7 +177,7 @@ impl MiniMax {
         let body = json!({
             "model": self.inner.cfg.video_model,
             "prompt": prompt,
-            "duration": 6,
+            "duration": VIDEO_SECONDS,
             "resolution": "768P",
         });
         let v = self
@@ -235,6 +253,54 @@ impl MiniMax {
         })
     }
 
+    /// How long to wait before polling a task created `age` ago: near the render time the
+    /// last tasks took, then every tenth of it, at most `max_gap` apart ([`RenderClock`]).
+    /// `polled`: the task was polled before and was still rendering.
+    pub fn video_poll_delay(&self, age: Duration, polled: bool, max_gap: Duration) -> Duration {
+        self.render().next_poll(age, polled, max_gap)
+    }
+
+    /// A task this key created was seen finished `done_age` after its creation, and last
+    /// seen rendering at `pending_age`: the render time to expect learns from it.
+    pub fn video_rendered(&self, pending_age: Option<Duration>, done_age: Duration) {
+        let (expected, configured) = {
+            let mut clock = self.render();
+            clock.observe(pending_age, done_age);
+            (clock.expected(), clock.configured())
+        };
+        // Twice the configured time: the video slots were sized for the configured one, so
+        // the creation limit can no longer be used in full. Said once; the plan adapts anyway.
+        if expected > configured * 2 && !self.inner.render_warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                expected_secs = expected.as_secs(),
+                configured_secs = configured.as_secs(),
+                "video tasks take much longer to render than configured: too few video jobs run at once to use the creation limit; raise the render time setting"
+            );
+        }
+    }
+
+    /// The render time the poll plan expects now.
+    pub fn video_render_expected(&self) -> Duration {
+        self.render().expected()
+    }
+
+    /// How many video jobs this key should run at once to use its creation limit: the
+    /// creations of one configured render time (+20 %), plus the lane's concurrency
+    /// ([`render::video_slots`]).
+    pub fn video_slots(&self) -> usize {
+        let c = &self.inner.cfg;
+        render::video_slots(
+            c.video_rpm,
+            c.common.limits.window,
+            c.video_render,
+            c.common.limits.concurrency,
+        )
+    }
+
+    fn render(&self) -> std::sync::MutexGuard<'_, RenderClock> {
+        self.inner.render.lock().expect("render lock")
+    }
+
     /// Polls every `interval` until the task is done or `deadline` passes; returns the last
     /// status seen (not done when the deadline passed first).
     pub async fn video_wait(
@@ -257,10 +323,12 @@ impl MiniMax {
     pub async fn download(&self, url: &str) -> Result<Bytes, ProviderError> {
         let inner = self.inner.clone();
         let common = &inner.cfg.common;
-        let (bytes, _) = retry::run(&inner.query, 0, common.timeout, &common.retry, |_| {
+        let (bytes, _) = retry::run(&inner.query, 0, common.timeout, &common.retry, |adm| {
             let request = inner.http.get(url);
+            let receipt = adm.receipt();
             async move {
                 let answer = http::send(P, request).await?;
+                receipt.answered(answer.at, &RateHints::default());
                 if answer.status.is_success() {
                     Ok(answer.body)
                 } else {
@@ -305,13 +373,13 @@ impl Inner {
     ) -> Result<Value, ProviderError> {
         let url = format!("{}{path}", self.cfg.common.base());
         let common = &self.cfg.common;
-        retry::run(lane, 0, common.timeout, &common.retry, |_| {
+        retry::run(lane, 0, common.timeout, &common.retry, |adm| {
             let request = self
                 .http
                 .post(&url)
                 .bearer_auth(common.api_key.expose())
                 .json(&body);
-            self.exchange(lane, request)
+            self.exchange(adm.receipt(), request)
         })
         .await
         .map(|(v, _)| v)
@@ -325,13 +393,13 @@ impl Inner {
     ) -> Result<Value, ProviderError> {
         let url = format!("{}{path}", self.cfg.common.base());
         let common = &self.cfg.common;
-        retry::run(lane, 0, common.timeout, &common.retry, |_| {
+        retry::run(lane, 0, common.timeout, &common.retry, |adm| {
             let request = self
                 .http
                 .get(&url)
                 .query(query)
                 .bearer_auth(common.api_key.expose());
-            self.exchange(lane, request)
+            self.exchange(adm.receipt(), request)
         })
         .await
         .map(|(v, _)| v)
@@ -340,12 +408,12 @@ impl Inner {
     /// One attempt: send, read, classify HTTP errors and `base_resp` errors.
     async fn exchange(
         &self,
-        lane: &Lane,
+        receipt: Receipt,
         request: reqwest::RequestBuilder,
     ) -> Result<Value, AttemptError> {
         let answer = http::send(P, request).await?;
         let hints = RateHints::from_headers(&answer.headers);
-        lane.observe(&hints);
+        receipt.answered(answer.at, &hints);
         let key = self.cfg.common.api_key.expose();
         let parsed: Option<Value> = serde_json::from_slice(&answer.body).ok();
         let base_code = parsed

@@ -28,7 +28,9 @@ use crate::error::{classify_openai, classify_status, ErrorClass, ProviderError, 
 use crate::headers::RateHints;
 use crate::http;
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::{Admission, DailyStore, Lane, LaneBudget, LaneKind, ProviderStats, StatsCell};
+use crate::limits::{
+    Admission, DailyStore, Lane, LaneBudget, LaneKind, ProviderStats, Receipt, StatsCell,
+};
 use crate::retry::{self, AttemptError};
 
 const P: ProviderKind = ProviderKind::OpenAi;
@@ -99,6 +101,8 @@ pub fn estimate_prompt_tokens(messages: &[ChatMessage]) -> u64 {
 struct ResponseMeta {
     status: u16,
     hints: RateHints,
+    /// When the headers arrived (the lane frees the request's slot a window later).
+    at: tokio::time::Instant,
 }
 
 type MetaSlot = Arc<Mutex<Option<ResponseMeta>>>;
@@ -131,6 +135,7 @@ impl tower_service::Service<HttpRequestFactory> for OneAttempt {
             let meta = ResponseMeta {
                 status: response.status().as_u16(),
                 hints: RateHints::from_headers(response.headers()),
+                at: tokio::time::Instant::now(),
             };
             // Outside a keyshard call (no slot in scope) there is nobody to tell.
             let _ = META.try_with(|slot| *slot.lock().expect("meta lock") = Some(meta));
@@ -225,19 +230,25 @@ impl OpenAi {
         let estimate =
             estimate_prompt_tokens(&messages) + u64::from(inner.cfg.max_completion_tokens);
         let common = &inner.cfg.common;
-        let (stream, admission) =
-            retry::run(&inner.chat, estimate, common.timeout, &common.retry, |_| {
+        let (stream, admission) = retry::run(
+            &inner.chat,
+            estimate,
+            common.timeout,
+            &common.retry,
+            |adm| {
                 let inner = inner.clone();
                 let request = request.clone();
+                let receipt = adm.receipt();
                 async move {
                     inner
-                        .call(&inner.chat, async {
+                        .call(receipt, async {
                             inner.client.chat().create_stream(request).await
                         })
                         .await
                 }
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok(events(
             stream,
             admission,
@@ -282,12 +293,13 @@ impl OpenAi {
             .map_err(|e| ProviderError::new(P, ErrorClass::BadRequest, e.to_string()))?;
         let common = &inner.cfg.common;
         let (response, _admission) =
-            retry::run(&inner.images, 0, common.timeout, &common.retry, |_| {
+            retry::run(&inner.images, 0, common.timeout, &common.retry, |adm| {
                 let inner = inner.clone();
                 let request = request.clone();
+                let receipt = adm.receipt();
                 async move {
                     inner
-                        .call(&inner.images, async {
+                        .call(receipt, async {
                             inner.client.images().generate(request).await
                         })
                         .await
@@ -335,18 +347,18 @@ impl OpenAi {
 }
 
 impl Inner {
-    /// Runs one async-openai call with a fresh header slot, applies the rate-limit hints to
-    /// `lane`, and classifies a failure.
+    /// Runs one async-openai call with a fresh header slot, reports the answer and its
+    /// rate-limit hints to the lane (`receipt`), and classifies a failure.
     async fn call<T>(
         &self,
-        lane: &Lane,
+        receipt: Receipt,
         fut: impl Future<Output = Result<T, OpenAIError>>,
     ) -> Result<T, AttemptError> {
         let slot: MetaSlot = Arc::default();
         let result = META.scope(slot.clone(), fut).await;
         let meta = slot.lock().expect("meta lock").take();
         if let Some(m) = &meta {
-            lane.observe(&m.hints);
+            receipt.answered(m.at, &m.hints);
         }
         result.map_err(|e| classify_error(e, meta.as_ref(), self.cfg.common.api_key.expose()))
     }

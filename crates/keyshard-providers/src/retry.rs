@@ -90,8 +90,9 @@ where
         let delay = backoff(policy, failed, &mut rand::rng());
         if error.class == ErrorClass::RateLimited {
             // Everyone on this key backs off, not only this caller: the provider's window is
-            // shared by all of them.
-            lane.cool_down(error.retry_after.unwrap_or(delay));
+            // shared by all of them. A 429 is the provider's pause (logged and counted once);
+            // running out of local capacity or of the day's requests is the lane's own.
+            lane.cool_down(error.retry_after.unwrap_or(delay), err.from_provider_429);
         }
         let give_up = !error.class.is_retryable()
             || failed >= policy.max_attempts

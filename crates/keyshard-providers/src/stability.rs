@@ -12,7 +12,7 @@ use crate::error::{classify_stability, ErrorClass, ProviderError, ProviderKind};
 use crate::headers::RateHints;
 use crate::http;
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::{DailyStore, Lane, LaneBudget, LaneKind, ProviderStats, StatsCell};
+use crate::limits::{DailyStore, Lane, LaneBudget, LaneKind, ProviderStats, Receipt, StatsCell};
 use crate::retry::{self, AttemptError};
 
 const P: ProviderKind = ProviderKind::Stability;
@@ -74,7 +74,7 @@ impl Stability {
         let inner = &self.inner;
         let common = &inner.cfg.common;
         let url = format!("{}/v2beta/stable-image/generate/core", common.base());
-        let (bytes, _) = retry::run(&inner.images, 0, common.timeout, &common.retry, |_| {
+        let (bytes, _) = retry::run(&inner.images, 0, common.timeout, &common.retry, |adm| {
             // A multipart form is consumed by sending it: build a new one for every attempt.
             let form = reqwest::multipart::Form::new()
                 .text("prompt", prompt.to_owned())
@@ -86,7 +86,7 @@ impl Stability {
                 .bearer_auth(common.api_key.expose())
                 .header(reqwest::header::ACCEPT, "image/*")
                 .multipart(form);
-            inner.attempt(request)
+            inner.attempt(adm.receipt(), request)
         })
         .await?;
         GeneratedImage::new(bytes, P)
@@ -102,10 +102,14 @@ impl Stability {
 }
 
 impl Inner {
-    async fn attempt(&self, request: reqwest::RequestBuilder) -> Result<Bytes, AttemptError> {
+    async fn attempt(
+        &self,
+        receipt: Receipt,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Bytes, AttemptError> {
         let answer = http::send(P, request).await?;
         let hints = RateHints::from_headers(&answer.headers);
-        self.images.observe(&hints);
+        receipt.answered(answer.at, &hints);
         let status = answer.status.as_u16();
         let key = self.cfg.common.api_key.expose();
         let is_json = answer

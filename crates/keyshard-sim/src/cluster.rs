@@ -42,6 +42,9 @@ pub struct ProcessConfig {
     /// `INSTANCE_COUNT`.
     pub instances: u32,
     pub redis_url: String,
+    /// `DATABASE_URL`: the usage ledger's Postgres; `None` runs the instances with the ledger
+    /// off.
+    pub database_url: Option<String>,
     /// `CLUSTER_NAME`: the Redis key prefix, unique per run so runs never see each other.
     pub cluster_name: String,
     /// Where `instance-{k}.log` files go.
@@ -69,6 +72,7 @@ impl ProcessConfig {
             keyshard_bin,
             instances,
             redis_url,
+            database_url: None,
             cluster_name: format!("sim{}x{}", std::process::id(), crate::discord::unix_ms()),
             run_dir,
             admin_user_ids: vec![ADMIN_USER_ID],
@@ -202,6 +206,9 @@ impl ProcessCluster {
         ];
         if let Some(w) = c.overload_wait_secs {
             env.push(("OVERLOAD_WAIT_SECS".into(), w.to_string()));
+        }
+        if let Some(url) = &c.database_url {
+            env.push(("DATABASE_URL".into(), url.clone()));
         }
         // The run's own settings come last, so they win over the providers' defaults.
         if let Some(hook) = &c.instance_env {

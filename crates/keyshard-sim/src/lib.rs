@@ -12,6 +12,8 @@
 //! - [`judge`]: whether each answer came from the right instance, decided from what the
 //!   simulator observed itself (its kills, the heartbeats it read from Redis as plain data),
 //!   never by calling the code under test.
+//! - [`ledger`]: the usage ledger read back from Postgres (`psql`, plain SQL) and judged
+//!   against the simulator's own record of answered interactions (`ledger.*`).
 //! - [`report`]: the JSON report (DESIGN.md §6 field names): its model, its computation from
 //!   the records and the judge, and the text a person reads.
 //! - [`wiring`]: the fake providers plugged into a scenario (per-instance keys, capacity, 429s).
@@ -22,6 +24,7 @@ pub mod attach;
 pub mod cluster;
 pub mod discord;
 pub mod judge;
+pub mod ledger;
 pub mod providers;
 pub mod report;
 pub mod scenario;

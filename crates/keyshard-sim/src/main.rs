@@ -33,6 +33,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: how large the enum is costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run a scenario against N real `keyshard` processes and write the JSON report.
     Run(RunArgs),
@@ -85,6 +87,13 @@ struct RunArgs {
     /// Kill and restart the private Redis at SECS (repeatable).
     #[arg(long, value_parser = keyshard_sim::scenario::parse_secs)]
     redis_restart: Vec<Duration>,
+    /// Stop the private Postgres at SECS and start it again --postgres-down seconds later
+    /// (repeatable).
+    #[arg(long, value_parser = keyshard_sim::scenario::parse_secs)]
+    postgres_restart: Vec<Duration>,
+    /// How long each --postgres-restart keeps Postgres down, in seconds.
+    #[arg(long, default_value_t = keyshard_sim::scenario::DEFAULT_POSTGRES_DOWN.as_secs_f64())]
+    postgres_down: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Where to write the JSON report (`-`: standard output, the text report then goes to
@@ -132,6 +141,14 @@ struct CommonArgs {
     /// Use this Redis instead of a private redis-server.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
+    /// Run without the usage ledger (no Postgres, no `ledger.*` in the report).
+    #[arg(long)]
+    no_ledger: bool,
+    /// Use this Postgres database for the ledger instead of a private one. It must be
+    /// dedicated to the run: every row in it is judged against the run's interactions. (Not
+    /// read from DATABASE_URL, so a real ledger is never used by accident.)
+    #[arg(long)]
+    database_url: Option<String>,
     /// Where instance logs go (default: a fresh temp dir).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -246,6 +263,8 @@ fn base_config(
         cfg.keyshard_bin = bin.clone();
     }
     cfg.redis_url = common.redis_url.clone().filter(|u| !u.is_empty());
+    cfg.ledger = !common.no_ledger;
+    cfg.database_url = common.database_url.clone().filter(|u| !u.is_empty());
     cfg.run_dir = common.run_dir.clone();
     cfg.rust_log = common.instance_log.clone();
     cfg.drain_deadline = keyshard_sim::scenario::parse_secs(&common.drain.to_string())?;
@@ -289,6 +308,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .chain(args.redis_restart.into_iter().map(|at| Chaos {
             at,
             action: ChaosAction::RedisRestart,
+        }))
+        .chain(args.postgres_restart.into_iter().map(|at| Chaos {
+            at,
+            action: ChaosAction::PostgresRestart {
+                down: Duration::from_secs_f64(args.postgres_down.max(0.0)),
+            },
         }))
         .collect();
     cfg.providers = start_providers(&args.mix, &args.common).await?;

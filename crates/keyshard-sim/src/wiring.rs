@@ -119,9 +119,12 @@ impl ProviderFakes for ScenarioProviders {
                 "STABILITY_WINDOW_SECS".into(),
                 secs(limits.stability.window),
             ),
-            // The fake's videos render in seconds, not minutes: poll them at a matching pace
-            // (production polls every 10 s); a scenario's own env still wins.
-            ("VIDEO_POLL_MS".into(), "500".into()),
+            // The fake's videos render in seconds, not minutes: the instances size their video
+            // jobs and start polling by it, as an operator sets it for the real model.
+            (
+                "MINIMAX_VIDEO_RENDER_SECS".into(),
+                self.fakes.video_render().as_secs_f64().to_string(),
+            ),
         ];
         match limits.openai_chat_tokens {
             Some(tpm) => env.push(("OPENAI_TPM".into(), per(tpm, openai_window))),

@@ -15,7 +15,7 @@
 
 pub mod postgres;
 
-pub use postgres::{PostgresOptions, PostgresServer};
+pub use postgres::{psql, PostgresOptions, PostgresServer};
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

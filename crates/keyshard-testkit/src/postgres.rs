@@ -383,6 +383,37 @@ impl Drop for PostgresServer {
     }
 }
 
+/// How long `psql` may take to connect: a server that is up answers in milliseconds; one that
+/// is down (stopped by a test, restarting) should fail the query fast so the caller can retry.
+const PSQL_CONNECT_TIMEOUT_SECS: u32 = 5;
+
+/// Runs `sql` with `psql` against `url` (a `postgres://` URL) and returns its rows, one per
+/// line, fields separated by `|` (`psql -A -t`). `psql` comes from the server installation
+/// when one is found, else from `PATH`: it reads a database this process did not start as
+/// well (the simulator against an external `DATABASE_URL`). An error carries psql's message.
+pub fn psql(url: &str, sql: &str) -> io::Result<String> {
+    let program = find_bin_dir()
+        .ok()
+        .map(|d| d.join("psql"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("psql"));
+    let out = Command::new(program)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+        .arg(url)
+        .arg("-c")
+        .arg(sql)
+        .env("PGCONNECT_TIMEOUT", PSQL_CONNECT_TIMEOUT_SECS.to_string())
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    String::from_utf8(out.stdout).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// Whether `postmaster.pid` says the postmaster `pid` listens on `port` and accepts
 /// connections. Its lines: pid, data dir, start time, port, socket dir, listen address,
 /// shared memory key, status (`starting`, `ready`, `stopping`, padded with spaces).
@@ -478,20 +509,10 @@ mod tests {
         .is_ok()
     }
 
-    /// Runs one statement with `psql` (a client: it does not mind running as root).
+    /// Runs one statement with the public [`psql`](super::psql), trimmed (a client: it does
+    /// not mind running as root).
     fn psql(server: &PostgresServer, db: &str, sql: &str) -> io::Result<String> {
-        let out = Command::new(server.client("psql"))
-            .arg(server.url_for(db))
-            .args(["-tAc", sql])
-            .stdin(Stdio::null())
-            .output()?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(io::Error::other(
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ))
-        }
+        super::psql(&server.url_for(db), sql).map(|out| out.trim().to_owned())
     }
 
     #[test]

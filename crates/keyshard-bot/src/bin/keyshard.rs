@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use keyshard_bot::{cli, Config, ViewConfig};
+use keyshard_bot::{cli, Config, LedgerConfig, ViewConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -30,6 +30,19 @@ enum Command {
     /// Which instance serves a user: the primary, the effective owner now, and why.
     Assign {
         user_id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the usage ledger's migrations to DATABASE_URL (instances also do at start).
+    Migrate,
+    /// Usage from the ledger over a recent span, grouped by one dimension (or the totals).
+    Usage {
+        /// How far back: 90s, 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = cli::parse_since)]
+        since: std::time::Duration,
+        /// user, guild, command, provider, key or instance.
+        #[arg(long, value_parser = cli::parse_dimension)]
+        by: Option<keyshard_ledger::Dimension>,
         #[arg(long)]
         json: bool,
     },
@@ -89,6 +102,16 @@ fn main() -> ExitCode {
                 cli::assign(&ViewConfig::from_env()?, user_id, json).await
             }
             Command::Config(_) => unreachable!("handled before the runtime starts"),
+            Command::Migrate => {
+                let ledger = LedgerConfig::from_env()?;
+                log.hide_ledger(&ledger);
+                cli::migrate(&ledger).await
+            }
+            Command::Usage { since, by, json } => {
+                let ledger = LedgerConfig::from_env()?;
+                log.hide_ledger(&ledger);
+                cli::usage(&ledger, since, by, json).await
+            }
         }
     });
     match result {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use keyshard_cluster::{read_info, read_window, ClusterStatus};
 use poise::serenity_prelude as serenity;
 
-use crate::context::{Context, Error};
+use crate::context::{Answered, Context, Error};
 use crate::{replies, respond};
 
 /// Whether the caller may run admin commands.
@@ -33,7 +33,7 @@ async fn ensure_admin(ctx: Context<'_>) -> Result<bool, Error> {
     if is_admin(ctx) {
         return Ok(true);
     }
-    respond::ephemeral(ctx, replies::ADMIN_ONLY).await?;
+    respond::ephemeral(ctx, replies::ADMIN_ONLY, Answered::Refused("not_admin")).await?;
     Ok(false)
 }
 
@@ -65,7 +65,12 @@ pub async fn loadbalancer(ctx: Context<'_>) -> Result<(), Error> {
     let data = ctx.data();
     let (Some(status), Ok(window)) = (status(ctx).await, read_window(&data.cluster, 5).await)
     else {
-        return respond::ephemeral(ctx, replies::STATS_UNAVAILABLE).await;
+        return respond::ephemeral(
+            ctx,
+            replies::STATS_UNAVAILABLE,
+            Answered::Failed("stats_unavailable"),
+        )
+        .await;
     };
     let info = read_info(&data.cluster).await.unwrap_or_default();
     let view = replies::admin::load_balancer(data.config.instance_id, &status, &window, &info);
@@ -94,7 +99,12 @@ pub async fn assign(
     let user = user.unwrap_or_else(|| ctx.author().clone());
     let data = ctx.data();
     let Some(status) = status(ctx).await else {
-        return respond::ephemeral(ctx, replies::STATS_UNAVAILABLE).await;
+        return respond::ephemeral(
+            ctx,
+            replies::STATS_UNAVAILABLE,
+            Answered::Failed("stats_unavailable"),
+        )
+        .await;
     };
     let report = status.assign_report(user.id.get(), &data.config.overload);
     respond::ephemeral_embed(ctx, replies::admin::assignment(&user.name, &report)).await
@@ -120,9 +130,54 @@ pub async fn performance(ctx: Context<'_>) -> Result<(), Error> {
     )
     .await;
     let (Ok(w1), Ok(w5), Ok(w60)) = windows else {
-        return respond::ephemeral(ctx, replies::STATS_UNAVAILABLE).await;
+        return respond::ephemeral(
+            ctx,
+            replies::STATS_UNAVAILABLE,
+            Answered::Failed("stats_unavailable"),
+        )
+        .await;
     };
     let info = read_info(&data.cluster).await.unwrap_or_default();
-    let view = replies::admin::performance(data.config.instance_count, [&w1, &w5, &w60], &info);
+    let ledger = ledger_lines(ctx).await;
+    let view =
+        replies::admin::performance(data.config.instance_count, [&w1, &w5, &w60], &info, &ledger);
     respond::ephemeral_embed(ctx, view).await
+}
+
+/// How long `/성능` waits for the ledger's two sums. The view is answered directly (no
+/// deferral), so a slow or unreachable Postgres must leave room in Discord's 3 s window:
+/// the sums come from the daily rollup and take milliseconds when Postgres is healthy.
+const LEDGER_VIEW_BUDGET: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// `/성능`'s ledger lines: the cluster's sums over the last 24 hours and 7 days.
+async fn ledger_lines(ctx: Context<'_>) -> (String, String) {
+    let Some(ledger) = ctx.data().ledger.clone() else {
+        let off = "기록 꺼짐 (DATABASE_URL 미설정)".to_owned();
+        return (off.clone(), off);
+    };
+    let now = crate::clock::unix_ms();
+    let span = |days: u64| keyshard_ledger::Span {
+        since_ms: now.saturating_sub(days * keyshard_ledger::DAY_MS),
+        until_ms: now + 1,
+        raw_kept_since_ms: Some(ledger.retention().raw_kept_since(now)),
+    };
+    let filter = keyshard_ledger::UsageFilter::default();
+    let pool = ledger.pool();
+    let read = async {
+        let day = keyshard_ledger::totals(pool, &span(1), &filter).await?;
+        let week = keyshard_ledger::totals(pool, &span(7), &filter).await?;
+        Ok::<_, keyshard_ledger::LedgerError>((day, week))
+    };
+    match tokio::time::timeout(LEDGER_VIEW_BUDGET, read).await {
+        Ok(Ok((day, week))) => replies::usage::performance_lines(&day, &week),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "ledger read for /성능 failed");
+            let na = "읽을 수 없음 (데이터베이스 연결 문제)".to_owned();
+            (na.clone(), na)
+        }
+        Err(_) => {
+            let na = "읽을 수 없음 (데이터베이스 응답 지연)".to_owned();
+            (na.clone(), na)
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use keyshard_types::ChatArgs;
 
 use super::queue::defer_and_queue;
-use crate::context::{Context, Error};
+use crate::context::{Answered, Context, Error};
 use crate::replies::check_prompt;
 use crate::respond;
 
@@ -33,7 +33,7 @@ pub async fn chat(
 ) -> Result<(), Error> {
     let prompt = match check_prompt(&prompt, MAX_PROMPT) {
         Ok(p) => p,
-        Err(message) => return respond::ephemeral(ctx, message).await,
+        Err(message) => return respond::ephemeral(ctx, message, Answered::Refused("input")).await,
     };
     let args = ChatArgs {
         prompt,

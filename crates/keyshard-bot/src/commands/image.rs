@@ -6,7 +6,7 @@ use keyshard_types::{AspectRatio, ImageArgs, ProviderKind};
 
 use super::choice::Choice;
 use super::queue::defer_and_queue;
-use crate::context::{Context, Error};
+use crate::context::{Answered, Context, Error};
 use crate::replies::check_prompt;
 use crate::respond;
 
@@ -41,7 +41,7 @@ pub async fn image(
 ) -> Result<(), Error> {
     let prompt = match check_prompt(&prompt, MAX_PROMPT) {
         Ok(p) => p,
-        Err(message) => return respond::ephemeral(ctx, message).await,
+        Err(message) => return respond::ephemeral(ctx, message, Answered::Refused("input")).await,
     };
     let args = ImageArgs {
         provider: model.map(|m| m.0),

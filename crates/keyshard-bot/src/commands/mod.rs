@@ -15,6 +15,7 @@ mod choice;
 mod image;
 mod ping;
 mod queue;
+mod usage;
 mod video;
 
 /// Every command this bot registers.
@@ -27,7 +28,14 @@ pub fn all() -> Vec<poise::Command<Data, Error>> {
         admin::loadbalancer(),
         admin::assign(),
         admin::performance(),
+        usage::usage(),
     ]
+}
+
+/// Whether the command (by its stable name, `context::command_name`) answers through a job
+/// rather than at once: its usage-ledger row comes from the job's final run.
+pub fn queues_a_job(command: &str) -> bool {
+    matches!(command, "chat" | "image" | "video")
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use keyshard_cluster::{Job, JobArgs};
 use keyshard_routing::created_at_ms;
 
-use crate::context::{Context, Error};
+use crate::context::{Answered, Claimed, Context, Error};
 use crate::{replies, respond};
 
 /// Defers the reply (the acknowledgement Discord needs within 3 s) and queues the job; its
@@ -16,6 +16,12 @@ pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Erro
     respond::defer(ctx).await?;
     let data = ctx.data();
     let i = app.interaction;
+    // How it was claimed and when it was acknowledged travel with the job, for the ledger row
+    // its final run records (maybe on another instance).
+    let claim = ctx
+        .invocation_data::<Claimed>()
+        .await
+        .map(|c| c.claim_info());
     let job = Job {
         id: i.id.get(),
         token: i.token.clone(),
@@ -29,10 +35,11 @@ pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Erro
         origin: data.config.instance_id,
         tried: Vec::new(),
         attempt: 0,
+        claim,
     };
     if let Err(e) = data.jobs.submit(job).await {
         tracing::error!(interaction = i.id.get(), "could not queue the job: {e}");
-        respond::fill_deferred(ctx, replies::QUEUE_FAILED).await?;
+        respond::fill_deferred(ctx, replies::QUEUE_FAILED, Answered::Failed("queue")).await?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use keyshard_types::VideoArgs;
 
 use super::queue::defer_and_queue;
-use crate::context::{Context, Error};
+use crate::context::{Answered, Context, Error};
 use crate::replies::check_prompt;
 use crate::respond;
 
@@ -28,7 +28,7 @@ pub async fn video(
 ) -> Result<(), Error> {
     let prompt = match check_prompt(&prompt, MAX_PROMPT) {
         Ok(p) => p,
-        Err(message) => return respond::ephemeral(ctx, message).await,
+        Err(message) => return respond::ephemeral(ctx, message, Answered::Refused("input")).await,
     };
     defer_and_queue(ctx, VideoArgs { prompt }.into()).await
 }

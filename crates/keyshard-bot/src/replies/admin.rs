@@ -100,11 +100,14 @@ fn per_min(n: u64, w: &Window) -> f64 {
 }
 
 /// `/성능`: completions per instance, requests per provider (per minute over the last 1, 5 and
-/// 60 minutes), latency per command, key use and the measured capacity multiple.
+/// 60 minutes), latency per command, key use, the measured capacity multiple, and the usage
+/// ledger's sums over the last 24 hours and 7 days (`ledger`, already rendered: the ledger may
+/// be off or unreachable).
 pub fn performance(
     count: u32,
     [w1, w5, w60]: [&Window; 3],
     info: &BTreeMap<InstanceId, serde_json::Value>,
+    ledger: &(String, String),
 ) -> serenity::CreateEmbed {
     let mut by_instance = Vec::new();
     for id in 1..=count {
@@ -170,6 +173,8 @@ pub fn performance(
         .field("명령별 지연 (60분)", or_none(latency), false)
         .field("키 사용률 (1분)", or_none(utilisation), false)
         .field("키 세트 대비 용량 배수 (5분)", multiple, false)
+        .field("최근 24시간 (사용량 원장)", &ledger.0, false)
+        .field("최근 7일 (사용량 원장)", &ledger.1, false)
 }
 
 /// Key use over the last minute: each instance's provider requests against its key's limit,

@@ -8,7 +8,8 @@
 //! - [`ping`]: `/핑`'s answer;
 //! - [`admin`]: the admin views (`/로드밸런서`, `/할당`, `/성능`);
 //! - [`progress`]: the edits of a deferred reply while a job runs;
-//! - [`results`]: the final answers of jobs.
+//! - [`results`]: the final answers of jobs;
+//! - [`usage`]: `/사용량`'s views and `/성능`'s ledger lines.
 //!
 //! A leaf of the bot's import graph: it renders plain data and names no other bot module.
 //! Slash command and option names and descriptions are the one exception: poise reads them
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod ping;
 pub mod progress;
 pub mod results;
+pub mod usage;
 
 use keyshard_providers::{ErrorClass, ProviderError, ProviderKind};
 use keyshard_routing::Reason;

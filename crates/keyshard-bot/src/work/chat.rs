@@ -9,7 +9,7 @@ use keyshard_providers::{ChatEvent, ChatMessage, ChatRole, ProviderKind};
 use keyshard_types::ChatArgs;
 
 use super::deliver::{progress, Answer, MESSAGE_LIMIT};
-use super::Worker;
+use super::{Meter, Use, Worker};
 use crate::replies::{self, CURSOR};
 
 pub(super) const COMMAND: &str = "chat";
@@ -18,10 +18,16 @@ pub(super) const COMMAND: &str = "chat";
 const SYSTEM_PROMPT: &str = "You are keyshard, a helpful assistant in a Discord server. \
 Answer in the language of the question (usually Korean), concisely, using Discord markdown.";
 
-pub async fn run(w: &Worker, job: &Job, a: &ChatArgs, ctx: &JobContext) -> Outcome {
+pub async fn run(
+    w: &Worker,
+    job: &Job,
+    a: &ChatArgs,
+    ctx: &JobContext,
+    meter: &mut Meter,
+) -> Outcome {
     let Some(openai) = w.providers().openai.clone() else {
         return w
-            .unconfigured(job, ctx, COMMAND, ProviderKind::OpenAi)
+            .unconfigured(job, ctx, COMMAND, meter, ProviderKind::OpenAi)
             .await;
     };
     let memory = &w.inner.memory;
@@ -49,12 +55,19 @@ pub async fn run(w: &Worker, job: &Job, a: &ChatArgs, ctx: &JobContext) -> Outco
     }
     messages.push(ChatMessage::new(ChatRole::User, a.prompt.clone()));
 
+    meter.called(w.catalog(), ProviderKind::OpenAi, Use::Chat);
+    let started = Instant::now();
     let mut stream = match openai.chat_stream(messages).await {
         Ok(s) => s,
-        Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+        Err(e) => {
+            meter.spent(started.elapsed());
+            return w.fail(job, ctx, COMMAND, meter, &e).await;
+        }
     };
     let mut text = String::new();
     let mut last_edit = Instant::now();
+    // Provider time is the stream's, not the progress edits' to Discord in between.
+    let mut discord = std::time::Duration::ZERO;
     while let Some(event) = stream.next().await {
         match event {
             Ok(ChatEvent::Delta(d)) => {
@@ -62,13 +75,24 @@ pub async fn run(w: &Worker, job: &Job, a: &ChatArgs, ctx: &JobContext) -> Outco
                 if last_edit.elapsed() >= w.inner.timing.chat_edit_every {
                     last_edit = Instant::now();
                     progress(w.http(), job, &streaming_view(&text)).await;
+                    discord += last_edit.elapsed();
                 }
             }
-            Ok(ChatEvent::Usage { .. }) => {}
-            Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+            Ok(ChatEvent::Usage {
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                meter.tokens_in = prompt_tokens;
+                meter.tokens_out = completion_tokens;
+            }
+            Err(e) => {
+                meter.spent(started.elapsed().saturating_sub(discord));
+                return w.fail(job, ctx, COMMAND, meter, &e).await;
+            }
         }
     }
     drop(stream);
+    meter.spent(started.elapsed().saturating_sub(discord));
     w.inner
         .stats
         .provider_request(ProviderKind::OpenAi.as_str());
@@ -83,7 +107,8 @@ pub async fn run(w: &Worker, job: &Job, a: &ChatArgs, ctx: &JobContext) -> Outco
     {
         tracing::warn!(job = job.id, "could not save the conversation: {e}");
     }
-    w.finish(job, ctx, COMMAND, true, Answer::text(text)).await
+    w.finish(job, ctx, COMMAND, meter, Ok(()), Answer::text(text))
+        .await
 }
 
 /// The partial answer as shown while streaming: its tail if it is already longer than one

@@ -10,7 +10,7 @@ use keyshard_types::{ImageArgs, ProviderKind};
 use poise::serenity_prelude as serenity;
 
 use super::deliver::{progress, Answer};
-use super::{since_created, Worker};
+use super::{since_created, Meter, Use, Worker};
 use crate::replies::{self, results};
 
 pub(super) const COMMAND: &str = "image";
@@ -30,7 +30,13 @@ pub fn order(chosen: Option<ProviderKind>) -> Vec<ProviderKind> {
     order
 }
 
-pub async fn run(w: &Worker, job: &Job, a: &ImageArgs, ctx: &JobContext) -> Outcome {
+pub async fn run(
+    w: &Worker,
+    job: &Job,
+    a: &ImageArgs,
+    ctx: &JobContext,
+    meter: &mut Meter,
+) -> Outcome {
     let chosen = a.provider;
     let order = match chosen {
         Some(_) => order(chosen),
@@ -39,18 +45,27 @@ pub async fn run(w: &Worker, job: &Job, a: &ImageArgs, ctx: &JobContext) -> Outc
         None => balanced(&w.providers().budget(), rand::random::<f64>()),
     };
     if w.providers().image_providers(&order).is_empty() {
-        return w
-            .unconfigured(job, ctx, COMMAND, chosen.unwrap_or(ProviderKind::MiniMax))
-            .await;
+        let wanted = chosen.unwrap_or(ProviderKind::MiniMax);
+        return w.unconfigured(job, ctx, COMMAND, meter, wanted).await;
     }
     // No ratio picked: square (the option's documented default), not an unreadable value —
     // that never reaches here.
     let ratio = a.ratio.unwrap_or_default();
     progress(w.http(), job, replies::progress::IMAGE_DRAWING).await;
     let started = Instant::now();
-    let image = match w.providers().image(&a.prompt, ratio, &order).await {
-        Ok(img) => img,
-        Err(e) => return w.fail(job, ctx, COMMAND, &e).await,
+    let image = w.providers().image(&a.prompt, ratio, &order).await;
+    meter.spent(started.elapsed());
+    let image = match image {
+        Ok(img) => {
+            meter.called(w.catalog(), img.provider, Use::Image);
+            meter.images = 1;
+            img
+        }
+        Err(e) => {
+            // The provider the fallback ended on: the one whose answer the user reads.
+            meter.called(w.catalog(), e.provider, Use::Image);
+            return w.fail(job, ctx, COMMAND, meter, &e).await;
+        }
     };
     w.inner.stats.provider_request(image.provider.as_str());
     let filename = format!("keyshard-{}.{}", job.id, image.extension());
@@ -71,7 +86,7 @@ pub async fn run(w: &Worker, job: &Job, a: &ImageArgs, ctx: &JobContext) -> Outc
             filename,
         )],
     };
-    w.finish(job, ctx, COMMAND, true, answer).await
+    w.finish(job, ctx, COMMAND, meter, Ok(()), answer).await
 }
 
 /// The image providers for a job with no choice: one drawn with probability proportional to

@@ -15,7 +15,7 @@ use keyshard_sim::wiring::ScenarioProviders;
 use crate::support::{final_messages, final_text, Setup, TestCluster};
 
 /// A user whose primary is instance `p` of 4 (the base is a multiple of 4).
-fn user_on(p: u32, k: u64) -> u64 {
+pub(crate) fn user_on(p: u32, k: u64) -> u64 {
     1_160_000_000_000_000_000 + k * 4 + u64::from(p - 1)
 }
 
@@ -234,7 +234,7 @@ async fn video_shows_progress_then_comes_as_an_attachment() {
 
 /// Sends `/비디오` for `user` and waits until instance `owner` reports it rendering (the task
 /// is created and its id saved).
-async fn video_rendering_on(c: &TestCluster, user: u64, owner: u32) -> u64 {
+pub(crate) async fn video_rendering_on(c: &TestCluster, user: u64, owner: u32) -> u64 {
     let id = c
         .discord
         .send_interaction(InteractionSpec::guild("비디오", user).string("설명", "구출되는 영상"))
@@ -265,7 +265,7 @@ async fn video_rendering_on(c: &TestCluster, user: u64, owner: u32) -> u64 {
 }
 
 /// Slow videos (three 2 s steps): time to kill the owner while its video renders.
-fn slow_videos(instances: u32) -> Setup {
+pub(crate) fn slow_videos(instances: u32) -> Setup {
     let mut setup = Setup::new(instances).with_providers();
     if let Some(p) = setup.providers.as_mut() {
         p.video_step = Duration::from_secs(2);

@@ -1,7 +1,8 @@
-//! End-to-end tests: real `keyshard` processes against a real `redis-server` and the fake
-//! Discord of `keyshard-sim`.
+//! End-to-end tests: real `keyshard` processes against a real `redis-server` (and, for the
+//! usage ledger, a real Postgres) and the fake Discord of `keyshard-sim`.
 
 mod commands;
+mod ledger;
 mod logs;
 mod ping;
 mod scenarios;

@@ -1,5 +1,6 @@
 //! Whole-cluster scenarios through `keyshard-sim`'s driver: open-loop load from many users,
-//! chaos during the run, and the report's exactly-once and routing figures.
+//! chaos during the run, and the report's exactly-once, routing and usage-ledger figures
+//! (every scenario runs with the ledger on).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +41,17 @@ fn assert_exactly_once(r: &Report) {
     assert_eq!(i.late_acks, 0);
     assert_eq!(i.completed, i.sent);
     assert_eq!(i.duplicate_answers, 0);
+    assert_ledger_exact(r);
+}
+
+/// One row per answered interaction, from the instance that answered, counted once.
+fn assert_ledger_exact(r: &Report) {
+    let l = r.ledger.as_ref().expect("scenarios run with the ledger on");
+    assert_eq!(l.answered, r.interactions.completed, "{l:?}");
+    assert_eq!((l.missing, l.duplicates), (0, 0), "{l:?}");
+    assert_eq!((l.unanswered, l.wrong_instance), (0, 0), "{l:?}");
+    assert_eq!(l.rows, l.answered, "{l:?}");
+    assert_eq!(l.rollup_interactions, l.rows, "{l:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,4 +150,28 @@ async fn a_rolling_restart_under_load_loses_nothing() {
             p.id
         );
     }
+}
+
+/// Postgres goes away for three seconds under load, and an instance is killed: every answered
+/// interaction still has one row, written once Postgres is back (rows wait in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_loses_and_doubles_no_usage_row() {
+    let providers = ScenarioProviders::start(FakeProvidersConfig {
+        limits: FakeLimits::uniform(120, Duration::from_secs(60)),
+        ..FakeProvidersConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = scenario(100, 20.0, 8, "ping=3,chat=1,image=1");
+    cfg.providers = Some(Arc::new(providers));
+    cfg.chaos.push(chaos(
+        2.0,
+        ChaosAction::PostgresRestart {
+            down: Duration::from_secs(3),
+        },
+    ));
+    cfg.chaos.push(chaos(4.0, ChaosAction::Kill(3)));
+    let r = run_scenario(cfg).await.unwrap();
+    assert_exactly_once(&r);
+    assert_eq!(r.interactions.failed, 0);
 }

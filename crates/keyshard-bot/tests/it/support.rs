@@ -12,10 +12,12 @@ use keyshard_sim::discord::{
 use keyshard_sim::providers::FakeProvidersConfig;
 use keyshard_sim::scenario::ProviderFakes;
 use keyshard_sim::wiring::ScenarioProviders;
-use keyshard_testkit::RedisServer;
+use keyshard_testkit::{PostgresServer, RedisServer};
 
 pub struct TestCluster {
     pub redis: RedisServer,
+    /// The usage ledger's private Postgres and its database URL (with [`Setup::with_ledger`]).
+    pub postgres: Option<(PostgresServer, String)>,
     pub discord: FakeDiscord,
     pub providers: Option<Arc<ScenarioProviders>>,
     pub procs: ProcessCluster,
@@ -40,6 +42,8 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// `RUST_LOG` for the instances.
     pub rust_log: String,
+    /// Run with the usage ledger on a private Postgres.
+    pub ledger: bool,
 }
 
 impl Setup {
@@ -51,7 +55,14 @@ impl Setup {
             env: Vec::new(),
             // Warnings and errors of the instances show up in a failed test's output.
             rust_log: "warn,keyshard_bot=info,poise=debug".into(),
+            ledger: false,
         }
+    }
+
+    /// With the usage ledger: a private Postgres, passed as `DATABASE_URL`.
+    pub fn with_ledger(mut self) -> Self {
+        self.ledger = true;
+        self
     }
 
     /// With fake providers: quick answers and videos that render in a few hundred ms.
@@ -73,6 +84,11 @@ impl TestCluster {
 
     pub async fn setup(setup: Setup) -> TestCluster {
         let redis = RedisServer::start();
+        let postgres = setup.ledger.then(|| {
+            let server = PostgresServer::start();
+            let url = server.create_database("ledger").expect("createdb");
+            (server, url)
+        });
         let discord = FakeDiscord::start(setup.discord.clone())
             .await
             .expect("fake Discord");
@@ -96,6 +112,7 @@ impl TestCluster {
         );
         cfg.env = setup.env;
         cfg.rust_log = setup.rust_log;
+        cfg.database_url = postgres.as_ref().map(|(_, url)| url.clone());
         if let Some(p) = &providers {
             let p = p.clone();
             cfg.instance_env = Some(Arc::new(move |i| p.instance_env(i)));
@@ -110,6 +127,7 @@ impl TestCluster {
             .expect("every instance opens a gateway session");
         let c = TestCluster {
             redis,
+            postgres,
             discord,
             providers,
             procs,
@@ -271,6 +289,116 @@ impl TestCluster {
             .query_async(&mut c)
             .await
             .unwrap()
+    }
+}
+
+/// One usage-ledger row as the tests read it back (`psql`, the way the simulator does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub interaction_id: u64,
+    pub user_id: u64,
+    pub guild_id: Option<u64>,
+    pub command: String,
+    pub primary: u32,
+    pub served_by: u32,
+    /// `ledger.reason`: 0 primary … 5 degraded, 6 recovered.
+    pub reason: i16,
+    pub rescued: bool,
+    pub stolen: bool,
+    pub moved: bool,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub key_fp: Option<String>,
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    pub images: u32,
+    pub video_secs: u32,
+    pub cost_micros: u64,
+    /// 0 ok, 1 failed, 2 refused.
+    pub status: i16,
+    pub error_class: Option<String>,
+    pub ack_ms: Option<i64>,
+    pub start_ms: Option<i64>,
+    pub finish_ms: i64,
+    pub provider_ms: Option<i64>,
+}
+
+const ROW_SQL: &str = "SELECT interaction_id, user_id, guild_id, command, primary_instance, \
+    served_by, reason, rescued, stolen, moved, provider, model, lpad(to_hex(key_fp), 12, '0'), \
+    tokens_in, tokens_out, images, video_secs, cost_micros, status, error_class, ack_ms, \
+    start_ms, finish_ms, provider_ms FROM ledger ORDER BY interaction_id";
+
+impl TestCluster {
+    /// The ledger's database URL.
+    pub fn database_url(&self) -> &str {
+        &self.postgres.as_ref().expect("a cluster with the ledger").1
+    }
+
+    /// Waits until the ledger has a row for each of `ids` (rows trail the answers by the
+    /// writers' 250 ms batches), and returns those rows.
+    pub async fn wait_rows(&self, ids: &[u64]) -> Vec<Row> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // A missing table (migrations not applied yet) reads as no rows.
+            let rows: Vec<Row> = keyshard_testkit::psql(self.database_url(), ROW_SQL)
+                .map(|out| {
+                    out.lines()
+                        .filter(|l| !l.is_empty())
+                        .map(parse_row)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let found: Vec<Row> = rows
+                .into_iter()
+                .filter(|r| ids.contains(&r.interaction_id))
+                .collect();
+            if found.len() >= ids.len() {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rows for {ids:?} never all arrived (found {found:#?})"
+            );
+            // The writers batch every 250 ms.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn parse_row(line: &str) -> Row {
+    let f: Vec<&str> = line.split('|').collect();
+    assert_eq!(f.len(), 24, "{line}");
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let num = |s: &str| {
+        s.parse::<i64>()
+            .unwrap_or_else(|_| panic!("{s:?} in {line}"))
+    };
+    let opt_num = |s: &str| (!s.is_empty()).then(|| num(s));
+    Row {
+        interaction_id: num(f[0]) as u64,
+        user_id: num(f[1]) as u64,
+        guild_id: opt_num(f[2]).map(|g| g as u64),
+        command: f[3].to_owned(),
+        primary: num(f[4]) as u32,
+        served_by: num(f[5]) as u32,
+        reason: num(f[6]) as i16,
+        rescued: f[7] == "t",
+        stolen: f[8] == "t",
+        moved: f[9] == "t",
+        provider: opt(f[10]),
+        model: opt(f[11]),
+        key_fp: opt(f[12]),
+        tokens_in: num(f[13]) as u32,
+        tokens_out: num(f[14]) as u32,
+        images: num(f[15]) as u32,
+        video_secs: num(f[16]) as u32,
+        cost_micros: num(f[17]) as u64,
+        status: num(f[18]) as i16,
+        error_class: opt(f[19]),
+        ack_ms: opt_num(f[20]),
+        start_ms: opt_num(f[21]),
+        finish_ms: num(f[22]),
+        provider_ms: opt_num(f[23]),
     }
 }
 

@@ -2,11 +2,18 @@
 //! claim key at once, fallbacks after their delay from routing's [`claim_turn`], the first
 //! fallback sweeps for a claim that lapsed unconfirmed, and a degraded handle follows the
 //! static rule. Exactly-once rests on the one `SET NX` per interaction.
+//!
+//! The confirmation ([`Cluster::confirm_recording`]) is also where an interaction answered
+//! without a job gets its usage-ledger row: the row is appended to `{c}:ledger:{me}` in the
+//! same script that confirms the claim, so a row exists exactly when the holder of the claim
+//! confirmed an answer (see that method for the cases).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use keyshard_routing::{claim_turn, primary, sweep_delay, Assignment, ClaimTurn, Reason, UserId};
+use keyshard_routing::{
+    claim_turn, primary, sweep_delay, Assignment, ClaimTurn, InstanceId, Reason, UserId,
+};
 
 use super::Cluster;
 use crate::{clock, keys, ClusterError};
@@ -23,9 +30,15 @@ pub enum ClaimOutcome {
     /// This instance won the `SET NX` and answers. `rank` is `None` when it claimed as the
     /// effective owner and `Some(r)` when it claimed as fallback number `r` after the owner
     /// did not.
+    ///
+    /// `swept_from`: the instance whose pending claim lapsed and was taken over by this
+    /// fallback's sweep. That instance may still have answered (it was slow, or died between
+    /// its answer and its confirmation): when Discord then says "already acknowledged", this
+    /// instance records the interaction's ledger row on its behalf.
     Won {
         assignment: Assignment,
         rank: Option<u32>,
+        swept_from: Option<InstanceId>,
     },
     /// Another instance claimed first: drop the interaction.
     Lost,
@@ -55,6 +68,40 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+
+/// The confirmation of an answered interaction with its ledger row (`KEYS[1]` the claim,
+/// `KEYS[2]` this instance's ledger stream; `ARGV` me, the claim TTL, the row's JSON):
+/// - held by me: extend it, append the row, return the entry id;
+/// - lapsed and taken by nobody (this instance answered slower than the pending life and no
+///   fallback swept it): take it back for its full life and append the row, since this
+///   instance did answer and no one else will record it;
+/// - held by another instance (a fallback swept it): nothing; that instance records the row
+///   (its own answer, or this one's on its behalf when Discord told it "already answered").
+///
+/// Returns the stream entry id, or `false` (nil) when the row was not appended.
+const CONFIRM_RECORDING_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  return false
+end
+return redis.call('XADD', KEYS[2], '*', 'row', ARGV[3])
+";
+
+/// What [`Cluster::confirm_recording`] did with the row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirmed {
+    /// The claim is confirmed and the row is entry `entry` of this instance's ledger stream.
+    Recorded { entry: String },
+    /// Another instance holds the claim (a fallback swept it): it records the row.
+    NotHolder,
+    /// Redis did not answer (unreachable, or slower than the budget): the row may or may not
+    /// be in the stream. The caller keeps it in memory; Postgres keeps one copy.
+    Unknown,
+}
 
 impl Cluster {
     /// Decides whether this instance answers interaction `interaction_id` from `user`,
@@ -110,12 +157,14 @@ impl Cluster {
             }
         };
         match self.try_claim(interaction_id).await {
-            Ok(true) => self.won(assignment, rank),
-            Ok(false) if rank == Some(0) && !self.claim_confirmed(interaction_id).await => {
-                self.sweep(interaction_id, received_ms, assignment, is_primary)
+            Ok(Held::Me) => self.won(assignment, rank, None),
+            Ok(Held::By(holder))
+                if rank == Some(0) && !self.claim_confirmed(interaction_id).await =>
+            {
+                self.sweep(interaction_id, received_ms, assignment, is_primary, holder)
                     .await
             }
-            Ok(false) => self.lost(),
+            Ok(Held::By(_)) => self.lost(),
             Err(_) => self.degraded(user, is_primary),
         }
     }
@@ -144,33 +193,35 @@ impl Cluster {
             reason: Reason::Primary,
         };
         match self.try_claim(interaction_id).await {
-            Ok(true) => self.won(assignment, None),
-            Ok(false) => self.lost(),
+            Ok(Held::Me) => self.won(assignment, None, None),
+            Ok(Held::By(_)) => self.lost(),
             Err(_) => self.degraded(user, true),
         }
     }
 
     /// The first fallback looks once more before the deadline: an owner that died between its
-    /// claim and its acknowledgement never confirms, and its claim lapses.
+    /// claim and its acknowledgement never confirms, and its claim lapses. `holder` is who held
+    /// the claim when this fallback first tried.
     async fn sweep(
         &self,
         interaction_id: u64,
         received_ms: u64,
         assignment: Assignment,
         is_primary: bool,
+        holder: Option<InstanceId>,
     ) -> ClaimOutcome {
         let now = clock::now_ms().max(received_ms);
         let timing = &self.inner.cfg.claim;
         tokio::time::sleep(sweep_delay(interaction_id, received_ms, now, timing)).await;
         match self.try_claim(interaction_id).await {
-            Ok(true) => {
+            Ok(Held::Me) => {
                 tracing::info!(
                     interaction_id,
                     "took over an unconfirmed claim (its owner died before answering)"
                 );
-                self.won(assignment, Some(0))
+                self.won(assignment, Some(0), holder)
             }
-            Ok(false) => self.lost(),
+            Ok(Held::By(_)) => self.lost(),
             Err(_) => self.degraded(assignment.user, is_primary),
         }
     }
@@ -219,9 +270,58 @@ impl Cluster {
         }
     }
 
-    fn won(&self, assignment: Assignment, rank: Option<u32>) -> ClaimOutcome {
+    /// [`confirm`](Self::confirm) for an interaction this instance answered without a job,
+    /// with its usage-ledger row (JSON, opaque here) appended to `{c}:ledger:{me}` in the same
+    /// script ([`CONFIRM_RECORDING_SCRIPT`]): the row is in Redis exactly when the claim is
+    /// confirmed as this instance's, so a crash between the answer and this call leaves no
+    /// row and a lapsed claim, which the first fallback's sweep then finds (and records the
+    /// row on this instance's behalf when Discord says the interaction was answered).
+    ///
+    /// Off the acknowledgement's path like `confirm`: it runs after the answer.
+    pub async fn confirm_recording(&self, interaction_id: u64, row: &str) -> Confirmed {
+        let cfg = &self.inner.cfg;
+        let claim = keys::claim(&cfg.cluster_name, interaction_id);
+        let stream = keys::ledger_stream(&cfg.cluster_name, cfg.instance_id);
+        let me = cfg.instance_id.to_string();
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_RECORDING_SCRIPT));
+        let script = &*SCRIPT;
+        let result: Result<Option<String>, _> = self
+            .inner
+            .redis
+            .run("confirm claim", CLAIM_BUDGET, |mut c| async move {
+                script
+                    .key(&claim)
+                    .key(&stream)
+                    .arg(&me)
+                    .arg(keys::CLAIM_TTL_MS)
+                    .arg(row)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        match result {
+            Ok(Some(entry)) => Confirmed::Recorded { entry },
+            Ok(None) => Confirmed::NotHolder,
+            Err(e) => {
+                tracing::debug!(interaction_id, "could not confirm the claim: {e}");
+                Confirmed::Unknown
+            }
+        }
+    }
+
+    fn won(
+        &self,
+        assignment: Assignment,
+        rank: Option<u32>,
+        swept_from: Option<InstanceId>,
+    ) -> ClaimOutcome {
         self.inner.metrics.won(assignment.reason, rank.is_some());
-        ClaimOutcome::Won { assignment, rank }
+        ClaimOutcome::Won {
+            assignment,
+            rank,
+            swept_from,
+        }
     }
 
     fn lost(&self) -> ClaimOutcome {
@@ -243,7 +343,7 @@ impl Cluster {
         }
     }
 
-    /// Claims the interaction: `Ok(true)` when this instance holds it.
+    /// Claims the interaction: who holds it afterwards ([`Held::Me`] when this instance does).
     ///
     /// One try is `SET {c}:claim:{id} {me} NX PX 900000` pipelined with `GET` of the same key,
     /// so a try tells who holds the claim rather than only whether this `SET` created it.
@@ -251,7 +351,7 @@ impl Cluster {
     /// process, not an unreachable one), its `SET` may still have landed, and the second try
     /// reads back `{me}` instead of reporting a loss, or names the peer that won meanwhile,
     /// instead of this instance answering by the static rule next to that peer.
-    async fn try_claim(&self, interaction_id: u64) -> Result<bool, ClusterError> {
+    async fn try_claim(&self, interaction_id: u64) -> Result<Held, ClusterError> {
         let mut result = self.claim_once(interaction_id).await;
         if result.as_ref().is_err_and(ClusterError::is_timeout) {
             tracing::debug!(
@@ -264,7 +364,7 @@ impl Cluster {
         result
     }
 
-    async fn claim_once(&self, interaction_id: u64) -> Result<bool, ClusterError> {
+    async fn claim_once(&self, interaction_id: u64) -> Result<Held, ClusterError> {
         let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
         let pending_ms = self.inner.cfg.claim.pending.as_millis() as u64;
         let me = self.inner.cfg.instance_id.to_string();
@@ -284,9 +384,22 @@ impl Cluster {
                         .arg(&key)
                         .query_async(&mut c)
                         .await?;
-                    Ok(holder.as_deref() == Some(me.as_str()))
+                    Ok(if holder.as_deref() == Some(me.as_str()) {
+                        Held::Me
+                    } else {
+                        // `None`: the key vanished between the two commands (it expired), or
+                        // holds something that is not an instance id.
+                        Held::By(holder.and_then(|h| h.parse().ok()))
+                    })
                 }
             })
             .await
     }
+}
+
+/// Who holds a claim after a try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    Me,
+    By(Option<InstanceId>),
 }

@@ -4,7 +4,7 @@
 
 mod claim;
 
-pub use claim::{ClaimOutcome, CLAIM_BUDGET};
+pub use claim::{ClaimOutcome, Confirmed, CLAIM_BUDGET};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,26 +1,57 @@
 //! What a running job may ask of the cluster ([`JobContext`]): the delivery marker that makes
-//! its answer single, resumable state for the next run, and the peer it would move to.
+//! its answer single (with the job's usage-ledger row in the same step), resumable state for
+//! the next run, how the job got here, and the peer it would move to.
 
 use keyshard_routing::InstanceId;
 use redis::AsyncCommands;
 
 use super::stream::OP_BUDGET;
-use super::{Job, Jobs};
+use super::{Arrival, Job, Jobs};
 use crate::{keys, ClusterError};
 
 /// How long a done marker or saved job state lives: interaction tokens die after 15 minutes
 /// and late results go to the channel at once, so an hour covers every job's life with room.
 const JOB_KEY_TTL_MS: u64 = 60 * 60 * 1000;
 
+/// Sets the done marker and, only when this run set it, appends the job's ledger row to this
+/// instance's ledger stream (`KEYS[1]` the marker, `KEYS[2]` the stream; `ARGV` me, the
+/// marker's TTL, the row's JSON). One script, so a row exists exactly when a done marker
+/// does: a kill before it leaves neither (the job runs again), a kill after it leaves both.
+const DELIVERY_SCRIPT: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('XADD', KEYS[2], '*', 'row', ARGV[3])
+end
+return false
+";
+
+/// What [`JobContext::begin_delivery_recording`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// This run posts the answer; its row is entry `entry` of this instance's ledger stream.
+    First { entry: String },
+    /// Another run already posted the answer (and recorded the row): drop this one.
+    Again,
+    /// Redis did not answer: deliver anyway (a rare duplicate beats a lost answer). The row
+    /// may or may not be in the stream; the caller keeps it in memory and Postgres keeps one.
+    Unchecked,
+}
+
 /// Per-job access to the durable pieces: the delivery marker and resumable state.
 #[derive(Clone)]
 pub struct JobContext {
     pub(super) jobs: Jobs,
+    pub(super) arrival: Arrival,
 }
 
 impl JobContext {
     pub fn instance(&self) -> InstanceId {
         self.jobs.inner.me
+    }
+
+    /// How the job reached this instance's stream (rescued from a dead instance, taken from a
+    /// busy peer); the default for a job queued here or run in-process.
+    pub fn arrival(&self) -> Arrival {
+        self.arrival
     }
 
     /// Claims the right to post the job's final answer. `false`: another run already did.
@@ -51,6 +82,44 @@ impl JobContext {
                     "cannot check the delivery marker, delivering anyway: {e}"
                 );
                 true
+            }
+        }
+    }
+
+    /// [`begin_delivery`](Self::begin_delivery) with the job's usage-ledger row (JSON, opaque
+    /// here) appended to `{c}:ledger:{me}` in the same step ([`DELIVERY_SCRIPT`]), so the row is
+    /// recorded once per job however many runs it had. Build the row before calling: the
+    /// delivery that follows cannot change it.
+    pub async fn begin_delivery_recording(&self, job_id: u64, row: &str) -> Delivery {
+        let inner = &self.jobs.inner;
+        let done = keys::done(&inner.prefix, job_id);
+        let stream = keys::ledger_stream(&inner.prefix, inner.me);
+        let me = inner.me;
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(DELIVERY_SCRIPT));
+        let script = &*SCRIPT;
+        let r: Result<Option<String>, _> = inner
+            .redis
+            .run("done marker", OP_BUDGET, |mut c| async move {
+                script
+                    .key(&done)
+                    .key(&stream)
+                    .arg(me)
+                    .arg(JOB_KEY_TTL_MS)
+                    .arg(row)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+        match r {
+            Ok(Some(entry)) => Delivery::First { entry },
+            Ok(None) => Delivery::Again,
+            Err(e) => {
+                tracing::warn!(
+                    job = job_id,
+                    "cannot check the delivery marker, delivering anyway: {e}"
+                );
+                Delivery::Unchecked
             }
         }
     }

@@ -7,9 +7,9 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
-use keyshard_routing::InstanceId;
+use keyshard_routing::{InstanceId, Reason};
 pub use keyshard_types::{JobArgs, JobKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::JobContext;
 
@@ -42,6 +42,31 @@ pub struct Job<A = JobArgs> {
     pub tried: Vec<InstanceId>,
     /// How many times the job has moved between instances.
     pub attempt: u32,
+    /// How the interaction was claimed and acknowledged; `None` in jobs queued by a version
+    /// that did not say.
+    pub claim: Option<ClaimInfo>,
+}
+
+/// How the instance that acknowledged a job's interaction came to answer it, for the usage
+/// ledger's row, which the run that finishes the job writes (maybe on another instance).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimInfo {
+    /// The routing decision of the claim.
+    pub reason: Reason,
+    /// Redis was unreachable: the static rule (the primary answers) decided.
+    #[serde(default)]
+    pub degraded: bool,
+    /// When the acknowledgement (the deferred reply) went out, Unix ms.
+    pub acked_ms: u64,
+}
+
+/// How a job reached the stream its run took it from: moved there from a dead instance's
+/// stream by a rescuer, or taken from a busy peer's queue by an idle instance (or both, over
+/// its life). Carried in stream entry fields beside the job's JSON, which moves unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Arrival {
+    pub rescued: bool,
+    pub stolen: bool,
 }
 
 /// A job whose envelope (id, token, user, …) reads but whose arguments do not: a stored
@@ -94,6 +119,7 @@ impl<A: Payload> fmt::Debug for Job<A> {
             .field("origin", &self.origin)
             .field("tried", &self.tried)
             .field("attempt", &self.attempt)
+            .field("claim", &self.claim)
             .finish_non_exhaustive()
     }
 }
@@ -158,6 +184,7 @@ mod tests {
             origin: 1,
             tried: vec![],
             attempt: 0,
+            claim: None,
         };
         let text = format!("{job:?}");
         assert!(!text.contains("aW50ZXJhY3Rpb24"), "{text}");

@@ -16,7 +16,9 @@
 //!   of its kind from a peer, the peer with the most of that kind first.
 //! - The handler calls [`JobContext::begin_delivery`] before it posts the final answer: a
 //!   `SET NX` on `{c}:done:{id}`, so a job that ran twice (moved while its first runner was
-//!   still alive, or a dead instance coming back) is answered once.
+//!   still alive, or a dead instance coming back) is answered once. With the usage ledger on,
+//!   [`JobContext::begin_delivery_recording`] appends the job's ledger row in the same script,
+//!   so the row is recorded once too.
 //! - When Redis cannot take a job, it runs in this process at once: nothing is lost, only
 //!   the durability of that one job.
 //!
@@ -63,10 +65,10 @@ use keyshard_routing::{move_target, InstanceId, ServiceRate};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use self::context::JobContext;
+pub use self::context::{Delivery, JobContext};
 pub use self::job::{
-    BoxFuture, Job, JobArgs, JobHandler, JobKind, JobStats, Outcome, Payload, UnreadableArgs,
-    UnreadableJob,
+    Arrival, BoxFuture, ClaimInfo, Job, JobArgs, JobHandler, JobKind, JobStats, Outcome, Payload,
+    UnreadableArgs, UnreadableJob,
 };
 pub use self::wire::{decode, DecodeError};
 /// `{c}:jobs:{instance}:{kind}` (the key is built in [`keys`](crate::keys)).
@@ -164,7 +166,7 @@ impl Jobs {
     /// this process at once (within the kind's worker limit) instead of being lost.
     pub async fn submit(&self, job: Job) -> Result<(), ClusterError> {
         let stream = self.stream(self.inner.me, job.kind());
-        match stream::add(&self.inner.redis, &stream, &job).await {
+        match stream::add(&self.inner.redis, &stream, &job, Arrival::default()).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::warn!(

@@ -166,6 +166,7 @@ impl Reader {
             .insert(entry.id.clone());
         let entry = Entry {
             stream: self.stream.clone(),
+            arrival: stream::arrival(&entry),
             id: entry.id,
         };
         let (jobs, handler, running) = (

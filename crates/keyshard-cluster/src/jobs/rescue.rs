@@ -98,7 +98,8 @@ impl Jobs {
         let mine = self.stream(self.inner.me, kind);
         let mut moved = 0;
         for entry in entries {
-            if stream::move_entry(&self.inner.redis, dead_stream, &entry, &mine).await? {
+            let why = stream::Move::Rescue;
+            if stream::move_entry(&self.inner.redis, dead_stream, &entry, &mine, why).await? {
                 moved += 1;
             }
         }

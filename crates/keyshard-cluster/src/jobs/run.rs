@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::{stream, Job, JobContext, JobHandler, JobKind, Jobs, Outcome, UnreadableJob};
+use super::{stream, Arrival, Job, JobContext, JobHandler, JobKind, Jobs, Outcome, UnreadableJob};
 use crate::ClusterError;
 
 /// What a worker runs: a job, or a job whose arguments did not decode.
@@ -35,10 +35,12 @@ impl Work {
     }
 }
 
-/// Where a job's stream entry is, to acknowledge it once the job is done.
+/// Where a job's stream entry is, to acknowledge it once the job is done, and how the job got
+/// into that stream.
 pub(super) struct Entry {
     pub(super) stream: String,
     pub(super) id: String,
+    pub(super) arrival: Arrival,
 }
 
 impl Jobs {
@@ -65,14 +67,18 @@ impl Jobs {
         // would only repeat the provider call and its side effects, such as a second copy of
         // the turn in conversation memory: the done marker stops a second answer anyway. A
         // job run in-process never reached a stream, so it has no earlier run.
-        let ctx = JobContext { jobs: self.clone() };
+        let arrival = entry.map(|e| e.arrival).unwrap_or_default();
+        let ctx = JobContext {
+            jobs: self.clone(),
+            arrival,
+        };
         if entry.is_some() && self.answered(work.id()).await {
             tracing::info!(job = work.id(), "answered by an earlier run; not run again");
         } else {
             match work {
                 Work::Job(job) => {
                     let outcome = handler.handle(job.clone(), ctx).await;
-                    self.finish(job, outcome).await;
+                    self.finish(job, outcome, arrival).await;
                 }
                 Work::Unreadable(job) => {
                     // The handler logs it (the default does nothing else).
@@ -116,8 +122,8 @@ impl Jobs {
         Ok(())
     }
 
-    /// Records a finished job, or moves it to a peer.
-    async fn finish(&self, mut job: Job, outcome: Outcome) {
+    /// Records a finished job, or moves it to a peer (keeping how it arrived here).
+    async fn finish(&self, mut job: Job, outcome: Outcome, arrival: Arrival) {
         match outcome {
             Outcome::Finished => self.record_finished(),
             Outcome::MoveToPeer { reason } => {
@@ -128,7 +134,7 @@ impl Jobs {
                 job.tried.push(self.inner.me);
                 job.attempt += 1;
                 let to = self.stream(peer, job.kind());
-                match stream::add(&self.inner.redis, &to, &job).await {
+                match stream::add(&self.inner.redis, &to, &job, arrival).await {
                     Ok(()) => {
                         self.inner.moved.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(job = job.id, to = peer, %reason, "moved the job to a peer");

@@ -30,7 +30,10 @@ impl Jobs {
             else {
                 continue;
             };
-            if let Ok(true) = stream::move_entry(&self.inner.redis, &theirs, &entry, &mine).await {
+            let why = stream::Move::Steal;
+            if let Ok(true) =
+                stream::move_entry(&self.inner.redis, &theirs, &entry, &mine, why).await
+            {
                 self.inner.stolen.fetch_add(1, Ordering::Relaxed);
                 return true;
             }

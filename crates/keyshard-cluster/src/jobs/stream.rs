@@ -14,7 +14,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisResult;
 
 use super::run::Work;
-use super::{decode, DecodeError, Job};
+use super::{decode, Arrival, DecodeError, Job};
 use crate::conn::Redis;
 use crate::keys::JOB_GROUP;
 use crate::ClusterError;
@@ -27,27 +27,60 @@ pub(super) const OP_BUDGET: Duration = Duration::from_millis(500);
 /// entries each, kilobytes per entry, so more than a single small command.
 const RESCUE_READ_BUDGET: Duration = Duration::from_secs(2);
 
-/// Queues `job` on `stream`.
-pub(super) async fn add(redis: &Redis, stream: &str, job: &Job) -> Result<(), ClusterError> {
+/// The entry fields that say how a job got to its stream ([`Arrival`]), beside `job`.
+const RESCUED: &str = "rescued";
+const STOLEN: &str = "stolen";
+
+/// Queues `job` on `stream`, with what its arrival was so far (a job moved to a peer keeps
+/// having been rescued or stolen).
+pub(super) async fn add(
+    redis: &Redis,
+    stream: &str,
+    job: &Job,
+    arrival: Arrival,
+) -> Result<(), ClusterError> {
     let payload = serde_json::to_vec(job).expect("a job serializes");
-    add_payload(redis, stream, payload).await
+    add_payload(redis, stream, payload, arrival).await
 }
 
 /// Queues the JSON of a job, as written, on `stream`.
-async fn add_payload(redis: &Redis, stream: &str, payload: Vec<u8>) -> Result<(), ClusterError> {
+async fn add_payload(
+    redis: &Redis,
+    stream: &str,
+    payload: Vec<u8>,
+    arrival: Arrival,
+) -> Result<(), ClusterError> {
     let stream = stream.to_owned();
     redis
         .run("queue job", OP_BUDGET, move |mut c| async move {
-            redis::cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("job")
-                .arg(payload)
-                .query_async::<String>(&mut c)
-                .await
-                .map(|_| ())
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&stream).arg("*").arg("job").arg(payload);
+            if arrival.rescued {
+                cmd.arg(RESCUED).arg(1);
+            }
+            if arrival.stolen {
+                cmd.arg(STOLEN).arg(1);
+            }
+            cmd.query_async::<String>(&mut c).await.map(|_| ())
         })
         .await
+}
+
+/// How the job in `entry` got to its stream.
+pub(super) fn arrival(entry: &StreamId) -> Arrival {
+    Arrival {
+        rescued: entry.map.contains_key(RESCUED),
+        stolen: entry.map.contains_key(STOLEN),
+    }
+}
+
+/// Why a job moves between streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Move {
+    /// From a dead instance's stream, by its rescuer.
+    Rescue,
+    /// From a busy peer's queue, by an idle instance.
+    Steal,
 }
 
 /// Acknowledges entry `id` and deletes it, so the stream's length stays the backlog.
@@ -195,7 +228,8 @@ pub(super) async fn lengths(redis: &Redis, streams: &[String]) -> Result<Vec<u64
 
 /// Moves `entry` of stream `from` to stream `to`: queued there first, then acknowledged on
 /// `from` (a crash in between runs the job twice, and the done marker keeps the answer
-/// single). An entry that is not a job is dropped. `Ok(true)` when a job moved.
+/// single). An entry that is not a job is dropped. `Ok(true)` when a job moved. The new entry
+/// carries the old one's arrival and `why` it moved.
 ///
 /// The job's JSON moves as written, not decoded and written again: a job whose arguments
 /// this version cannot read still reaches a handler that tells its user, and fields that a
@@ -205,6 +239,7 @@ pub(super) async fn move_entry(
     from: &str,
     entry: &StreamId,
     to: &str,
+    why: Move,
 ) -> Result<bool, ClusterError> {
     let payload = match parse(entry) {
         Ok(_) => payload(entry),
@@ -215,7 +250,12 @@ pub(super) async fn move_entry(
     };
     let moved = payload.is_some();
     if let Some(payload) = payload {
-        add_payload(redis, to, payload).await?;
+        let mut arrival = arrival(entry);
+        match why {
+            Move::Rescue => arrival.rescued = true,
+            Move::Steal => arrival.stolen = true,
+        }
+        add_payload(redis, to, payload, arrival).await?;
     }
     ack(redis, from, &entry.id).await?;
     Ok(moved)

@@ -6,21 +6,23 @@
 //! ```json
 //! {"id":…,"kind":"image","token":"…","application_id":…,"user_id":…,"channel_id":…,
 //!  "guild_id":…|null,"args":{"model":"minimax"|null,"prompt":"…","ratio":"16:9"|null},
-//!  "created_ms":…,"attachment_limit":…,"origin":…,"tried":[…],"attempt":…}
+//!  "created_ms":…,"attachment_limit":…,"origin":…,"tried":[…],"attempt":…,
+//!  "claim":{"reason":"primary","degraded":false,"acked_ms":…}}
 //! ```
 //!
 //! `args` has no tag of its own: it is decoded as the struct `kind` names, once, when the
 //! entry is read ([`decode`]). An entry whose envelope reads but whose arguments do not is
 //! not dropped and not given defaults: it becomes an [`UnreadableJob`], which the handler
 //! answers with an error. `tried` and `attempt` may be missing (jobs queued before they
-//! existed); unknown fields are ignored.
+//! existed); unknown fields are ignored. `claim` (for the usage ledger) is written only when
+//! known, and older versions ignore it, so a job without it is the same bytes as before.
 
 use keyshard_routing::InstanceId;
 use serde::de::Deserializer;
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
-use super::job::{Job, JobArgs, JobKind, UnreadableArgs, UnreadableJob};
+use super::job::{ClaimInfo, Job, JobArgs, JobKind, UnreadableArgs, UnreadableJob};
 
 /// A job as written: the envelope, with the kind beside untagged arguments. Field order is
 /// the JSON's.
@@ -39,6 +41,8 @@ struct Out<'a> {
     origin: InstanceId,
     tried: &'a [InstanceId],
     attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claim: Option<ClaimInfo>,
 }
 
 /// A job as read, its arguments still raw: [`decode`] reads them according to `kind`.
@@ -59,6 +63,8 @@ struct In {
     tried: Vec<InstanceId>,
     #[serde(default)]
     attempt: u32,
+    #[serde(default)]
+    claim: Option<ClaimInfo>,
 }
 
 impl In {
@@ -78,6 +84,7 @@ impl In {
             origin,
             tried,
             attempt,
+            claim,
         } = self;
         let args = JobArgs::deserialize_for(kind, args).map_err(|e| UnreadableArgs {
             kind,
@@ -96,6 +103,7 @@ impl In {
             origin,
             tried,
             attempt,
+            claim,
         };
         match args {
             Ok(args) => Ok(job.with_args(args)),
@@ -119,6 +127,7 @@ impl Job<()> {
             origin: self.origin,
             tried: self.tried,
             attempt: self.attempt,
+            claim: self.claim,
         }
     }
 }
@@ -174,6 +183,7 @@ impl Serialize for Job {
             origin: self.origin,
             tried: &self.tried,
             attempt: self.attempt,
+            claim: self.claim,
         }
         .serialize(s)
     }
@@ -217,6 +227,7 @@ mod tests {
             origin: 2,
             tried: vec![1],
             attempt: 1,
+            claim: None,
         }
     }
 
@@ -254,6 +265,28 @@ mod tests {
             let via_serde: Job = serde_json::from_str(wire).unwrap();
             assert_eq!(via_serde.args, parsed.args);
         }
+    }
+
+    #[test]
+    fn the_claim_round_trips_and_is_left_out_when_unknown() {
+        use keyshard_routing::Reason;
+        let mut j = job(JobArgs::Video(VideoArgs {
+            prompt: "sea".into(),
+        }));
+        assert!(!serde_json::to_string(&j).unwrap().contains("claim"));
+        j.claim = Some(ClaimInfo {
+            reason: Reason::PrimaryDown,
+            degraded: false,
+            acked_ms: 1_700_000_000_123,
+        });
+        let wire = serde_json::to_string(&j).unwrap();
+        assert!(
+            wire.ends_with(
+                r#""attempt":1,"claim":{"reason":"primary_down","degraded":false,"acked_ms":1700000000123}}"#
+            ),
+            "{wire}"
+        );
+        assert_eq!(decode(wire.as_bytes()).unwrap().claim, j.claim);
     }
 
     #[test]

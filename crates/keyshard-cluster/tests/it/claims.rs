@@ -56,7 +56,10 @@ async fn four_handles_race_and_each_interaction_is_claimed_once_by_its_owner() {
             primary(user, N),
             "all alive and idle: the primary wins"
         );
-        let ClaimOutcome::Won { assignment, rank } = outcome else {
+        let ClaimOutcome::Won {
+            assignment, rank, ..
+        } = outcome
+        else {
             panic!("Redis is up, yet {outcome:?}");
         };
         assert_eq!((assignment.reason, *rank), (Reason::Primary, None));
@@ -106,7 +109,10 @@ async fn stalled_owner_is_replaced_by_the_next_instance_within_its_grace() {
     let outcomes = tc.claim_on(&[3, 4, 1], id, user).await;
 
     let (_, first, took) = &outcomes[0];
-    let ClaimOutcome::Won { assignment, rank } = first else {
+    let ClaimOutcome::Won {
+        assignment, rank, ..
+    } = first
+    else {
         panic!("instance 3 should take over: {outcomes:?}");
     };
     assert_eq!(*rank, Some(0));
@@ -188,8 +194,15 @@ async fn an_owner_dying_between_claim_and_ack_is_replaced_by_the_sweep() {
     let fallback = tc.node(2).claim(id, user, received).await;
     let took = start.elapsed();
     assert!(
-        matches!(fallback, ClaimOutcome::Won { rank: Some(0), .. }),
-        "{fallback:?}"
+        matches!(
+            fallback,
+            ClaimOutcome::Won {
+                rank: Some(0),
+                swept_from: Some(1),
+                ..
+            }
+        ),
+        "the sweep names the instance whose claim lapsed: {fallback:?}"
     );
     assert!(
         took >= TIMING.pending,
@@ -218,5 +231,58 @@ async fn a_confirmed_claim_needs_no_sweep() {
         start.elapsed() < TIMING.grace + SLACK,
         "took {:?}",
         start.elapsed()
+    );
+}
+
+/// The confirmation of an answered interaction carries its ledger row: appended exactly when
+/// the claim is (or becomes) this instance's, never when a fallback holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_records_the_row_only_for_the_holder_of_the_claim() {
+    use keyshard_cluster::Confirmed;
+    let tc = TestCluster::start().await;
+    let url = tc.redis.url();
+    let stream_len = |id: u32| {
+        let (url, key) = (url.clone(), keys::ledger_stream(&tc.name, id));
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            redis::cmd("XLEN")
+                .arg(&key)
+                .query_async::<u64>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Held by me: confirmed for the token's life, and the row is appended.
+    let (user, id) = (user_of(3, 31), interaction(31));
+    assert!(tc.node(3).claim(id, user, now_ms()).await.answers());
+    let got = tc.node(3).confirm_recording(id, r#"{"row":1}"#).await;
+    assert!(matches!(got, Confirmed::Recorded { .. }), "{got:?}");
+    assert_eq!(stream_len(3).await, 1);
+    let ttl = redis_pttl(&url, &keys::claim(&tc.name, id)).await;
+    assert!(ttl > TIMING.pending.as_millis() as i64, "confirmed: {ttl}");
+
+    // Held by another instance (a fallback swept it): no row from me.
+    let (user, id) = (user_of(1, 32), interaction(32));
+    assert!(tc.node(1).claim(id, user, now_ms()).await.answers());
+    let got = tc.node(2).confirm_recording(id, r#"{"row":2}"#).await;
+    assert_eq!(got, Confirmed::NotHolder);
+    assert_eq!(stream_len(2).await, 0);
+    assert_eq!(
+        redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
+        Some("1"),
+        "the holder keeps its claim"
+    );
+
+    // Lapsed and taken by nobody: this instance answered, so it takes the claim back and
+    // records the row.
+    let id = interaction(33);
+    let got = tc.node(4).confirm_recording(id, r#"{"row":3}"#).await;
+    assert!(matches!(got, Confirmed::Recorded { .. }), "{got:?}");
+    assert_eq!(stream_len(4).await, 1);
+    assert_eq!(
+        redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
+        Some("4")
     );
 }

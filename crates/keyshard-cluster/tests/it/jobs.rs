@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use keyshard_cluster::jobs::BoxFuture;
 use keyshard_cluster::{
-    Cluster, InstanceId, Job, JobArgs, JobContext, JobHandler, JobKind, Jobs, Outcome,
-    UnreadableJob,
+    keys, Arrival, Cluster, Delivery, InstanceId, Job, JobArgs, JobContext, JobHandler, JobKind,
+    Jobs, Outcome, UnreadableJob,
 };
 use keyshard_types::ChatArgs;
 use tokio::sync::Notify;
@@ -42,6 +42,8 @@ struct Recorder {
     started: Arc<Notify>,
     /// Jobs given to `unreadable`: id, kind, and the reason.
     unreadable: Arc<Mutex<Vec<(u64, JobKind, String)>>>,
+    /// How each delivered job reached the stream its run read it from.
+    arrivals: Arc<Mutex<HashMap<u64, Arrival>>>,
 }
 
 impl Recorder {
@@ -57,6 +59,7 @@ impl Recorder {
             delivered: delivered.clone(),
             started: Arc::new(Notify::new()),
             unreadable: Arc::default(),
+            arrivals: Arc::default(),
         }
     }
 }
@@ -104,6 +107,7 @@ impl JobHandler for Recorder {
                     reason: "test key rejected".into(),
                 },
                 Mode::Finish | Mode::KeyProblem => {
+                    r.arrivals.lock().unwrap().insert(job.id, ctx.arrival());
                     if ctx.begin_delivery(job.id).await {
                         r.delivered
                             .lock()
@@ -136,6 +140,7 @@ fn job(id: u64, origin: InstanceId) -> Job {
         origin,
         tried: Vec::new(),
         attempt: 0,
+        claim: None,
     }
 }
 
@@ -219,6 +224,11 @@ async fn a_dead_instances_jobs_are_rescued_by_a_peer() {
     delivered_once(&delivered, 100..120);
     assert!(delivered.lock().unwrap().values().all(|v| v == &vec![2]));
     assert_eq!(jobs2.stats().rescued, 20);
+    let arrivals = rescuer.arrivals.lock().unwrap().clone();
+    assert!(
+        arrivals.values().all(|a| a.rescued && !a.stolen),
+        "every run knows its job was rescued: {arrivals:?}"
+    );
     stop2.cancel();
 }
 
@@ -395,7 +405,9 @@ async fn an_idle_instance_takes_waiting_jobs_from_a_busy_peer() {
         jobs1.submit(job(id, 1)).await.unwrap();
     }
     // Instance 3 has nothing of its own to do: it takes the waiting ones.
-    let (jobs3, stop3, _t3) = start_workers(tc.node(3), Recorder::new(3, Mode::Finish, &delivered));
+    let idle = Recorder::new(3, Mode::Finish, &delivered);
+    let arrivals = idle.arrivals.clone();
+    let (jobs3, stop3, _t3) = start_workers(tc.node(3), idle);
     wait_for(
         "six waiting jobs finished by the idle peer",
         PATIENCE,
@@ -404,6 +416,14 @@ async fn an_idle_instance_takes_waiting_jobs_from_a_busy_peer() {
     .await;
     assert!(delivered.lock().unwrap().values().all(|v| v == &vec![3]));
     assert_eq!(jobs3.stats().stolen, 6);
+    assert!(
+        arrivals
+            .lock()
+            .unwrap()
+            .values()
+            .all(|a| a.stolen && !a.rescued),
+        "{arrivals:?}"
+    );
     stop1.cancel();
     stop3.cancel();
 }
@@ -552,4 +572,62 @@ async fn an_entry_with_unreadable_arguments_reaches_the_handler_and_is_acknowled
     })
     .await;
     stop.cancel();
+}
+
+/// The done marker and the job's ledger row are one step: whichever run delivers first
+/// records the row, every later run records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_row_is_recorded_with_the_done_marker_once() {
+    let tc = TestCluster::start().await;
+    // A context of each instance, taken from a job run that hangs there.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    struct Grab(tokio::sync::mpsc::UnboundedSender<JobContext>);
+    impl JobHandler for Grab {
+        fn handle(&self, _job: Job, ctx: JobContext) -> BoxFuture<Outcome> {
+            let _ = self.0.send(ctx);
+            Box::pin(std::future::pending())
+        }
+    }
+    let mut stops = Vec::new();
+    let mut contexts = Vec::new();
+    for id in [1, 2] {
+        let jobs = Jobs::new(tc.node(id));
+        let stop = CancellationToken::new();
+        jobs.spawn(Arc::new(Grab(tx.clone())), SLOTS, stop.clone());
+        jobs.submit(job(700 + u64::from(id), id)).await.unwrap();
+        contexts.push(rx.recv().await.unwrap());
+        stops.push(stop);
+    }
+    let first = contexts[0]
+        .begin_delivery_recording(777, r#"{"row":"a"}"#)
+        .await;
+    assert!(matches!(first, Delivery::First { .. }), "{first:?}");
+    let again = contexts[1]
+        .begin_delivery_recording(777, r#"{"row":"b"}"#)
+        .await;
+    assert_eq!(again, Delivery::Again);
+    let client = redis::Client::open(tc.redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let lens: (u64, u64) = redis::pipe()
+        .cmd("XLEN")
+        .arg(keys::ledger_stream(&tc.name, 1))
+        .cmd("XLEN")
+        .arg(keys::ledger_stream(&tc.name, 2))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        lens,
+        (1, 0),
+        "one row, in the first run's instance's stream"
+    );
+    assert_eq!(
+        redis_get(&tc.redis.url(), &keys::done(&tc.name, 777))
+            .await
+            .as_deref(),
+        Some("1")
+    );
+    for s in stops {
+        s.cancel();
+    }
 }

@@ -43,7 +43,10 @@ async fn stopped_heartbeat_is_seen_dead_within_dead_after_and_the_ladder_takes_o
     }
     let outcomes = tc.claim_on(&survivors, interaction(1), user).await;
     assert_eq!(answering(&outcomes), vec![4], "{outcomes:?}");
-    let ClaimOutcome::Won { assignment, rank } = &outcomes[2].1 else {
+    let ClaimOutcome::Won {
+        assignment, rank, ..
+    } = &outcomes[2].1
+    else {
         panic!("{outcomes:?}");
     };
     assert_eq!((assignment.reason, *rank), (Reason::PrimaryDown, None));

@@ -198,3 +198,14 @@ pub async fn redis_get(url: &str, key: &str) -> Option<String> {
         .await
         .unwrap()
 }
+
+/// `PTTL` of a key (-2: no key, -1: no expiry).
+pub async fn redis_pttl(url: &str, key: &str) -> i64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}

@@ -251,3 +251,97 @@ async fn a_dead_instances_stream_is_written_by_one_live_peer() {
     one.stop().await;
     three.stop().await;
 }
+
+/// Rows the bot appends to the stream itself (in the script that marks the interaction
+/// answered) are known to the writer, so an empty Redis restart loses them no more than the
+/// rows it pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_appended_by_the_bot_survive_an_empty_redis_restart() {
+    let mut redis = RedisServer::start();
+    let mut pg = PostgresServer::start();
+    let (pool, _) = fresh_database(&pg).await;
+    let one = Instance::start(&redis.url(), 1, pool.clone());
+    let stream = LedgerStream::new(&one.cluster);
+
+    blocking(|| pg.stop());
+    let appended = numbered(0, 60);
+    for r in &appended {
+        // What the claim confirmation or the done marker's script does, then tells the writer.
+        stream.push(&LedgerWriter::encode(r)).await.unwrap();
+        assert_eq!(one.writer.recorded_in_redis(r), Recorded::Queued);
+    }
+    assert_eq!(
+        one.writer.recorded_in_redis(&appended[0]),
+        Recorded::Duplicate
+    );
+    let s = one.writer.stats();
+    assert_eq!((s.recorded, s.not_in_redis, s.buffered), (60, 0, 60));
+
+    blocking(|| redis.restart());
+    wait_until("the writer to push them again", PATIENCE, || async {
+        one.writer.stats().repushed >= 60
+    })
+    .await;
+    blocking(|| pg.restart());
+    assert_written_once(&pool, &one.writer, &appended).await;
+    one.stop().await;
+}
+
+/// Writing waits for the schema (an instance starts while Postgres is down or not migrated:
+/// rows wait in Redis), and a graceful stop writes what is left instead of leaving it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_the_schema_and_a_graceful_stop_writes_what_is_left() {
+    let redis = RedisServer::start();
+    let server = shared_server();
+    let (pool, _) = empty_database(&server);
+    let cluster = cluster(&redis.url(), 1);
+    // Ticks an hour apart: after the first one, only the stop writes.
+    let writer = LedgerWriter::new(
+        &cluster,
+        pool.clone(),
+        keyshard_ledger::WriterConfig {
+            interval: Duration::from_secs(3_600),
+            ..fast_writer()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let migrated = std::sync::Arc::new(tokio::sync::Notify::new());
+    let cluster_task = cluster.spawn(shutdown.clone());
+    let task = writer.spawn_when(shutdown.clone(), {
+        let migrated = migrated.clone();
+        async move { migrated.notified().await }
+    });
+    let stream = LedgerStream::new(&cluster);
+    let early = numbered(0, 40);
+    record_all(&writer, &early);
+    wait_until("the rows in Redis", PATIENCE, || async {
+        stream.backlog(1).await.unwrap_or(0) == 40
+    })
+    .await;
+    assert_eq!(
+        writer.stats().write_failures,
+        0,
+        "no write before the schema"
+    );
+
+    keyshard_ledger::migrate(&pool).await.unwrap();
+    migrated.notify_one();
+    wait_until("the first tick to write them", PATIENCE, || async {
+        count(&pool).await == 40
+    })
+    .await;
+
+    let late = numbered(40, 25);
+    record_all(&writer, &late);
+    wait_until("the late rows in Redis", PATIENCE, || async {
+        stream.backlog(1).await.unwrap_or(0) == 25
+    })
+    .await;
+    assert_eq!(count(&pool).await, 40, "no tick before the stop");
+    shutdown.cancel();
+    task.await.unwrap();
+    cluster_task.await.unwrap();
+    let all: Vec<LedgerRow> = [early, late].concat();
+    assert_written_once(&pool, &writer, &all).await;
+    assert_eq!(stream.backlog(1).await.unwrap(), 0, "nothing left in Redis");
+}

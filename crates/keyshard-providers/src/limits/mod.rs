@@ -3,9 +3,12 @@
 //! named by its [`LaneKind`]. It combines
 //!
 //! - concurrency (a fair semaphore),
-//! - requests per window (a hard sliding-window cap plus GCRA pacing with a small burst) and
-//!   tokens per window ([`window`], pure bookkeeping),
-//! - cooldowns the provider asked for (`Retry-After`, `x-ratelimit-remaining-*: 0`),
+//! - requests and tokens per window: the lane's own count, a hard sliding-window cap whose
+//!   slots free a window after each request's answer, plus GCRA pacing with a small burst
+//!   ([`window`]), and what the provider reports in its answers ([`reported`]), composed in
+//!   [`policy`] (pure: the time is passed in),
+//! - pauses the provider imposes (`Retry-After`, a 429, `remaining` run out on a provider
+//!   stricter than the limits), each logged once and counted in [`ProviderStats`],
 //! - requests per UTC day ([`daily`], shared by the generating lanes of one key; polling
 //!   lanes are not counted), counted in a [`DailyStore`] ([`day_store`]) so a restart does
 //!   not reset them,
@@ -14,6 +17,8 @@
 
 pub mod daily;
 pub mod day_store;
+pub mod policy;
+pub mod reported;
 pub mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +33,7 @@ use crate::error::{ErrorClass, ProviderError, ProviderKind};
 use crate::headers::RateHints;
 use daily::DailyCounter;
 pub use day_store::{DailyStore, KeyDay, MemoryStore, StoreError, UtcDay};
-use window::{Pacer, RequestWindow, TokenWindow};
+use policy::{Decision, LaneLimits, LanePolicy, Pause};
 
 /// Counters of one provider, shared by its lanes.
 #[derive(Debug, Default)]
@@ -39,6 +44,7 @@ pub(crate) struct StatsCell {
     pub retries: AtomicU64,
     pub provider_429: AtomicU64,
     pub wait_micros: AtomicU64,
+    pub provider_pauses: AtomicU64,
 }
 
 impl StatsCell {
@@ -67,6 +73,9 @@ pub struct ProviderStats {
     pub provider_429: u64,
     /// Total time calls spent waiting for capacity.
     pub rate_limit_wait: Duration,
+    /// Pauses the provider imposed on a lane (`Retry-After`, a 429, `remaining` run out on a
+    /// provider stricter than the configured limits), each counted once when it starts.
+    pub provider_pauses: u64,
 }
 
 impl ProviderStats {
@@ -83,6 +92,7 @@ impl ProviderStats {
             retries: c.retries.load(Ordering::Relaxed),
             provider_429: c.provider_429.load(Ordering::Relaxed),
             rate_limit_wait: Duration::from_micros(c.wait_micros.load(Ordering::Relaxed)),
+            provider_pauses: c.provider_pauses.load(Ordering::Relaxed),
         }
     }
 
@@ -154,15 +164,9 @@ pub struct LaneBudget {
     pub day_used: u64,
     pub in_flight: u32,
     pub concurrency: u32,
-    /// How long the provider told us to stay away, from now.
+    /// How long the lane is paused from now: by the provider (`Retry-After`, a 429, its
+    /// remaining run out) or by itself (a call that found no capacity in time).
     pub cooldown_ms: u64,
-}
-
-struct LaneState {
-    requests: RequestWindow,
-    pacer: Pacer,
-    tokens: Option<TokenWindow>,
-    cooldown_until: Option<Instant>,
 }
 
 /// One rate-limited stream of calls of one key.
@@ -173,9 +177,10 @@ pub(crate) struct Lane {
     concurrency: u32,
     max_wait: Duration,
     // A std mutex: it guards a few comparisons and a VecDeque push, never an await.
-    state: Mutex<LaneState>,
-    /// Woken when room appears earlier than a waiter computed (token reconcile, cooldown end
-    /// moved); waiters otherwise sleep until the instant they computed.
+    policy: Mutex<LanePolicy>,
+    /// Woken when room may have appeared earlier than a waiter computed (an answer shortened
+    /// a slot's guard or lifted a pause, a token reconcile); waiters otherwise sleep until
+    /// the instant they computed.
     changed: Notify,
     permits: Arc<Semaphore>,
     /// `None` for lanes whose calls do not count as requests per day (video polling).
@@ -183,25 +188,50 @@ pub(crate) struct Lane {
     pub stats: Arc<StatsCell>,
 }
 
-/// Permission to send one request: holds a concurrency permit (released on drop) and the
-/// token charge to reconcile with the real usage.
+/// Permission to send one request: holds a concurrency permit (released on drop), the
+/// request's slot in the lane's count, and its token charge to reconcile with the real usage.
 pub(crate) struct Admission {
     lane: Arc<Lane>,
-    token_charge: Option<u64>,
+    id: u64,
+    has_tokens: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Admission {
     /// Corrects the token estimate of this request with the usage the provider reported.
     pub fn reconcile_tokens(&self, actual: u64) {
-        if let Some(id) = self.token_charge {
-            let mut st = self.lane.state.lock().expect("lane lock");
-            if let Some(tokens) = st.tokens.as_mut() {
-                tokens.reconcile(id, actual);
-            }
-            drop(st);
+        if self.has_tokens {
+            self.lane.lock().reconcile(self.id, actual);
             self.lane.changed.notify_waiters();
         }
+    }
+
+    /// Where the attempt reports its answer: owned, so an attempt's future can keep it.
+    pub fn receipt(&self) -> Receipt {
+        Receipt {
+            lane: self.lane.clone(),
+            id: self.id,
+        }
+    }
+}
+
+/// Tells the lane that one request was answered, and what the answer's headers said.
+#[derive(Clone)]
+pub(crate) struct Receipt {
+    lane: Arc<Lane>,
+    id: u64,
+}
+
+impl Receipt {
+    /// The answer (status line and headers) arrived at `at`; call it once per attempt that
+    /// got an answer, error answers (429s) included.
+    pub fn answered(&self, at: Instant, hints: &RateHints) {
+        let mut policy = self.lane.lock();
+        let pause = policy.answered(self.id, at, hints);
+        tracing::trace!(lane = self.lane.kind.as_str(), provider = %self.lane.provider, guard_ms = policy.guard().as_millis() as u64, "answered");
+        drop(policy);
+        self.lane.paused(pause);
+        self.lane.changed.notify_waiters();
     }
 }
 
@@ -215,27 +245,45 @@ impl Lane {
         daily: Option<Arc<DailyCounter>>,
         stats: Arc<StatsCell>,
     ) -> Arc<Self> {
-        let span = limits.window + limits.guard();
         Arc::new(Lane {
             provider,
             kind,
             window: limits.window,
             concurrency: limits.concurrency.max(1),
             max_wait,
-            state: Mutex::new(LaneState {
-                requests: RequestWindow::new(rpm, span),
-                // Paced over the same span the window counts (window + guard): pacing over the
-                // bare window would run ahead of the cap by the guard each window, and after a
-                // burst the cap would then stall the lane for seconds once a window.
-                pacer: Pacer::new(rpm, span, KeyLimits::burst(rpm)),
-                tokens: limits.tpm.map(|t| TokenWindow::new(t, span)),
-                cooldown_until: None,
-            }),
+            policy: Mutex::new(LanePolicy::new(LaneLimits {
+                requests: rpm,
+                tokens: limits.tpm,
+                window: limits.window,
+                max_guard: limits.guard(),
+                burst: KeyLimits::burst(rpm),
+            })),
             changed: Notify::new(),
             permits: Arc::new(Semaphore::new(limits.concurrency.max(1) as usize)),
             daily,
             stats,
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LanePolicy> {
+        self.policy.lock().expect("lane lock")
+    }
+
+    /// Logs and counts a pause the provider imposed (the policy reports each one once).
+    fn paused(&self, pause: Option<Pause>) {
+        let Some(p) = pause else { return };
+        self.stats.provider_pauses.fetch_add(1, Ordering::Relaxed);
+        let ms = p
+            .until
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
+        tracing::info!(
+            provider = %self.provider,
+            lane = self.kind.as_str(),
+            reason = p.reason.as_str(),
+            pause_ms = ms,
+            "the provider paused this key"
+        );
     }
 
     /// Waits until a request estimated at `tokens` may start, then takes its slot.
@@ -248,26 +296,18 @@ impl Lane {
                 Ok(Err(_)) => unreachable!("lane semaphores are never closed"),
                 Err(_) => return Err(self.no_capacity(Some(self.window))),
             };
-        let token_charge = loop {
+        let id = loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
-            let ready = {
-                let mut st = self.state.lock().expect("lane lock");
-                let mut ready = st.requests.ready_at(now).max(st.pacer.ready_at(now));
-                if let Some(until) = st.cooldown_until {
-                    ready = ready.max(until);
+            let decision = self.lock().try_admit(now, tokens);
+            let ready = match decision {
+                Decision::Go(id) => break id,
+                Decision::Wait { until, pause } => {
+                    self.paused(pause);
+                    until
                 }
-                if let Some(t) = st.tokens.as_mut() {
-                    ready = ready.max(t.ready_at(now, tokens));
-                }
-                if ready <= now {
-                    st.requests.record(now);
-                    st.pacer.record(now);
-                    break st.tokens.as_mut().map(|t| t.record(now, tokens));
-                }
-                ready
             };
             if ready > deadline {
                 self.add_wait(start);
@@ -280,7 +320,8 @@ impl Lane {
         };
         let admission = Admission {
             lane: self.clone(),
-            token_charge,
+            id,
+            has_tokens: tokens > 0,
             _permit: permit,
         };
         let daily = match &self.daily {
@@ -322,43 +363,31 @@ impl Lane {
         self.max_wait
     }
 
-    /// Nobody on this lane starts a request for `d` (the provider asked for it).
-    pub fn cool_down(&self, d: Duration) {
-        let until = Instant::now() + d;
-        let mut st = self.state.lock().expect("lane lock");
-        st.cooldown_until = Some(st.cooldown_until.map_or(until, |u| u.max(until)));
-    }
-
-    /// Applies what a response said about the key's limits.
-    pub fn observe(&self, hints: &RateHints) {
-        if let Some(d) = hints.blocked_for() {
-            self.cool_down(d);
-        }
-        if let (Some(0), Some(reset)) = (hints.remaining_tokens, hints.reset_tokens) {
-            self.cool_down(reset);
-        }
+    /// Nobody on this lane starts a request for `d`. `by_provider`: the provider asked for
+    /// it (a 429), which is a pause to log and count; otherwise the lane's own decision.
+    pub fn cool_down(&self, d: Duration, by_provider: bool) {
+        let pause = self.lock().cool_down(Instant::now(), d, by_provider);
+        self.paused(pause);
     }
 
     pub fn budget(&self) -> LaneBudget {
         let now = Instant::now();
-        let mut st = self.state.lock().expect("lane lock");
-        let used = st.requests.used(now);
-        let limit = st.requests.limit();
+        let usage = self.lock().usage(now);
         LaneBudget {
             provider: self.provider,
             lane: self.kind,
             window_secs: self.window.as_secs_f64(),
-            requests_limit: limit,
-            requests_used: used,
-            requests_remaining: limit.saturating_sub(used),
-            tokens_limit: st.tokens.as_ref().map(|t| t.limit()),
-            tokens_used: st.tokens.as_mut().map(|t| t.used(now)),
+            requests_limit: usage.requests_limit,
+            requests_used: usage.requests,
+            requests_remaining: usage.requests_limit.saturating_sub(usage.requests),
+            tokens_limit: usage.tokens_limit,
+            tokens_used: usage.tokens,
             day_limit: self.daily.as_ref().and_then(|d| d.limit()),
             day_used: self.daily.as_ref().map_or(0, |d| d.used()),
             in_flight: self.concurrency - self.permits.available_permits() as u32,
             concurrency: self.concurrency,
-            cooldown_ms: st
-                .cooldown_until
+            cooldown_ms: usage
+                .paused_until
                 .map_or(0, |u| u.saturating_duration_since(now).as_millis() as u64),
         }
     }
@@ -437,16 +466,48 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn cooldown_from_headers_delays_everyone() {
+    async fn a_provider_pause_delays_everyone_and_is_counted_once() {
         let l = lane(100, 10, None);
+        let first = l.admit(1).await.unwrap();
         let hints = RateHints {
             retry_after: Some(Duration::from_secs(5)),
             ..RateHints::default()
         };
-        l.observe(&hints);
         let t0 = Instant::now();
-        drop(l.admit(1).await.unwrap());
+        first.receipt().answered(t0, &hints);
+        drop(first);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.admit(1).await.map(drop) })
+            })
+            .collect();
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
         assert_eq!(t0.elapsed(), Duration::from_secs(5));
+        assert_eq!(l.stats.provider_pauses.load(Ordering::Relaxed), 1);
+        // The lane's own cooldown is no provider pause.
+        l.cool_down(Duration::from_secs(1), false);
+        assert_eq!(l.budget().cooldown_ms, 1_000);
+        assert_eq!(l.stats.provider_pauses.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_frees_its_slot_a_window_after_it_arrived() {
+        let l = lane(2, 10, None);
+        let t0 = Instant::now();
+        let a = l.admit(0).await.unwrap();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        a.receipt().answered(Instant::now(), &RateHints::default());
+        drop(a);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let b = l.admit(0).await.unwrap();
+        b.receipt().answered(Instant::now(), &RateHints::default());
+        drop(b);
+        drop(l.admit(0).await.unwrap());
+        // 60 s window + the 30 ms the answer took, not the fixed 1 s guard.
+        assert_eq!(t0.elapsed(), Duration::from_millis(60_030));
     }
 
     #[tokio::test(start_paused = true)]

@@ -64,6 +64,11 @@ pub struct DiscordConfig {
     pub replay_buffer: usize,
     /// How long a session without a socket keeps collecting dispatches for a RESUME.
     pub resume_window: Duration,
+    /// `(instance, delay)`: the answers to that instance's interaction callbacks are held for
+    /// `delay` after the fake has decided them (a slow path between one instance and
+    /// Discord). The callback counts as accepted when decided, so a slow instance's claim can
+    /// lapse after it answered, and a test can kill it between its answer and its next step.
+    pub callback_delay: Option<(u32, Duration)>,
 }
 
 impl Default for DiscordConfig {
@@ -79,6 +84,7 @@ impl Default for DiscordConfig {
             // Discord keeps a session resumable for a short while; a restarted process
             // identifies anew, so only a dropped socket within this window resumes.
             resume_window: Duration::from_secs(60),
+            callback_delay: None,
         }
     }
 }

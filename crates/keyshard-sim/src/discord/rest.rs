@@ -199,7 +199,13 @@ async fn rest(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             get_commands(&shared, guild.parse().ok())
         }
         (&Method::POST, ["interactions", id, token, "callback"]) => {
-            callback(&shared, instance, id, token, body)
+            let resp = callback(&shared, instance, id, token, body);
+            if let Some((slow, delay)) = shared.cfg.callback_delay {
+                if slow == instance {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            resp
         }
         (&Method::POST, ["webhooks", app_id, token]) => {
             webhook(&shared, instance, app_id, token, None, &method, body)

@@ -28,6 +28,9 @@ pub struct BenchArgs {
     pub window: Duration,
     pub latency: LatencyDist,
     pub seed: u64,
+    /// The fake reports (and enforces) a burst allowance of this many requests instead of
+    /// the window's remaining, as a proxy may ([`super::FakeProvidersConfig::burst_allowance`]).
+    pub burst_allowance: Option<u32>,
 }
 
 impl Default for BenchArgs {
@@ -43,6 +46,7 @@ impl Default for BenchArgs {
                 max: Duration::from_millis(250),
             },
             seed: 42,
+            burst_allowance: None,
         }
     }
 }
@@ -120,6 +124,7 @@ where
         },
         stream_gap: Duration::from_millis(2),
         seed: args.seed,
+        burst_allowance: args.burst_allowance,
         ..FakeProvidersConfig::default()
     };
     let fake = FakeProviders::start(cfg).await?;
@@ -241,6 +246,7 @@ mod tests {
             window: Duration::from_secs(1),
             latency: LatencyDist::None,
             seed: 1,
+            burst_allowance: None,
         };
         let report = run(args).await.unwrap();
         assert_eq!(report.limit, 10); // 5 per 1 s window, two windows started in 1.5 s

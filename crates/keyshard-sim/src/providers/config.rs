@@ -209,6 +209,11 @@ pub struct FakeProvidersConfig {
     pub stream_gap: Duration,
     /// Seeds latency and random failures.
     pub seed: u64,
+    /// OpenAI lanes: a burst allowance of this many requests (a token bucket refilled at the
+    /// lane's limit per window) enforced on top of the window and reported in the request
+    /// headers instead of the window's remaining (limit = the allowance, reset = until the
+    /// bucket is full).
+    pub burst_allowance: Option<u32>,
 }
 
 impl Default for FakeProvidersConfig {
@@ -224,6 +229,7 @@ impl Default for FakeProvidersConfig {
             chat_words: 12,
             stream_gap: Duration::from_millis(5),
             seed: 1,
+            burst_allowance: None,
         }
     }
 }

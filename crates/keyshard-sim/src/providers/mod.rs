@@ -10,10 +10,19 @@
 //! **Limits.** Each key has its own sliding windows, one per [`FakeLane`]: a request is
 //! admitted when fewer than `limit` requests of that key were admitted in the last `window`,
 //! measured when the request reaches the handler. Otherwise it gets the provider's 429 (MiniMax:
-//! HTTP 200 with `base_resp.status_code` 1002) with `Retry-After` (whole seconds, rounded up)
-//! and is not counted. OpenAI answers also carry `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`;
-//! `reset` is the time until the oldest admitted request leaves the window (when the next slot
-//! frees). These are the semantics `keyshard-providers`' `KeyLimits` documents.
+//! HTTP 200 with `base_resp.status_code` 1002) with `Retry-After` (whole seconds, rounded up:
+//! when the oldest admitted request leaves the window) and is not counted. These are the
+//! semantics `keyshard-providers`' `KeyLimits` documents.
+//!
+//! **Headers.** Every OpenAI answer past the key check, 429s included, carries
+//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from the limiter's state after the
+//! request, as OpenAI defines them: `remaining` is what the window would still admit, `reset`
+//! the time until it is back to its initial state (its newest request has left it; OpenAI:
+//! "the time until the rate limit resets to its initial state"). With
+//! [`FakeProvidersConfig::burst_allowance`] the OpenAI lanes also enforce, and their request
+//! headers report, a small burst allowance instead: a token bucket of that many requests
+//! refilled at the lane's rate, as a proxy in front of the key may run. MiniMax and
+//! Stability send `Retry-After` on their refusals and no rate headers, like the real ones.
 //!
 //! **Failures.** [`FailurePlan`]: random 500s, hangs (client timeouts) and content rejections
 //! at seeded rates, keys that are bad or out of quota, and deterministic triggers: a prompt (or
@@ -81,6 +90,8 @@ pub(crate) struct Shared {
     root: String,
     rng: Mutex<StdRng>,
     windows: Mutex<HashMap<(FakeLane, String), VecDeque<Instant>>>,
+    /// Burst allowances (GCRA: the theoretical arrival time of the next request).
+    buckets: Mutex<HashMap<(FakeLane, String), Instant>>,
     /// Admitted requests' lanes and starts, in order, the latest [`ADMISSION_LOG`] of them
     /// (for the report's lane use; bounded for a long `keyshard-sim serve`).
     admitted: Mutex<VecDeque<(FakeLane, Instant)>>,
@@ -171,9 +182,8 @@ impl Shared {
         }
     }
 
-    /// The sliding-window check; an admitted request is counted at once. One function over
-    /// ~90 lines because requests and tokens are decided together under the windows lock (an
-    /// OpenAI request is refused for either), and splitting it would hand the guard around.
+    /// The sliding-window check (and the burst allowance, when configured); an admitted
+    /// request is counted at once.
     fn admit(&self, lane: FakeLane, key: &str, tokens: u64) -> Gate {
         let now = Instant::now();
         let lim = self.cfg.limits.lane(lane);
@@ -182,8 +192,15 @@ impl Shared {
         while starts.front().is_some_and(|t| *t + lim.window <= now) {
             starts.pop_front();
         }
-        let reset_of = |starts: &VecDeque<Instant>| {
+        // When the oldest admitted request leaves (the next slot frees: Retry-After), and
+        // when the newest does (the window is back to its initial state: the reset header).
+        let next_slot = |starts: &VecDeque<Instant>| {
             starts.front().map_or(Duration::ZERO, |t| {
+                (*t + lim.window).saturating_duration_since(now)
+            })
+        };
+        let reset_of = |starts: &VecDeque<Instant>| {
+            starts.back().map_or(Duration::ZERO, |t| {
                 (*t + lim.window).saturating_duration_since(now)
             })
         };
@@ -198,6 +215,11 @@ impl Shared {
             }
             let total: u64 = used.iter().map(|(_, n)| n).sum();
             let tokens = tokens.min(u64::from(tl.limit));
+            let newest = |used: &VecDeque<(Instant, u64)>| {
+                used.back().map_or(Duration::ZERO, |(t, _)| {
+                    (*t + tl.window).saturating_duration_since(now)
+                })
+            };
             if total + tokens > u64::from(tl.limit) {
                 let mut need = total + tokens - u64::from(tl.limit);
                 let mut wait = tl.window;
@@ -209,40 +231,39 @@ impl Shared {
                     need -= n;
                 }
                 token_wait = Some(wait);
-                token_view = Some((tl.limit, tl.limit.saturating_sub(total as u32), wait));
+                token_view = Some((
+                    tl.limit,
+                    tl.limit.saturating_sub(total as u32),
+                    newest(used),
+                ));
             } else if starts.len() < lim.limit as usize {
                 used.push_back((now, tokens));
-                let oldest = used.front().map_or(now, |(t, _)| *t);
                 token_view = Some((
                     tl.limit,
                     (u64::from(tl.limit) - total - tokens) as u32,
-                    (oldest + tl.window).saturating_duration_since(now),
+                    newest(used),
                 ));
             }
         }
+        let view_of = |starts: &VecDeque<Instant>| LimitView {
+            limit: lim.limit,
+            remaining: lim.limit.saturating_sub(starts.len() as u32),
+            reset: reset_of(starts),
+            tokens: token_view,
+        };
         if starts.len() >= lim.limit as usize {
-            let reset = reset_of(starts);
-            let view = LimitView {
-                limit: lim.limit,
-                remaining: 0,
-                reset,
-                tokens: token_view,
-            };
+            let view = view_of(starts);
+            let retry_after = next_slot(starts);
             drop(windows);
             self.count_429(lane, key);
             return Gate::Limited {
                 view,
-                retry_after: reset,
+                retry_after,
                 kind: "requests",
             };
         }
         if let Some(wait) = token_wait {
-            let view = LimitView {
-                limit: lim.limit,
-                remaining: lim.limit - starts.len() as u32,
-                reset: reset_of(starts),
-                tokens: token_view,
-            };
+            let view = view_of(starts);
             drop(windows);
             self.count_429(lane, key);
             return Gate::Limited {
@@ -251,13 +272,35 @@ impl Shared {
                 kind: "tokens",
             };
         }
+        let burst = self
+            .cfg
+            .burst_allowance
+            .filter(|_| matches!(lane, FakeLane::OpenAiChat | FakeLane::OpenAiImages));
+        let mut view = None;
+        if let Some(allowance) = burst {
+            let allowance = allowance.max(1);
+            let interval = lim.window / lim.limit.max(1);
+            let tolerance = interval * (allowance - 1);
+            let mut buckets = self.buckets.lock().expect("buckets lock");
+            let tat = buckets.entry((lane, key.to_owned())).or_insert(now);
+            let start = (*tat).max(now);
+            if start > now + tolerance {
+                let full_in = start - now;
+                let view = bucket_view(allowance, interval, full_in, token_view);
+                drop(buckets);
+                drop(windows);
+                self.count_429(lane, key);
+                return Gate::Limited {
+                    view,
+                    retry_after: start - tolerance - now,
+                    kind: "requests",
+                };
+            }
+            *tat = start + interval;
+            view = Some(bucket_view(allowance, interval, *tat - now, token_view));
+        }
         starts.push_back(now);
-        let view = LimitView {
-            limit: lim.limit,
-            remaining: lim.limit - starts.len() as u32,
-            reset: reset_of(starts),
-            tokens: token_view,
-        };
+        let view = view.unwrap_or_else(|| view_of(starts));
         // Logged under the windows lock, so the log is in admission order.
         let mut log = self.admitted.lock().expect("admitted lock");
         if log.len() == ADMISSION_LOG {
@@ -270,6 +313,23 @@ impl Shared {
     fn count_429(&self, lane: FakeLane, key: &str) {
         self.count(lane.provider(), key, |c| c.rate_limited += 1);
         self.stats.lock().expect("stats lock").total_429 += 1;
+    }
+}
+
+/// The request headers of a burst allowance of `allowance` requests refilled one per
+/// `interval`, full again in `full_in`: what is left now (whole requests) and that time.
+fn bucket_view(
+    allowance: u32,
+    interval: Duration,
+    full_in: Duration,
+    tokens: Option<(u32, u32, Duration)>,
+) -> LimitView {
+    let used = full_in.as_nanos().div_ceil(interval.as_nanos().max(1)) as u32;
+    LimitView {
+        limit: allowance,
+        remaining: allowance.saturating_sub(used),
+        reset: full_in,
+        tokens,
     }
 }
 
@@ -321,6 +381,7 @@ impl FakeProviders {
             cfg,
             root: format!("http://{public}"),
             windows: Mutex::default(),
+            buckets: Mutex::default(),
             admitted: Mutex::default(),
             tokens: Mutex::default(),
             stats: Mutex::default(),
@@ -370,6 +431,11 @@ impl FakeProviders {
 
     pub fn limits(&self) -> &FakeLimits {
         &self.shared.cfg.limits
+    }
+
+    /// How long a video task takes from creation to `Success`: its three steps.
+    pub fn video_render(&self) -> Duration {
+        self.shared.cfg.video_step * 3
     }
 
     /// What `keys` keys can do per minute on `lane` (for the report's `capacity_per_min`).
@@ -469,6 +535,118 @@ mod tests {
         assert_eq!(
             fake.admitted_between(FakeLane::MiniMaxImages, t0, Instant::now()),
             1
+        );
+        fake.shutdown().await;
+    }
+
+    fn view(g: Gate) -> (bool, LimitView, Option<Duration>) {
+        match g {
+            Gate::Admitted(v) => (true, v, None),
+            Gate::Limited {
+                view, retry_after, ..
+            } => (false, view, Some(retry_after)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_say_what_is_left_and_when_the_window_is_empty_again() {
+        let cfg = FakeProvidersConfig {
+            limits: FakeLimits::uniform(3, Duration::from_secs(10)),
+            ..FakeProvidersConfig::default()
+        };
+        let fake = FakeProviders::start(cfg).await.unwrap();
+        let s = &fake.shared;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (ok, v, _) = view(s.admit(FakeLane::OpenAiChat, "k", 0));
+            assert!(ok);
+            seen.push((v.remaining, v.reset.as_secs()));
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        // Reset: until the newest admitted request leaves (the window is empty again).
+        assert_eq!(seen, [(2, 10), (1, 10), (0, 10)]);
+        // Refused at 6 s: nothing left, empty again at 14 s, the next slot at 10 s.
+        let (ok, v, retry) = view(s.admit(FakeLane::OpenAiChat, "k", 0));
+        assert!(!ok);
+        assert_eq!((v.remaining, v.reset), (0, Duration::from_secs(8)));
+        assert_eq!(retry, Some(Duration::from_secs(4)));
+        fake.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_allowance_is_enforced_and_reported_instead_of_the_window() {
+        let cfg = FakeProvidersConfig {
+            limits: FakeLimits::uniform(120, Duration::from_secs(60)),
+            burst_allowance: Some(3),
+            ..FakeProvidersConfig::default()
+        };
+        let fake = FakeProviders::start(cfg).await.unwrap();
+        let s = &fake.shared;
+        let ms = Duration::from_millis;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (ok, v, _) = view(s.admit(FakeLane::OpenAiChat, "k", 0));
+            assert!(ok);
+            seen.push((v.limit, v.remaining, v.reset));
+        }
+        assert_eq!(
+            seen,
+            [(3, 2, ms(500)), (3, 1, ms(1_000)), (3, 0, ms(1_500))]
+        );
+        // The fourth at once: refused, back in one interval (120 a minute: 500 ms).
+        let (ok, v, retry) = view(s.admit(FakeLane::OpenAiChat, "k", 0));
+        assert!(!ok);
+        assert_eq!((v.remaining, retry), (0, Some(ms(500))));
+        tokio::time::advance(ms(500)).await;
+        assert!(view(s.admit(FakeLane::OpenAiChat, "k", 0)).0);
+        // Only OpenAI's lanes have the allowance.
+        for _ in 0..5 {
+            assert!(view(s.admit(FakeLane::MiniMaxImages, "k", 0)).0);
+        }
+        fake.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn openai_answers_carry_the_headers_and_429s_retry_after() {
+        let cfg = FakeProvidersConfig {
+            limits: FakeLimits::uniform(2, Duration::from_secs(60)),
+            latency: LatencyDist::None,
+            ..FakeProvidersConfig::default()
+        };
+        let fake = FakeProviders::start(cfg).await.unwrap();
+        let http = crate::http_client();
+        let url = format!("{}/chat/completions", fake.openai_base());
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let r = http
+                .post(&url)
+                .bearer_auth("sk-fake-key-123456")
+                .json(&serde_json::json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let h = |k: &str| {
+                r.headers()
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            answers.push((
+                r.status().as_u16(),
+                h("x-ratelimit-limit-requests"),
+                h("x-ratelimit-remaining-requests"),
+                h("x-ratelimit-reset-requests").is_some(),
+                h("retry-after"),
+            ));
+        }
+        let some = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            answers,
+            [
+                (200, some("2"), some("1"), true, None),
+                (200, some("2"), some("0"), true, None),
+                (429, some("2"), some("0"), true, some("60")),
+            ]
         );
         fake.shutdown().await;
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::model::{
     AckLatency, CommandReport, CompletionLatency, InstanceReport, Interactions, LaneUse,
-    LostExample, Report, RouteExample, Routing, ScenarioSummary,
+    LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
 };
 use super::{quantile, r2, steady_window};
 use crate::discord::{CallbackAttempt, Completion, GatewayStats, InteractionRecord};
@@ -37,6 +37,8 @@ pub struct ReportInput<'a> {
     pub unattributed_messages: u64,
     pub unknown_routes: u64,
     pub drain_timed_out: bool,
+    /// The ledger as judged after the drain ([`crate::ledger::judge`]); `None` when off.
+    pub ledger: Option<LedgerReport>,
 }
 
 impl Report {
@@ -326,6 +328,7 @@ impl<'i, 'a> Tally<'i, 'a> {
             unattributed_messages: input.unattributed_messages,
             unknown_routes: input.unknown_routes,
             drain_timed_out: input.drain_timed_out,
+            ledger: input.ledger.clone(),
             elapsed_s: r2(input
                 .end
                 .saturating_duration_since(input.start)
@@ -425,6 +428,7 @@ mod tests {
             unattributed_messages: 0,
             unknown_routes: 0,
             drain_timed_out: false,
+            ledger: None,
         }
     }
 

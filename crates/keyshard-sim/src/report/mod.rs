@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 pub use compute::ReportInput;
 pub use model::{
     AckLatency, CommandReport, CompletionLatency, InstanceReport, Interactions, LaneUse,
-    LostExample, Report, RouteExample, Routing, ScenarioSummary,
+    LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
 };
 
 /// The steady state of a load of `load` that started at `start`: from the end of a warm-up

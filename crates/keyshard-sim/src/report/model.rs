@@ -162,6 +162,37 @@ pub struct LaneUse {
     pub key_window_s: f64,
 }
 
+/// `ledger.*`: the usage ledger read back after the drain and compared with the simulator's
+/// own record of answered interactions (definitions in [`crate::ledger`]). `null` in a run
+/// with the ledger off (`--no-ledger`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LedgerReport {
+    /// Rows in the run's `ledger` table.
+    pub rows: u64,
+    /// Interactions the simulator saw a final answer for.
+    pub answered: u64,
+    /// Answered interactions without a row.
+    pub missing: u64,
+    /// Counts beyond one per interaction: rollup above the rows, rollup groups that disagree
+    /// with their rows, rows for interactions never sent.
+    pub duplicates: u64,
+    /// Rows for interactions sent but never seen answered (the answer lost after its row was
+    /// recorded); not a double count.
+    pub unanswered: u64,
+    /// Rows whose `served_by` is not the instance seen posting the final answer.
+    pub wrong_instance: u64,
+    /// `sum(interactions)` of the daily rollup.
+    pub rollup_interactions: u64,
+    pub rollup_mismatched_groups: u64,
+    /// Milliseconds from the end of the drain until every answered interaction had its row
+    /// (the buffer's lag; a Postgres outage near the end shows here).
+    pub settle_ms: f64,
+    pub missing_examples: Vec<u64>,
+    pub unanswered_examples: Vec<u64>,
+    /// `(interaction id, answered by, served_by in the row)`.
+    pub wrong_instance_examples: Vec<(u64, u32, u32)>,
+}
+
 /// The whole report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Report {
@@ -211,6 +242,8 @@ pub struct Report {
     pub unknown_routes: u64,
     /// Whether the run stopped waiting for answers at its drain deadline.
     pub drain_timed_out: bool,
+    /// The usage ledger against what the simulator saw; `None` with the ledger off.
+    pub ledger: Option<LedgerReport>,
     /// Seconds from the first dispatch to the end of the wait for answers.
     pub elapsed_s: f64,
 }

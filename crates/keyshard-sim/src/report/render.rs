@@ -77,6 +77,37 @@ impl Report {
             s,
             "              (judged by the simulator from its own kills and the heartbeats it read)"
         );
+        self.render_ledger(s);
+    }
+
+    /// The usage ledger against the simulator's own record of answered interactions.
+    fn render_ledger(&self, s: &mut String) {
+        let Some(l) = &self.ledger else {
+            let _ = writeln!(s, "ledger        off (--no-ledger)");
+            return;
+        };
+        let _ = writeln!(
+            s,
+            "ledger        rows {}  missing {}  duplicates {}  (answered {}, unanswered {}, wrong_instance {}, settled {:.0} ms after the drain)",
+            l.rows, l.missing, l.duplicates, l.answered, l.unanswered, l.wrong_instance, l.settle_ms
+        );
+        if !l.missing_examples.is_empty() {
+            let _ = writeln!(s, "  missing e.g. {:?}", l.missing_examples);
+        }
+        if !l.unanswered_examples.is_empty() {
+            let _ = writeln!(
+                s,
+                "  recorded but never seen answered e.g. {:?}",
+                l.unanswered_examples
+            );
+        }
+        if !l.wrong_instance_examples.is_empty() {
+            let _ = writeln!(
+                s,
+                "  (interaction, answered by, served_by) e.g. {:?}",
+                l.wrong_instance_examples
+            );
+        }
     }
 
     /// Throughput against capacity, and each provider lane, over the steady window.

@@ -1,6 +1,6 @@
 //! Chaos: what the simulator does to the cluster at given times into the run (SIGKILL,
-//! SIGTERM, restart, a dropped gateway session, a Redis restart), parsed from the command line
-//! and performed by [`run_chaos`]. Each instance action is recorded as a process event, which
+//! SIGTERM, restart, a dropped gateway session, a Redis restart, Postgres down for a while),
+//! parsed from the command line and performed by [`run_chaos`]. Each instance action is recorded as a process event, which
 //! the judge reads back (see [`crate::judge::down_intervals`]).
 
 use std::fmt;
@@ -25,7 +25,15 @@ pub enum ChaosAction {
     DropSession(u32),
     /// SIGKILL the private Redis and start it again, empty (only with the private Redis).
     RedisRestart,
+    /// Stop the private Postgres at once (an immediate shutdown, like a crash) and start it
+    /// again, with its data, `down` later (only with the private Postgres).
+    PostgresRestart { down: Duration },
 }
+
+/// How long `--postgres-restart` keeps Postgres down unless told otherwise: long enough that
+/// the writers' backoff reaches its cap and their Redis buffers fill, as an operator's
+/// restart or a failover would, short enough for a one-minute scenario.
+pub const DEFAULT_POSTGRES_DOWN: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Chaos {
@@ -55,6 +63,9 @@ impl fmt::Display for Chaos {
             ChaosAction::Restart(i) => write!(f, "restart:{i}@{t}"),
             ChaosAction::DropSession(i) => write!(f, "drop-session:{i}@{t}"),
             ChaosAction::RedisRestart => write!(f, "redis-restart@{t}"),
+            ChaosAction::PostgresRestart { down } => {
+                write!(f, "postgres-restart@{t}(down {}s)", down.as_secs_f64())
+            }
         }
     }
 }
@@ -67,15 +78,19 @@ pub fn parse_secs(s: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v).with_context(|| format!("{s:?} is not a valid duration"))
 }
 
-/// Performs the chaos actions at their times.
+/// Performs the chaos actions at their times; returns once every one is done (a Postgres
+/// outage included: Postgres is back when this returns).
 pub(crate) async fn run_chaos(
     mut chaos: Vec<Chaos>,
     start: Instant,
     cluster: Arc<tokio::sync::Mutex<ProcessCluster>>,
     discord: FakeDiscord,
     redis: Option<Arc<Mutex<keyshard_testkit::RedisServer>>>,
+    postgres: Option<Arc<Mutex<keyshard_testkit::PostgresServer>>>,
 ) -> anyhow::Result<()> {
     chaos.sort_by_key(|c| c.at);
+    // A Postgres outage runs beside the actions after it, and is waited for at the end.
+    let mut outages = Vec::new();
     for c in chaos {
         tokio::time::sleep_until((start + c.at).into()).await;
         tracing::info!(chaos = %c, "chaos");
@@ -99,7 +114,28 @@ pub(crate) async fn run_chaos(
                 })
                 .await?;
             }
+            ChaosAction::PostgresRestart { down } => {
+                let Some(pg) = postgres.clone() else {
+                    bail!("postgres-restart needs the private Postgres (and the ledger on)");
+                };
+                let stop = pg.clone();
+                tokio::task::spawn_blocking(move || {
+                    stop.lock().unwrap_or_else(|e| e.into_inner()).stop();
+                })
+                .await?;
+                outages.push(tokio::spawn(async move {
+                    tokio::time::sleep(down).await;
+                    tracing::info!("chaos: postgres back");
+                    tokio::task::spawn_blocking(move || {
+                        pg.lock().unwrap_or_else(|e| e.into_inner()).restart();
+                    })
+                    .await
+                }));
+            }
         }
+    }
+    for o in outages {
+        o.await??;
     }
     Ok(())
 }

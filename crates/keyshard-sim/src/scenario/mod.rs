@@ -2,9 +2,11 @@
 //! fixed times, a bounded wait for the answers, and the [`Report`].
 //!
 //! [`run_scenario`] is the one call the CLI and the end-to-end tests make. It runs in four
-//! phases ([`run`]): start (Redis, the fake Discord, the instances, until every one is ready
-//! and sees the others) → drive (the load, the chaos schedule, heartbeat sampling and a
-//! progress line) → drain (wait for the answers) → collect (stop everything, judge, report).
+//! phases ([`run`]): start (Redis, Postgres for the usage ledger, the fake Discord, the
+//! instances, until every one is ready and sees the others) → drive (the load, the chaos
+//! schedule, heartbeat sampling and a progress line) → drain (wait for the answers) → collect
+//! (wait for the ledger to have every answered interaction, stop everything, read the ledger
+//! back, judge, report).
 //! Everything random (users, commands, prompts, inter-arrival gaps) comes from one RNG seeded
 //! with [`ScenarioConfig::seed`], so a run is repeatable up to the timing of real processes.
 //!
@@ -25,7 +27,7 @@ use crate::discord::DiscordConfig;
 use crate::judge::DEFAULT_OVERLOAD_WAIT;
 use crate::report::{Report, ScenarioSummary};
 
-pub use chaos::{parse_secs, Chaos, ChaosAction};
+pub use chaos::{parse_secs, Chaos, ChaosAction, DEFAULT_POSTGRES_DOWN};
 pub use load::{build_spec, make_users, CommandKind, Mix, Skew, UserPicker};
 
 /// The fake providers, as the scenario needs them. Implemented in [`crate::providers`] by the
@@ -66,6 +68,16 @@ pub struct ScenarioConfig {
     pub keyshard_bin: PathBuf,
     /// Use this Redis instead of starting a private one.
     pub redis_url: Option<String>,
+    /// Run with the usage ledger: a private Postgres (or [`Self::database_url`]) passed to the
+    /// instances as `DATABASE_URL`, read back after the drain into `ledger.*`.
+    pub ledger: bool,
+    /// Use this Postgres database instead of starting a private one. It must be dedicated to
+    /// the run: every row in it is judged against this run's interactions.
+    pub database_url: Option<String>,
+    /// How long after the drain to wait for the ledger to hold a row for every answered
+    /// interaction before reading it for the report (rows trail the answers by the writers'
+    /// 250 ms batches, by up to their 5 s backoff after a Postgres outage).
+    pub ledger_settle: Duration,
     /// Where instance logs go; a fresh temp dir when `None`.
     pub run_dir: Option<PathBuf>,
     /// How long to wait for outstanding answers after the last arrival.
@@ -107,6 +119,9 @@ impl ScenarioConfig {
             dm_share: 0.1,
             keyshard_bin: crate::cluster::default_keyshard_bin(),
             redis_url: std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()),
+            ledger: true,
+            database_url: None,
+            ledger_settle: Duration::from_secs(30),
             run_dir: None,
             drain_deadline: Duration::from_secs(120),
             settle: Duration::from_millis(500),

@@ -58,6 +58,56 @@ impl RedisHandle {
     }
 }
 
+/// The usage ledger's Postgres: a private server (chaos may stop it) or the given URL.
+enum PostgresHandle {
+    Private {
+        server: Arc<Mutex<keyshard_testkit::PostgresServer>>,
+        url: String,
+    },
+    External(String),
+}
+
+impl PostgresHandle {
+    /// `None` with the ledger off.
+    async fn start(cfg: &ScenarioConfig) -> anyhow::Result<Option<Self>> {
+        if !cfg.ledger {
+            return Ok(None);
+        }
+        if let Some(url) = &cfg.database_url {
+            return Ok(Some(PostgresHandle::External(url.clone())));
+        }
+        let (server, url) = tokio::task::spawn_blocking(|| {
+            let server = keyshard_testkit::PostgresServer::try_start()?;
+            let url = server.create_database("ledger")?;
+            Ok::<_, std::io::Error>((server, url))
+        })
+        .await?
+        .context("starting a private Postgres for the usage ledger (install postgresql, or run with --no-ledger)")?;
+        Ok(Some(PostgresHandle::Private {
+            server: Arc::new(Mutex::new(server)),
+            url,
+        }))
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            PostgresHandle::Private { url, .. } | PostgresHandle::External(url) => url,
+        }
+    }
+
+    /// The server chaos may stop: only a private one.
+    fn private(&self) -> Option<Arc<Mutex<keyshard_testkit::PostgresServer>>> {
+        match self {
+            PostgresHandle::Private { server, .. } => Some(server.clone()),
+            PostgresHandle::External(_) => None,
+        }
+    }
+}
+
+/// How often the ledger is read while waiting for it to settle: each read is one `psql`
+/// process and a scan of the run's rows; four a second shows the buffer's 250 ms batches.
+const LEDGER_POLL: Duration = Duration::from_millis(250);
+
 /// When the load ran.
 pub(super) struct Load {
     /// The first dispatch: the time origin of the report.
@@ -71,6 +121,7 @@ pub(super) struct Run {
     cfg: ScenarioConfig,
     redis: RedisHandle,
     redis_url: String,
+    postgres: Option<PostgresHandle>,
     cluster_name: String,
     discord: FakeDiscord,
     /// Shared with the chaos task while the load runs.
@@ -90,6 +141,7 @@ impl Run {
         validate(&cfg)?;
         let redis = RedisHandle::start(cfg.redis_url.as_ref()).await?;
         let redis_url = redis.url();
+        let postgres = PostgresHandle::start(&cfg).await?;
         let discord = FakeDiscord::start(cfg.discord.clone()).await?;
         let run_dir = cfg.run_dir.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!(
@@ -98,7 +150,8 @@ impl Run {
                 crate::discord::unix_ms()
             ))
         });
-        let pcfg = process_config(&cfg, redis_url.clone(), run_dir.clone());
+        let mut pcfg = process_config(&cfg, redis_url.clone(), run_dir.clone());
+        pcfg.database_url = postgres.as_ref().map(|p| p.url().to_owned());
         let cluster_name = pcfg.cluster_name.clone();
         tracing::info!(instances = cfg.instances, run_dir = %run_dir.display(), "starting instances");
         let mut cluster = ProcessCluster::start(pcfg, &discord).await?;
@@ -116,6 +169,7 @@ impl Run {
             cfg,
             redis,
             redis_url,
+            postgres,
             cluster_name,
             discord,
             cluster: Arc::new(tokio::sync::Mutex::new(cluster)),
@@ -164,6 +218,7 @@ impl Run {
             self.cluster.clone(),
             self.discord.clone(),
             self.redis.private(),
+            self.postgres.as_ref().and_then(PostgresHandle::private),
         ));
         let end = start + cfg.duration;
         let mut next = start;
@@ -239,6 +294,12 @@ impl Run {
         let mut cluster = Arc::try_unwrap(self.cluster)
             .map_err(|_| anyhow::anyhow!("the cluster is still shared after the run"))?
             .into_inner();
+        // The instances' writers still run: a killed instance's stream is taken over, rows
+        // held back by a Postgres outage are written.
+        let settle_ms = match &self.postgres {
+            Some(pg) => Some(wait_ledger(pg.url(), &self.discord, self.cfg.ledger_settle).await),
+            None => None,
+        };
         let events = cluster.events();
         cluster.shutdown().await;
         drop(cluster);
@@ -246,6 +307,18 @@ impl Run {
         let cfg = &self.cfg;
         let discord = &self.discord;
         let records = discord.records();
+        let ledger = match (&self.postgres, settle_ms) {
+            (Some(pg), Some(settle_ms)) => {
+                let url = pg.url().to_owned();
+                let reading = tokio::task::spawn_blocking(move || crate::ledger::read(&url))
+                    .await?
+                    .context("reading the usage ledger back")?;
+                let mut l = crate::ledger::judge(&records, &reading);
+                l.settle_ms = settle_ms;
+                Some(l)
+            }
+            _ => None,
+        };
         let down = down_intervals(&events);
         let samples = self
             .samples
@@ -283,9 +356,42 @@ impl Run {
             unattributed_messages: discord.unattributed_messages().len() as u64,
             unknown_routes: discord.unknown_routes().len() as u64,
             drain_timed_out: !drained,
+            ledger,
         });
         tracing::info!(run_dir = %self.run_dir.display(), "scenario finished");
         Ok((report, records))
+    }
+}
+
+/// Waits until the ledger has a row for every interaction answered so far, up to `deadline`;
+/// returns how long that took (in ms; the deadline if it never did). A failed read (Postgres
+/// still coming back) counts as not yet.
+async fn wait_ledger(url: &str, discord: &FakeDiscord, deadline: Duration) -> f64 {
+    let started = Instant::now();
+    let mut last_missing = None;
+    loop {
+        let records = discord.records();
+        let url = url.to_owned();
+        let read = tokio::task::spawn_blocking(move || crate::ledger::read(&url)).await;
+        match read {
+            Ok(Ok(reading)) => {
+                let missing = crate::ledger::missing(&records, &reading);
+                if missing == 0 {
+                    return started.elapsed().as_secs_f64() * 1000.0;
+                }
+                last_missing = Some(missing);
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "ledger read failed; retrying"),
+            Err(e) => tracing::debug!(error = %e, "ledger read task failed; retrying"),
+        }
+        if started.elapsed() >= deadline {
+            tracing::warn!(
+                missing = ?last_missing,
+                "the ledger did not catch up with the answers within {deadline:?}"
+            );
+            return started.elapsed().as_secs_f64() * 1000.0;
+        }
+        tokio::time::sleep(LEDGER_POLL).await;
     }
 }
 
@@ -305,6 +411,11 @@ fn validate(cfg: &ScenarioConfig) -> anyhow::Result<()> {
             if i == 0 || i > cfg.instances {
                 bail!("chaos {c} names an instance outside 1..={}", cfg.instances);
             }
+        }
+        if matches!(c.action, ChaosAction::PostgresRestart { .. })
+            && (!cfg.ledger || cfg.database_url.is_some())
+        {
+            bail!("chaos {c} needs the ledger on with the private Postgres");
         }
     }
     Ok(())
