@@ -102,6 +102,8 @@ else
 fi
 
 WORK=$(mktemp -d)
+LEDGER_ROWS=null
+LEDGER_ANSWERED=null
 ENV_FILE=$WORK/env.multi
 STARTED=$SECONDS
 
@@ -223,6 +225,10 @@ act_stop() {
   else
     check "$svc: docker stop drained it and it exited 0" 0 "exit $code after $((SECONDS - started)) s; last lines: $(tail -n 3 <<<"$logs" | tr '\n' ' ')"
   fi
+  # restart: on-failure: a clean exit is an operator's stop, and stays down.
+  local state
+  state=$("$DOCKER" inspect -f '{{.State.Status}}' "$c")
+  check "$svc: a clean exit stays down (on-failure)" "$([[ $state == exited ]] && echo 1 || echo 0)" "$state"
 }
 
 act_start() {
@@ -305,6 +311,40 @@ round() {
   fi
 }
 
+# ─── The usage ledger ────────────────────────────────────────────────────────────────────────
+
+# psql inside the postgres container (the sim image has none); the compose file's user and
+# database, over the container's own socket.
+ledger_sql() {
+  "$DOCKER" exec "$(container postgres)" psql -U keyshard -d keyshard -XAtc "$1" 2>&1
+}
+
+# Every answered interaction of every round has exactly one ledger row (the table is unique on
+# the interaction id, so a count equal to the answers is exactly once), and the daily rollup
+# agrees with the rows. The rows are written in batches after the answer, so the count is
+# polled until it reaches the answers; 30 s is several flush intervals with a Postgres restart.
+ledger_check() {
+  local answered=0 f rows=
+  for f in "${ROUND_NAMES[@]}"; do
+    [[ -s $WORK/$f.json ]] || return 0
+    answered=$((answered + $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["interactions"]["completed"])' "$WORK/$f.json")))
+  done
+  ledger_rows() {
+    rows=$(ledger_sql 'SELECT count(*) FROM ledger')
+    [[ $rows =~ ^[0-9]+$ ]] && ((rows >= answered))
+  }
+  wait_until 30 ledger_rows || true
+  local rollup
+  rollup=$(ledger_sql 'SELECT coalesce(sum(interactions), 0) FROM ledger_daily')
+  [[ $rows =~ ^[0-9]+$ ]] && LEDGER_ROWS=$rows
+  LEDGER_ANSWERED=$answered
+  if [[ $rows == "$answered" && $rollup == "$rows" ]]; then
+    check "the usage ledger: one row per answered interaction, the rollup agrees" 1 "$rows rows, $answered answered"
+  else
+    check "the usage ledger: one row per answered interaction, the rollup agrees" 0 "rows ${rows:-?}, answered $answered, rollup ${rollup:-?}"
+  fi
+}
+
 # ─── The report ──────────────────────────────────────────────────────────────────────────────
 
 json_str() {
@@ -330,6 +370,7 @@ write_json() {
     echo '  "rehearsal": {'
     printf '    "verdict": %s,\n' "$(json_str "$VERDICT")"
     printf '    "elapsed_s": %s,\n' "$((SECONDS - STARTED))"
+    printf '    "ledger": {"rows": %s, "answered": %s},\n' "$LEDGER_ROWS" "$LEDGER_ANSWERED"
     echo '    "checks": ['
     for i in "${!CHECK_NAMES[@]}"; do
       ((first)) || echo ','
@@ -437,14 +478,22 @@ if ((LOAD_SECS_2 > 0)); then
   round second "$LOAD_SECS_2" "$CHAOS_SECOND"
 fi
 
-say "status"
-verb status >&2 || check "./deploy-multi.sh status" 0
 ALL_SERVICES=(redis postgres sim "${INSTANCE_SERVICES[@]}")
 if wait_until "$READY_TIMEOUT_SECS" all_healthy "${ALL_SERVICES[@]}"; then
   check "every container is healthy at the end" 1
 else
   check "every container is healthy at the end" 0 "$(health_line "${ALL_SERVICES[@]}")"
 fi
+say "status"
+status_out=$(verb status 2>&1) || true
+while IFS= read -r line; do say "  | $line"; done <<<"$status_out"
+alive="${#NS[@]} instances · ${#NS[@]} alive"
+if grep -qF "$alive" <<<"$status_out"; then
+  check "./deploy-multi.sh status: $alive" 1
+else
+  check "./deploy-multi.sh status: $alive" 0 "$(grep -m1 'instances ·' <<<"$status_out" || echo 'no cluster line')"
+fi
+ledger_check
 CONTAINERS=()
 for s in "${ALL_SERVICES[@]}"; do
   CONTAINERS+=("{\"service\": \"$s\", \"health\": \"$(health "$s")\", \"restarts\": $(inspect "$s" '{{.RestartCount}}' || echo null)}")
