@@ -284,7 +284,7 @@ round() {
     --until-note chaos-done --ready-timeout "$READY_TIMEOUT_SECS" --json - >"$report" 2>"$log" &
   pid=$!
   # The sim's progress, as it comes.
-  tail -n +1 -f "$log" --pid="$pid" 2>/dev/null | sed "s/^/  sim[$name]| /" >&2 &
+  tail -n +1 -f "$log" --pid="$pid" 2>/dev/null | sed -u "s/^/  sim[$name]| /" >&2 &
   if ! wait_until "$((READY_TIMEOUT_SECS + 30))" grep -q '^load started at unix_ms=' "$log"; then
     kill "$pid" 2>/dev/null || true
   fi
@@ -451,7 +451,9 @@ else
   check "every instance became healthy after start" 0 "$(health_line "${INSTANCE_SERVICES[@]}")"
 fi
 
-# Env wiring: every overlay variable reaches each instance under its own name (X, or X_n as X).
+# Env wiring: every overlay variable reaches each instance: X as X, and its own X_n either as X
+# (the keys, renamed by the compose file) or as X_n (DISCORD_API_BASE_n, which the bot reads
+# under its own INSTANCE_ID).
 for n in "${NS[@]}"; do
   container_env=$("$DOCKER" inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$(container "keyshard-$n")")
   missing=()
@@ -459,6 +461,7 @@ for n in "${NS[@]}"; do
     [[ -z $key || $key == \#* ]] && continue
     if [[ $key =~ ^(.*)_([0-9]+)$ ]]; then
       [[ ${BASH_REMATCH[2]} == "$n" ]] || continue
+      grep -qxF -- "$key=$value" <<<"$container_env" && continue
       key=${BASH_REMATCH[1]}
     fi
     grep -qxF -- "$key=$value" <<<"$container_env" || missing+=("$key")
@@ -498,6 +501,16 @@ CONTAINERS=()
 for s in "${ALL_SERVICES[@]}"; do
   CONTAINERS+=("{\"service\": \"$s\", \"health\": \"$(health "$s")\", \"restarts\": $(inspect "$s" '{{.RestartCount}}' || echo null)}")
 done
+
+# On a failure, every container's log goes next to the report, before stop removes them.
+if [[ -n $JSON_OUT ]] && [[ " ${CHECK_OK[*]} " == *" 0 "* ]]; then
+  LOG_DIR=${JSON_OUT%.json}.logs
+  mkdir -p "$LOG_DIR"
+  for s in "${ALL_SERVICES[@]}"; do
+    "$DOCKER" logs "$(container "$s")" >"$LOG_DIR/$s.log" 2>&1 || true
+  done
+  say "a check failed: the containers' logs are in $LOG_DIR"
+fi
 
 if ((!KEEP)); then
   if verb stop; then
