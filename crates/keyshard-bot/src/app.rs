@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use keyshard_cluster::{publish_info, run_every, Cluster, Jobs, Memory, RequestsPerDay, Stats};
+use keyshard_cluster::{
+    publish_info, run_every, Cluster, IdentifyQueue, Jobs, Memory, RequestsPerDay, Stats,
+};
 use keyshard_providers::Providers;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +15,8 @@ use crate::config::Config;
 use crate::context::{Data, EdgeState};
 use crate::daily_store::ClusterDailyStore;
 use crate::edge::{self, DRAIN_TIMEOUT};
+use crate::gateway::relay::{self, Relay};
+use crate::gateway::{self, DiscordBudget};
 use crate::http::{self, Probe};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -25,8 +29,12 @@ const INFO_TTL: Duration = Duration::from_secs(15);
 
 /// Runs the instance until `shutdown` fires, then drains: it stops claiming (peers see the
 /// draining flag at once and take its users), finishes the interactions in hand, deletes its
-/// heartbeat and closes the gateway session. Queued jobs stay in its stream: a restarted
-/// instance resumes them, and a peer rescues them if it does not come back.
+/// heartbeat and closes every shard's session (a close handshake each, all at once). Queued
+/// jobs stay in its stream: a restarted instance resumes them, and a peer rescues them if it
+/// does not come back.
+///
+/// Every shard IDENTIFYs through the cluster's queue (`gateway::relay`); until all of them are
+/// up the instance is draining in its heartbeat, so peers answer its users.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = Arc::new(config);
     tracing::info!(
@@ -36,6 +44,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "starting keyshard instance"
     );
     let cluster = Cluster::new(config.cluster()).context("cluster setup")?;
+    // Draining until every shard is up (`follow_shards`): an instance without its gateway
+    // sessions sees none of its users' interactions, so peers must take them from the first
+    // heartbeat on.
+    cluster.set_draining(true);
     // The cluster loops outlive the gateway session: the heartbeat must keep saying
     // "draining" until the in-flight work is done.
     let cluster_stop = CancellationToken::new();
@@ -86,9 +98,59 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         state: state.clone(),
         ledger: ledger.clone(),
     };
-    let mut client = edge::build_client(data).await?;
+
+    // The gateway: the shard plan from Discord, the cluster's IDENTIFY queue, the relay every
+    // shard connects through, and one client per shard.
+    let discord = Arc::new(edge::http(&config));
+    let plan = gateway::read_plan(&discord, config.gateway.shards).await?;
+    tracing::info!(
+        shards = plan.shards,
+        recommended = plan.recommended,
+        remaining = plan.budget.remaining,
+        max_concurrency = plan.budget.max_concurrency,
+        "gateway plan"
+    );
+    state.shards.plan(plan.shards);
+    let queue = IdentifyQueue::new(
+        &cluster,
+        config.gateway.identify,
+        config.gateway.restart,
+        Arc::new(DiscordBudget(discord.clone())),
+    );
+    if let Err(e) = queue.seed(plan.budget).await {
+        tracing::warn!(error = %e, "could not store the session start limit in Redis");
+    }
+    match queue.register_start().await {
+        Ok((n, delay)) if !delay.is_zero() => tracing::warn!(
+            starts_in_a_row = n,
+            "restarted without a clean stop: first IDENTIFY in {delay:?} (restart backoff)"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not count this start in Redis: no restart backoff")
+        }
+    }
+    state.shards.set_queue(queue.clone());
+    let relay = Relay::start(
+        plan.url.clone(),
+        Arc::new(queue.clone()),
+        state.shards.clone(),
+    )
+    .await
+    .context("starting the gateway relay")?;
+    let mut clients = edge::build_clients(data, plan.shards, &relay.url()).await?;
+    state
+        .shards
+        .set_managers(clients.iter().map(|c| c.shard_manager.clone()).collect());
+    let serving_task = tokio::spawn(follow_shards(
+        state.clone(),
+        cluster.clone(),
+        queue.clone(),
+        work_stop.clone(),
+    ));
+
     let worker = Worker::new(
-        client.http.clone(),
+        clients[0].http.clone(),
         providers.clone(),
         Memory::new(&cluster, config.chat_memory_turns, config.chat_memory_ttl),
         stats.clone(),
@@ -111,15 +173,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let info_task = tokio::spawn(publish_budget(
         cluster.clone(),
         providers.clone(),
+        state.clone(),
         work_stop.clone(),
     ));
 
-    let shard_manager = client.shard_manager.clone();
-    let mut gateway = tokio::spawn(async move { client.start().await });
+    let shard_managers: Vec<_> = clients.iter().map(|c| c.shard_manager.clone()).collect();
+    let mut gateways = tokio::task::JoinSet::new();
+    for (shard, mut client) in clients.drain(..).enumerate() {
+        let total = plan.shards;
+        gateways.spawn(async move { client.start_shard(shard as u32, total).await });
+    }
 
     let gateway_result = tokio::select! {
         _ = shutdown.cancelled() => None,
-        result = &mut gateway => Some(result),
+        Some(result) = gateways.join_next() => Some(result),
     };
 
     tracing::info!("draining: no new interactions, finishing the ones in hand");
@@ -151,10 +218,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for t in ledger_tasks {
         let _ = t.await;
     }
+    let _ = serving_task.await;
     cluster_stop.cancel();
     let _ = cluster_loops.await;
     cluster.leave().await;
-    shard_manager.shutdown_all().await;
+    close_gateway(&shard_managers, &relay).await;
+    gateways.abort_all();
+    if gateway_result.is_none() {
+        // A clean stop: the next start of this instance is a normal one, not a crash's.
+        if let Err(e) = queue.clear_restarts().await {
+            tracing::debug!(error = %e, "could not clear the restart count");
+        }
+    }
     http_stop.cancel();
     let _ = http_task.await;
 
@@ -218,13 +293,90 @@ fn start_ledger(
     Ok((Some(ledger), vec![migrator, writer]))
 }
 
-/// Publishes the remaining key budget every [`INFO_EVERY`] until `stop` (a failed publish is
-/// logged at debug level by `run_every` and tried again on the next tick).
-async fn publish_budget(cluster: Cluster, providers: Providers, stop: CancellationToken) {
+/// How long the shards' close handshakes may take at a stop: each is one round trip through
+/// the relay to Discord and back (the relay answers itself after `CLOSE_ECHO`), all shards at
+/// once. Longer than that, a stuck runner is left behind rather than hold up a rolling restart.
+const SHARD_CLOSE: Duration = Duration::from_secs(3);
+
+/// Closes every shard: serenity's runners send their close frames through the relay (every
+/// shard at once, one client each), then the relay ends whatever is still open.
+async fn close_gateway(managers: &[Arc<poise::serenity_prelude::ShardManager>], relay: &Relay) {
+    let all = futures::future::join_all(managers.iter().map(|m| m.shutdown_all()));
+    if tokio::time::timeout(SHARD_CLOSE, all).await.is_err() {
+        tracing::warn!("shards still closing after {SHARD_CLOSE:?}; leaving");
+    }
+    relay.close_all(relay::CLOSE_ECHO).await;
+}
+
+/// How long every shard must stay up before this start counts as stable and its restart count
+/// is cleared: a process that crashes within ten minutes of its start, again and again, is
+/// crash-looping and keeps backing off (at most 144 starts a day); one that ran longer and
+/// then crashed restarts without waiting (Kubernetes resets its CrashLoopBackOff after ten
+/// minutes too).
+const STABLE_AFTER: Duration = Duration::from_secs(600);
+
+/// Follows the shard table until `stop`: the instance serves (its heartbeat is not draining,
+/// `/readyz` counts the gateway ready) only while every shard is up, since with one down it
+/// misses that shard's interactions and peers must answer its users; and once every shard has
+/// stayed up for [`STABLE_AFTER`], the restart count is cleared.
+async fn follow_shards(
+    state: Arc<EdgeState>,
+    cluster: Cluster,
+    queue: IdentifyQueue,
+    stop: CancellationToken,
+) {
+    let mut all_up = state.shards.watch_all_up();
+    let mut stable_cleared = false;
+    loop {
+        let up = *all_up.borrow_and_update();
+        state.gateway_ready.store(up, Ordering::Release);
+        if !state.is_draining() {
+            cluster.set_draining(!up);
+        }
+        let stable = async {
+            if up && !stable_cleared {
+                tokio::time::sleep(STABLE_AFTER).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = all_up.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = stable => {
+                stable_cleared = true;
+                match queue.clear_restarts().await {
+                    Ok(()) => tracing::debug!("stable: restart count cleared"),
+                    Err(e) => tracing::debug!(error = %e, "could not clear the restart count"),
+                }
+            }
+        }
+    }
+}
+
+/// Publishes the remaining key budget and the shards (up, latency, what an IDENTIFY waits for)
+/// every [`INFO_EVERY`] until `stop` (a failed publish is logged at debug level by `run_every`
+/// and tried again on the next tick).
+async fn publish_budget(
+    cluster: Cluster,
+    providers: Providers,
+    state: Arc<EdgeState>,
+    stop: CancellationToken,
+) {
     run_every("key budget", INFO_EVERY, stop, None, move || {
-        let cluster = cluster.clone();
-        let info = serde_json::json!({ "budget": providers.budget() });
-        async move { publish_info(&cluster, &info, INFO_TTL).await }
+        let (cluster, providers, state) = (cluster.clone(), providers.clone(), state.clone());
+        async move {
+            let shards = state.shards.views().await;
+            let info = serde_json::json!({
+                "budget": providers.budget(),
+                "gateway": crate::shards::published(&shards),
+            });
+            publish_info(&cluster, &info, INFO_TTL).await
+        }
     })
     .await;
 }

@@ -9,17 +9,23 @@
 //! read it, plus the rules that span instances.
 
 pub mod check;
+mod env;
+mod gateway;
+mod ledger;
+
+pub(crate) use env::source_name;
+use env::Env;
+use gateway::read_gateway;
+pub use gateway::GatewayConfig;
+use ledger::read_ledger;
+pub use ledger::{database_password, LedgerConfig};
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use keyshard_ledger::{PriceTable, Retention};
-use keyshard_providers::{
-    KeyLimits, MiniMaxConfig, OpenAiConfig, ProviderConfig, Secret, StabilityConfig,
-};
+use keyshard_providers::{MiniMaxConfig, OpenAiConfig, Secret, StabilityConfig};
 use keyshard_routing::{ClaimTiming, InstanceId, OverloadPolicy};
 
 /// Every problem found in the configuration, reported together so an operator fixes them in one go.
@@ -66,105 +72,8 @@ pub struct Config {
     /// Where "today" and "this month" begin for `/사용량` (and, later, daily quotas): an IANA
     /// zone name as Postgres knows it (`QUOTA_TIMEZONE`, default `Asia/Seoul`).
     pub quota_timezone: String,
-}
-
-/// The usage ledger's settings (DESIGN.md §8).
-#[derive(Clone, Debug)]
-pub struct LedgerConfig {
-    /// `DATABASE_URL`: a secret as a whole (it may carry a password); log
-    /// [`LedgerConfig::redacted_url`] instead.
-    pub database_url: Secret,
-    /// `LEDGER_PRICES` over the built-in list prices (`keyshard_ledger::DEFAULT_PRICES`).
-    pub prices: PriceTable,
-    /// `LEDGER_RAW_RETENTION_DAYS` (90) and `LEDGER_ROLLUP_RETENTION_DAYS` (730).
-    pub retention: Retention,
-}
-
-impl LedgerConfig {
-    /// Reads the ledger's variables alone (for `keyshard migrate` and `keyshard usage`):
-    /// `.env.multi` and the environment, `DATABASE_URL` required.
-    pub fn from_env() -> Result<LedgerConfig, ConfigError> {
-        load_env_file();
-        LedgerConfig::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<LedgerConfig, ConfigError> {
-        let mut env = Env::new(&lookup);
-        let ledger = read_ledger(&mut env);
-        match ledger {
-            Some(l) if env.problems.is_empty() => Ok(l),
-            Some(_) => Err(ConfigError {
-                problems: env.problems,
-            }),
-            None => {
-                env.problem("DATABASE_URL is not set (the usage ledger is off)".into());
-                Err(ConfigError {
-                    problems: env.problems,
-                })
-            }
-        }
-    }
-
-    /// The URL with its password replaced by `***`, for log lines.
-    pub fn redacted_url(&self) -> String {
-        let url = self.database_url.expose();
-        match database_password(url) {
-            Some(pw) => url.replacen(&format!(":{pw}@"), ":***@", 1),
-            None => url.to_owned(),
-        }
-    }
-}
-
-/// The password in a `postgres://user:password@host/db` URL, if any. Unlike a Redis URL, a
-/// Postgres URL's `user@host` names a user, not a password, so only what follows the `:` of
-/// the user info counts.
-pub fn database_password(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    let (_, password) = userinfo.split_once(':')?;
-    (!password.is_empty()).then_some(password)
-}
-
-/// The ledger's variables; `None` when `DATABASE_URL` is unset. Problems go to `env`.
-fn read_ledger(env: &mut Env<'_>) -> Option<LedgerConfig> {
-    let url = env.get("DATABASE_URL")?;
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        // The URL may carry a password: name the variable, not the value.
-        env.problem(
-            "DATABASE_URL must start with postgres:// or postgresql:// (postgres://user:password@host:5432/db)"
-                .into(),
-        );
-    }
-    let prices = match env.get("LEDGER_PRICES") {
-        None => PriceTable::defaults(),
-        Some(spec) => PriceTable::parse(&spec).unwrap_or_else(|e| {
-            env.problem(format!("LEDGER_PRICES: {e}"));
-            PriceTable::defaults()
-        }),
-    };
-    let defaults = Retention::default();
-    let days = |d: Duration| d.as_secs() / 86_400;
-    let raw_days: u64 = env.parse("LEDGER_RAW_RETENTION_DAYS", days(defaults.raw));
-    let rollup_days: u64 = env.parse("LEDGER_ROLLUP_RETENTION_DAYS", days(defaults.rollup));
-    // A row can wait in the buffer for minutes at most; a raw retention of at least a day
-    // keeps a late row from being written again after its first copy was pruned (see
-    // keyshard-ledger's `retention`), and the rollup must outlive the raw rows it sums.
-    if raw_days == 0 || rollup_days < raw_days {
-        env.problem(format!(
-            "LEDGER_RAW_RETENTION_DAYS ({raw_days}) must be at least 1 and LEDGER_ROLLUP_RETENTION_DAYS ({rollup_days}) at least as long"
-        ));
-    }
-    Some(LedgerConfig {
-        database_url: Secret::new(url),
-        prices,
-        retention: Retention {
-            raw: Duration::from_secs(raw_days.saturating_mul(86_400)),
-            rollup: Duration::from_secs(rollup_days.saturating_mul(86_400)),
-        },
-    })
+    /// Shards, the cluster's IDENTIFY queue and the restart backoff.
+    pub gateway: GatewayConfig,
 }
 
 /// What the read-only CLI verbs (`status`, `assign`) need: no token, no instance id.
@@ -355,6 +264,7 @@ impl Config {
                 "QUOTA_TIMEZONE={quota_timezone:?} must be a time zone name such as Asia/Seoul"
             ));
         }
+        let gateway = read_gateway(&mut env);
 
         let config = Config {
             discord_token,
@@ -379,6 +289,7 @@ impl Config {
             chat_memory_ttl,
             ledger,
             quota_timezone,
+            gateway,
         };
         (config, env.problems)
     }
@@ -475,23 +386,6 @@ fn read_view(env: &mut Env<'_>, instance_count: u32) -> ViewConfig {
     }
 }
 
-/// The variable instance `instance` reads for `name`: `name_<instance>` when it is set (and not
-/// empty), else `name` when it is set. The one statement of the per-instance rule: the loading
-/// below and `config check` both go through it.
-fn source_name(
-    lookup: &dyn Fn(&str) -> Option<String>,
-    name: &str,
-    instance: Option<InstanceId>,
-) -> Option<String> {
-    let set = |n: &str| lookup(n).is_some_and(|v| !v.trim().is_empty());
-    if let Some(per_instance) = instance.map(|id| format!("{name}_{id}")) {
-        if set(&per_instance) {
-            return Some(per_instance);
-        }
-    }
-    set(name).then(|| name.to_owned())
-}
-
 /// `MINIMAX_VIDEO_RENDER_SECS`: how long a video task takes to render. It sizes the video
 /// jobs run at once (a job holds its slot while its task renders, so using the creation
 /// limit takes `rate × render` of them) and starts the poll plan. Hailuo takes minutes; two
@@ -507,404 +401,5 @@ fn video_render(env: &mut Env<'_>) -> Duration {
     Duration::from_secs_f64(secs)
 }
 
-/// A lookup with the per-instance override rule, collecting problems instead of stopping at the first.
-struct Env<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
-    instance: Option<InstanceId>,
-    problems: Vec<String>,
-}
-
-impl<'a> Env<'a> {
-    fn new(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
-        Self {
-            lookup,
-            instance: None,
-            problems: Vec::new(),
-        }
-    }
-
-    fn problem(&mut self, p: String) {
-        self.problems.push(p);
-    }
-
-    /// `X` as set, without the per-instance rule (for `INSTANCE_ID` itself).
-    fn raw(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).filter(|v| !v.trim().is_empty())
-    }
-
-    /// `X_<INSTANCE_ID>` if set, else `X`; empty counts as unset.
-    fn get(&self, name: &str) -> Option<String> {
-        self.get_from(name).map(|(_, v)| v)
-    }
-
-    /// The value as [`Env::get`] finds it, with the name it was found under (`OPENAI_RPM_2` or
-    /// `OPENAI_RPM`), so a problem names the line the operator has to fix.
-    fn get_from(&self, name: &str) -> Option<(String, String)> {
-        let source = source_name(self.lookup, name, self.instance)?;
-        let value = self.raw(&source)?.trim().to_owned();
-        Some((source, value))
-    }
-
-    /// A number, or `None` (with a problem) when it does not parse or is below `min`.
-    fn number<T: FromStr + PartialOrd + fmt::Display>(
-        &mut self,
-        name: &str,
-        min: Option<T>,
-    ) -> Option<T> {
-        let (source, v) = self.get_from(name)?;
-        match v.parse::<T>() {
-            Ok(x) => match min {
-                Some(min) if x < min => {
-                    self.problem(format!("{source}={x} must be at least {min}"));
-                    None
-                }
-                _ => Some(x),
-            },
-            Err(_) => {
-                self.problem(format!("{source}={v:?} is not a valid number"));
-                None
-            }
-        }
-    }
-
-    fn parse<T: FromStr + PartialOrd + fmt::Display>(&mut self, name: &str, default: T) -> T {
-        self.number(name, None).unwrap_or(default)
-    }
-
-    /// A number with a smallest sensible value: a zero limit, period or timeout is a typo that
-    /// would stall or spin the instance, so it is refused at start.
-    fn parse_min<T: FromStr + PartialOrd + fmt::Display>(
-        &mut self,
-        name: &str,
-        default: T,
-        min: T,
-    ) -> T {
-        self.number(name, Some(min)).unwrap_or(default)
-    }
-
-    fn optional_min<T: FromStr + PartialOrd + fmt::Display>(
-        &mut self,
-        name: &str,
-        min: T,
-    ) -> Option<T> {
-        self.number(name, Some(min))
-    }
-
-    fn optional_parse<T: FromStr + PartialOrd + fmt::Display>(&mut self, name: &str) -> Option<T> {
-        self.number(name, None)
-    }
-
-    fn parse_with<T, E>(
-        &mut self,
-        name: &str,
-        default: &str,
-        f: impl Fn(&str) -> Result<T, E>,
-    ) -> T {
-        let (source, v) = self
-            .get_from(name)
-            .unwrap_or_else(|| (name.to_owned(), default.to_owned()));
-        match f(&v) {
-            Ok(x) => x,
-            Err(_) => {
-                self.problem(format!("{source}={v:?} is not valid (expected host:port)"));
-                f(default).unwrap_or_else(|_| unreachable!("defaults are valid"))
-            }
-        }
-    }
-
-    fn id_list(&mut self, name: &str) -> Vec<u64> {
-        let Some((source, v)) = self.get_from(name) else {
-            return Vec::new();
-        };
-        let mut ids = Vec::new();
-        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part.parse() {
-                Ok(id) => ids.push(id),
-                Err(_) => self.problem(format!("{source} has {part:?}, which is not a user id")),
-            }
-        }
-        ids
-    }
-
-    /// A secret: never echoed back, placeholders rejected by name.
-    fn secret(&mut self, name: &str) -> Option<Secret> {
-        let (source, value) = self.get_from(name)?;
-        let secret = Secret::new(value);
-        if secret.looks_like_placeholder() {
-            self.problem(format!(
-                "{source} is still a placeholder; put the real value in .env.multi"
-            ));
-        }
-        Some(secret)
-    }
-
-    /// One provider's settings, or `None` when it has no key (the provider is then disabled).
-    #[allow(clippy::too_many_arguments)] // one call per provider, each with its published defaults
-    fn provider(
-        &mut self,
-        prefix: &str,
-        base_url: &str,
-        rpm: u32,
-        window_secs: u64,
-        tpm: Option<u32>,
-        rpd: Option<u32>,
-        concurrency: u32,
-        timeout_secs: u64,
-    ) -> Option<ProviderConfig> {
-        let api_key = self.secret(&format!("{prefix}_API_KEY"))?;
-        let (source, base_url) = self
-            .get_from(&format!("{prefix}_BASE_URL"))
-            .unwrap_or_else(|| (format!("{prefix}_BASE_URL"), base_url.to_owned()));
-        let base_url = base_url.trim_end_matches('/').to_owned();
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            self.problem(format!(
-                "{source}={base_url:?} must start with http:// or https://"
-            ));
-        }
-        // An empty TPM or RPD means "no such limit"; a set one must allow something.
-        let limits = KeyLimits {
-            rpm: self.parse_min(&format!("{prefix}_RPM"), rpm, 1),
-            tpm: self.optional_min(&format!("{prefix}_TPM"), 1).or(tpm),
-            rpd: self.optional_min(&format!("{prefix}_RPD"), 1).or(rpd),
-            concurrency: self.parse_min(&format!("{prefix}_CONCURRENCY"), concurrency, 1),
-            window: Duration::from_secs(self.parse_min(
-                &format!("{prefix}_WINDOW_SECS"),
-                window_secs,
-                1,
-            )),
-        };
-        let timeout =
-            Duration::from_secs(self.parse_min(&format!("{prefix}_TIMEOUT_SECS"), timeout_secs, 1));
-        Some(
-            ProviderConfig::new(api_key, base_url)
-                .with_limits(limits)
-                .with_timeout(timeout),
-        )
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn minimal_config_uses_defaults() {
-        let c = Config::from_map(&map(&[("DISCORD_TOKEN", "tok"), ("INSTANCE_ID", "2")])).unwrap();
-        assert_eq!((c.instance_id, c.instance_count), (2, 4));
-        assert_eq!(c.cluster_name, "keyshard");
-        assert!(c.openai.is_none() && c.minimax.is_none() && c.stability.is_none());
-        assert_eq!(c.http_bind.port(), 8080);
-    }
-
-    #[test]
-    fn per_instance_keys_win() {
-        let c = Config::from_map(&map(&[
-            ("DISCORD_TOKEN", "tok"),
-            ("INSTANCE_ID", "3"),
-            ("OPENAI_API_KEY", "sk-shared"),
-            ("OPENAI_API_KEY_3", "sk-three"),
-            ("OPENAI_RPM_3", "120"),
-        ]))
-        .unwrap();
-        let openai = c.openai.unwrap();
-        assert_eq!(openai.common.api_key.expose(), "sk-three");
-        assert_eq!(openai.common.limits.rpm, 120);
-    }
-
-    #[test]
-    fn the_video_render_time_defaults_to_two_minutes_and_is_checked() {
-        let base = [
-            ("DISCORD_TOKEN", "tok"),
-            ("INSTANCE_ID", "1"),
-            ("MINIMAX_API_KEY", "mm-real-key"),
-        ];
-        let c = Config::from_map(&map(&base)).unwrap();
-        let minimax = c.minimax.unwrap();
-        assert_eq!(minimax.video_render, Duration::from_secs(120));
-        assert_eq!(c.video_poll, Duration::from_secs(10));
-        let with = |v: &str| {
-            let mut pairs = base.to_vec();
-            pairs.push(("MINIMAX_VIDEO_RENDER_SECS", v));
-            Config::from_map(&map(&pairs))
-        };
-        let c = with("6.5").unwrap();
-        assert_eq!(
-            c.minimax.unwrap().video_render,
-            Duration::from_millis(6_500)
-        );
-        for bad in ["0", "-3", "inf", "NaN", "a while"] {
-            let err = with(bad).unwrap_err().to_string();
-            assert!(err.contains("MINIMAX_VIDEO_RENDER_SECS"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn every_problem_is_listed_at_once() {
-        let err = Config::from_map(&map(&[
-            ("INSTANCE_ID", "5"),
-            ("INSTANCE_COUNT", "4"),
-            ("REDIS_URL", "http://nope"),
-            ("OPENAI_API_KEY", "sk-real"),
-            ("OPENAI_RPM", "lots"),
-        ]))
-        .unwrap_err();
-        let text = err.to_string();
-        assert_eq!(err.problems.len(), 4, "{text}");
-        for needle in [
-            "INSTANCE_ID=5",
-            "DISCORD_TOKEN is missing",
-            "REDIS_URL",
-            "OPENAI_RPM=\"lots\"",
-        ] {
-            assert!(text.contains(needle), "{needle} missing from:\n{text}");
-        }
-    }
-
-    #[test]
-    fn secrets_never_show() {
-        let c = Config::from_map(&map(&[
-            ("DISCORD_TOKEN", "MTIz.secret-token"),
-            ("INSTANCE_ID", "1"),
-            ("OPENAI_API_KEY", "sk-very-secret"),
-        ]))
-        .unwrap();
-        let debug = format!("{c:?}");
-        assert!(
-            !debug.contains("secret-token") && !debug.contains("sk-very-secret"),
-            "{debug}"
-        );
-        assert!(debug.contains("***"));
-    }
-
-    #[test]
-    fn placeholders_are_rejected_by_name_without_echoing() {
-        let err = Config::from_map(&map(&[
-            ("DISCORD_TOKEN", "your-discord-bot-token"),
-            ("INSTANCE_ID", "1"),
-            ("MINIMAX_API_KEY_1", "CHANGE_ME"),
-        ]))
-        .unwrap_err();
-        let text = err.to_string();
-        assert!(
-            text.contains("DISCORD_TOKEN is still a placeholder"),
-            "{text}"
-        );
-        assert!(
-            text.contains("MINIMAX_API_KEY_1 is still a placeholder"),
-            "{text}"
-        );
-        assert!(!text.contains("your-discord-bot-token"));
-    }
-
-    #[test]
-    fn a_problem_names_the_variable_as_written_and_zero_limits_are_refused() {
-        let err = Config::from_map(&map(&[
-            ("DISCORD_TOKEN", "tok"),
-            ("INSTANCE_ID", "2"),
-            ("OPENAI_API_KEY_2", "sk-real"),
-            ("OPENAI_TIMEOUT_SECS_2", "0"),
-            ("OPENAI_RPD", "0"),
-            ("HEARTBEAT_MS_2", "soon"),
-        ]))
-        .unwrap_err();
-        assert_eq!(
-            err.problems,
-            [
-                "HEARTBEAT_MS_2=\"soon\" is not a valid number",
-                "OPENAI_RPD=0 must be at least 1",
-                "OPENAI_TIMEOUT_SECS_2=0 must be at least 1",
-            ]
-        );
-    }
-
-    #[test]
-    fn overload_wait_is_a_finite_number_of_seconds() {
-        for bad in ["inf", "NaN", "-1"] {
-            let err = Config::from_map(&map(&[
-                ("DISCORD_TOKEN", "tok"),
-                ("INSTANCE_ID", "1"),
-                ("OVERLOAD_WAIT_SECS", bad),
-            ]))
-            .unwrap_err();
-            assert!(
-                err.problems[0].starts_with("OVERLOAD_WAIT_SECS="),
-                "{bad}: {err}"
-            );
-        }
-        let c = Config::from_map(&map(&[
-            ("DISCORD_TOKEN", "tok"),
-            ("INSTANCE_ID", "1"),
-            ("OVERLOAD_WAIT_SECS", "2.5"),
-        ]))
-        .unwrap();
-        assert_eq!(c.overload.max_wait, Duration::from_millis(2_500));
-    }
-
-    #[test]
-    fn the_ledger_is_off_without_a_database_url_and_its_password_never_shows() {
-        let c = Config::from_map(&map(&[("DISCORD_TOKEN", "tok"), ("INSTANCE_ID", "1")])).unwrap();
-        assert!(c.ledger.is_none());
-        assert_eq!(c.quota_timezone, "Asia/Seoul");
-
-        let c = Config::from_map(&map(&[
-            ("DISCORD_TOKEN", "tok"),
-            ("INSTANCE_ID", "1"),
-            (
-                "DATABASE_URL",
-                "postgres://keyshard:pg-s3cret@db:5432/keyshard",
-            ),
-            ("LEDGER_PRICES", "openai/*=in:1,out:2"),
-            ("LEDGER_RAW_RETENTION_DAYS", "30"),
-        ]))
-        .unwrap();
-        let ledger = c.ledger.as_ref().unwrap();
-        assert_eq!(ledger.retention.raw, Duration::from_secs(30 * 86_400));
-        assert!(ledger.prices.knows("openai", "some-new-model"));
-        assert_eq!(
-            ledger.redacted_url(),
-            "postgres://keyshard:***@db:5432/keyshard"
-        );
-        let debug = format!("{c:?}");
-        assert!(!debug.contains("pg-s3cret"), "{debug}");
-        assert!(crate::logging::secrets(&c).contains(&"pg-s3cret".to_string()));
-        assert_eq!(
-            database_password("postgres://postgres@127.0.0.1:5432/x"),
-            None
-        );
-
-        let err = Config::from_map(&map(&[
-            ("DISCORD_TOKEN", "tok"),
-            ("INSTANCE_ID", "1"),
-            ("DATABASE_URL", "mysql://u:pg-s3cret@h/db"),
-            ("LEDGER_PRICES", "openai/x=bogus:1"),
-            ("LEDGER_ROLLUP_RETENTION_DAYS", "10"),
-        ]))
-        .unwrap_err();
-        let text = err.to_string();
-        assert_eq!(err.problems.len(), 3, "{text}");
-        assert!(!text.contains("pg-s3cret"), "{text}");
-        for needle in [
-            "DATABASE_URL must start",
-            "LEDGER_PRICES",
-            "LEDGER_ROLLUP_RETENTION_DAYS (10)",
-        ] {
-            assert!(text.contains(needle), "{needle} missing from:\n{text}");
-        }
-        let missing = LedgerConfig::from_lookup(|_| None).unwrap_err().to_string();
-        assert!(missing.contains("DATABASE_URL is not set"), "{missing}");
-    }
-
-    #[test]
-    fn view_config_needs_no_token() {
-        let v =
-            ViewConfig::from_lookup(|k| (k == "CLUSTER_NAME").then(|| "c1".to_string())).unwrap();
-        assert_eq!((v.cluster_name.as_str(), v.instance_count), ("c1", 4));
-    }
-}
+mod tests;

@@ -3,8 +3,8 @@
 //! the command, and what the user got, for the ledger) and [`EdgeState`] (lifecycle flags).
 //!
 //! A leaf of the bot's import graph: it names nothing from `edge`, `commands`, `work` or
-//! `respond`, only the leaf modules `config`, `metrics`, `ledger` and `clock`, so every other
-//! module can use it without a cycle.
+//! `respond`, only the leaf modules `config`, `metrics`, `ledger`, `clock` and `shards`, so
+//! every other module can use it without a cycle.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,11 +19,14 @@ use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::shards::ShardBoard;
 
 pub type Error = anyhow::Error;
 pub type Context<'a> = poise::Context<'a, Data, Error>;
 
-/// What every command can reach: handles, not logic.
+/// What every command can reach: handles, not logic. Cloned once per shard's framework (every
+/// field is a handle).
+#[derive(Clone)]
 pub struct Data {
     pub config: Arc<Config>,
     pub cluster: Cluster,
@@ -49,10 +52,14 @@ pub fn command_name(command: &poise::Command<Data, Error>) -> &str {
 /// Lifecycle flags shared by the bot, the HTTP server and the shutdown path.
 #[derive(Default)]
 pub struct EdgeState {
-    /// The gateway session is READY.
+    /// Every shard's gateway session is READY (see [`ShardBoard::all_up`]).
     pub gateway_ready: AtomicBool,
-    /// The slash commands are registered.
+    /// The shards of this instance: up or not, latency, what their IDENTIFYs wait for.
+    pub shards: Arc<ShardBoard>,
+    /// The slash commands are registered (by this instance or, for the same set, by another).
     pub commands_registered: AtomicBool,
+    /// The command registration has been started (by the first shard READY).
+    pub registering: AtomicBool,
     /// Shutting down: take no new interactions, finish the ones in hand.
     pub draining: AtomicBool,
     /// Interactions this instance has claimed and not finished answering.

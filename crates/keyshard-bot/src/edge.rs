@@ -1,6 +1,7 @@
 //! The poise framework around the commands: the claim as a framework-wide check, the one place
-//! that turns errors into what a Discord user reads, and the Discord client pointed at Discord
-//! or at `DISCORD_API_BASE`.
+//! that turns errors into what a Discord user reads, one Discord client per shard pointed at
+//! Discord or at `DISCORD_API_BASE` (and, for the gateway, at the relay), and the command set
+//! registered once for the cluster.
 //!
 //! The top of the bot's import graph: `edge → commands → {context, respond, replies}`. Nothing
 //! below names `edge`; what commands and edge both need to answer a user lives in `respond`.
@@ -209,78 +210,171 @@ fn on_error(error: poise::FrameworkError<'_, Data, Error>) -> poise::BoxFuture<'
     })
 }
 
-/// Builds the serenity client with the poise framework.
-pub async fn build_client(data: Data) -> anyhow::Result<serenity::Client> {
+/// The HTTP client for Discord, or for `DISCORD_API_BASE` when set.
+pub fn http(config: &Config) -> serenity::Http {
+    let token = data_token(config);
+    match &config.discord_api_base {
+        // serenity ignores the proxy while its own ratelimiter is on (notes/discord.md), so
+        // proxy mode relies on the proxy (or the simulator) for rate limits.
+        Some(base) => serenity::HttpBuilder::new(token)
+            .proxy(base.clone())
+            .ratelimiter_disabled(true)
+            .build(),
+        None => serenity::Http::new(&token),
+    }
+}
+
+/// Builds one serenity client per shard (shard `k` is the `k`-th), each with its own poise
+/// framework over a clone of `data` and its gateway URL pointed at the relay (`relay_url`).
+///
+/// One client per shard, not one client for all: serenity's shard queuer spaces the shards of
+/// one client 5 s apart whatever the cluster's queue allows, and shuts them down one after the
+/// other; with a client each, the cluster's queue alone decides when a shard IDENTIFYs, and
+/// a stop closes every shard at once.
+pub async fn build_clients(
+    data: Data,
+    shards: u32,
+    relay_url: &str,
+) -> anyhow::Result<Vec<serenity::Client>> {
+    let mut clients = Vec::with_capacity(shards as usize);
+    for _ in 0..shards {
+        let client = build_client(data.clone()).await?;
+        *client.ws_url.lock().await = relay_url.to_owned();
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// The events the edge follows: a shard READY or RESUMED is up (its end is the relay's to
+/// see), and READY names the session a later RESUME will name.
+fn on_event<'a>(
+    framework: poise::FrameworkContext<'a, Data, Error>,
+    event: &'a serenity::FullEvent,
+) -> poise::BoxFuture<'a, Result<(), Error>> {
+    Box::pin(async move {
+        let shards = &framework.user_data.state.shards;
+        let shard = framework.serenity_context.shard_id.0;
+        match event {
+            serenity::FullEvent::Ready { data_about_bot } => {
+                shards.session(&data_about_bot.session_id, shard);
+                shards.up(shard);
+            }
+            serenity::FullEvent::Resume { .. } => shards.up(shard),
+            serenity::FullEvent::ShardStageUpdate { event } => {
+                tracing::info!(shard, stage = ?event.new, "gateway stage");
+            }
+            _ => {}
+        }
+        Ok(())
+    })
+}
+
+/// One serenity client with the poise framework.
+async fn build_client(data: Data) -> anyhow::Result<serenity::Client> {
     let config = data.config.clone();
-    let setup_config = config.clone();
-    let state = data.state.clone();
-    let commands = crate::commands::all();
     let framework = poise::Framework::builder()
         .options(poise::FrameworkOptions {
-            commands,
+            commands: crate::commands::all(),
             command_check: Some(claim_check),
             on_error,
-            event_handler: |framework, event| {
-                Box::pin(async move {
-                    let data = framework.user_data;
-                    match event {
-                        serenity::FullEvent::Ready { .. } | serenity::FullEvent::Resume { .. } => {
-                            data.state.gateway_ready.store(true, Ordering::Release);
-                        }
-                        serenity::FullEvent::ShardStageUpdate { event } => {
-                            let connected = event.new == serenity::ConnectionStage::Connected;
-                            data.state.gateway_ready.store(connected, Ordering::Release);
-                            tracing::info!(stage = ?event.new, "gateway stage");
-                        }
-                        _ => {}
-                    }
-                    Ok(())
-                })
-            },
+            event_handler: on_event,
             // Owners come from ADMIN_USER_IDS, not from the application's owner list.
             initialize_owners: false,
             ..Default::default()
         })
         .setup(move |ctx, ready, framework| {
             Box::pin(async move {
-                tracing::info!(session = %ready.session_id.len(), "gateway READY");
-                state.gateway_ready.store(true, Ordering::Release);
-                let commands = &framework.options().commands;
-                match setup_config.guild_id {
-                    Some(guild) => {
-                        poise::builtins::register_in_guild(
-                            ctx,
-                            commands,
-                            serenity::GuildId::new(guild),
-                        )
-                        .await?
-                    }
-                    None => poise::builtins::register_globally(ctx, commands).await?,
+                let shard = ctx.shard_id.0;
+                tracing::info!(shard, "gateway READY");
+                data.state.shards.session(&ready.session_id, shard);
+                data.state.shards.up(shard);
+                // The first shard READY of the process registers the command set (once for
+                // the cluster); the others go on serving meanwhile.
+                if !data.state.registering.swap(true, Ordering::AcqRel) {
+                    let builders =
+                        poise::builtins::create_application_commands(&framework.options().commands);
+                    tokio::spawn(register_commands(ctx.http.clone(), builders, data.clone()));
                 }
-                state.commands_registered.store(true, Ordering::Release);
-                tracing::info!(count = commands.len(), "slash commands registered");
                 Ok(data)
             })
         })
         .build();
 
-    let token = data_token(&config);
     // Interactions arrive whatever the intents; asking for none keeps the gateway quiet and
     // the idle memory small.
     let intents = serenity::GatewayIntents::empty();
-    let builder = match &config.discord_api_base {
-        Some(base) => {
-            // serenity ignores the proxy while its own ratelimiter is on (notes/discord.md), so
-            // proxy mode relies on the proxy (or the simulator) for rate limits.
-            let http = serenity::HttpBuilder::new(token)
-                .proxy(base.clone())
-                .ratelimiter_disabled(true)
-                .build();
-            serenity::ClientBuilder::new_with_http(http, intents)
-        }
-        None => serenity::ClientBuilder::new(token, intents),
-    };
+    let builder = serenity::ClientBuilder::new_with_http(http(&config), intents);
     Ok(builder.framework(framework).await?)
+}
+
+/// How long a failed registration waits before it tries again, doubling up to
+/// [`REGISTER_RETRY_MAX`]: Discord's 5xx and rate limits pass within seconds to a minute.
+const REGISTER_RETRY_FIRST: Duration = Duration::from_secs(1);
+const REGISTER_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The hash that tells one command set from another: FNV-1a (64 bits) over where the set goes
+/// (globally or to `GUILD_ID`) and its JSON as Discord receives it. Stable across builds and
+/// Rust versions, unlike `std`'s hasher.
+pub fn command_set_hash(guild: Option<u64>, builders: &[serenity::CreateCommand]) -> String {
+    let json = serde_json::to_vec(builders).unwrap_or_default();
+    let scope = guild.map_or("global".to_owned(), |g| format!("guild:{g}"));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in scope.bytes().chain([0]).chain(json) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Registers the command set unless the cluster already has (see
+/// `keyshard_cluster::sync_commands`), retrying until it succeeds; readiness waits for it.
+async fn register_commands(
+    http: std::sync::Arc<serenity::Http>,
+    builders: Vec<serenity::CreateCommand>,
+    data: Data,
+) {
+    let guild = data.config.guild_id;
+    let hash = command_set_hash(guild, &builders);
+    let mut wait = REGISTER_RETRY_FIRST;
+    loop {
+        let result = keyshard_cluster::sync_commands(&data.cluster, &hash, || {
+            let (http, builders) = (http.clone(), builders.clone());
+            async move {
+                match guild {
+                    Some(g) => serenity::GuildId::new(g)
+                        .set_commands(&http, builders)
+                        .await
+                        .map(drop),
+                    None => serenity::Command::set_global_commands(&http, builders)
+                        .await
+                        .map(drop),
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(outcome) => {
+                data.state
+                    .commands_registered
+                    .store(true, Ordering::Release);
+                tracing::info!(
+                    count = builders.len(),
+                    ?outcome,
+                    hash,
+                    "slash commands in place"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "could not register the slash commands ({}); trying again in {wait:?}",
+                    redact(&e.to_string())
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(REGISTER_RETRY_MAX);
+            }
+        }
+    }
 }
 
 fn data_token(config: &Config) -> String {

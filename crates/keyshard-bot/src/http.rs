@@ -57,14 +57,22 @@ impl Probe {
         self
     }
 
-    /// Ready: the gateway session is up, the commands are registered, a membership snapshot
-    /// has been read from Redis at least once since start (later outages are served in
-    /// degraded mode, so they do not make the instance unready), and it is not draining.
+    /// Ready: every shard's gateway session is up, the commands are registered, a membership
+    /// snapshot has been read from Redis at least once since start (later outages are served
+    /// in degraded mode, so they do not make the instance unready), and it is not draining.
+    /// While a shard's IDENTIFY waits (the restart backoff, the bucket, the day's reserve),
+    /// `waiting` and `detail` say for what.
     pub fn readiness(&self) -> Readiness {
         if self.cluster.is_ready() {
             self.redis_seen.store(true, Ordering::Release);
         }
+        let shards = &self.state.shards;
+        let waiting = shards.waiting();
         let r = Readiness {
+            shards: shards.count(),
+            shards_up: shards.up_count(),
+            waiting: waiting.as_ref().map(|w| w.kind()),
+            detail: waiting.as_ref().map(ToString::to_string),
             gateway: self.state.gateway_ready.load(Ordering::Acquire),
             commands: self.state.commands_registered.load(Ordering::Acquire),
             redis: self.redis_seen.load(Ordering::Acquire),
@@ -135,6 +143,13 @@ pub struct Readiness {
     /// reached yet; rows wait in Redis), `postgres_unreachable` (writes failing; rows wait) or
     /// `on`. Never makes the instance unready.
     pub ledger: &'static str,
+    /// The shards this instance runs, and how many of them are up.
+    pub shards: u32,
+    pub shards_up: u32,
+    /// What a shard's IDENTIFY waits for (`backoff`, `bucket`, `reserve`, `budget`, `local`),
+    /// and the same for a person.
+    pub waiting: Option<&'static str>,
+    pub detail: Option<String>,
 }
 
 pub fn router(probe: Probe) -> Router {

@@ -9,8 +9,11 @@
 //! - [`app`]: `run(config, shutdown)`: wires the cluster handle, the HTTP server and the bot,
 //!   and drains on shutdown.
 //! - [`edge`]: the poise framework: the claim as a framework-wide check, `on_error` (the one
-//!   place errors become Korean messages), the Discord client pointed at Discord or at
-//!   `DISCORD_API_BASE`.
+//!   place errors become Korean messages), one Discord client per shard pointed at Discord or
+//!   at `DISCORD_API_BASE`, and the command set registered once for the cluster.
+//! - [`gateway`]: the shard plan from `GET /gateway/bot`, and the relay that holds every
+//!   IDENTIFY of the process until the cluster's queue grants it.
+//! - [`shards`]: the shard table (up or not, latency, what an IDENTIFY waits for).
 //! - [`commands`]: the slash commands, one module each: check input, acknowledge, queue.
 //! - [`context`]: `Data`, `Context`, `Error`, `Claimed`, `EdgeState`, shared by all of the above.
 //! - [`respond`]: how an interaction is answered (ephemeral, deferred, public, embed).
@@ -27,9 +30,10 @@
 //! - [`redact`]: the scrubbing itself: known secrets, interaction tokens in fields and URLs.
 //! - [`clock`]: the one reading of the wall clock.
 //!
-//! Imports run one way: `app → edge → commands → {context, respond, replies}`, `work →
-//! {replies, clock, redact, ledger}`; `context`, `replies`, `clock`, `redact`, `config`,
-//! `metrics` and `ledger` name no module above them, and nothing but `app` names `edge`.
+//! Imports run one way: `app → {edge, gateway}`, `edge → commands → {context, respond,
+//! replies}`, `gateway → shards`, `work → {replies, clock, redact, ledger}`; `context`,
+//! `shards`, `replies`, `clock`, `redact`, `config`, `metrics` and `ledger` name no module above
+//! them, and nothing but `app` names `edge` or `gateway`.
 
 pub mod app;
 pub mod cli;
@@ -39,6 +43,7 @@ pub mod config;
 pub mod context;
 pub mod daily_store;
 pub mod edge;
+pub mod gateway;
 pub mod http;
 pub mod ledger;
 pub mod logging;
@@ -46,6 +51,7 @@ pub mod metrics;
 pub mod redact;
 pub mod replies;
 pub mod respond;
+pub mod shards;
 pub mod work;
 
 pub use app::run;

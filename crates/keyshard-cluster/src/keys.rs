@@ -93,6 +93,33 @@ pub fn requests_per_day(cluster: &str, provider: &str, fingerprint: &str, day: &
     format!("{cluster}:rpd:{provider}:{fingerprint}:{day}")
 }
 
+/// `{c}:gw:identify:{bucket}`: the last IDENTIFY of a rate-limit bucket (`shard_id %
+/// max_concurrency`), `NX PX` the IDENTIFY window; the value names who sent it.
+pub fn identify_slot(cluster: &str, bucket: u32) -> String {
+    format!("{cluster}:gw:identify:{bucket}")
+}
+
+/// `{c}:gw:budget`: the session starts (IDENTIFYs) left in Discord's day for this cluster's
+/// token, expiring when the day resets.
+pub fn identify_budget(cluster: &str) -> String {
+    format!("{cluster}:gw:budget")
+}
+
+/// `{c}:gw:restarts:{id}`: instance `id`'s starts since its last clean stop or stable run.
+pub fn restarts(cluster: &str, id: InstanceId) -> String {
+    format!("{cluster}:gw:restarts:{id}")
+}
+
+/// `{c}:commands:hash`: the hash of the command set last registered with Discord.
+pub fn commands_hash(cluster: &str) -> String {
+    format!("{cluster}:commands:hash")
+}
+
+/// `{c}:commands:lock`: the one instance registering a changed command set.
+pub fn commands_lock(cluster: &str) -> String {
+    format!("{cluster}:commands:lock")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +145,11 @@ mod tests {
             requests_per_day(c, "openai", "ab12", "2026-11-30"),
             ledger_stream(c, 2),
             ledger_takeover(c, 3),
+            identify_slot(c, 0),
+            identify_budget(c),
+            restarts(c, 2),
+            commands_hash(c),
+            commands_lock(c),
         ];
         let want = [
             "ks:hb:2",
@@ -135,6 +167,11 @@ mod tests {
             "ks:rpd:openai:ab12:2026-11-30",
             "ks:ledger:2",
             "ks:ledger-takeover:3",
+            "ks:gw:identify:0",
+            "ks:gw:budget",
+            "ks:gw:restarts:2",
+            "ks:commands:hash",
+            "ks:commands:lock",
         ];
         assert_eq!(got, want);
     }

@@ -18,6 +18,10 @@
 //!   a folder whose `mod.rs` lists its parts. A job's arguments are `keyshard-types`'
 //!   [`JobArgs`], decoded once when the entry is read; one that does not decode is an
 //!   [`UnreadableJob`] for the handler to answer.
+//! - [`gateway`]: the gateway's shared state: one IDENTIFY queue for the whole cluster
+//!   ([`IdentifyQueue`]: one per bucket per window, never below the day's reserve, a restart
+//!   backoff for a crash loop, local spacing without Redis) and the command set registered
+//!   once per change ([`sync_commands`]).
 //! - [`memory`]: conversation memory per user and channel ([`Memory`]).
 //! - [`ledger`]: the Redis side of the usage ledger's durable buffer, a stream per instance
 //!   ([`LedgerStream`]); the rows and the Postgres side live in `keyshard-ledger`.
@@ -37,6 +41,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod heartbeat;
 pub mod jobs;
 pub mod keys;
@@ -53,6 +58,7 @@ mod conn;
 pub use cluster::{ClaimOutcome, Cluster, Confirmed, BACKGROUND_BUDGET, CLAIM_BUDGET};
 pub use config::{ClusterConfig, Load};
 pub use error::{redact_url, ClusterError};
+pub use gateway::{sync_commands, BudgetSource, CommandSync, Grant, IdentifyQueue, IdentifyWait};
 pub use heartbeat::Heartbeat;
 pub use jobs::{
     Arrival, ClaimInfo, Delivery, Job, JobArgs, JobContext, JobHandler, JobKind, JobStats, Jobs,

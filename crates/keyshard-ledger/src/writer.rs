@@ -39,94 +39,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyshard_cluster::ledger::Entry;
 use keyshard_cluster::{run_every, Cluster, InstanceId, LedgerStream};
-use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::{Buffer, Limits, Recorded};
+mod settings;
+
+pub use settings::{backoff_delay, WriterConfig, WriterStats};
+
+use crate::buffer::{Buffer, Recorded};
 use crate::{write_batch, LedgerError, LedgerRow};
-
-/// How the writer paces itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WriterConfig {
-    /// How often the write loop reads a batch (module docs: 250 ms).
-    pub interval: Duration,
-    /// Rows per `write_batch` and per push pipeline. 500 rows are ~250 KB of JSON to read and
-    /// one statement of a few milliseconds; larger batches gain little per row and make one
-    /// failed statement redo more.
-    pub batch: usize,
-    /// Batches one tick writes at most before yielding (a backlog after an outage drains at
-    /// up to `batch × batches_per_tick` rows per tick).
-    pub batches_per_tick: usize,
-    /// The longest pause between tries while Postgres fails: a Postgres back from a restart
-    /// is used within this, and N instances retrying do not hammer one that is struggling.
-    pub max_backoff: Duration,
-    /// How often to look for dead peers' streams: about once per heartbeat, as often as
-    /// liveness can change.
-    pub takeover_every: Duration,
-    pub limits: Limits,
-}
-
-impl Default for WriterConfig {
-    fn default() -> Self {
-        WriterConfig {
-            interval: Duration::from_millis(250),
-            batch: 500,
-            batches_per_tick: 20,
-            max_backoff: Duration::from_secs(5),
-            takeover_every: Duration::from_secs(1),
-            limits: Limits::default(),
-        }
-    }
-}
 
 /// How long shutdown may spend pushing (or writing) what is left in memory: a drain must
 /// not hang on an unreachable Redis, and a second or two covers a healthy one many times.
 const FINAL_BUDGET: Duration = Duration::from_secs(3);
-
-/// The pause after `failures` failed writes in a row: `base`, doubling, at most `max`.
-pub fn backoff_delay(failures: u32, base: Duration, max: Duration) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    base.saturating_mul(factor).min(max)
-}
-
-/// Counters and gauges of the writer, for `/metrics` and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct WriterStats {
-    /// Rows accepted by [`LedgerWriter::record`].
-    pub recorded: u64,
-    /// Rows inserted into Postgres (by this instance, for itself or a dead peer).
-    pub written: u64,
-    /// Rows written again that Postgres already had (after a crash, a re-push, a takeover).
-    pub duplicates: u64,
-    /// `write_batch` calls that succeeded.
-    pub batches: u64,
-    /// `write_batch` calls that failed (Postgres down or refusing).
-    pub write_failures: u64,
-    /// Push pipelines that failed (Redis down).
-    pub push_failures: u64,
-    /// Stream entries that were not a row (acknowledged and dropped).
-    pub malformed: u64,
-    /// Rows written from dead peers' streams.
-    pub taken_over: u64,
-    /// Rows refused because the outbox was full: lost (Redis and Postgres both down).
-    pub dropped: u64,
-    /// Rows forgotten from memory at the unwritten bound (still in Redis).
-    pub unprotected: u64,
-    /// Rows pushed again after Redis lost them (or might have).
-    pub repushed: u64,
-    /// Rows in memory, not yet known to be in Postgres.
-    pub buffered: u64,
-    /// Of those, rows not yet in Redis.
-    pub not_in_redis: u64,
-    /// How long ago the oldest buffered row was recorded.
-    pub oldest_buffered_age_ms: Option<u64>,
-    /// Writes have failed since the last success.
-    pub postgres_failing: bool,
-}
 
 #[derive(Default)]
 struct Counters {
@@ -654,18 +582,4 @@ impl LedgerWriter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        let base = Duration::from_millis(250);
-        let max = Duration::from_secs(5);
-        let d: Vec<u64> = (1..=7)
-            .map(|n| backoff_delay(n, base, max).as_millis() as u64)
-            .collect();
-        assert_eq!(d, vec![250, 500, 1_000, 2_000, 4_000, 5_000, 5_000]);
-        assert_eq!(backoff_delay(0, base, max), base);
-        assert_eq!(backoff_delay(u32::MAX, base, max), max);
-    }
-}
+mod tests;

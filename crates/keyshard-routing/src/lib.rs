@@ -14,8 +14,12 @@
 //!   job of its kind from ([`steal_order`]).
 //! - [`rate`]: the service-rate estimate behind the overload rule ([`ServiceRate`]).
 //! - [`snowflake`]: a Discord snowflake's creation time and the 3 s acknowledgement deadline.
+//! - [`gateway`]: the shard count, when a shard may IDENTIFY (one per bucket per window, never
+//!   below the day's reserve: [`identify_turn`], [`keeps_reserve`]), and the restart backoff of
+//!   a crash-looping instance ([`restart_delay`]).
 
 pub mod claim;
+pub mod gateway;
 pub mod load;
 pub mod owner;
 pub mod placement;
@@ -23,6 +27,11 @@ pub mod rate;
 pub mod snowflake;
 
 pub use claim::{claim_turn, sweep_delay, ClaimTiming, ClaimTurn};
+pub use gateway::{
+    bucket, identify_turn, keeps_reserve, local_delay, restart_delay, shard_count, starts_within,
+    IdentifyPolicy, IdentifyTurn, IdentifyView, RestartPolicy, SessionBudget, ShardSetting,
+    WaitReason,
+};
 pub use load::{InstanceState, Membership, OverloadPolicy};
 pub use owner::{effective_owner, ladder, ladder_from, primary, Assignment, Reason};
 pub use placement::{move_target, steal_order};

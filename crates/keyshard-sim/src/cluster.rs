@@ -116,6 +116,9 @@ struct Instance {
 pub struct ProcessCluster {
     cfg: ProcessConfig,
     api_bases: Vec<String>,
+    /// The fake Discord's IDENTIFY window, given to every instance as `IDENTIFY_WINDOW_MS` so
+    /// the cluster's queue and the fake's rule are the same number.
+    identify_window_ms: u64,
     instances: Vec<Instance>,
     events: Vec<ProcessEvent>,
     http: reqwest::Client,
@@ -124,6 +127,16 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Spawns every instance against `discord` and waits until all of them are ready.
     pub async fn start(cfg: ProcessConfig, discord: &FakeDiscord) -> anyhow::Result<Self> {
+        let mut cluster = Self::launch(cfg, discord)?;
+        for id in 1..=cluster.cfg.instances {
+            cluster.wait_ready(id).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Spawns every instance against `discord` without waiting for any to be ready (for a
+    /// test about an instance that does not get ready).
+    pub fn launch(cfg: ProcessConfig, discord: &FakeDiscord) -> anyhow::Result<Self> {
         if !cfg.keyshard_bin.is_file() {
             bail!(
                 "keyshard binary not found at {} (build it with `cargo build -p keyshard-bot`, or pass --keyshard-bin)",
@@ -134,6 +147,8 @@ impl ProcessCluster {
             .with_context(|| format!("creating run dir {}", cfg.run_dir.display()))?;
         let mut cluster = ProcessCluster {
             api_bases: (0..=cfg.instances).map(|i| discord.api_base(i)).collect(),
+            identify_window_ms: (discord.config().gateway.identify_window.as_millis() as u64)
+                .max(1),
             instances: (1..=cfg.instances)
                 .map(|id| Instance {
                     child: None,
@@ -147,9 +162,6 @@ impl ProcessCluster {
         };
         for id in 1..=cluster.cfg.instances {
             cluster.spawn(id)?;
-        }
-        for id in 1..=cluster.cfg.instances {
-            cluster.wait_ready(id).await?;
         }
         Ok(cluster)
     }
@@ -197,6 +209,10 @@ impl ProcessCluster {
             // Logs go to a file: no colour codes in it (https://no-color.org).
             ("NO_COLOR".into(), "1".into()),
             ("HEARTBEAT_MS".into(), c.heartbeat_ms.to_string()),
+            (
+                "IDENTIFY_WINDOW_MS".into(),
+                self.identify_window_ms.to_string(),
+            ),
             ("DEAD_AFTER_MS".into(), c.dead_after_ms.to_string()),
             // A `.env.multi` in the working directory must not leak real settings in.
             (

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use keyshard_sim::attach::control::{self as attach_control, DEFAULT_URL};
 use keyshard_sim::attach::drive::{Event, RunRequest};
 use keyshard_sim::attach::{Note, ServiceConfig};
-use keyshard_sim::discord::{DiscordConfig, FakeDiscord};
+use keyshard_sim::discord::{DiscordConfig, FakeDiscord, GatewayRules};
 use keyshard_sim::providers::{FakeLimits, FakeProvidersConfig};
 use keyshard_sim::report::Report;
 use keyshard_sim::scenario::{
@@ -37,11 +37,11 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run a scenario against N real `keyshard` processes and write the JSON report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run only the fakes (and a private Redis) and print the env that points an instance at them.
     Serve(ServeArgs),
     /// A canned scenario: 4 instances, ~40 users, every command, instance 2 killed half-way.
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
     /// Tell a running `serve --control` what was done to the cluster from outside, and when:
     /// WHAT[@UNIX_MS] (kill:2, stop:3, start:3, restart:redis, rolling-restart, …).
     Note(NoteArgs),
@@ -81,9 +81,23 @@ struct RunArgs {
     /// Start an instance again: INSTANCE@SECS (repeatable).
     #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, ChaosAction::Restart))]
     restart: Vec<Chaos>,
-    /// Close an instance's gateway session: INSTANCE@SECS (repeatable).
+    /// Close an instance's gateway sessions: INSTANCE@SECS (repeatable).
     #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, ChaosAction::DropSession))]
     drop_session: Vec<Chaos>,
+    /// Invalidate an instance's sessions with op 9, resumable: INSTANCE@SECS (repeatable).
+    #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, |i| ChaosAction::InvalidateSession { instance: i, resumable: true }))]
+    invalidate_session: Vec<Chaos>,
+    /// Invalidate an instance's sessions with op 9, not resumable (a fresh IDENTIFY):
+    /// INSTANCE@SECS (repeatable).
+    #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, |i| ChaosAction::InvalidateSession { instance: i, resumable: false }))]
+    invalidate_session_fresh: Vec<Chaos>,
+    /// Crash-loop an instance: killed as soon as it IDENTIFYs, started again at once, for SPAN
+    /// seconds: INSTANCE@SECS+SPAN (repeatable).
+    #[arg(long, value_parser = Chaos::parse_crash_loop)]
+    crash_loop: Vec<Chaos>,
+    /// The guilds guild interactions come from (spread over the shards).
+    #[arg(long, default_value_t = 1)]
+    guilds: u32,
     /// Kill and restart the private Redis at SECS (repeatable).
     #[arg(long, value_parser = keyshard_sim::scenario::parse_secs)]
     redis_restart: Vec<Duration>,
@@ -168,6 +182,48 @@ struct CommonArgs {
     /// Extra instance env, NAME=VALUE (repeatable).
     #[arg(long = "instance-env", value_parser = parse_kv)]
     instance_env: Vec<(String, String)>,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+/// Discord's session rules as the fake enforces them (defaults: Discord's own).
+#[derive(Args)]
+struct GatewayArgs {
+    /// SHARD_COUNT for the instances (default: auto, the fake's recommendation).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// `shards` in the fake's `GET /gateway/bot`.
+    #[arg(long, default_value_t = 1)]
+    recommended_shards: u32,
+    /// `session_start_limit.max_concurrency`.
+    #[arg(long, default_value_t = 1)]
+    max_concurrency: u32,
+    /// Seconds between two IDENTIFYs of a bucket (Discord: 5); the instances get the same.
+    #[arg(long)]
+    identify_window: Option<f64>,
+    /// `session_start_limit.remaining` at the start (of 1000).
+    #[arg(long, default_value_t = 1000)]
+    session_starts: u32,
+    /// The guilds the bot is in (over 2,500 per shard: close 4011).
+    #[arg(long, default_value_t = 1)]
+    bot_guilds: u64,
+}
+
+impl GatewayArgs {
+    fn rules(&self, default_window: Duration) -> anyhow::Result<GatewayRules> {
+        let window = match self.identify_window {
+            Some(w) => keyshard_sim::scenario::parse_secs(&w.to_string())?,
+            None => default_window,
+        };
+        Ok(GatewayRules {
+            recommended_shards: self.recommended_shards.max(1),
+            identify_remaining: self.session_starts,
+            max_concurrency: self.max_concurrency.max(1),
+            identify_window: window,
+            bot_guilds: self.bot_guilds,
+            ..GatewayRules::default()
+        })
+    }
 }
 
 #[derive(Args)]
@@ -270,6 +326,10 @@ fn base_config(
     cfg.drain_deadline = keyshard_sim::scenario::parse_secs(&common.drain.to_string())?;
     cfg.overload_wait_secs = common.overload_wait_secs;
     cfg.env = common.instance_env.clone();
+    cfg.shards = common.gateway.shards;
+    cfg.discord.gateway = common
+        .gateway
+        .rules(GatewayRules::default().identify_window)?;
     Ok(cfg)
 }
 
@@ -302,20 +362,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     )?;
     cfg.skew = args.skew;
     cfg.seed = args.seed;
-    cfg.chaos = [args.kill, args.terminate, args.restart, args.drop_session]
-        .concat()
-        .into_iter()
-        .chain(args.redis_restart.into_iter().map(|at| Chaos {
-            at,
-            action: ChaosAction::RedisRestart,
-        }))
-        .chain(args.postgres_restart.into_iter().map(|at| Chaos {
-            at,
-            action: ChaosAction::PostgresRestart {
-                down: Duration::from_secs_f64(args.postgres_down.max(0.0)),
-            },
-        }))
-        .collect();
+    cfg.guilds = args.guilds;
+    cfg.chaos = [
+        args.kill,
+        args.terminate,
+        args.restart,
+        args.drop_session,
+        args.invalidate_session,
+        args.invalidate_session_fresh,
+        args.crash_loop,
+    ]
+    .concat()
+    .into_iter()
+    .chain(args.redis_restart.into_iter().map(|at| Chaos {
+        at,
+        action: ChaosAction::RedisRestart,
+    }))
+    .chain(args.postgres_restart.into_iter().map(|at| Chaos {
+        at,
+        action: ChaosAction::PostgresRestart {
+            down: Duration::from_secs_f64(args.postgres_down.max(0.0)),
+        },
+    }))
+    .collect();
     cfg.providers = start_providers(&args.mix, &args.common).await?;
     if let Some(factor) = args.load_factor {
         let capacity = cfg
@@ -340,6 +409,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let providers = start_providers(&mix, &args.common).await?;
     let duration = 30.0;
     let mut cfg = base_config(4, 40, 4.0, duration, mix, &args.common)?;
+    // A second between IDENTIFYs (Discord: 5 s): the four instances come up one after another
+    // in the cluster's queue, as they would, without a 15 s wait before the demo starts.
+    if args.common.gateway.identify_window.is_none() {
+        cfg.discord.gateway.identify_window = Duration::from_secs(1);
+    }
     cfg.seed = args.seed;
     cfg.skip_unregistered = true;
     cfg.providers = providers;
@@ -464,6 +538,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let providers =
         ScenarioProviders::start_on(FakeProvidersConfig::default(), providers_bind, advertise)
             .await?;
+    let window = discord.config().gateway.identify_window.as_millis();
     println!(
         "# fake Discord at {}, fake providers at http://{}, Redis at {}",
         discord.base_url(),
@@ -483,6 +558,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ("CLUSTER_NAME".into(), "sim".into()),
             ("DISCORD_API_BASE".into(), discord.api_base(k)),
             ("HTTP_BIND".into(), format!("127.0.0.1:{}", 8080 + k)),
+            ("IDENTIFY_WINDOW_MS".into(), window.to_string()),
         ];
         env.extend(providers.instance_env(k));
         let line: Vec<String> = env.iter().map(|(n, v)| format!("{n}={v}")).collect();
@@ -546,9 +622,9 @@ fn main() -> ExitCode {
             Command::Serve(a) => return serve(a).await,
             Command::Note(a) => return note(a).await,
             Command::Env(a) => return env(a).await,
-            Command::Run(a) => Box::pin(run(a))
+            Command::Run(a) => Box::pin(run(*a))
                 as std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>,
-            Command::Demo(a) => Box::pin(demo(a)),
+            Command::Demo(a) => Box::pin(demo(*a)),
         };
         // Ctrl-C or SIGTERM drops the scenario, and with it every child process (kill on drop).
         tokio::select! {

@@ -73,7 +73,16 @@ pub async fn loadbalancer(ctx: Context<'_>) -> Result<(), Error> {
         .await;
     };
     let info = read_info(&data.cluster).await.unwrap_or_default();
-    let view = replies::admin::load_balancer(data.config.instance_id, &status, &window, &info);
+    let remaining = match data.state.shards.queue() {
+        Some(q) => q.remaining().await.ok().flatten().map(|(n, _)| n),
+        None => None,
+    };
+    let starts = replies::admin::SessionStarts {
+        remaining,
+        reserve: data.config.gateway.identify.reserve,
+    };
+    let view =
+        replies::admin::load_balancer(data.config.instance_id, &status, &window, &info, starts);
     respond::ephemeral_embed(ctx, view).await
 }
 

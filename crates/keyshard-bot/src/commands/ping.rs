@@ -1,5 +1,5 @@
-//! `/핑` (`/ping`): which instance answered, gateway latency, Redis round trip, and the
-//! caller's primary instance.
+//! `/핑` (`/ping`): which instance answered, gateway latency (the delivering shard's, and every
+//! shard's), Redis round trip, and the caller's primary instance.
 
 use keyshard_routing::{primary, Reason};
 
@@ -26,12 +26,22 @@ pub async fn ping(ctx: Context<'_>) -> Result<(), Error> {
         Some(rtt) => Some(rtt),
         None => data.cluster.redis_ping().await.ok(),
     };
+    let shards = data
+        .state
+        .shards
+        .views()
+        .await
+        .into_iter()
+        .map(|s| (s.id, s.up, s.latency))
+        .collect();
     let view = Ping {
         me: data.config.instance_id,
         count: data.config.instance_count,
         primary: primary(ctx.author().id.get(), data.config.instance_count),
         reason,
         gateway: ctx.ping().await,
+        shard: ctx.serenity_context().shard_id.0,
+        shards,
         redis,
     };
     respond::say(ctx, ping::ping(&view)).await

@@ -84,6 +84,9 @@ impl Choices for Ranking {
 }
 
 /// 사용량과 예상 비용을 보여줍니다. (다른 사용자·서버·순위는 관리자)
+///
+/// Long because poise reads the options from this signature (four annotated parameters) and
+/// the body is a flat choice between the caller's own view and an admin's.
 #[poise::command(
     slash_command,
     rename = "사용량",

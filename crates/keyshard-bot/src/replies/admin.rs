@@ -9,22 +9,37 @@ use poise::serenity_prelude as serenity;
 
 use super::{reason, secs};
 
-/// `/로드밸런서`: every instance with its state, heartbeat, load, recent work and key budget.
-/// `me` is the instance answering; `window` covers the last five minutes.
+/// The cluster's day of gateway session starts, for `/로드밸런서`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionStarts {
+    /// Left today as the cluster counts them (`None`: not read yet today).
+    pub remaining: Option<u32>,
+    /// `IDENTIFY_RESERVE`: IDENTIFYs stop there.
+    pub reserve: u32,
+}
+
+/// `/로드밸런서`: every instance with its state, heartbeat, load, recent work, key budget and
+/// shards. `me` is the instance answering; `window` covers the last five minutes.
 pub fn load_balancer(
     me: InstanceId,
     status: &ClusterStatus,
     window: &Window,
     info: &BTreeMap<InstanceId, serde_json::Value>,
+    starts: SessionStarts,
 ) -> serenity::CreateEmbed {
+    let remaining = starts
+        .remaining
+        .map_or("확인 전".to_owned(), |r| r.to_string());
     let mut embed = serenity::CreateEmbed::new()
         .title(format!(
             "⚖️ 로드밸런서 — {} (인스턴스 {}개)",
             status.cluster_name, status.instance_count
         ))
         .description(format!(
-            "응답: 인스턴스 #{me} · 과부하 기준: 예상 대기 {}",
-            secs(status.max_wait_ms)
+            "응답: 인스턴스 #{me} · 과부하 기준: 예상 대기 {}\n\
+             게이트웨이 세션 시작 잔량(오늘): {remaining} · 예약분 {}",
+            secs(status.max_wait_ms),
+            starts.reserve
         ));
     for s in &status.instances {
         let state = match (s.alive, s.overloaded || s.draining) {
@@ -36,10 +51,11 @@ pub fn load_balancer(
             .heartbeat_age_ms
             .map_or("없음".to_owned(), |ms| format!("{} 전", secs(ms)));
         let budget = budget_line(info.get(&s.id));
+        let gateway = gateway_line(info.get(&s.id));
         embed = embed.field(
             format!("#{} {state}", s.id),
             format!(
-                "하트비트 {heartbeat} · 대기 {} · 처리 중 {}\n최근 5분 처리 {} · 대신 처리 {}\n키 잔량: {budget}",
+                "하트비트 {heartbeat} · 대기 {} · 처리 중 {}\n최근 5분 처리 {} · 대신 처리 {}\n키 잔량: {budget}\n게이트웨이: {gateway}",
                 s.queue_depth,
                 s.in_flight,
                 window.handled(s.id),
@@ -73,6 +89,46 @@ fn budget_line(info: Option<&serde_json::Value>) -> String {
     } else {
         parts.join(" · ")
     }
+}
+
+/// `샤드 4/4 · 41/40/39/42 ms`, or what a shard's IDENTIFY waits for, from an instance's
+/// published shards (`shards::published`).
+fn gateway_line(info: Option<&serde_json::Value>) -> String {
+    let Some(shards) = info.and_then(|i| i["gateway"].as_array()) else {
+        return "알 수 없음".into();
+    };
+    let up = shards
+        .iter()
+        .filter(|s| s["up"].as_bool() == Some(true))
+        .count();
+    let latencies: Vec<String> = shards
+        .iter()
+        .map(|s| {
+            s["latency_ms"]
+                .as_u64()
+                .map_or("-".to_owned(), |ms| ms.to_string())
+        })
+        .collect();
+    let mut line = format!("샤드 {up}/{} · {} ms", shards.len(), latencies.join("/"));
+    // The wait an operator must act on (the reserve) before the passing ones.
+    let waits: Vec<&str> = shards
+        .iter()
+        .filter_map(|s| s["waiting"].as_str())
+        .collect();
+    let wait = ["reserve", "backoff", "local", "budget", "bucket"]
+        .into_iter()
+        .find(|w| waits.contains(w));
+    if let Some(w) = wait {
+        line.push_str(" · ⏸ ");
+        line.push_str(match w {
+            "reserve" => "IDENTIFY 중지: 오늘 세션 시작 한도가 예약분에 닿았어요 (초기화까지 대기)",
+            "backoff" => "IDENTIFY 대기: 비정상 종료 후 재시작 지연 중",
+            "local" => "IDENTIFY: Redis 없이 자체 간격으로 연결 중",
+            "budget" => "IDENTIFY 대기: 세션 한도 확인 중",
+            _ => "IDENTIFY 순서 대기",
+        });
+    }
+    line
 }
 
 /// `/할당`: the user's primary, the instance serving them now, why, and their ladder.
@@ -257,6 +313,25 @@ mod tests {
         assert!(json.contains("🧭 고양이 님의 담당 인스턴스"), "{json}");
         assert!(json.contains(reason(Reason::PrimaryDown)), "{json}");
         assert!(json.contains("#2 다운 → #3 과부하(1.5초)"), "{json}");
+    }
+
+    #[test]
+    fn gateway_lines_show_shards_latencies_and_the_wait_that_matters() {
+        assert_eq!(gateway_line(None), "알 수 없음");
+        let info = serde_json::json!({"gateway": [
+            {"id": 0, "up": true, "latency_ms": 41, "waiting": null},
+            {"id": 1, "up": true, "latency_ms": null, "waiting": null},
+        ]});
+        assert_eq!(gateway_line(Some(&info)), "샤드 2/2 · 41/- ms");
+        let info = serde_json::json!({"gateway": [
+            {"id": 0, "up": false, "latency_ms": null, "waiting": "bucket"},
+            {"id": 1, "up": false, "latency_ms": null, "waiting": "reserve"},
+        ]});
+        let line = gateway_line(Some(&info));
+        assert!(
+            line.starts_with("샤드 0/2 · -/- ms · ⏸ IDENTIFY 중지"),
+            "{line}"
+        );
     }
 
     #[test]

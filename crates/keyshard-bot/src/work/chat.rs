@@ -18,6 +18,9 @@ pub(super) const COMMAND: &str = "chat";
 const SYSTEM_PROMPT: &str = "You are keyshard, a helpful assistant in a Discord server. \
 Answer in the language of the question (usually Korean), concisely, using Discord markdown.";
 
+/// A `/채팅` job: the memory read, the streamed answer edited in about once a second, the
+/// continuation past 2,000 characters, and the turn saved. Long because the stream's edits
+/// and the split share the text and its message as it grows; one loop reads as it happens.
 pub async fn run(
     w: &Worker,
     job: &Job,

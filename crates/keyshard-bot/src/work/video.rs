@@ -69,7 +69,9 @@ pub async fn run(
 
 /// Resumes the task an earlier run saved, or starts one, and polls it until the provider has
 /// the file (its id); `Err` is the job's outcome when it ended otherwise (with the render's
-/// time, from `started`, on the meter).
+/// time, from `started`, on the meter). Long because the poll loop, the progress edits and
+/// the restart with this key of a task another key created share the task, its age and the
+/// plan; one loop reads in the order a video goes through.
 async fn render(
     w: &Worker,
     job: &Job,

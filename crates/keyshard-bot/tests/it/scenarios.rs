@@ -11,7 +11,7 @@ use keyshard_sim::report::Report;
 use keyshard_sim::scenario::{run_scenario, Chaos, ChaosAction, ScenarioConfig};
 use keyshard_sim::wiring::ScenarioProviders;
 
-fn scenario(users: u32, rate: f64, secs: u64, mix: &str) -> ScenarioConfig {
+pub(crate) fn scenario(users: u32, rate: f64, secs: u64, mix: &str) -> ScenarioConfig {
     let mut cfg = ScenarioConfig::new(
         4,
         users,
@@ -20,19 +20,21 @@ fn scenario(users: u32, rate: f64, secs: u64, mix: &str) -> ScenarioConfig {
         mix.parse().unwrap(),
     );
     cfg.keyshard_bin = PathBuf::from(env!("CARGO_BIN_EXE_keyshard"));
+    // Discord's rules with a 100 ms IDENTIFY window (the instances get the same value).
+    cfg.discord = keyshard_sim::discord::DiscordConfig::quick();
     // Tests always use their own private Redis, whatever the environment says.
     cfg.redis_url = None;
     cfg
 }
 
-fn chaos(at_secs: f64, action: ChaosAction) -> Chaos {
+pub(crate) fn chaos(at_secs: f64, action: ChaosAction) -> Chaos {
     Chaos {
         at: Duration::from_secs_f64(at_secs),
         action,
     }
 }
 
-fn assert_exactly_once(r: &Report) {
+pub(crate) fn assert_exactly_once(r: &Report) {
     let i = &r.interactions;
     assert!(i.sent > 0);
     assert_eq!(i.acked, i.sent, "every interaction acknowledged: {i:?}");

@@ -247,6 +247,13 @@ pub async fn run(svc: &Arc<Service>, req: &RunRequest, events: &Events) -> anyho
         },
         // Since the service started: a rehearsal's IDENTIFYs are its starts and restarts.
         gateway: (1..=n).map(|i| (i, svc.discord.gateway_stats(i))).collect(),
+        // The instances were started by the operator before this run, so there is no start to
+        // time here; the rehearsal reports how long they took to become healthy.
+        ready_s: 0.0,
+        // Since the service started, like `gateway`.
+        command_puts: svc.discord.command_puts_total(),
+        session_starts_left: svc.discord.session_start_limit().remaining,
+        token_reset: svc.discord.token_reset(),
         unattributed_messages: svc
             .discord
             .unattributed_messages()

@@ -6,8 +6,11 @@
 //!
 //! - [`FakeDiscord`]: start it, broadcast interactions to every session, drop a session, read
 //!   and await the records.
-//! - `gateway`: HELLO, heartbeat ACK, IDENTIFY → READY, RESUME with replay, dispatches.
-//! - `rest`: gateway URL, application, commands, callbacks, webhooks, channel messages.
+//! - `gateway`: HELLO, heartbeat ACK, IDENTIFY → READY (under Discord's session rules:
+//!   one IDENTIFY per bucket per window, a daily count, 4011 for a bot that must shard), RESUME
+//!   with replay, dispatches by shard, the close handshake.
+//! - `rest`: gateway URL (`/gateway` and `/gateway/bot`), application, commands, callbacks,
+//!   webhooks, channel messages.
 //! - [`record`]: what is remembered per interaction, and the rules (ack, duplicate, completion)
 //!   the report is computed with.
 //! - `payload`: the JSON objects, with every field serenity needs.
@@ -16,14 +19,15 @@
 //!   than the one it binds (a compose service name).
 
 mod advertised;
+mod config;
 mod gateway;
 mod payload;
 pub mod record;
 mod rest;
 mod snowflake;
+mod types;
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,10 +38,18 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub use advertised::Advertised;
+pub use config::{
+    DiscordConfig, GatewayRules, CLOSE_AUTHENTICATION_FAILED, CLOSE_INVALID_SHARD,
+    CLOSE_SHARDING_REQUIRED, MAX_GUILDS_PER_SHARD,
+};
 pub use record::{
     CallbackAttempt, Completion, FileRecord, InteractionRecord, MessageKind, MessageRecord,
 };
 pub use snowflake::{created_at_ms, snowflake_at};
+pub use types::{
+    GatewayStats, InteractionSpec, OptionValue, RegisteredCommand, SentInteraction, SessionInfo,
+    SessionStartLimit,
+};
 
 /// The per-file upload limit every interaction advertises (Discord's default, 10 MiB).
 pub const ATTACHMENT_SIZE_LIMIT: usize = 10 * 1024 * 1024;
@@ -47,160 +59,13 @@ pub const REQUEST_SIZE_LIMIT: usize = 25 * 1024 * 1024;
 
 /// The guild the simulated users are in, and its default channel.
 pub const SIM_GUILD_ID: u64 = 1_180_000_000_000_000_001;
+
+/// The `k`-th simulated guild (0 is [`SIM_GUILD_ID`]): consecutive values of `id >> 22`, so
+/// guilds spread evenly over the shards (`(id >> 22) % num_shards`).
+pub fn sim_guild(k: u32) -> u64 {
+    SIM_GUILD_ID + (u64::from(k) << 22)
+}
 pub const SIM_CHANNEL_ID: u64 = 1_180_000_000_000_000_101;
-
-/// Timing rules and identity of the fake.
-#[derive(Clone, Debug)]
-pub struct DiscordConfig {
-    /// The bot's application id (and user id), as READY announces it.
-    pub application_id: u64,
-    /// How long after the dispatch the first callback is accepted (Discord: 3 s).
-    pub ack_window: Duration,
-    /// How long an interaction token works for webhooks (Discord: 15 min).
-    pub token_ttl: Duration,
-    /// The heartbeat interval HELLO announces (Discord: 41.25 s).
-    pub heartbeat_interval: Duration,
-    /// Dispatches kept per session for RESUME; older ones force a fresh IDENTIFY.
-    pub replay_buffer: usize,
-    /// How long a session without a socket keeps collecting dispatches for a RESUME.
-    pub resume_window: Duration,
-    /// `(instance, delay)`: the answers to that instance's interaction callbacks are held for
-    /// `delay` after the fake has decided them (a slow path between one instance and
-    /// Discord). The callback counts as accepted when decided, so a slow instance's claim can
-    /// lapse after it answered, and a test can kill it between its answer and its next step.
-    pub callback_delay: Option<(u32, Duration)>,
-}
-
-impl Default for DiscordConfig {
-    fn default() -> Self {
-        Self {
-            application_id: 1_170_000_000_000_000_001,
-            ack_window: Duration::from_secs(3),
-            token_ttl: Duration::from_secs(15 * 60),
-            heartbeat_interval: Duration::from_millis(41_250),
-            // Minutes of traffic at the simulator's rates; a killed instance's session must
-            // not grow without bound while nobody resumes it.
-            replay_buffer: 20_000,
-            // Discord keeps a session resumable for a short while; a restarted process
-            // identifies anew, so only a dropped socket within this window resumes.
-            resume_window: Duration::from_secs(60),
-            callback_delay: None,
-        }
-    }
-}
-
-/// One option value in `data.options`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum OptionValue {
-    String(String, String),
-    Integer(String, i64),
-    Bool(String, bool),
-    /// A user option; the user also goes into `data.resolved.users`.
-    User(String, u64),
-}
-
-/// What to send: a chat-input command from one user, in a guild or a DM.
-#[derive(Clone, Debug, PartialEq)]
-pub struct InteractionSpec {
-    pub command: String,
-    pub user_id: u64,
-    pub username: String,
-    /// `None` sends a DM interaction (top-level `user`, no `member`).
-    pub guild_id: Option<u64>,
-    pub channel_id: u64,
-    pub options: Vec<OptionValue>,
-}
-
-impl InteractionSpec {
-    /// A command from `user_id` in the simulated guild.
-    pub fn guild(command: &str, user_id: u64) -> Self {
-        Self {
-            command: command.into(),
-            user_id,
-            username: format!("user{user_id}"),
-            guild_id: Some(SIM_GUILD_ID),
-            channel_id: SIM_CHANNEL_ID,
-            options: Vec::new(),
-        }
-    }
-
-    /// A command from `user_id` in a DM with the bot (the channel id is derived from the user).
-    pub fn dm(command: &str, user_id: u64) -> Self {
-        Self {
-            guild_id: None,
-            channel_id: user_id ^ 0x5a5a,
-            ..Self::guild(command, user_id)
-        }
-    }
-
-    pub fn string(mut self, name: &str, value: &str) -> Self {
-        self.options
-            .push(OptionValue::String(name.into(), value.into()));
-        self
-    }
-
-    pub fn integer(mut self, name: &str, value: i64) -> Self {
-        self.options.push(OptionValue::Integer(name.into(), value));
-        self
-    }
-
-    pub fn bool(mut self, name: &str, value: bool) -> Self {
-        self.options.push(OptionValue::Bool(name.into(), value));
-        self
-    }
-
-    pub fn user(mut self, name: &str, user_id: u64) -> Self {
-        self.options.push(OptionValue::User(name.into(), user_id));
-        self
-    }
-}
-
-/// What [`FakeDiscord::send_interaction`] dispatched.
-#[derive(Clone)]
-pub struct SentInteraction {
-    pub id: u64,
-    /// The interaction token (a secret in real Discord: `Debug` hides it).
-    pub token: String,
-    pub sent_at: Instant,
-    pub delivered_to: Vec<u32>,
-}
-
-impl fmt::Debug for SentInteraction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SentInteraction")
-            .field("id", &self.id)
-            .field("token", &"***")
-            .field("delivered_to", &self.delivered_to)
-            .finish()
-    }
-}
-
-/// A session's view for tests and reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub session_id: String,
-    pub instance: u32,
-    pub connected: bool,
-    pub seq: u64,
-}
-
-/// Gateway counters per instance.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GatewayStats {
-    pub identifies: u32,
-    pub resumes: u32,
-    pub invalid_sessions: u32,
-}
-
-/// A command registration as the fake stored it.
-#[derive(Clone, Debug)]
-pub struct RegisteredCommand {
-    pub id: u64,
-    pub name: String,
-    pub guild_id: Option<u64>,
-    pub instance: u32,
-    pub body: serde_json::Value,
-}
 
 /// The fake Discord server. Cheap to clone; the server stops when the last clone is dropped.
 #[derive(Clone)]
@@ -234,7 +99,6 @@ pub(crate) struct Shared {
 
 /// Everything behind the one lock. A std mutex: every critical section is short and never
 /// awaits, and the websocket writers get their frames through channels, outside the lock.
-#[derive(Default)]
 pub(crate) struct State {
     pub(crate) records: Vec<InteractionRecord>,
     pub(crate) by_id: HashMap<u64, usize>,
@@ -252,8 +116,53 @@ pub(crate) struct State {
     pub(crate) rest_calls: std::collections::BTreeMap<(u32, &'static str), u64>,
     /// REST calls no route matched: `(instance, method, path)` — a fidelity gap to look at.
     pub(crate) unknown_routes: Vec<(u32, String, String)>,
+    /// `PUT …/commands` calls per instance (global and guild).
+    pub(crate) command_puts: std::collections::BTreeMap<u32, u32>,
+    pub(crate) identify: IdentifyLedger,
     next_session: u64,
     next_conn: u64,
+}
+
+/// The day's session starts and the last IDENTIFY of each bucket.
+pub(crate) struct IdentifyLedger {
+    pub(crate) remaining: u32,
+    /// When the current day ends.
+    pub(crate) resets_at: Instant,
+    pub(crate) last_by_bucket: HashMap<u32, Instant>,
+    /// Set once the day's IDENTIFYs ran out: Discord resets the token, so every later
+    /// IDENTIFY or RESUME fails authentication.
+    pub(crate) token_reset: bool,
+}
+
+impl IdentifyLedger {
+    fn new(rules: &GatewayRules) -> Self {
+        Self {
+            remaining: rules.identify_remaining.min(rules.identify_total),
+            resets_at: Instant::now() + rules.identify_reset_after,
+            last_by_bucket: HashMap::new(),
+            token_reset: false,
+        }
+    }
+
+    /// Starts a new day if the current one is over.
+    pub(crate) fn roll(&mut self, rules: &GatewayRules) {
+        const DAY: Duration = Duration::from_secs(24 * 3_600);
+        let now = Instant::now();
+        while now >= self.resets_at {
+            self.resets_at += DAY;
+            self.remaining = rules.identify_total;
+        }
+    }
+
+    pub(crate) fn limit(&mut self, rules: &GatewayRules) -> SessionStartLimit {
+        self.roll(rules);
+        SessionStartLimit {
+            total: rules.identify_total,
+            remaining: self.remaining,
+            reset_after: self.resets_at.saturating_duration_since(Instant::now()),
+            max_concurrency: rules.max_concurrency.max(1),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -268,6 +177,7 @@ pub(crate) struct OriginalMessage {
 #[derive(Debug)]
 pub(crate) enum Out {
     Text(String),
+    /// Close the socket with this code (the server ends the session's connection).
     Close(u16),
 }
 
@@ -281,6 +191,8 @@ pub(crate) struct Conn {
 pub(crate) struct Session {
     pub(crate) id: String,
     pub(crate) instance: u32,
+    /// `[shard_id, num_shards]`.
+    pub(crate) shard: [u32; 2],
     pub(crate) seq: u64,
     pub(crate) buffer: VecDeque<(u64, String)>,
     pub(crate) conn: Option<Conn>,
@@ -308,9 +220,43 @@ impl Session {
             self.disconnected_at = Some(Instant::now());
         }
     }
+
+    /// Whether Discord sends this session an event of `guild` (`None`: a DM): a guild's
+    /// events go to shard `(guild_id >> 22) % num_shards`, everything else to shard 0.
+    pub(crate) fn receives(&self, guild: Option<u64>) -> bool {
+        let [id, total] = self.shard;
+        match guild {
+            Some(g) => (g >> 22) % u64::from(total.max(1)) == u64::from(id),
+            None => id == 0,
+        }
+    }
 }
 
 impl State {
+    fn new(rules: &GatewayRules) -> Self {
+        Self {
+            records: Vec::new(),
+            by_id: HashMap::new(),
+            by_token: HashMap::new(),
+            sessions: Vec::new(),
+            commands: Vec::new(),
+            gateway_stats: HashMap::new(),
+            originals: HashMap::new(),
+            followups: HashMap::new(),
+            unattributed: Vec::new(),
+            rest_calls: Default::default(),
+            unknown_routes: Vec::new(),
+            command_puts: Default::default(),
+            identify: IdentifyLedger::new(rules),
+            next_session: 0,
+            next_conn: 0,
+        }
+    }
+
+    pub(crate) fn stats(&mut self, instance: u32) -> &mut GatewayStats {
+        self.gateway_stats.entry(instance).or_default()
+    }
+
     pub(crate) fn next_session_id(&mut self, instance: u32) -> String {
         self.next_session += 1;
         format!("sim{instance}x{:08x}", self.next_session)
@@ -365,10 +311,11 @@ impl FakeDiscord {
             .with_context(|| format!("binding the fake Discord on {bind}"))?;
         let addr = Advertised::new(listener.local_addr()?, advertise);
         let shutdown = CancellationToken::new();
+        let state = Mutex::new(State::new(&cfg.gateway));
         let shared = Arc::new(Shared {
             cfg,
             addr,
-            state: Mutex::new(State::default()),
+            state,
             changed: Notify::new(),
             shutdown: shutdown.clone(),
             next_low: AtomicU32::new(0),
@@ -429,8 +376,9 @@ impl FakeDiscord {
         Ok(())
     }
 
-    /// Broadcasts an INTERACTION_CREATE to every live session (and buffers it for sessions
-    /// waiting to resume). The id is a snowflake of now.
+    /// Dispatches an INTERACTION_CREATE to every live session of the shard its guild belongs to
+    /// (shard 0 for a DM), and buffers it for such sessions waiting to resume. Every instance
+    /// runs every shard, so each gets it once. The id is a snowflake of now.
     pub fn send_interaction(&self, spec: InteractionSpec) -> SentInteraction {
         let shared = &self.shared;
         let id = shared.snowflake();
@@ -452,9 +400,11 @@ impl FakeDiscord {
         });
         let mut delivered_to = Vec::new();
         let limit = shared.cfg.replay_buffer;
-        for session in st.sessions.iter_mut() {
+        for session in st.sessions.iter_mut().filter(|s| s.receives(spec.guild_id)) {
             session.dispatch("INTERACTION_CREATE", &d, limit);
-            delivered_to.push(session.instance);
+            if !delivered_to.contains(&session.instance) {
+                delivered_to.push(session.instance);
+            }
         }
         let idx = st.records.len();
         st.records.push(InteractionRecord {
@@ -481,8 +431,8 @@ impl FakeDiscord {
         }
     }
 
-    /// Closes instance `instance`'s websocket(s) with close code 4000, as Discord does on a
-    /// server-side hiccup: the session stays resumable and collects what it misses.
+    /// Closes instance `instance`'s websockets (every shard) with close code 4000, as Discord
+    /// does on a server-side hiccup: the sessions stay resumable and collect what they miss.
     pub fn drop_session(&self, instance: u32) {
         let mut st = self.shared.lock();
         for s in st.sessions.iter_mut().filter(|s| s.instance == instance) {
@@ -493,6 +443,55 @@ impl FakeDiscord {
         }
         drop(st);
         self.shared.changed.notify_waiters();
+    }
+
+    /// Sends op 9 INVALID_SESSION to every connected session of `instance`, as Discord does
+    /// when it ends a session on its side. `resumable`: the session keeps collecting events
+    /// and a RESUME picks them up; otherwise it is gone and the client must IDENTIFY again.
+    /// Returns how many sessions were invalidated.
+    pub fn invalidate_sessions(&self, instance: u32, resumable: bool) -> u32 {
+        let mut st = self.shared.lock();
+        let mut n = 0;
+        for s in st.sessions.iter_mut().filter(|s| s.instance == instance) {
+            if let Some(conn) = &s.conn {
+                let _ = conn.tx.send(Out::Text(payload::invalid_session(resumable)));
+                n += 1;
+            }
+            s.detach();
+        }
+        if !resumable {
+            st.sessions.retain(|s| s.instance != instance);
+        }
+        st.stats(instance).invalidated += n;
+        drop(st);
+        self.shared.changed.notify_waiters();
+        n
+    }
+
+    /// `PUT …/commands` calls instance `instance` made (0 for the bare prefix).
+    pub fn command_puts(&self, instance: u32) -> u32 {
+        self.shared
+            .lock()
+            .command_puts
+            .get(&instance)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// `PUT …/commands` calls of every instance together.
+    pub fn command_puts_total(&self) -> u32 {
+        self.shared.lock().command_puts.values().sum()
+    }
+
+    /// The day's session starts as `GET /gateway/bot` reports them now.
+    pub fn session_start_limit(&self) -> SessionStartLimit {
+        let rules = &self.shared.cfg.gateway;
+        self.shared.lock().identify.limit(rules)
+    }
+
+    /// Whether the day's IDENTIFYs ran out, so Discord reset the token and ended every session.
+    pub fn token_reset(&self) -> bool {
+        self.shared.lock().identify.token_reset
     }
 
     /// The record of one interaction.
@@ -542,6 +541,7 @@ impl FakeDiscord {
             .map(|s| SessionInfo {
                 session_id: s.id.clone(),
                 instance: s.instance,
+                shard: s.shard,
                 connected: s.conn.is_some(),
                 seq: s.seq,
             })
@@ -565,6 +565,17 @@ impl FakeDiscord {
         F: FnMut(&[InteractionRecord]) -> bool,
     {
         self.wait_until(deadline, |s| pred(&s.records)).await
+    }
+
+    /// Waits until instance `instance` has had more than `than` IDENTIFYs accepted; `false`
+    /// when that did not happen within `deadline`.
+    pub async fn wait_identifies(&self, instance: u32, than: u32, deadline: Duration) -> bool {
+        self.wait_until(deadline, |s| {
+            s.gateway_stats
+                .get(&instance)
+                .is_some_and(|g| g.identifies > than)
+        })
+        .await
     }
 
     /// Waits for any change to the records or sessions; `false` when none came within

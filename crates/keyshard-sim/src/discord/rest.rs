@@ -171,15 +171,23 @@ async fn rest(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             StatusCode::OK,
             json!({"url": format!("ws://{}/i/{instance}/gateway", shared.addr)}),
         ),
-        (&Method::GET, ["gateway", "bot"]) => reply(
-            StatusCode::OK,
-            json!({
-                "url": format!("ws://{}/i/{instance}/gateway", shared.addr),
-                "shards": 1,
-                "session_start_limit": {"total": 1000, "remaining": 999,
-                                        "reset_after": 86_400_000, "max_concurrency": 1},
-            }),
-        ),
+        (&Method::GET, ["gateway", "bot"]) => {
+            let rules = &shared.cfg.gateway;
+            let limit = shared.lock().identify.limit(rules);
+            reply(
+                StatusCode::OK,
+                json!({
+                    "url": format!("ws://{}/i/{instance}/gateway", shared.addr),
+                    "shards": rules.recommended_shards.max(1),
+                    "session_start_limit": {
+                        "total": limit.total,
+                        "remaining": limit.remaining,
+                        "reset_after": limit.reset_after.as_millis() as u64,
+                        "max_concurrency": limit.max_concurrency,
+                    },
+                }),
+            )
+        }
         (&Method::GET, ["oauth2", "applications", "@me"] | ["applications", "@me"]) => {
             reply(StatusCode::OK, payload::application(app))
         }
@@ -240,6 +248,7 @@ fn put_commands(shared: &Shared, instance: u32, guild: Option<u64>, body: &Value
     let app = shared.cfg.application_id;
     let mut out = Vec::new();
     let mut st = shared.lock();
+    *st.command_puts.entry(instance).or_default() += 1;
     for c in list {
         let name = c
             .get("name")

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::model::{
-    AckLatency, CommandReport, CompletionLatency, InstanceReport, Interactions, LaneUse,
-    LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
+    AckLatency, CommandReport, CompletionLatency, GatewayReport, InstanceReport, Interactions,
+    LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
 };
 use super::{quantile, r2, steady_window};
 use crate::discord::{CallbackAttempt, Completion, GatewayStats, InteractionRecord};
@@ -34,6 +34,11 @@ pub struct ReportInput<'a> {
     pub provider_429: u64,
     pub lanes: Vec<LaneUse>,
     pub gateway: HashMap<u32, GatewayStats>,
+    /// Seconds from the first instance's start until every instance was ready.
+    pub ready_s: f64,
+    pub command_puts: u32,
+    pub session_starts_left: u32,
+    pub token_reset: bool,
     pub unattributed_messages: u64,
     pub unknown_routes: u64,
     pub drain_timed_out: bool,
@@ -256,10 +261,13 @@ impl<'i, 'a> Tally<'i, 'a> {
             if let Some(g) = self.input.gateway.get(&p.id) {
                 p.identifies = g.identifies;
                 p.resumes = g.resumes;
+                p.invalid_sessions = g.invalid_sessions;
             }
         }
     }
 
+    /// Assembles the report from the parts computed above. Long but flat: one field after
+    /// another of the JSON model, in its order, with no decision of its own.
     fn finish(mut self) -> Report {
         self.instance_events();
         let input = self.input;
@@ -313,6 +321,16 @@ impl<'i, 'a> Tally<'i, 'a> {
             provider_429: input.provider_429,
             lanes: input.lanes.clone(),
             routing: self.routing,
+            gateway: GatewayReport {
+                identifies: input.gateway.values().map(|g| g.identifies).sum(),
+                invalid_sessions: input.gateway.values().map(|g| g.invalid_sessions).sum(),
+                resumes: input.gateway.values().map(|g| g.resumes).sum(),
+                invalidated: input.gateway.values().map(|g| g.invalidated).sum(),
+                ready_s: r2(input.ready_s),
+                command_puts: input.command_puts,
+                session_starts_left: input.session_starts_left,
+                token_reset: input.token_reset,
+            },
             per_instance: self.per,
             served: self.served,
             by_command: self
@@ -425,6 +443,10 @@ mod tests {
             provider_429: 0,
             lanes: Vec::new(),
             gateway: HashMap::new(),
+            ready_s: 0.0,
+            command_puts: 0,
+            session_starts_left: 0,
+            token_reset: false,
             unattributed_messages: 0,
             unknown_routes: 0,
             drain_timed_out: false,

@@ -94,6 +94,30 @@ pub struct InstanceReport {
     pub killed_at_s: Option<f64>,
     pub identifies: u32,
     pub resumes: u32,
+    /// Op 9 this instance earned (see [`GatewayReport::invalid_sessions`]).
+    pub invalid_sessions: u32,
+}
+
+/// `gateway.*`: the gateway sessions over the whole run, as the fake Discord counted them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GatewayReport {
+    /// IDENTIFYs Discord accepted, every instance and shard (each spends one of the day's
+    /// session starts).
+    pub identifies: u32,
+    /// Op 9 INVALID_SESSION the instances earned: an IDENTIFY over its bucket's rate, a RESUME
+    /// of a session that was gone. The ones the scenario caused are in `invalidated`.
+    pub invalid_sessions: u32,
+    pub resumes: u32,
+    /// Sessions the scenario invalidated on purpose (`--invalidate-session*`).
+    pub invalidated: u32,
+    /// Seconds from the first instance's start until every instance was ready.
+    pub ready_s: f64,
+    /// `PUT …/commands` calls (command registrations), every instance together.
+    pub command_puts: u32,
+    /// The day's session starts left when the run ended.
+    pub session_starts_left: u32,
+    /// Whether the day's session starts ran out (Discord then resets the token).
+    pub token_reset: bool,
 }
 
 /// Counts for one command name, over the whole run.
@@ -228,6 +252,7 @@ pub struct Report {
     /// admitted against what they allow. Shows which lane holds throughput back.
     pub lanes: Vec<LaneUse>,
     pub routing: Routing,
+    pub gateway: GatewayReport,
     pub per_instance: Vec<InstanceReport>,
     /// `served[p-1][a-1]`: interactions of users with primary `p` acknowledged by instance `a`.
     pub served: Vec<Vec<u64>>,

@@ -15,6 +15,7 @@ impl Report {
         self.render_run(&mut s);
         self.render_steady(&mut s);
         self.render_served(&mut s);
+        self.render_gateway(&mut s);
         self.render_instances(&mut s);
         self.render_commands(&mut s);
         self.render_examples(&mut s);
@@ -219,11 +220,38 @@ impl Report {
         }
     }
 
+    /// The gateway sessions, as the fake Discord counted them.
+    fn render_gateway(&self, s: &mut String) {
+        let g = &self.gateway;
+        let _ = writeln!(s, "\ngateway, whole run (counted by the fake Discord)");
+        let _ = writeln!(
+            s,
+            "sessions      identifies {}  invalid_sessions {}  resumes {}  invalidated {}  ready {:.1} s  command PUTs {}",
+            g.identifies, g.invalid_sessions, g.resumes, g.invalidated, g.ready_s, g.command_puts
+        );
+        let _ = writeln!(
+            s,
+            "              session starts left today {}{}",
+            g.session_starts_left,
+            if g.token_reset {
+                "  TOKEN RESET: the day's session starts ran out"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  invalid_sessions: op 9 the instances earned (an IDENTIFY over its bucket's rate, a RESUME of a\n  \
+             session that was gone); invalidated: sessions the scenario ended on purpose; ready: from the\n  \
+             first instance's start until every instance was ready."
+        );
+    }
+
     fn render_instances(&self, s: &mut String) {
         let _ = writeln!(s, "\nper instance, whole run");
         let _ = writeln!(
             s,
-            "{:<9}{:>7}{:>9}{:>10}{:>10}{:>11}{:>10}{:>8}{:>10}{:>9}  state",
+            "{:<9}{:>7}{:>9}{:>10}{:>10}{:>11}{:>10}{:>8}{:>10}{:>9}{:>9}  state",
             "instance",
             "acked",
             "primary",
@@ -233,6 +261,7 @@ impl Report {
             "by peers",
             "failed",
             "extra cb",
+            "identify",
             "resumes"
         );
         for p in &self.per_instance {
@@ -242,7 +271,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "{:<9}{:>7}{:>9}{:>10}{:>10}{:>11}{:>10}{:>8}{:>10}{:>9}  {state}",
+                "{:<9}{:>7}{:>9}{:>10}{:>10}{:>11}{:>10}{:>8}{:>10}{:>9}{:>9}  {state}",
                 format!("#{}", p.id),
                 p.acks,
                 p.acks_as_primary,
@@ -252,6 +281,7 @@ impl Report {
                 p.answered_by_others,
                 p.failed,
                 p.extra_callback_attempts,
+                p.identifies,
                 p.resumes
             );
         }

@@ -1,7 +1,8 @@
 //! Chaos: what the simulator does to the cluster at given times into the run (SIGKILL,
-//! SIGTERM, restart, a dropped gateway session, a Redis restart, Postgres down for a while),
-//! parsed from the command line and performed by [`run_chaos`]. Each instance action is recorded as a process event, which
-//! the judge reads back (see [`crate::judge::down_intervals`]).
+//! SIGTERM, restart, a dropped gateway session, an invalidated one, a crash loop, a Redis
+//! restart, Postgres down for a while), parsed from the command line and performed by [`run_chaos`]. Each instance
+//! action is recorded as a process event, which the judge reads back (see
+//! [`crate::judge::down_intervals`]).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -21,8 +22,14 @@ pub enum ChaosAction {
     Terminate(u32),
     /// Start a stopped instance again (killing it first if it runs).
     Restart(u32),
-    /// Close the instance's gateway websocket (it should resume).
+    /// Close the instance's gateway websockets (it should resume).
     DropSession(u32),
+    /// Send op 9 INVALID_SESSION to every session of the instance: `resumable` ones are
+    /// resumed, the others need a fresh IDENTIFY.
+    InvalidateSession { instance: u32, resumable: bool },
+    /// For `span`: kill the instance as soon as it has IDENTIFYed and start it again at once,
+    /// the worst crash loop for the day's session starts. It is left stopped afterwards.
+    CrashLoop { instance: u32, span: Duration },
     /// SIGKILL the private Redis and start it again, empty (only with the private Redis).
     RedisRestart,
     /// Stop the private Postgres at once (an immediate shutdown, like a crash) and start it
@@ -42,6 +49,35 @@ pub struct Chaos {
 }
 
 impl Chaos {
+    /// The instance the action is about, if any.
+    pub fn instance(&self) -> Option<u32> {
+        match self.action {
+            ChaosAction::Kill(i)
+            | ChaosAction::Terminate(i)
+            | ChaosAction::Restart(i)
+            | ChaosAction::DropSession(i)
+            | ChaosAction::InvalidateSession { instance: i, .. }
+            | ChaosAction::CrashLoop { instance: i, .. } => Some(i),
+            ChaosAction::RedisRestart | ChaosAction::PostgresRestart { .. } => None,
+        }
+    }
+
+    /// Parses `INSTANCE@SECS+SPAN` for a crash loop (e.g. `3@10+300`).
+    pub fn parse_crash_loop(s: &str) -> anyhow::Result<Chaos> {
+        let (head, span) = s
+            .split_once('+')
+            .with_context(|| format!("{s:?}: expected INSTANCE@SECS+SPAN"))?;
+        let span = parse_secs(span)?;
+        let at = Chaos::parse_instance(head, ChaosAction::Kill)?;
+        Ok(Chaos {
+            at: at.at,
+            action: ChaosAction::CrashLoop {
+                instance: at.instance().unwrap_or(0),
+                span,
+            },
+        })
+    }
+
     /// Parses `INSTANCE@SECS` for an instance action.
     pub fn parse_instance(s: &str, make: fn(u32) -> ChaosAction) -> anyhow::Result<Chaos> {
         let (i, t) = s
@@ -62,6 +98,17 @@ impl fmt::Display for Chaos {
             ChaosAction::Terminate(i) => write!(f, "terminate:{i}@{t}"),
             ChaosAction::Restart(i) => write!(f, "restart:{i}@{t}"),
             ChaosAction::DropSession(i) => write!(f, "drop-session:{i}@{t}"),
+            ChaosAction::InvalidateSession {
+                instance,
+                resumable: true,
+            } => write!(f, "invalidate-session:{instance}@{t}"),
+            ChaosAction::InvalidateSession {
+                instance,
+                resumable: false,
+            } => write!(f, "invalidate-session-fresh:{instance}@{t}"),
+            ChaosAction::CrashLoop { instance, span } => {
+                write!(f, "crash-loop:{instance}@{t}+{}", span.as_secs_f64())
+            }
             ChaosAction::RedisRestart => write!(f, "redis-restart@{t}"),
             ChaosAction::PostgresRestart { down } => {
                 write!(f, "postgres-restart@{t}(down {}s)", down.as_secs_f64())
@@ -105,6 +152,16 @@ pub(crate) async fn run_chaos(
             }
             ChaosAction::Restart(i) => cluster.lock().await.restart(i).await?,
             ChaosAction::DropSession(i) => discord.drop_session(i),
+            ChaosAction::InvalidateSession {
+                instance,
+                resumable,
+            } => {
+                discord.invalidate_sessions(instance, resumable);
+            }
+            ChaosAction::CrashLoop { instance, span } => {
+                let starts = crash_loop(&cluster, &discord, instance, span).await?;
+                tracing::info!(instance, starts, "crash loop over; the instance stays down");
+            }
             ChaosAction::RedisRestart => {
                 let Some(redis) = redis.clone() else {
                     bail!("redis-restart needs the private redis-server (unset REDIS_URL)");
@@ -140,6 +197,37 @@ pub(crate) async fn run_chaos(
     Ok(())
 }
 
+/// Kills `instance` as soon as the fake Discord has accepted an IDENTIFY from it and starts it
+/// again at once, until `span` is over; returns the number of starts. The instance stays down
+/// afterwards. A start that never gets to IDENTIFY (its restart backoff outlasts the span) is
+/// killed when the span ends.
+async fn crash_loop(
+    cluster: &tokio::sync::Mutex<ProcessCluster>,
+    discord: &FakeDiscord,
+    instance: u32,
+    span: Duration,
+) -> anyhow::Result<u32> {
+    let until = Instant::now() + span;
+    let mut starts = 0;
+    loop {
+        let seen = discord.gateway_stats(instance).identifies;
+        {
+            let mut c = cluster.lock().await;
+            if c.is_running(instance) {
+                c.kill(instance).await?;
+            }
+            c.spawn(instance)?;
+        }
+        starts += 1;
+        let left = until.saturating_duration_since(Instant::now());
+        let identified = discord.wait_identifies(instance, seen, left).await;
+        if !identified || Instant::now() >= until {
+            cluster.lock().await.kill(instance).await?;
+            return Ok(starts);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +242,15 @@ mod tests {
         assert_eq!(k.to_string(), "kill:3@10.5");
         assert!(Chaos::parse_instance("3", ChaosAction::Kill).is_err());
         assert!(parse_secs("-1").is_err());
+        let c = Chaos::parse_crash_loop("3@10+300").unwrap();
+        assert_eq!(
+            c.action,
+            ChaosAction::CrashLoop {
+                instance: 3,
+                span: Duration::from_secs(300)
+            }
+        );
+        assert_eq!(c.to_string(), "crash-loop:3@10+300");
+        assert!(Chaos::parse_crash_loop("3@10").is_err());
     }
 }

@@ -65,6 +65,11 @@ pub struct ScenarioConfig {
     pub seed: u64,
     /// Share of interactions sent from a DM rather than the guild.
     pub dm_share: f64,
+    /// The guilds guild interactions come from (a user always from the same one); several
+    /// spread the interactions over the shards.
+    pub guilds: u32,
+    /// `SHARD_COUNT` for the instances; `None` is `auto` (the fake's recommendation).
+    pub shards: Option<u32>,
     pub keyshard_bin: PathBuf,
     /// Use this Redis instead of starting a private one.
     pub redis_url: Option<String>,
@@ -117,6 +122,8 @@ impl ScenarioConfig {
             chaos: Vec::new(),
             seed: 1,
             dm_share: 0.1,
+            guilds: 1,
+            shards: None,
             keyshard_bin: crate::cluster::default_keyshard_bin(),
             redis_url: std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()),
             ledger: true,
@@ -158,6 +165,13 @@ impl ScenarioConfig {
             .or(self.overload_wait_secs)
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
             .unwrap_or(DEFAULT_OVERLOAD_WAIT)
+    }
+
+    /// The shards every instance runs.
+    pub fn shards_per_instance(&self) -> u32 {
+        self.shards
+            .unwrap_or(self.discord.gateway.recommended_shards)
+            .max(1)
     }
 
     fn summary(&self) -> ScenarioSummary {

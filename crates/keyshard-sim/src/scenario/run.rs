@@ -12,10 +12,10 @@ use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::chaos::run_chaos;
+use super::chaos::{run_chaos, ChaosAction};
 use super::load::{build_spec, make_users, CommandKind, UserPicker};
 use super::observe::{self, HeartbeatReader, Samples};
-use super::{ChaosAction, ScenarioConfig};
+use super::ScenarioConfig;
 use crate::cluster::{InstanceEnv, ProcessCluster, ProcessConfig};
 use crate::discord::{FakeDiscord, InteractionRecord, RegisteredCommand};
 use crate::judge::{down_intervals, Observations, OverloadRule};
@@ -129,6 +129,8 @@ pub(super) struct Run {
     registered: HashMap<String, RegisteredCommand>,
     run_dir: PathBuf,
     samples: Samples,
+    /// Seconds from the first instance's start until every instance was ready.
+    ready_s: f64,
     /// Stops the sampler and the progress line.
     stop: CancellationToken,
     watchers: Vec<JoinHandle<()>>,
@@ -155,8 +157,10 @@ impl Run {
         let cluster_name = pcfg.cluster_name.clone();
         tracing::info!(instances = cfg.instances, run_dir = %run_dir.display(), "starting instances");
         let mut cluster = ProcessCluster::start(pcfg, &discord).await?;
+        let ready_s = ready_seconds(&cluster.events());
+        let sessions = (cfg.instances * cfg.shards_per_instance()) as usize;
         discord
-            .wait_sessions(cfg.instances as usize, Duration::from_secs(10))
+            .wait_sessions(sessions, Duration::from_secs(10))
             .await?;
         let registered = narrow_mix(&mut cfg, &discord)?;
         let mut reader = HeartbeatReader::new(&redis_url, &cluster_name, cfg.instances)?;
@@ -176,6 +180,7 @@ impl Run {
             registered,
             run_dir,
             samples: Samples::default(),
+            ready_s,
             stop: CancellationToken::new(),
             watchers: Vec::new(),
         })
@@ -229,7 +234,12 @@ impl Run {
             let kind = cfg.mix.pick(&mut rng);
             let dm = rng.random_bool(cfg.dm_share.clamp(0.0, 1.0));
             let registered = self.registered.get(kind.name());
-            let spec = build_spec(kind, registered, user, dm, &users, &mut rng);
+            let mut spec = build_spec(kind, registered, user, dm, &users, &mut rng);
+            if spec.guild_id.is_some() && cfg.guilds > 1 {
+                spec.guild_id = Some(crate::discord::sim_guild(
+                    (user % u64::from(cfg.guilds)) as u32,
+                ));
+            }
             last_sent = self.discord.send_interaction(spec).sent_at;
             let u: f64 = rng.random::<f64>();
             next += Duration::from_secs_f64(-(1.0 - u).ln() / cfg.rate);
@@ -281,6 +291,8 @@ impl Run {
     }
 
     /// Phase 4: stops the watchers and the instances, then judges and counts everything.
+    /// Long because it is the run's ordered teardown (watchers, then instances, then the
+    /// ledger read-back, then the judge), each step needing the previous one's output.
     pub(super) async fn collect(
         self,
         load: &Load,
@@ -353,6 +365,10 @@ impl Run {
             gateway: (1..=cfg.instances)
                 .map(|i| (i, discord.gateway_stats(i)))
                 .collect(),
+            ready_s: self.ready_s,
+            command_puts: discord.command_puts_total(),
+            session_starts_left: discord.session_start_limit().remaining,
+            token_reset: discord.token_reset(),
             unattributed_messages: discord.unattributed_messages().len() as u64,
             unknown_routes: discord.unknown_routes().len() as u64,
             drain_timed_out: !drained,
@@ -403,11 +419,7 @@ fn validate(cfg: &ScenarioConfig) -> anyhow::Result<()> {
         bail!("the rate must be a positive number of interactions per second");
     }
     for c in &cfg.chaos {
-        if let ChaosAction::Kill(i)
-        | ChaosAction::Terminate(i)
-        | ChaosAction::Restart(i)
-        | ChaosAction::DropSession(i) = c.action
-        {
+        if let Some(i) = c.instance() {
             if i == 0 || i > cfg.instances {
                 bail!("chaos {c} names an instance outside 1..={}", cfg.instances);
             }
@@ -421,6 +433,25 @@ fn validate(cfg: &ScenarioConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seconds from the first start to the last readiness among process events.
+fn ready_seconds(events: &[crate::cluster::ProcessEvent]) -> f64 {
+    use crate::cluster::ProcessEventKind;
+    let first = events
+        .iter()
+        .filter(|e| e.kind == ProcessEventKind::Started)
+        .map(|e| e.at)
+        .min();
+    let last = events
+        .iter()
+        .filter(|e| e.kind == ProcessEventKind::Ready)
+        .map(|e| e.at)
+        .max();
+    match (first, last) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64(),
+        _ => 0.0,
+    }
+}
+
 /// How the instances are started for this run.
 fn process_config(cfg: &ScenarioConfig, redis_url: String, run_dir: PathBuf) -> ProcessConfig {
     let mut pcfg = ProcessConfig::new(cfg.keyshard_bin.clone(), cfg.instances, redis_url, run_dir);
@@ -430,6 +461,13 @@ fn process_config(cfg: &ScenarioConfig, redis_url: String, run_dir: PathBuf) -> 
     // Always passed, so the instances and the judge use the same threshold.
     pcfg.overload_wait_secs = Some(cfg.overload_wait().as_secs_f64());
     pcfg.env = cfg.env.clone();
+    if let Some(n) = cfg.shards {
+        pcfg.env.insert(0, ("SHARD_COUNT".into(), n.to_string()));
+    }
+    // Every session of the cluster IDENTIFYs one window after another in the worst case
+    // (one bucket), so the last instance may be ready that long after the first.
+    let sessions = cfg.instances * cfg.shards_per_instance();
+    pcfg.ready_deadline += cfg.discord.gateway.identify_window * sessions;
     if let Some(p) = &cfg.providers {
         let p = p.clone();
         let hook: InstanceEnv = Arc::new(move |i| p.instance_env(i));

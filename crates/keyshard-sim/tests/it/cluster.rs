@@ -20,7 +20,7 @@ fn run_dir(name: &str) -> std::path::PathBuf {
 #[ignore = "needs the keyshard binary: cargo build -p keyshard-bot"]
 async fn instances_start_answer_die_and_come_back() {
     let redis = keyshard_testkit::RedisServer::start();
-    let discord = FakeDiscord::start(DiscordConfig::default()).await.unwrap();
+    let discord = FakeDiscord::start(DiscordConfig::quick()).await.unwrap();
     let cfg = ProcessConfig::new(default_keyshard_bin(), 2, redis.url(), run_dir("cluster"));
     let mut cluster = ProcessCluster::start(cfg, &discord).await.unwrap();
     discord
@@ -77,6 +77,7 @@ async fn a_short_scenario_reports_takeovers_after_a_kill() {
         "ping=1".parse().unwrap(),
     )
     .kill(2, Duration::from_secs(2));
+    cfg.discord = DiscordConfig::quick();
     cfg.seed = 5;
     cfg.redis_url = None;
     cfg.run_dir = Some(run_dir("scenario"));

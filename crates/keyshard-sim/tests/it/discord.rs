@@ -3,27 +3,39 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use keyshard_sim::discord::{DiscordConfig, FakeDiscord, InteractionSpec, MessageKind};
+use keyshard_sim::discord::{
+    DiscordConfig, FakeDiscord, GatewayRules, InteractionSpec, MessageKind,
+};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Generous bound for one loopback frame on a loaded CI box; only a broken fake waits it out.
-const FRAME_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     keyshard_sim::http_client()
 }
 
+/// The fake without the IDENTIFY rate rule (these tests open sessions back to back; the
+/// session rules have their own tests in `gateway`).
 async fn fake() -> FakeDiscord {
-    FakeDiscord::start(DiscordConfig::default()).await.unwrap()
+    FakeDiscord::start(DiscordConfig {
+        gateway: GatewayRules {
+            identify_window: Duration::ZERO,
+            ..GatewayRules::default()
+        },
+        ..DiscordConfig::default()
+    })
+    .await
+    .unwrap()
 }
 
 /// Opens instance `instance`'s gateway the way serenity finds it: `GET /gateway`, then `?v=10`.
-async fn connect(fake: &FakeDiscord, instance: u32) -> Ws {
+pub(crate) async fn connect(fake: &FakeDiscord, instance: u32) -> Ws {
     let url: Value = http()
         .get(format!("{}/api/v10/gateway", fake.api_base(instance)))
         .send()
@@ -41,7 +53,7 @@ async fn connect(fake: &FakeDiscord, instance: u32) -> Ws {
 }
 
 /// The next text frame as JSON (heartbeat ACKs included).
-async fn recv(ws: &mut Ws) -> Value {
+pub(crate) async fn recv(ws: &mut Ws) -> Value {
     loop {
         let msg = tokio::time::timeout(FRAME_DEADLINE, ws.next())
             .await
@@ -56,7 +68,7 @@ async fn recv(ws: &mut Ws) -> Value {
     }
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+pub(crate) async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 

@@ -5,3 +5,4 @@
 mod attach;
 mod cluster;
 mod discord;
+mod gateway;
