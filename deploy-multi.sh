@@ -65,6 +65,13 @@ Checks and development:
                        against the compose services, numbers and formats. Exits non-zero on any
                        problem.
   demo                 build and run the simulator scenario: no Discord token or API keys needed
+  rehearse [--json PATH] [--keep]
+                       the compose services themselves, under load, against the simulator as the
+                       compose `sim` service (no token or keys): build, start, 60 s of mixed load
+                       with a bot killed inside keyshard-2 and a rolling restart, then docker
+                       stop/start, Redis and Postgres restarts; status, the report, stop. Exits
+                       non-zero unless every interaction was answered exactly once and every
+                       container became healthy (deploy/rehearse.sh; its own compose project)
   test                 what CI runs (deploy/ci.sh): fmt, clippy, tests, shellcheck, the Docker
                        engine and image, the deploy shell tests
   help                 this text
@@ -405,6 +412,12 @@ cmd_demo() {
   exec "$TARGET_DIR/release/keyshard-sim" demo "$@"
 }
 
+# ─── Verb: rehearse ──────────────────────────────────────────────────────────────────────────
+
+# The rehearsal drives the other verbs from outside (deploy/rehearse.sh), on its own compose
+# project and the env file the simulator writes.
+cmd_rehearse() { exec "$ROOT/deploy/rehearse.sh" "$@"; }
+
 # ─── Verb: test ──────────────────────────────────────────────────────────────────────────────
 
 # What CI runs lives in deploy/ci.sh; this verb is a shortcut to it.
@@ -426,6 +439,7 @@ main() {
     logs) cmd_logs "$@" ;;
     validate) cmd_validate "$@" ;;
     demo) cmd_demo "$@" ;;
+    rehearse) cmd_rehearse "$@" ;;
     test) cmd_test "$@" ;;
     help | -h | --help) usage ;;
     '')

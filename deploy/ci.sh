@@ -5,14 +5,17 @@
 #   cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, shellcheck on every shell
 #   script, the compose file's config, the Dockerfile's stub workspace, the Docker engine with
 #   stand-in base images where no registry answers (deploy/engine.sh), the image built from the
-#   Dockerfile, and the shell tests in tests-deploy/ (some of which use the engine and image).
+#   Dockerfile, the rehearsal (`./deploy-multi.sh rehearse`: the compose services under load and
+#   chaos against the simulator as the compose `sim` service), and the shell tests in
+#   tests-deploy/ (some of which use the engine and image).
 #
 # It ends with a line in cargo's `test result:` shape that sums the Rust tests and the shell
 # test cases, so tools that read test logs recognise it.
 #
 # Environment knobs (all optional):
-#   KEYSHARD_CI_DOCKER=0   skip the engine and image steps (reported as skipped): for a machine
-#                          where Docker cannot run; CI itself runs them
+#   KEYSHARD_CI_DOCKER=0   skip the engine, image and rehearsal steps (reported as skipped): for a
+#                          machine where Docker cannot run; CI itself runs them
+#   KEYSHARD_CI_REHEARSE=0 skip the rehearsal only (about 5 minutes)
 #   KEYSHARD_IMAGE         the image tag built (default keyshard:local, as in the compose file)
 #   KEYSHARD_OFFLINE       passed to deploy/engine.sh (1: build stand-ins without probing)
 #   CARGO_TARGET_DIR       where cargo builds (default ./target)
@@ -171,7 +174,27 @@ step_image() {
     "$DOCKER" image prune -f | tail -n 1
   # The two binaries run from the runtime image.
   "$DOCKER" run --rm --network none --entrypoint keyshard "$IMAGE" --version &&
-    "$DOCKER" run --rm --network none --entrypoint keyshard-sim "$IMAGE" --version
+    "$DOCKER" run --rm --network none --entrypoint keyshard-sim "$IMAGE" --version &&
+    IMAGE_OK=1
+}
+
+# The rehearsal: the image's keyshard-N services started by the operator verbs against the
+# simulator as the compose `sim` service, under load with a bot killed, a rolling restart, a
+# docker stop/start and Redis and Postgres restarts (deploy/rehearse.sh). Its report is kept in
+# the target directory. Each of its checks counts as a test case.
+IMAGE_OK=0
+step_rehearsal() {
+  local log rc=0
+  log=$(mktemp)
+  KEYSHARD_IMAGE=$IMAGE "$ROOT/deploy-multi.sh" rehearse --json "$TARGET_DIR/rehearsal.json" 2>&1 |
+    tee "$log" || rc=$?
+  # Its last lines: "rehearsal: ok in N s (C checks, F failed)".
+  if [[ $(grep -E '^rehearsal: ' "$log" | tail -n 1) =~ \(([0-9]+)\ checks,\ ([0-9]+)\ failed\) ]]; then
+    TEST_COUNTS[0]=$((TEST_COUNTS[0] + BASH_REMATCH[1] - BASH_REMATCH[2]))
+    TEST_COUNTS[1]=$((TEST_COUNTS[1] + BASH_REMATCH[2]))
+  fi
+  rm -f "$log"
+  return "$rc"
 }
 
 step_shell_tests() {
@@ -218,12 +241,20 @@ main() {
   if [[ ${KEYSHARD_CI_DOCKER:-1} == 0 ]]; then
     skip_step "engine + stand-ins" "KEYSHARD_CI_DOCKER=0"
     skip_step "image build" "KEYSHARD_CI_DOCKER=0"
+    skip_step "rehearsal" "KEYSHARD_CI_DOCKER=0"
   else
     run_step "engine + stand-ins" step_engine
     if ((ENGINE_OK)); then
       run_step "image build" step_image
     else
       skip_step "image build" "no engine"
+    fi
+    if [[ ${KEYSHARD_CI_REHEARSE:-1} == 0 ]]; then
+      skip_step "rehearsal" "KEYSHARD_CI_REHEARSE=0"
+    elif ((IMAGE_OK)); then
+      run_step "rehearsal" step_rehearsal
+    else
+      skip_step "rehearsal" "no image"
     fi
   fi
   run_step "deploy shell tests" step_shell_tests

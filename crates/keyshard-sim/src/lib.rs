@@ -19,7 +19,10 @@
 //! - [`report`]: the JSON report (DESIGN.md §6 field names): its model, its computation from
 //!   the records and the judge, and the text a person reads.
 //! - [`wiring`]: the fake providers plugged into a scenario (per-instance keys, capacity, 429s).
+//! - [`attach`]: the fakes as a long-lived service for instances the simulator did not start
+//!   (the compose services), with a control API that drives runs against them.
 
+pub mod attach;
 pub mod cluster;
 pub mod discord;
 pub mod judge;

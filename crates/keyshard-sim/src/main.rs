@@ -1,5 +1,8 @@
 //! The `keyshard-sim` binary: `run` a scenario, `serve` only the fakes, or run the `demo`.
+//! `serve --control` is the compose service of a rehearsal; `run --attach`, `note` and `env`
+//! are its clients (see `keyshard_sim::attach`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use keyshard_sim::attach::control::{self as attach_control, DEFAULT_URL};
+use keyshard_sim::attach::drive::{Event, RunRequest};
+use keyshard_sim::attach::{Note, ServiceConfig};
 use keyshard_sim::discord::{DiscordConfig, FakeDiscord, GatewayRules};
 use keyshard_sim::providers::{FakeLimits, FakeProvidersConfig};
 use keyshard_sim::report::Report;
@@ -36,6 +42,12 @@ enum Command {
     Serve(ServeArgs),
     /// A canned scenario: 4 instances, ~40 users, every command, instance 2 killed half-way.
     Demo(Box<DemoArgs>),
+    /// Tell a running `serve --control` what was done to the cluster from outside, and when:
+    /// WHAT[@UNIX_MS] (kill:2, stop:3, start:3, restart:redis, rolling-restart, …).
+    Note(NoteArgs),
+    /// Print the env overlay of a running `serve --control`: the env file that points the
+    /// compose file's keyshard-N services at its fakes.
+    Env(EnvArgs),
 }
 
 #[derive(Args)]
@@ -102,11 +114,41 @@ struct RunArgs {
     postgres_down: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where to write the JSON report.
+    /// Where to write the JSON report (`-`: standard output, the text report then goes to
+    /// standard error).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Drive the instances of a running `serve --control` (the URL of its control API) instead
+    /// of starting instances: the load goes to the fake Discord they are connected to, chaos
+    /// comes from `note`, and the exit code is 1 unless every interaction was answered once.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = DEFAULT_URL)]
+    attach: Option<String>,
+    /// With --attach: the load goes on past --duration until a note of this name arrives
+    /// (the end of the chaos schedule), for at most 180 s more.
+    #[arg(long, requires = "attach")]
+    until_note: Option<String>,
+    /// With --attach: seconds to wait for every instance to be ready before the load.
+    #[arg(long, requires = "attach", default_value_t = 180.0)]
+    ready_timeout: f64,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+#[derive(Args)]
+struct NoteArgs {
+    /// The control API of `serve --control`.
+    #[arg(long, default_value = DEFAULT_URL)]
+    attach: String,
+    /// WHAT[@UNIX_MS]; without a time, the service stamps it on arrival.
+    #[arg(required = true)]
+    notes: Vec<Note>,
+}
+
+#[derive(Args)]
+struct EnvArgs {
+    /// The control API of `serve --control`.
+    #[arg(long, default_value = DEFAULT_URL)]
+    attach: String,
 }
 
 #[derive(Args)]
@@ -195,8 +237,32 @@ impl GatewayArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "INSTANCE_COUNT")]
     instances: u32,
+    /// Where the fake Discord listens; the fake providers take the next port (default:
+    /// loopback, free ports).
+    #[arg(long)]
+    bind: Option<SocketAddr>,
+    /// The host name the instances reach the fakes by (a compose service name), given out in
+    /// the gateway URL and every other URL, with the bound port unless it names its own.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Serve the control API here (`run --attach`, `note`, `env`), for instances started by
+    /// someone else: no private Redis, the heartbeats are read from --redis-url.
+    #[arg(long, requires = "redis_url")]
+    control: Option<SocketAddr>,
+    /// With --control: the cluster's Redis.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// With --control: each instance's HTTP address (the default shows where its number goes).
+    #[arg(long, default_value = "http://keyshard-{n}:8080")]
+    instance_url: String,
+    /// With --control: CLUSTER_NAME written into the overlay.
+    #[arg(long, default_value = "rehearse")]
+    cluster_name: String,
+    /// With --control: also write the env overlay to this file.
+    #[arg(long)]
+    env_out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -290,6 +356,11 @@ fn base_config(
 }
 
 fn write_report(report: &Report, json: Option<&PathBuf>) -> anyhow::Result<()> {
+    if json.is_some_and(|p| p.as_os_str() == "-") {
+        eprintln!("{}", report.render());
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
     println!("{}", report.render());
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(report)?;
@@ -300,6 +371,9 @@ fn write_report(report: &Report, json: Option<&PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.attach {
+        return run_attached(url, &args).await;
+    }
     let mut cfg = base_config(
         args.instances,
         args.users,
@@ -379,12 +453,114 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     write_report(&report, args.json.as_ref())
 }
 
+/// `run --attach`: the run happens in the service; this prints its events as they come and
+/// the report at the end.
+async fn run_attached(url: &str, args: &RunArgs) -> anyhow::Result<()> {
+    if !(args.kill.is_empty()
+        && args.terminate.is_empty()
+        && args.restart.is_empty()
+        && args.drop_session.is_empty()
+        && args.redis_restart.is_empty()
+        && args.load_factor.is_none())
+    {
+        anyhow::bail!(
+            "with --attach the instances are not the simulator's: chaos is done from outside and \
+             told with `keyshard-sim note`, and the load is given with --rate"
+        );
+    }
+    let req = RunRequest {
+        users: args.users,
+        rate: args.rate,
+        duration_s: args.duration,
+        until_note: args.until_note.clone(),
+        mix: args.mix.to_string(),
+        skew: args.skew.to_string(),
+        seed: args.seed,
+        drain_s: args.common.drain,
+        ready_timeout_s: args.ready_timeout,
+        ..RunRequest::default()
+    };
+    // Progress goes to stderr, so that `--json -` leaves stdout to the JSON alone.
+    let last = attach_control::run(url, &req, |e| match e {
+        Event::Waiting { what } => eprintln!("waiting: {what}"),
+        Event::LoadStarted { unix_ms } => eprintln!("load started at unix_ms={unix_ms}"),
+        Event::Progress { line } => eprintln!("{line}"),
+        Event::LoadDone { sent, load_s } => {
+            eprintln!("load done: {sent} sent in {load_s:.1} s; waiting for the last answers");
+        }
+        Event::Report { .. } | Event::Error { .. } => {}
+    })
+    .await?;
+    let (report, text, failures) = match last {
+        Event::Report {
+            report,
+            text,
+            failures,
+        } => (report, text, failures),
+        Event::Error { message } => anyhow::bail!("the run failed: {message}"),
+        _ => unreachable!("run returns a report or an error"),
+    };
+    let json_text = serde_json::to_string_pretty(&report)? + "\n";
+    match args.json.as_ref() {
+        Some(p) if p.as_os_str() == "-" => {
+            eprintln!("{text}");
+            print!("{json_text}");
+        }
+        Some(p) => {
+            println!("{text}");
+            std::fs::write(p, json_text).with_context(|| format!("writing {}", p.display()))?;
+            println!("report written to {}", p.display());
+        }
+        None => println!("{text}"),
+    }
+    if failures.is_empty() {
+        eprintln!("exactly-once: held");
+        Ok(())
+    } else {
+        anyhow::bail!("exactly-once broken: {}", failures.join("; "))
+    }
+}
+
+async fn note(args: NoteArgs) -> anyhow::Result<()> {
+    attach_control::send_notes(&args.attach, &args.notes).await
+}
+
+async fn env(args: EnvArgs) -> anyhow::Result<()> {
+    print!("{}", attach_control::fetch_env(&args.attach).await?);
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(control) = args.control {
+        let mut cfg = ServiceConfig::new(
+            args.instances,
+            args.bind
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            args.redis_url.clone().unwrap_or_default(),
+        );
+        cfg.advertise = args.advertise.clone();
+        cfg.instance_url = args.instance_url.clone();
+        cfg.cluster_name = args.cluster_name.clone();
+        return attach_control::serve(cfg, control, args.env_out.clone(), interrupted()).await;
+    }
     let redis = tokio::task::spawn_blocking(keyshard_testkit::RedisServer::try_start)
         .await?
         .context("starting a private redis-server")?;
-    let discord = FakeDiscord::start(DiscordConfig::default()).await?;
-    let providers = ScenarioProviders::start(FakeProvidersConfig::default()).await?;
+    let bind = args
+        .bind
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let providers_bind = SocketAddr::new(
+        bind.ip(),
+        bind.port()
+            .checked_add(1)
+            .filter(|_| bind.port() != 0)
+            .unwrap_or(0),
+    );
+    let advertise = args.advertise.as_deref();
+    let discord = FakeDiscord::start_on(DiscordConfig::default(), bind, advertise).await?;
+    let providers =
+        ScenarioProviders::start_on(FakeProvidersConfig::default(), providers_bind, advertise)
+            .await?;
     let window = discord.config().gateway.identify_window.as_millis();
     println!(
         "# fake Discord at {}, fake providers at http://{}, Redis at {}",
@@ -465,8 +641,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let work = match cli.command {
-            // `serve` waits for Ctrl-C itself and ends normally on it.
+            // `serve` waits for Ctrl-C (or SIGTERM) itself and ends normally on it.
             Command::Serve(a) => return serve(a).await,
+            Command::Note(a) => return note(a).await,
+            Command::Env(a) => return env(a).await,
             Command::Run(a) => Box::pin(run(*a))
                 as std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>,
             Command::Demo(a) => Box::pin(demo(*a)),

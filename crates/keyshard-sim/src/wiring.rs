@@ -22,8 +22,18 @@ pub struct ScenarioProviders {
 
 impl ScenarioProviders {
     pub async fn start(cfg: FakeProvidersConfig) -> anyhow::Result<Self> {
+        Self::start_on(cfg, ([127, 0, 0, 1], 0).into(), None).await
+    }
+
+    /// [`Self::start`] on `bind`, giving out `advertise` in its URLs (see
+    /// [`FakeProviders::start_on`]).
+    pub async fn start_on(
+        cfg: FakeProvidersConfig,
+        bind: std::net::SocketAddr,
+        advertise: Option<&str>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            fakes: FakeProviders::start(cfg).await?,
+            fakes: FakeProviders::start_on(cfg, bind, advertise).await?,
             image_lanes: vec![
                 FakeLane::MiniMaxImages,
                 FakeLane::StabilityImages,

@@ -15,7 +15,10 @@
 //!   the report is computed with.
 //! - `payload`: the JSON objects, with every field serenity needs.
 //! - `snowflake`: ids that carry their creation time, as Discord's do.
+//! - [`Advertised`]: the address put in URLs, when the instances reach the fake by another name
+//!   than the one it binds (a compose service name).
 
+mod advertised;
 mod config;
 mod gateway;
 mod payload;
@@ -34,6 +37,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+pub use advertised::Advertised;
 pub use config::{
     DiscordConfig, GatewayRules, CLOSE_AUTHENTICATION_FAILED, CLOSE_INVALID_SHARD,
     CLOSE_SHARDING_REQUIRED, MAX_GUILDS_PER_SHARD,
@@ -84,7 +88,8 @@ impl Drop for ServerGuard {
 /// State shared by the handle, the REST handlers and the gateway connections.
 pub(crate) struct Shared {
     pub(crate) cfg: DiscordConfig,
-    pub(crate) addr: SocketAddr,
+    /// The address the fake gives out in URLs (the gateway URL, attachment URLs).
+    pub(crate) addr: Advertised,
     pub(crate) state: Mutex<State>,
     /// Woken after every change of the records or the sessions.
     pub(crate) changed: Notify,
@@ -290,10 +295,21 @@ pub(crate) fn unix_ms() -> u64 {
 impl FakeDiscord {
     /// Binds `127.0.0.1:0` and serves REST and the gateway until the last handle is dropped.
     pub async fn start(cfg: DiscordConfig) -> anyhow::Result<FakeDiscord> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        Self::start_on(cfg, SocketAddr::from(([127, 0, 0, 1], 0)), None).await
+    }
+
+    /// [`Self::start`] on `bind`, giving out `advertise` (a host name, with or without a port)
+    /// in the URLs it returns, for instances that reach it by another name: a compose service
+    /// name (see [`Advertised`]).
+    pub async fn start_on(
+        cfg: DiscordConfig,
+        bind: SocketAddr,
+        advertise: Option<&str>,
+    ) -> anyhow::Result<FakeDiscord> {
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
-            .context("binding the fake Discord")?;
-        let addr = listener.local_addr()?;
+            .with_context(|| format!("binding the fake Discord on {bind}"))?;
+        let addr = Advertised::new(listener.local_addr()?, advertise);
         let shutdown = CancellationToken::new();
         let state = Mutex::new(State::new(&cfg.gateway));
         let shared = Arc::new(Shared {
@@ -318,7 +334,7 @@ impl FakeDiscord {
                 tracing::warn!(error = %e, "fake Discord server stopped");
             }
         });
-        tracing::debug!(%addr, "fake Discord listening");
+        tracing::debug!(addr = %shared.addr, "fake Discord listening");
         Ok(FakeDiscord {
             shared,
             _guard: Arc::new(ServerGuard { shutdown }),

@@ -365,12 +365,23 @@ pub struct FakeProviders {
 impl FakeProviders {
     /// Binds `127.0.0.1:0` and serves until [`shutdown`](Self::shutdown) (or drop).
     pub async fn start(cfg: FakeProvidersConfig) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(cfg, SocketAddr::from(([127, 0, 0, 1], 0)), None).await
+    }
+
+    /// [`Self::start`] on `bind`, with `advertise` (host or host:port) in the base and download
+    /// URLs it gives out (see [`crate::discord::Advertised`]).
+    pub async fn start_on(
+        cfg: FakeProvidersConfig,
+        bind: SocketAddr,
+        advertise: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
+        let public = crate::discord::Advertised::new(addr, advertise);
         let shared = Arc::new(Shared {
             rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
             cfg,
-            root: format!("http://{addr}"),
+            root: format!("http://{public}"),
             windows: Mutex::default(),
             buckets: Mutex::default(),
             admitted: Mutex::default(),
