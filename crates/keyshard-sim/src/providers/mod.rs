@@ -38,7 +38,7 @@ mod minimax;
 mod openai;
 mod stability;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,6 +101,9 @@ pub(crate) struct Shared {
     downloads: Mutex<HashMap<String, (Vec<u8>, &'static str)>>,
     next_id: AtomicU64,
     cancel: CancellationToken,
+    /// Keys revoked at run time ([`FakeProviders::set_revoked`]): answered as invalid (401)
+    /// until restored, like a key an operator revoked and then replaced.
+    revoked: Mutex<HashSet<String>>,
 }
 
 impl Shared {
@@ -152,7 +155,10 @@ impl Shared {
 
     /// Auth check: the key's fixed failure, if it has one.
     fn key_failure(&self, key: &str) -> Option<Failure> {
-        if key.is_empty() || self.cfg.failures.bad_keys.contains(key) {
+        if key.is_empty()
+            || self.cfg.failures.bad_keys.contains(key)
+            || self.revoked.lock().expect("revoked lock").contains(key)
+        {
             Some(Failure::BadKey)
         } else if self.cfg.failures.no_quota_keys.contains(key) {
             Some(Failure::Quota)
@@ -378,6 +384,7 @@ impl FakeProviders {
             downloads: Mutex::default(),
             next_id: AtomicU64::new(1),
             cancel: CancellationToken::new(),
+            revoked: Mutex::default(),
         });
         let app = Router::new()
             .nest("/openai/v1", openai::routes())
@@ -397,6 +404,17 @@ impl FakeProviders {
             addr,
             task: Some(task),
         })
+    }
+
+    /// Revokes `key` (every provider answers it as invalid, 401 / MiniMax 1004) or, with
+    /// `false`, restores it.
+    pub fn set_revoked(&self, key: &str, revoked: bool) {
+        let mut set = self.shared.revoked.lock().expect("revoked lock");
+        if revoked {
+            set.insert(key.to_owned());
+        } else {
+            set.remove(key);
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
