@@ -93,6 +93,12 @@ pub fn requests_per_day(cluster: &str, provider: &str, fingerprint: &str, day: &
     format!("{cluster}:rpd:{provider}:{fingerprint}:{day}")
 }
 
+/// `{c}:keyout:{provider}:{key fingerprint}`: a provider key out of service for the whole
+/// cluster (auth, quota or balance errors); the value names the instance that probes it.
+pub fn key_out(cluster: &str, provider: &str, fingerprint: &str) -> String {
+    format!("{cluster}:keyout:{provider}:{fingerprint}")
+}
+
 /// `{c}:gw:identify:{bucket}`: the last IDENTIFY of a rate-limit bucket (`shard_id %
 /// max_concurrency`), `NX PX` the IDENTIFY window; the value names who sent it.
 pub fn identify_slot(cluster: &str, bucket: u32) -> String {
@@ -150,6 +156,7 @@ mod tests {
             restarts(c, 2),
             commands_hash(c),
             commands_lock(c),
+            key_out(c, "openai", "ab12"),
         ];
         let want = [
             "ks:hb:2",
@@ -172,6 +179,7 @@ mod tests {
             "ks:gw:restarts:2",
             "ks:commands:hash",
             "ks:commands:lock",
+            "ks:keyout:openai:ab12",
         ];
         assert_eq!(got, want);
     }

@@ -28,6 +28,9 @@
 //! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
 //! - [`requests_per_day`]: a counter per provider key and UTC day ([`RequestsPerDay`]) that
 //!   the bot hands to the providers as their daily request store.
+//! - [`key_marks`]: the cluster-wide "key out of service" mark of a provider key
+//!   ([`KeyMarks`], with an expiry its prober renews), which the bot keeps in step with its
+//!   keys' health.
 //! - [`heartbeat`]: the heartbeat JSON.
 //! - [`keys`]: the Redis key layout; every key string is built there.
 //! - [`metrics`]: counters ([`ClusterMetrics`]).
@@ -44,6 +47,7 @@ pub mod error;
 pub mod gateway;
 pub mod heartbeat;
 pub mod jobs;
+pub mod key_marks;
 pub mod keys;
 pub mod ledger;
 pub mod memory;
@@ -64,6 +68,7 @@ pub use jobs::{
     Arrival, ClaimInfo, Delivery, Job, JobArgs, JobContext, JobHandler, JobKind, JobStats, Jobs,
     Outcome, UnreadableJob,
 };
+pub use key_marks::{KeyMarks, MarkedKey};
 pub use ledger::LedgerStream;
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
