@@ -125,6 +125,7 @@ impl Probe {
             jobs_moved: jobs.moved,
             providers: self.providers.stats(),
             ledger: self.ledger.as_ref().map(|l| l.writer().stats()),
+            health: self.providers.health().iter().map(|h| h.view()).collect(),
         }
     }
 }

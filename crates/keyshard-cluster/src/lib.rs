@@ -31,6 +31,8 @@
 //! - [`key_marks`]: the cluster-wide "key out of service" mark of a provider key
 //!   ([`KeyMarks`], with an expiry its prober renews), which the bot keeps in step with its
 //!   keys' health.
+//! - [`round_trips`]: counts the Redis calls of a piece of work ([`RoundTrips`]), e.g. one
+//!   interaction's acknowledgement path, for `/metrics`.
 //! - [`heartbeat`]: the heartbeat JSON.
 //! - [`keys`]: the Redis key layout; every key string is built there.
 //! - [`metrics`]: counters ([`ClusterMetrics`]).
@@ -53,6 +55,7 @@ pub mod ledger;
 pub mod memory;
 pub mod metrics;
 pub mod requests_per_day;
+pub mod round_trips;
 pub mod stats;
 pub mod status;
 pub mod task;
@@ -73,6 +76,7 @@ pub use ledger::LedgerStream;
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
 pub use requests_per_day::RequestsPerDay;
+pub use round_trips::RoundTrips;
 pub use stats::{publish_info, read_info, read_window, Stats, Window};
 pub use status::{
     fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,
