@@ -83,6 +83,10 @@ struct RunArgs {
     /// seconds: INSTANCE@SECS+SPAN (repeatable).
     #[arg(long, value_parser = Chaos::parse_crash_loop)]
     crash_loop: Vec<Chaos>,
+    /// Revoke an instance's key of a provider and restore it later: PROVIDER:INSTANCE@FROM-TO
+    /// (e.g. openai:2@20-60; the fake answers that key with 401 meanwhile; repeatable).
+    #[arg(long, value_parser = Chaos::parse_revoke_key)]
+    revoke_key: Vec<[Chaos; 2]>,
     /// The guilds guild interactions come from (spread over the shards).
     #[arg(long, default_value_t = 1)]
     guilds: u32,
@@ -300,6 +304,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ]
     .concat()
     .into_iter()
+    .chain(args.revoke_key.into_iter().flatten())
     .chain(args.redis_restart.into_iter().map(|at| Chaos {
         at,
         action: ChaosAction::RedisRestart,

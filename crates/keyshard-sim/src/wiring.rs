@@ -141,6 +141,11 @@ impl ProviderFakes for ScenarioProviders {
         self.fakes.stats().total_429
     }
 
+    fn set_revoked(&self, instance: u32, provider: &str, revoked: bool) {
+        self.fakes
+            .set_revoked(&ScenarioProviders::key(provider, instance), revoked);
+    }
+
     fn lane_use(
         &self,
         mix: &Mix,

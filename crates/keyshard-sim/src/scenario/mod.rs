@@ -49,6 +49,9 @@ pub trait ProviderFakes: Send + Sync {
         from: std::time::Instant,
         to: std::time::Instant,
     ) -> Vec<crate::report::LaneUse>;
+    /// Revokes (or restores) instance `instance`'s key of `provider` (`openai`, `minimax`,
+    /// `stability`): the fakes answer it as invalid meanwhile.
+    fn set_revoked(&self, instance: u32, provider: &str, revoked: bool);
 }
 
 /// Everything a scenario run needs.

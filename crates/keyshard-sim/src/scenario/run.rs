@@ -224,6 +224,7 @@ impl Run {
             self.discord.clone(),
             self.redis.private(),
             self.postgres.as_ref().and_then(PostgresHandle::private),
+            cfg.providers.clone(),
         ));
         let end = start + cfg.duration;
         let mut next = start;
