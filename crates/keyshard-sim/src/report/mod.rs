@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 pub use compute::ReportInput;
 pub use model::{
-    AckLatency, CommandReport, CompletionLatency, GatewayReport, InstanceReport, Interactions,
+    AckLatency, CommandReport, CompletionLatency, GatewayReport, InstanceMetrics, InstanceReport,
+    Interactions,
     LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
 };
 

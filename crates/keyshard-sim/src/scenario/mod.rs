@@ -13,11 +13,14 @@
 //! - [`load`]: what is sent (commands, mix, users, options).
 //! - [`chaos`]: what is done to the cluster, and when.
 //! - [`observe`]: heartbeats read from Redis as plain data, and the progress line.
+//! - [`scrape`]: the instances' `/metrics` read once at the end (ack-path round trips, keys
+//!   out of service, circuits).
 
 pub mod chaos;
 pub mod load;
 pub mod observe;
 mod run;
+pub mod scrape;
 
 use std::path::PathBuf;
 use std::sync::Arc;

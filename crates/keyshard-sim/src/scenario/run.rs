@@ -311,6 +311,7 @@ impl Run {
             Some(pg) => Some(wait_ledger(pg.url(), &self.discord, self.cfg.ledger_settle).await),
             None => None,
         };
+        let scraped = super::scrape::scrape(&mut cluster, self.cfg.instances).await;
         let events = cluster.events();
         cluster.shutdown().await;
         drop(cluster);
@@ -337,7 +338,7 @@ impl Run {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let providers = cfg.providers.as_ref();
-        let report = Report::compute(&ReportInput {
+        let mut report = Report::compute(&ReportInput {
             scenario: cfg.summary(),
             instances: cfg.instances,
             records: &records,
@@ -373,6 +374,7 @@ impl Run {
             drain_timed_out: !drained,
             ledger,
         });
+        report.instance_metrics = Some(scraped);
         tracing::info!(run_dir = %self.run_dir.display(), "scenario finished");
         Ok((report, records))
     }
