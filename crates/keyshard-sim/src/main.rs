@@ -105,6 +105,10 @@ struct RunArgs {
     /// Where to write the JSON report.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Draw the run over time into this SVG: offered load, answers and queue depth per
+    /// instance, lane use against the limit, chaos marks.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -293,6 +297,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     cfg.skew = args.skew;
     cfg.seed = args.seed;
     cfg.guilds = args.guilds;
+    cfg.plot = args.plot.clone();
     cfg.chaos = [
         args.kill,
         args.terminate,

@@ -104,6 +104,19 @@ pub(crate) struct Shared {
     /// Keys revoked at run time ([`FakeProviders::set_revoked`]): answered as invalid (401)
     /// until restored, like a key an operator revoked and then replaced.
     revoked: Mutex<HashSet<String>>,
+    /// What happened to each key revoked at run time.
+    revocations: Mutex<HashMap<String, Revocation>>,
+}
+
+/// One run-time revocation of a key, as the fake saw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Revocation {
+    pub revoked_at: Instant,
+    pub restored_at: Option<Instant>,
+    /// The first request the key had answered after its restoration.
+    pub back_in_use_at: Option<Instant>,
+    /// Requests refused with 401 while revoked.
+    pub refused: u64,
 }
 
 impl Shared {
@@ -146,6 +159,11 @@ impl Shared {
 
     fn ok(&self, provider: &str, key: &str) {
         self.count(provider, key, |c| c.ok += 1);
+        if let Some(r) = self.revocations.lock().expect("revoked lock").get_mut(key) {
+            if r.restored_at.is_some() && r.back_in_use_at.is_none() {
+                r.back_in_use_at = Some(Instant::now());
+            }
+        }
         self.stats.lock().expect("stats lock").total_ok += 1;
     }
 
@@ -153,11 +171,22 @@ impl Shared {
         self.count(provider, key, |c| c.errors += 1);
     }
 
+    /// Whether `key` is revoked now (counted as a refusal when it is).
+    fn revoked_now(&self, key: &str) -> bool {
+        let revoked = self.revoked.lock().expect("revoked lock").contains(key);
+        if revoked {
+            if let Some(r) = self.revocations.lock().expect("revoked lock").get_mut(key) {
+                r.refused += 1;
+            }
+        }
+        revoked
+    }
+
     /// Auth check: the key's fixed failure, if it has one.
     fn key_failure(&self, key: &str) -> Option<Failure> {
         if key.is_empty()
             || self.cfg.failures.bad_keys.contains(key)
-            || self.revoked.lock().expect("revoked lock").contains(key)
+            || self.revoked_now(key)
         {
             Some(Failure::BadKey)
         } else if self.cfg.failures.no_quota_keys.contains(key) {
@@ -385,6 +414,7 @@ impl FakeProviders {
             next_id: AtomicU64::new(1),
             cancel: CancellationToken::new(),
             revoked: Mutex::default(),
+            revocations: Mutex::default(),
         });
         let app = Router::new()
             .nest("/openai/v1", openai::routes())
@@ -410,11 +440,35 @@ impl FakeProviders {
     /// `false`, restores it.
     pub fn set_revoked(&self, key: &str, revoked: bool) {
         let mut set = self.shared.revoked.lock().expect("revoked lock");
+        let mut log = self.shared.revocations.lock().expect("revoked lock");
+        let now = Instant::now();
         if revoked {
             set.insert(key.to_owned());
+            log.insert(
+                key.to_owned(),
+                Revocation {
+                    revoked_at: now,
+                    restored_at: None,
+                    back_in_use_at: None,
+                    refused: 0,
+                },
+            );
         } else {
             set.remove(key);
+            if let Some(r) = log.get_mut(key) {
+                r.restored_at = Some(now);
+            }
         }
+    }
+
+    /// What happened to `key`'s last run-time revocation, if it had one.
+    pub fn revocation(&self, key: &str) -> Option<Revocation> {
+        self.shared
+            .revocations
+            .lock()
+            .expect("revoked lock")
+            .get(key)
+            .copied()
     }
 
     pub fn addr(&self) -> SocketAddr {

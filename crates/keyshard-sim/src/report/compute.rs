@@ -350,6 +350,7 @@ impl<'i, 'a> Tally<'i, 'a> {
                 .saturating_duration_since(input.start)
                 .as_secs_f64()),
             instance_metrics: None,
+            revoked_keys: Vec::new(),
         }
     }
 }

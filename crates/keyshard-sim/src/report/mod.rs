@@ -19,6 +19,7 @@
 
 pub mod compute;
 pub mod model;
+pub mod plot;
 mod render;
 
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ pub use compute::ReportInput;
 pub use model::{
     AckLatency, CommandReport, CompletionLatency, GatewayReport, InstanceMetrics, InstanceReport,
     Interactions,
-    LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
+    LaneUse, LedgerReport, LostExample, Report, RevokedKey, RouteExample, Routing, ScenarioSummary,
 };
 
 /// The steady state of a load of `load` that started at `start`: from the end of a warm-up

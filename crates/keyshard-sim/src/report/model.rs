@@ -274,6 +274,24 @@ pub struct Report {
     /// What the instances running at the end said on `/metrics`; `None` when not scraped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_metrics: Option<InstanceMetrics>,
+    /// Keys revoked during the run (`--revoke-key`) and when they were in use again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_keys: Vec<RevokedKey>,
+}
+
+/// One key revoked during the run, as the fake providers saw it (seconds since the first
+/// dispatch).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RevokedKey {
+    /// `provider:instance`.
+    pub key: String,
+    pub revoked_s: f64,
+    pub restored_s: Option<f64>,
+    /// Requests the fake refused with 401 while the key was revoked: once the key is out of
+    /// service, only its probes.
+    pub refused: u64,
+    /// From the restoration to the key's first answered request; `None`: not used again.
+    pub back_in_use_after_s: Option<f64>,
 }
 
 /// The instances' own counters, summed over those running at the end of the run (an

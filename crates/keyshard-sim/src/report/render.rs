@@ -337,6 +337,19 @@ impl Report {
                 e.interaction_id, e.user_id, e.primary, e.sent_at_s, e.attempts
             );
         }
+        for k in &self.revoked_keys {
+            let restored = k
+                .restored_s
+                .map_or("never restored".to_owned(), |t| format!("restored at {t:.1} s"));
+            let back = k
+                .back_in_use_after_s
+                .map_or("not used again".to_owned(), |t| format!("in use again {t:.1} s after"));
+            let _ = writeln!(
+                s,
+                "revoked key {}: at {:.1} s, {restored}, {back}; {} requests refused meanwhile",
+                k.key, k.revoked_s, k.refused
+            );
+        }
         if let Some(m) = &self.instance_metrics {
             if let Some(avg) = m.per_interaction() {
                 let ops: Vec<String> = m

@@ -55,6 +55,8 @@ pub trait ProviderFakes: Send + Sync {
     /// Revokes (or restores) instance `instance`'s key of `provider` (`openai`, `minimax`,
     /// `stability`): the fakes answer it as invalid meanwhile.
     fn set_revoked(&self, instance: u32, provider: &str, revoked: bool);
+    /// Every key revoked during the run, with times in seconds since `start`.
+    fn revocations(&self, instances: u32, start: std::time::Instant) -> Vec<crate::report::RevokedKey>;
 }
 
 /// Everything a scenario run needs.
@@ -114,6 +116,8 @@ pub struct ScenarioConfig {
     /// Drop mix entries the instances did not register instead of failing (the demo runs
     /// whatever commands the bot has).
     pub skip_unregistered: bool,
+    /// Draw the run over time into this SVG file ([`crate::report::plot`]).
+    pub plot: Option<PathBuf>,
 }
 
 impl ScenarioConfig {
@@ -126,6 +130,7 @@ impl ScenarioConfig {
             mix,
             skew: Skew::Uniform,
             chaos: Vec::new(),
+            plot: None,
             seed: 1,
             dm_share: 0.1,
             guilds: 1,
