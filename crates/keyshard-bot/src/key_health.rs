@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyshard_cluster::{run_every, Cluster, ClusterError, InstanceId, JobKind, Jobs, KeyMarks, MarkedKey};
+use keyshard_cluster::{
+    run_every, Cluster, ClusterError, InstanceId, JobKind, Jobs, KeyMarks, MarkedKey,
+};
 use keyshard_providers::{KeyHealth, Providers};
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +42,13 @@ pub enum Step {
 
 /// The step for a key that is `out` here (and probed here when `prober`), whose mark is held
 /// by `holder`, on this instance `me`'s `first` tick since start.
-pub fn step(out: bool, prober: bool, holder: Option<InstanceId>, me: InstanceId, first: bool) -> Step {
+pub fn step(
+    out: bool,
+    prober: bool,
+    holder: Option<InstanceId>,
+    me: InstanceId,
+    first: bool,
+) -> Step {
     match (out, holder) {
         (true, _) if prober => Step::Mark,
         (true, None) => Step::Restore,
@@ -69,7 +77,8 @@ pub async fn run(cluster: Cluster, providers: Providers, jobs: Jobs, stop: Cance
     let healths = Arc::new(healths);
     let first = Arc::new(AtomicBool::new(true));
     run_every("key health", SYNC_EVERY, stop, None, move || {
-        let (marks, keys, healths, first) = (marks.clone(), keys.clone(), healths.clone(), first.clone());
+        let (marks, keys, healths, first) =
+            (marks.clone(), keys.clone(), healths.clone(), first.clone());
         let (providers, jobs) = (providers.clone(), jobs.clone());
         async move {
             let r = sync(&marks, &keys, &healths, me, first.load(Ordering::Relaxed)).await;
@@ -145,7 +154,11 @@ mod tests {
             (false, false, Some(1), true, Adopt),
             (false, false, Some(1), false, Clear),
         ] {
-            assert_eq!(step(out, prober, holder, 1, first), want, "{out} {prober} {holder:?} {first}");
+            assert_eq!(
+                step(out, prober, holder, 1, first),
+                want,
+                "{out} {prober} {holder:?} {first}"
+            );
         }
     }
 }

@@ -326,7 +326,12 @@ impl Metrics {
     /// count, so sum ÷ count is the average) and the sum by operation.
     fn render_ack_round_trips(&self, out: &mut String) {
         let name = "keyshard_ack_redis_round_trips";
-        let by_op = self.ack_round_trips.values.lock().expect("metrics lock").clone();
+        let by_op = self
+            .ack_round_trips
+            .values
+            .lock()
+            .expect("metrics lock")
+            .clone();
         let sum: u64 = by_op.values().sum();
         let count = self.ack_measured.load(Ordering::Relaxed);
         let _ = writeln!(out, "# HELP {name} Redis round trips on the acknowledgement path of won interactions (claim, queueing, confirmation).\n# TYPE {name} summary\n{name}_sum {sum}\n{name}_count {count}");
@@ -476,7 +481,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("keyshard_provider_circuit_open{provider=\"openai\",key=\"ab12\"} 0"));
-        assert!(text.contains("keyshard_ack_redis_round_trips_sum 3\nkeyshard_ack_redis_round_trips_count 2"), "{text}");
+        assert!(
+            text.contains(
+                "keyshard_ack_redis_round_trips_sum 3\nkeyshard_ack_redis_round_trips_count 2"
+            ),
+            "{text}"
+        );
         assert!(text.contains("keyshard_ack_redis_round_trips_by_op_total{op=\"claim\"} 2"));
         assert!(
             text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"),

@@ -120,11 +120,7 @@ impl KeyMarks {
         let script = &*SCRIPT;
         self.redis
             .run("key mark clear", BUDGET, move |mut c| async move {
-                script
-                    .key(&name)
-                    .arg(me)
-                    .invoke_async::<i64>(&mut c)
-                    .await
+                script.key(&name).arg(me).invoke_async::<i64>(&mut c).await
             })
             .await
             .map(|_| ())

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::error::{ErrorClass, ProviderError, ProviderKind};
-use crate::secret::Secret;
 use crate::health::HealthPolicy;
+use crate::secret::Secret;
 
 /// The limits of one key, as the provider publishes them for the account's tier.
 ///

@@ -462,12 +462,16 @@ impl KeyHealth {
         };
         let (provider, fp) = (self.inner.provider, &self.inner.key);
         match key {
-            Some(true) => tracing::warn!(%provider, key = %fp, "key out of service ({detail}); its work goes to peers, probed every {:?}", policy.probe_every),
+            Some(true) => {
+                tracing::warn!(%provider, key = %fp, "key out of service ({detail}); its work goes to peers, probed every {:?}", policy.probe_every)
+            }
             Some(false) => tracing::info!(%provider, key = %fp, "key back in service"),
             None => {}
         }
         match circuit {
-            Some(true) => tracing::warn!(%provider, "circuit open after a storm of server errors ({detail}); calls wait {:?}", policy.circuit.open_for),
+            Some(true) => {
+                tracing::warn!(%provider, "circuit open after a storm of server errors ({detail}); calls wait {:?}", policy.circuit.open_for)
+            }
             Some(false) => tracing::info!(%provider, "circuit closed: the provider answers again"),
             None => {}
         }
@@ -549,7 +553,10 @@ mod tests {
         assert_eq!(k.gate(61 * S, &p), Gate::KeyOut);
         assert_eq!(k.gate(62 * S, &p), Gate::Probe);
         // A 429 proves the key authenticates: back in service.
-        assert_eq!(k.record(62 * S, Answer::of(Err(ErrorClass::RateLimited)), &p), Some(false));
+        assert_eq!(
+            k.record(62 * S, Answer::of(Err(ErrorClass::RateLimited)), &p),
+            Some(false)
+        );
         assert_eq!(k.gate(63 * S, &p), Gate::Pass);
     }
 
@@ -571,7 +578,11 @@ mod tests {
         let p = policy();
         let mut k = KeyState::default();
         assert!(k.marked_elsewhere(Duration::ZERO, &p));
-        assert_eq!(k.gate(100 * S, &p), Gate::KeyOut, "the mark's holder probes");
+        assert_eq!(
+            k.gate(100 * S, &p),
+            Gate::KeyOut,
+            "the mark's holder probes"
+        );
         assert!(!k.is_prober());
         assert!(k.mark_cleared());
         assert_eq!(k.gate(101 * S, &p), Gate::Pass);
@@ -605,10 +616,7 @@ mod tests {
         }
         assert_eq!(k.gate(4 * S, &c), Gate::Pass);
         assert_eq!(k.record(4 * S, Answer::ServerError, &c), Some(true));
-        assert_eq!(
-            k.gate(5 * S, &c),
-            Gate::CircuitOpen { retry_in: 29 * S }
-        );
+        assert_eq!(k.gate(5 * S, &c), Gate::CircuitOpen { retry_in: 29 * S });
         assert_eq!(k.gate(34 * S, &c), Gate::Probe);
         assert_eq!(k.gate(34 * S, &c), Gate::CircuitOpen { retry_in: S });
         // A failed probe opens it again, silently.
@@ -626,7 +634,11 @@ mod tests {
         let mut k = Circuit::default();
         let mut opened = None;
         for i in 0..10u32 {
-            let a = if i % 2 == 0 { Answer::Fine } else { Answer::ServerError };
+            let a = if i % 2 == 0 {
+                Answer::Fine
+            } else {
+                Answer::ServerError
+            };
             if k.record(i * S / 10, a, &c) == Some(true) {
                 opened = Some(i);
             }
@@ -639,7 +651,11 @@ mod tests {
         // Errors spread over minutes fall out of the window.
         let mut k = Circuit::default();
         for i in 0..20u32 {
-            let a = if i % 2 == 0 { Answer::Fine } else { Answer::ServerError };
+            let a = if i % 2 == 0 {
+                Answer::Fine
+            } else {
+                Answer::ServerError
+            };
             assert_eq!(k.record(i * 10 * S, a, &c), None, "{i}");
         }
         // Key failures say nothing of the provider.
@@ -661,6 +677,9 @@ mod tests {
         h.record(Ok(()), "ok");
         assert_eq!(h.gate(), Gate::Pass);
         let v = h.view();
-        assert_eq!((v.out_of_service, v.outages, v.circuit_open), (false, 1, false));
+        assert_eq!(
+            (v.out_of_service, v.outages, v.circuit_open),
+            (false, 1, false)
+        );
     }
 }

@@ -146,7 +146,11 @@ impl ProviderFakes for ScenarioProviders {
             .set_revoked(&ScenarioProviders::key(provider, instance), revoked);
     }
 
-    fn revocations(&self, instances: u32, start: std::time::Instant) -> Vec<crate::report::RevokedKey> {
+    fn revocations(
+        &self,
+        instances: u32,
+        start: std::time::Instant,
+    ) -> Vec<crate::report::RevokedKey> {
         let secs = |t: tokio::time::Instant| {
             let t = t.into_std();
             if t >= start {

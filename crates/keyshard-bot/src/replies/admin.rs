@@ -104,7 +104,11 @@ fn health_line(info: Option<&serde_json::Value>) -> Option<String> {
             let provider = k["provider"].as_str().unwrap_or("?");
             let mut v = Vec::new();
             if k["out_of_service"].as_bool() == Some(true) {
-                let probe = if k["prober"].as_bool() == Some(true) { "(점검 중)" } else { "" };
+                let probe = if k["prober"].as_bool() == Some(true) {
+                    "(점검 중)"
+                } else {
+                    ""
+                };
                 v.push(format!("{provider} 키 사용 중지{probe}"));
             }
             if k["circuit_open"].as_bool() == Some(true) {

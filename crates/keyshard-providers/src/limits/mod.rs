@@ -409,11 +409,8 @@ pub(crate) fn key_parts(
         common.limits.rpd,
         store,
     );
-    let health = crate::health::KeyHealth::new(
-        provider,
-        common.api_key.fingerprint(),
-        common.health,
-    );
+    let health =
+        crate::health::KeyHealth::new(provider, common.api_key.fingerprint(), common.health);
     let stats = StatsCell {
         health: Some(health),
         ..StatsCell::default()

@@ -842,11 +842,18 @@ async fn a_revoked_key_is_out_of_service_until_a_probe_finds_it_restored() {
     assert_eq!(auth_failures, 1, "one 401, never retried");
     let e = assert_class(client.chat(user("hi")).await, ErrorClass::KeyProblem, "out");
     assert_eq!(e.message, "key out of service");
-    assert_eq!(reached().auth_failures, 1, "not called while out of service");
+    assert_eq!(
+        reached().auth_failures,
+        1,
+        "not called while out of service"
+    );
     fake.set_revoked(KEY, false);
     // Until the probe is due, still out; the probe itself is the next real call.
     tokio::time::sleep(Duration::from_millis(350)).await;
-    client.chat(user("hi")).await.expect("the probe finds the key restored");
+    client
+        .chat(user("hi"))
+        .await
+        .expect("the probe finds the key restored");
     assert!(!client.health().is_out());
     let v = client.health().view();
     assert_eq!((v.outages, v.out_of_service), (1, false));
@@ -866,7 +873,11 @@ async fn a_storm_of_server_errors_opens_the_circuit() {
     let client = OpenAi::new(OpenAiConfig::new(c), None).unwrap();
     // Three attempts each: the second call's second attempt is the fifth 500 in a row.
     for _ in 0..2 {
-        assert_class(client.chat(user("fake:500")).await, ErrorClass::Retryable, "500");
+        assert_class(
+            client.chat(user("fake:500")).await,
+            ErrorClass::Retryable,
+            "500",
+        );
     }
     assert!(client.health().view().circuit_open);
     let errors = fake.stats().key("openai", KEY).errors;

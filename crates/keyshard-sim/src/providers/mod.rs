@@ -184,10 +184,7 @@ impl Shared {
 
     /// Auth check: the key's fixed failure, if it has one.
     fn key_failure(&self, key: &str) -> Option<Failure> {
-        if key.is_empty()
-            || self.cfg.failures.bad_keys.contains(key)
-            || self.revoked_now(key)
-        {
+        if key.is_empty() || self.cfg.failures.bad_keys.contains(key) || self.revoked_now(key) {
             Some(Failure::BadKey)
         } else if self.cfg.failures.no_quota_keys.contains(key) {
             Some(Failure::Quota)

@@ -93,11 +93,19 @@ pub fn svg(d: &PlotData) -> String {
     for (i, a) in d.answers.iter().enumerate() {
         polyline(&mut out, &steps(a), top(1), max2, &x, colour(i), 1.2);
     }
-    legend(&mut out, top(1), (1..=d.answers.len()).map(|i| format!("#{i}")));
+    legend(
+        &mut out,
+        top(1),
+        (1..=d.answers.len()).map(|i| format!("#{i}")),
+    );
 
     // 3. Queue depth per instance.
     let n = d.queue.iter().map(|(_, q)| q.len()).max().unwrap_or(0);
-    let max3 = max_of(d.queue.iter().flat_map(|(_, q)| q.iter().flatten().map(|v| *v as f64)));
+    let max3 = max_of(
+        d.queue
+            .iter()
+            .flat_map(|(_, q)| q.iter().flatten().map(|v| *v as f64)),
+    );
     panel(&mut out, top(2), "queue depth per instance", max3, span, &x);
     for i in 0..n {
         // A missing heartbeat breaks the line (the instance is down).
@@ -268,7 +276,10 @@ mod tests {
 
     #[test]
     fn per_second_buckets_and_clamps() {
-        assert_eq!(per_second([0.1, 0.9, 1.5, 9.0, -1.0], 3.0), vec![2.0, 1.0, 1.0]);
+        assert_eq!(
+            per_second([0.1, 0.9, 1.5, 9.0, -1.0], 3.0),
+            vec![2.0, 1.0, 1.0]
+        );
     }
 
     #[test]

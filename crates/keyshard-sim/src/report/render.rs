@@ -338,12 +338,14 @@ impl Report {
             );
         }
         for k in &self.revoked_keys {
-            let restored = k
-                .restored_s
-                .map_or("never restored".to_owned(), |t| format!("restored at {t:.1} s"));
+            let restored = k.restored_s.map_or("never restored".to_owned(), |t| {
+                format!("restored at {t:.1} s")
+            });
             let back = k
                 .back_in_use_after_s
-                .map_or("not used again".to_owned(), |t| format!("in use again {t:.1} s after"));
+                .map_or("not used again".to_owned(), |t| {
+                    format!("in use again {t:.1} s after")
+                });
             let _ = writeln!(
                 s,
                 "revoked key {}: at {:.1} s, {restored}, {back}; {} requests refused meanwhile",

@@ -56,7 +56,11 @@ pub trait ProviderFakes: Send + Sync {
     /// `stability`): the fakes answer it as invalid meanwhile.
     fn set_revoked(&self, instance: u32, provider: &str, revoked: bool);
     /// Every key revoked during the run, with times in seconds since `start`.
-    fn revocations(&self, instances: u32, start: std::time::Instant) -> Vec<crate::report::RevokedKey>;
+    fn revocations(
+        &self,
+        instances: u32,
+        start: std::time::Instant,
+    ) -> Vec<crate::report::RevokedKey>;
 }
 
 /// Everything a scenario run needs.

@@ -599,7 +599,12 @@ fn plot_data(
     marks.extend(
         cfg.chaos
             .iter()
-            .filter(|c| !matches!(c.action, ChaosAction::Kill(_) | ChaosAction::Terminate(_) | ChaosAction::Restart(_)))
+            .filter(|c| {
+                !matches!(
+                    c.action,
+                    ChaosAction::Kill(_) | ChaosAction::Terminate(_) | ChaosAction::Restart(_)
+                )
+            })
             .map(|c| (c.at.as_secs_f64(), c.to_string())),
     );
     PlotData {
