@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use keyshard_providers::HealthView;
+
 /// Counters keyed by their label values, in a fixed label order.
 #[derive(Default)]
 pub struct CounterVec {
@@ -301,8 +303,14 @@ impl Metrics {
     }
 
     /// Keys out of service and open circuits, as gauges, and how often each happened.
-    fn render_health(&self, out: &mut String, health: &[keyshard_providers::HealthView]) {
-        let series: [(&str, &str, &str, fn(&keyshard_providers::HealthView) -> u64); 4] = [
+    fn render_health(&self, out: &mut String, health: &[HealthView]) {
+        type Series = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&HealthView) -> u64,
+        );
+        let series: [Series; 4] = [
             ("keyshard_key_out_of_service", "gauge", "1 while this instance's key of the provider is out of service (auth, quota or balance errors) until a probe finds it working.", |h| u64::from(h.out_of_service)),
             ("keyshard_key_outages_total", "counter", "Times this instance's key of the provider went out of service.", |h| h.outages),
             ("keyshard_provider_circuit_open", "gauge", "1 while the provider's circuit is open (or half-open) after a storm of server errors.", |h| u64::from(h.circuit_open)),

@@ -9,6 +9,9 @@
 
 use std::fmt::Write;
 
+/// One bucket of a lane's use: start (s), length (s), admitted ÷ what the keys allow.
+pub type LaneBucket = (f64, f64, f64);
+
 /// Everything the picture shows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PlotData {
@@ -22,7 +25,7 @@ pub struct PlotData {
     /// `(seconds, queue depth of each instance; None while its heartbeat is missing)`.
     pub queue: Vec<(f64, Vec<Option<u64>>)>,
     /// `(lane, [(bucket start s, bucket length s, use ÷ limit)])`.
-    pub lanes: Vec<(String, Vec<(f64, f64, f64)>)>,
+    pub lanes: Vec<(String, Vec<LaneBucket>)>,
     /// `(seconds, label)`: chaos and process events.
     pub marks: Vec<(f64, String)>,
 }

@@ -563,7 +563,7 @@ fn plot_data(
         })
         .collect();
     let bucket = Duration::from_secs(5);
-    let mut lanes: Vec<(String, Vec<(f64, f64, f64)>)> = Vec::new();
+    let mut lanes: Vec<(String, Vec<crate::report::plot::LaneBucket>)> = Vec::new();
     if let Some(p) = &cfg.providers {
         let mut from = start;
         while from < end {
