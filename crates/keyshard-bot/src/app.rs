@@ -176,6 +176,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &Worker::slots(&providers),
         work_stop.clone(),
     );
+    let health_task = tokio::spawn(crate::key_health::run(
+        cluster.clone(),
+        providers.clone(),
+        jobs.clone(),
+        work_stop.clone(),
+    ));
     let info_task = tokio::spawn(publish_budget(
         cluster.clone(),
         providers.clone(),
@@ -218,6 +224,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let _ = t.await;
     }
     let _ = info_task.await;
+    let _ = health_task.await;
     let _ = stats_task.await;
     for t in quota_tasks {
         let _ = t.await;
@@ -382,6 +389,7 @@ async fn publish_budget(
             let shards = state.shards.views().await;
             let info = serde_json::json!({
                 "budget": providers.budget(),
+                "health": providers.health().iter().map(|h| h.view()).collect::<Vec<_>>(),
                 "gateway": crate::shards::published(&shards),
             });
             publish_info(&cluster, &info, INFO_TTL).await

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Quotas, Stats};
+use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Quotas, RoundTrips, Stats};
 use keyshard_ledger::{LedgerRow, Routing, Status};
 use keyshard_providers::Providers;
 use keyshard_routing::Assignment;
@@ -143,6 +143,10 @@ pub struct Claimed {
     cluster: Cluster,
     state: Arc<EdgeState>,
     ledger: Option<Arc<Ledger>>,
+    /// The Redis round trips of this interaction's acknowledgement path (claim, queueing,
+    /// confirmation), counted into `metrics` once the confirmation is done.
+    pub trips: RoundTrips,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Claimed {
@@ -170,6 +174,8 @@ impl Claimed {
             cluster: data.cluster.clone(),
             state: data.state.clone(),
             ledger: data.ledger.clone(),
+            trips: RoundTrips::new(),
+            metrics: data.metrics.clone(),
         }
     }
 
@@ -260,11 +266,17 @@ impl Drop for Claimed {
             self.state.clone(),
         );
         let row = self.ledger.clone().zip(self.row());
+        let (trips, metrics) = (self.trips.clone(), self.metrics.clone());
         tokio::spawn(async move {
-            match row {
-                Some((ledger, row)) => ledger.confirm(&cluster, row).await,
-                None => cluster.confirm(id).await,
-            }
+            trips
+                .scope(async {
+                    match row {
+                        Some((ledger, row)) => ledger.confirm(&cluster, row).await,
+                        None => cluster.confirm(id).await,
+                    }
+                })
+                .await;
+            metrics.observe_ack_round_trips(&trips.ops());
             state.in_flight.fetch_sub(1, Ordering::AcqRel);
         });
     }

@@ -33,9 +33,13 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
         }
         let interaction = app.interaction;
         let started = Instant::now();
-        let outcome = data
-            .cluster
-            .claim(interaction.id.get(), interaction.user.id.get(), unix_ms())
+        // The claim's round trips start the interaction's count (`Claimed::trips`).
+        let trips = keyshard_cluster::RoundTrips::new();
+        let outcome = trips
+            .scope(
+                data.cluster
+                    .claim(interaction.id.get(), interaction.user.id.get(), unix_ms()),
+            )
             .await;
         let (assignment, how, redis_rtt) = match outcome {
             // An owner's claim is one Redis round trip: it doubles as /핑's measurement.
@@ -76,8 +80,9 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
             channel_id: interaction.channel_id.get(),
             command: command_name(ctx.command()).to_owned(),
         };
-        ctx.set_invocation_data(Claimed::new(assignment, how, redis_rtt, asked, data))
-            .await;
+        let mut claimed = Claimed::new(assignment, how, redis_rtt, asked, data);
+        claimed.trips = trips;
+        ctx.set_invocation_data(claimed).await;
         data.metrics.interactions.inc(&[command, "answered"]);
         Ok(true)
     })

@@ -143,6 +143,7 @@ impl Probe {
                     drift: q.stats.drift.load(Relaxed),
                 }
             }),
+            health: self.providers.health().iter().map(|h| h.view()).collect(),
         }
     }
 }

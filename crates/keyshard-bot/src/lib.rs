@@ -18,6 +18,8 @@
 //! - [`context`]: `Data`, `Context`, `Error`, `Claimed`, `EdgeState`, shared by all of the above.
 //! - [`respond`]: how an interaction is answered (ephemeral, deferred, public, embed).
 //! - [`daily_store`]: the cluster's Redis counter as the providers' daily request store.
+//! - [`key_health`]: the providers' key health kept in step with the cluster-wide
+//!   out-of-service marks, and the kinds this instance's keys can serve told to the readers.
 //! - [`work`]: the job handler: provider calls with this instance's keys and delivery.
 //! - [`ledger`]: the usage ledger from the bot's side: each answered interaction's row,
 //!   priced and recorded with the step that marks it answered (claim confirmation or done
@@ -45,6 +47,7 @@ pub mod daily_store;
 pub mod edge;
 pub mod gateway;
 pub mod http;
+pub mod key_health;
 pub mod ledger;
 pub mod logging;
 pub mod metrics;

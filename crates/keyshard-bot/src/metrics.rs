@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use keyshard_providers::HealthView;
+
 /// Counters keyed by their label values, in a fixed label order.
 #[derive(Default)]
 pub struct CounterVec {
@@ -133,6 +135,11 @@ pub struct Metrics {
     pub usage_video_secs: CounterVec,
     /// Quota refusals by `rule` (user_daily, guild_daily, cooldown).
     pub quota_refusals: CounterVec,
+    /// Redis round trips on the acknowledgement path of won interactions (claim, queueing,
+    /// confirmation), by the operation's name.
+    pub ack_round_trips: CounterVec,
+    /// Won interactions whose round trips are counted in `ack_round_trips`.
+    pub ack_measured: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -148,6 +155,8 @@ impl Default for Metrics {
             usage_images: CounterVec::new(&["provider"]),
             usage_video_secs: CounterVec::new(&["provider"]),
             quota_refusals: CounterVec::new(&["rule"]),
+            ack_round_trips: CounterVec::new(&["op"]),
+            ack_measured: AtomicU64::new(0),
         }
     }
 }
@@ -170,6 +179,8 @@ pub struct ClusterSample {
     pub providers: Vec<keyshard_providers::ProviderStats>,
     /// The ledger writer's counters; `None` while the ledger is off.
     pub ledger: Option<keyshard_ledger::WriterStats>,
+    /// The health of this instance's keys (out of service, circuit).
+    pub health: Vec<keyshard_providers::HealthView>,
     /// The quotas' state; `None` when the probe has no quota handle.
     pub quota: Option<QuotaSample>,
 }
@@ -186,6 +197,14 @@ pub struct QuotaSample {
 }
 
 impl Metrics {
+    /// Counts one interaction's acknowledgement-path round trips (`ops`: one name each).
+    pub fn observe_ack_round_trips(&self, ops: &[&str]) {
+        for op in ops {
+            self.ack_round_trips.inc(&[op]);
+        }
+        self.ack_measured.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The whole exposition text.
     pub fn render(&self, cluster: &ClusterSample) -> String {
         let mut out = String::with_capacity(4096);
@@ -293,6 +312,8 @@ impl Metrics {
                 p.rate_limit_wait.as_secs_f64()
             );
         }
+        self.render_health(&mut out, &cluster.health);
+        self.render_ack_round_trips(&mut out);
         self.render_usage(&mut out, cluster.ledger.as_ref());
         self.quota_refusals.render(
             &mut out,
@@ -324,6 +345,54 @@ impl Metrics {
             );
         }
         out
+    }
+
+    /// Keys out of service and open circuits, as gauges, and how often each happened.
+    fn render_health(&self, out: &mut String, health: &[HealthView]) {
+        type Series = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&HealthView) -> u64,
+        );
+        let series: [Series; 4] = [
+            ("keyshard_key_out_of_service", "gauge", "1 while this instance's key of the provider is out of service (auth, quota or balance errors) until a probe finds it working.", |h| u64::from(h.out_of_service)),
+            ("keyshard_key_outages_total", "counter", "Times this instance's key of the provider went out of service.", |h| h.outages),
+            ("keyshard_provider_circuit_open", "gauge", "1 while the provider's circuit is open (or half-open) after a storm of server errors.", |h| u64::from(h.circuit_open)),
+            ("keyshard_provider_circuit_opens_total", "counter", "Times the provider's circuit opened.", |h| h.circuit_opens),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for h in health {
+                let _ = writeln!(
+                    out,
+                    "{name}{{provider=\"{}\",key=\"{}\"}} {}",
+                    h.provider.as_str(),
+                    h.key,
+                    value(h)
+                );
+            }
+        }
+    }
+
+    /// Redis round trips per won interaction on the acknowledgement path: a summary (sum and
+    /// count, so sum ÷ count is the average) and the sum by operation.
+    fn render_ack_round_trips(&self, out: &mut String) {
+        let name = "keyshard_ack_redis_round_trips";
+        let by_op = self
+            .ack_round_trips
+            .values
+            .lock()
+            .expect("metrics lock")
+            .clone();
+        let sum: u64 = by_op.values().sum();
+        let count = self.ack_measured.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP {name} Redis round trips on the acknowledgement path of won interactions (claim, queueing, confirmation).\n# TYPE {name} summary\n{name}_sum {sum}\n{name}_count {count}");
+        self.ack_round_trips.render(
+            out,
+            "keyshard_ack_redis_round_trips_by_op_total",
+            "Redis round trips on the acknowledgement path, by operation.",
+        );
     }
 
     /// The usage counters per provider and the ledger writer's state.
@@ -419,6 +488,8 @@ mod tests {
         m.interactions.inc(&["핑", "answered"]);
         m.ack_latency.observe(Duration::from_millis(3));
         m.quota_refusals.inc(&["cooldown"]);
+        m.observe_ack_round_trips(&["claim", "xadd"]);
+        m.observe_ack_round_trips(&["claim"]);
         let text = m.render(&ClusterSample {
             claims_won: 2,
             claims_lost: 6,
@@ -455,6 +526,15 @@ mod tests {
                 refunds: 1,
                 drift: 2,
             }),
+            health: vec![keyshard_providers::HealthView {
+                provider: keyshard_providers::ProviderKind::OpenAi,
+                key: "ab12".into(),
+                out_of_service: true,
+                prober: true,
+                circuit_open: false,
+                outages: 1,
+                circuit_opens: 0,
+            }],
         });
         assert!(text.contains("keyshard_quota_drift 2"), "{text}");
         assert!(
@@ -466,6 +546,18 @@ mod tests {
             text.contains("keyshard_quota_local_decisions_total 4"),
             "{text}"
         );
+        assert!(
+            text.contains("keyshard_key_out_of_service{provider=\"openai\",key=\"ab12\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("keyshard_provider_circuit_open{provider=\"openai\",key=\"ab12\"} 0"));
+        assert!(
+            text.contains(
+                "keyshard_ack_redis_round_trips_sum 3\nkeyshard_ack_redis_round_trips_count 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("keyshard_ack_redis_round_trips_by_op_total{op=\"claim\"} 2"));
         assert!(
             text.contains("keyshard_interactions_total{command=\"핑\",outcome=\"answered\"} 2"),
             "{text}"

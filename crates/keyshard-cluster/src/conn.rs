@@ -170,6 +170,7 @@ impl Redis {
         budget: Duration,
         work: impl Future<Output = Result<T, ClusterError>>,
     ) -> Result<T, ClusterError> {
+        crate::round_trips::record(op);
         match tokio::time::timeout(budget, work).await {
             Ok(Ok(v)) => {
                 self.timeouts_in_a_row.store(0, Ordering::Relaxed);

@@ -93,6 +93,12 @@ pub fn requests_per_day(cluster: &str, provider: &str, fingerprint: &str, day: &
     format!("{cluster}:rpd:{provider}:{fingerprint}:{day}")
 }
 
+/// `{c}:keyout:{provider}:{key fingerprint}`: a provider key out of service for the whole
+/// cluster (auth, quota or balance errors); the value names the instance that probes it.
+pub fn key_out(cluster: &str, provider: &str, fingerprint: &str) -> String {
+    format!("{cluster}:keyout:{provider}:{fingerprint}")
+}
+
 /// `{c}:gw:identify:{bucket}`: the last IDENTIFY of a rate-limit bucket (`shard_id %
 /// max_concurrency`), `NX PX` the IDENTIFY window; the value names who sent it.
 pub fn identify_slot(cluster: &str, bucket: u32) -> String {
@@ -206,6 +212,7 @@ mod tests {
             quota_overrides(c),
             quota_override_field('u', 5, "image", "daily"),
             quota_reconcile_lock(c),
+            key_out(c, "openai", "ab12"),
         ];
         let want = [
             "ks:hb:2",
@@ -235,6 +242,7 @@ mod tests {
             "ks:quota:overrides",
             "u:5:image:daily",
             "ks:quota:reconcile",
+            "ks:keyout:openai:ab12",
         ];
         assert_eq!(got, want);
     }

@@ -30,6 +30,11 @@
 //! - [`stats`]: cluster statistics in per-minute Redis hashes ([`Stats`], [`read_window`]).
 //! - [`requests_per_day`]: a counter per provider key and UTC day ([`RequestsPerDay`]) that
 //!   the bot hands to the providers as their daily request store.
+//! - [`key_marks`]: the cluster-wide "key out of service" mark of a provider key
+//!   ([`KeyMarks`], with an expiry its prober renews), which the bot keeps in step with its
+//!   keys' health.
+//! - [`round_trips`]: counts the Redis calls of a piece of work ([`RoundTrips`]), e.g. one
+//!   interaction's acknowledgement path, for `/metrics`.
 //! - [`heartbeat`]: the heartbeat JSON.
 //! - [`keys`]: the Redis key layout; every key string is built there.
 //! - [`metrics`]: counters ([`ClusterMetrics`]).
@@ -46,12 +51,14 @@ pub mod error;
 pub mod gateway;
 pub mod heartbeat;
 pub mod jobs;
+pub mod key_marks;
 pub mod keys;
 pub mod ledger;
 pub mod memory;
 pub mod metrics;
 pub mod quota;
 pub mod requests_per_day;
+pub mod round_trips;
 pub mod stats;
 pub mod status;
 pub mod task;
@@ -67,11 +74,13 @@ pub use jobs::{
     Arrival, ClaimInfo, Delivery, Job, JobArgs, JobContext, JobHandler, JobKind, JobStats, Jobs,
     Outcome, UnreadableJob,
 };
+pub use key_marks::{KeyMarks, MarkedKey};
 pub use ledger::LedgerStream;
 pub use memory::{Memory, Turn};
 pub use metrics::{ClusterMetrics, MetricsSnapshot};
 pub use quota::{QuotaAsk, QuotaDecision, Quotas, Scope, Standing};
 pub use requests_per_day::RequestsPerDay;
+pub use round_trips::RoundTrips;
 pub use stats::{publish_info, read_info, read_window, Stats, Window};
 pub use status::{
     fetch_membership, fetch_status, AssignReport, ClusterStatus, InstanceStatus, LadderRung,

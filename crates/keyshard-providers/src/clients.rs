@@ -112,6 +112,15 @@ impl Providers {
         out
     }
 
+    /// The health of every configured key (one key per provider).
+    pub fn health(&self) -> Vec<crate::health::KeyHealth> {
+        let mut out = Vec::new();
+        out.extend(self.openai.as_ref().map(|p| p.health()));
+        out.extend(self.minimax.as_ref().map(|p| p.health()));
+        out.extend(self.stability.as_ref().map(|p| p.health()));
+        out
+    }
+
     /// Counters of every configured provider.
     pub fn stats(&self) -> Vec<ProviderStats> {
         let mut out = Vec::new();

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::error::{ErrorClass, ProviderError, ProviderKind};
+use crate::health::HealthPolicy;
 use crate::secret::Secret;
 
 /// The limits of one key, as the provider publishes them for the account's tier.
@@ -126,6 +127,8 @@ pub struct ProviderConfig {
     /// calls instead of queueing them.
     pub max_wait: Duration,
     pub retry: RetryPolicy,
+    /// When a key out of service is probed and when the provider's circuit opens.
+    pub health: HealthPolicy,
 }
 
 impl ProviderConfig {
@@ -139,6 +142,7 @@ impl ProviderConfig {
             limits: KeyLimits::default(),
             max_wait: Duration::from_secs(180),
             retry: RetryPolicy::default(),
+            health: HealthPolicy::default(),
         }
     }
 

@@ -21,6 +21,10 @@
 //!   ([`limits::day_store`]: the trait and its in-memory [`MemoryStore`]).
 //! - [`retry`]: the one retry loop (capped, jittered backoff; only `Retryable`/`RateLimited`);
 //!   no library underneath retries on its own.
+//! - [`health`]: a key out of service after an auth, quota or balance error (probed back in)
+//!   and a circuit per provider on a storm of 5xx: pure state machines ([`health::KeyState`],
+//!   [`health::Circuit`]) and the [`KeyHealth`] every lane of a key shares, gated and fed by
+//!   [`retry`]; the cluster-wide mark is the caller's ([`KeyHealth::marked_elsewhere`]).
 //! - [`error`]: [`ProviderError`] and the pure rules that map each provider's error answers
 //!   to an [`ErrorClass`].
 //! - [`headers`]: `Retry-After` and OpenAI `x-ratelimit-*` (Go durations).
@@ -35,6 +39,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod health;
 mod http;
 pub mod image;
 pub mod limits;
@@ -50,6 +55,7 @@ pub use config::{
     KeyLimits, MiniMaxConfig, OpenAiConfig, ProviderConfig, RetryPolicy, StabilityConfig,
 };
 pub use error::{ErrorClass, ProviderError, ProviderKind};
+pub use health::{HealthPolicy, HealthView, KeyHealth};
 pub use image::{AspectRatio, GeneratedImage};
 pub use limits::{
     DailyStore, KeyDay, LaneBudget, LaneKind, MemoryStore, ProviderStats, StoreError, UtcDay,

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::config::RetryPolicy;
 use crate::error::{ErrorClass, ProviderError};
+use crate::health::Gate;
 use crate::limits::{Admission, Lane};
 
 /// Backoff after the `failed`-th failed attempt (1-based): "equal jitter", half of the capped
@@ -59,9 +60,37 @@ where
     Fut: Future<Output = Result<T, AttemptError>>,
 {
     let stats = lane.stats.clone();
+    let health = stats.health.clone();
     let started = Instant::now();
     let mut failed = 0u32;
     loop {
+        // A key out of service is not called at all (the caller moves the job to a peer, or
+        // tries the next image provider); an open circuit is waited out while `max_wait`
+        // covers it, without counting an attempt.
+        match health.as_ref().map_or(Gate::Pass, |h| h.gate()) {
+            Gate::Pass | Gate::Probe => {}
+            Gate::KeyOut => {
+                stats.record_error(ErrorClass::KeyProblem);
+                return Err(ProviderError::new(
+                    lane.provider,
+                    ErrorClass::KeyProblem,
+                    "key out of service",
+                ));
+            }
+            Gate::CircuitOpen { retry_in } => {
+                if started.elapsed() + retry_in > lane.max_wait() {
+                    stats.record_error(ErrorClass::Retryable);
+                    return Err(ProviderError::new(
+                        lane.provider,
+                        ErrorClass::Retryable,
+                        "circuit open after a storm of server errors",
+                    )
+                    .with_retry_after(Some(retry_in)));
+                }
+                tokio::time::sleep(retry_in).await;
+                continue;
+            }
+        }
         let admission = match lane.admit(tokens).await {
             Ok(a) => a,
             Err(e) => {
@@ -74,6 +103,12 @@ where
             Ok(r) => r,
             Err(_) => Err(ProviderError::timeout(lane.provider, timeout).into()),
         };
+        if let Some(h) = &health {
+            match &outcome {
+                Ok(_) => h.record(Ok(()), "ok"),
+                Err(e) => h.record(Err(e.error.class), &e.error.message),
+            }
+        }
         let err = match outcome {
             Ok(value) => {
                 stats.ok.fetch_add(1, Ordering::Relaxed);

@@ -99,6 +99,15 @@ impl Stability {
     pub fn stats(&self) -> ProviderStats {
         ProviderStats::from_cell(P, &self.inner.stats)
     }
+
+    /// The key's health (out of service, circuit), shared by all its lanes.
+    pub fn health(&self) -> crate::health::KeyHealth {
+        self.inner
+            .stats
+            .health
+            .clone()
+            .expect("a client's key always has its health")
+    }
 }
 
 impl Inner {

@@ -99,6 +99,10 @@ struct RunArgs {
     /// seconds: INSTANCE@SECS+SPAN (repeatable).
     #[arg(long, value_parser = Chaos::parse_crash_loop)]
     crash_loop: Vec<Chaos>,
+    /// Revoke an instance's key of a provider and restore it later: PROVIDER:INSTANCE@FROM-TO
+    /// (e.g. openai:2@20-60; the fake answers that key with 401 meanwhile; repeatable).
+    #[arg(long, value_parser = Chaos::parse_revoke_key)]
+    revoke_key: Vec<[Chaos; 2]>,
     /// The guilds guild interactions come from (spread over the shards).
     #[arg(long, default_value_t = 1)]
     guilds: u32,
@@ -130,6 +134,10 @@ struct RunArgs {
     /// With --attach: seconds to wait for every instance to be ready before the load.
     #[arg(long, requires = "attach", default_value_t = 180.0)]
     ready_timeout: f64,
+    /// Draw the run over time into this SVG: offered load, answers and queue depth per
+    /// instance, lane use against the limit, chaos marks.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -386,6 +394,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     cfg.seed = args.seed;
     cfg.count = args.count;
     cfg.guilds = args.guilds;
+    cfg.plot = args.plot.clone();
     cfg.chaos = [
         args.kill,
         args.terminate,
@@ -397,6 +406,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ]
     .concat()
     .into_iter()
+    .chain(args.revoke_key.into_iter().flatten())
     .chain(args.redis_restart.into_iter().map(|at| Chaos {
         at,
         action: ChaosAction::RedisRestart,

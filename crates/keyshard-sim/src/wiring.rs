@@ -151,6 +151,45 @@ impl ProviderFakes for ScenarioProviders {
         self.fakes.stats().total_429
     }
 
+    fn set_revoked(&self, instance: u32, provider: &str, revoked: bool) {
+        self.fakes
+            .set_revoked(&ScenarioProviders::key(provider, instance), revoked);
+    }
+
+    fn revocations(
+        &self,
+        instances: u32,
+        start: std::time::Instant,
+    ) -> Vec<crate::report::RevokedKey> {
+        let secs = |t: tokio::time::Instant| {
+            let t = t.into_std();
+            if t >= start {
+                (t - start).as_secs_f64()
+            } else {
+                -(start - t).as_secs_f64()
+            }
+        };
+        let mut out = Vec::new();
+        for provider in ["openai", "minimax", "stability"] {
+            for i in 1..=instances {
+                let Some(r) = self.fakes.revocation(&ScenarioProviders::key(provider, i)) else {
+                    continue;
+                };
+                out.push(crate::report::RevokedKey {
+                    key: format!("{provider}:{i}"),
+                    revoked_s: secs(r.revoked_at),
+                    restored_s: r.restored_at.map(secs),
+                    refused: r.refused,
+                    back_in_use_after_s: r
+                        .restored_at
+                        .zip(r.back_in_use_at)
+                        .map(|(from, to)| (to - from).as_secs_f64()),
+                });
+            }
+        }
+        out
+    }
+
     fn lane_use(
         &self,
         mix: &Mix,

@@ -52,10 +52,10 @@ pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Erro
     respond::defer(ctx).await?;
     // How it was claimed and when it was acknowledged travel with the job, for the ledger row
     // its final run records (maybe on another instance).
-    let claim = ctx
-        .invocation_data::<Claimed>()
-        .await
-        .map(|c| c.claim_info());
+    let (claim, trips) = match ctx.invocation_data::<Claimed>().await {
+        Some(c) => (Some(c.claim_info()), c.trips.clone()),
+        None => (None, keyshard_cluster::RoundTrips::new()),
+    };
     let job = Job {
         id: i.id.get(),
         token: i.token.clone(),
@@ -71,7 +71,7 @@ pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Erro
         attempt: 0,
         claim,
     };
-    if let Err(e) = data.jobs.submit(job).await {
+    if let Err(e) = trips.scope(data.jobs.submit(job)).await {
         tracing::error!(interaction = i.id.get(), "could not queue the job: {e}");
         data.quotas.refund(i.id.get()).await;
         respond::fill_deferred(ctx, replies::QUEUE_FAILED, Answered::Failed("queue")).await?;

@@ -200,10 +200,16 @@ impl<'a> Env<'a> {
         };
         let timeout =
             Duration::from_secs(self.parse_min(&format!("{prefix}_TIMEOUT_SECS"), timeout_secs, 1));
-        Some(
-            ProviderConfig::new(api_key, base_url)
-                .with_limits(limits)
-                .with_timeout(timeout),
-        )
+        let mut c = ProviderConfig::new(api_key, base_url)
+            .with_limits(limits)
+            .with_timeout(timeout);
+        // How long a key out of service waits for its probe (`KEY_PROBE_SECS`, default 30 s,
+        // see `HealthPolicy::probe_every`); shorter in tests.
+        c.health.probe_every = Duration::from_secs(self.parse_min(
+            "KEY_PROBE_SECS",
+            c.health.probe_every.as_secs(),
+            1,
+        ));
+        Some(c)
     }
 }

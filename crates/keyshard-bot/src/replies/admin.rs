@@ -54,10 +54,13 @@ pub fn load_balancer(
             .map_or("없음".to_owned(), |ms| format!("{} 전", secs(ms)));
         let budget = budget_line(info.get(&s.id));
         let gateway = gateway_line(info.get(&s.id));
+        let health = health_line(info.get(&s.id))
+            .map(|h| format!("\n키 상태: {h}"))
+            .unwrap_or_default();
         embed = embed.field(
             format!("#{} {state}", s.id),
             format!(
-                "하트비트 {heartbeat} · 대기 {} · 처리 중 {}\n최근 5분 처리 {} · 대신 처리 {}\n키 잔량: {budget}\n게이트웨이: {gateway}",
+                "하트비트 {heartbeat} · 대기 {} · 처리 중 {}\n최근 5분 처리 {} · 대신 처리 {}\n키 잔량: {budget}{health}\n게이트웨이: {gateway}",
                 s.queue_depth,
                 s.in_flight,
                 window.handled(s.id),
@@ -91,6 +94,32 @@ fn budget_line(info: Option<&serde_json::Value>) -> String {
     } else {
         parts.join(" · ")
     }
+}
+
+/// `openai 키 사용 중지(점검 중) · minimax 회로 차단`: the keys out of service and the open
+/// circuits of an instance, from its published health; `None` when all is well (or unknown).
+fn health_line(info: Option<&serde_json::Value>) -> Option<String> {
+    let keys = info.and_then(|i| i["health"].as_array())?;
+    let parts: Vec<String> = keys
+        .iter()
+        .flat_map(|k| {
+            let provider = k["provider"].as_str().unwrap_or("?");
+            let mut v = Vec::new();
+            if k["out_of_service"].as_bool() == Some(true) {
+                let probe = if k["prober"].as_bool() == Some(true) {
+                    "(점검 중)"
+                } else {
+                    ""
+                };
+                v.push(format!("{provider} 키 사용 중지{probe}"));
+            }
+            if k["circuit_open"].as_bool() == Some(true) {
+                v.push(format!("{provider} 회로 차단"));
+            }
+            v
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
 /// `샤드 4/4 · 41/40/39/42 ms`, or what a shard's IDENTIFY waits for, from an instance's
@@ -340,6 +369,21 @@ mod tests {
         assert!(
             line.starts_with("샤드 0/2 · -/- ms · ⏸ IDENTIFY 중지"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn health_lines_name_keys_out_of_service_and_open_circuits() {
+        assert_eq!(health_line(None), None);
+        let fine = serde_json::json!({"health": [{"provider": "openai", "out_of_service": false, "circuit_open": false}]});
+        assert_eq!(health_line(Some(&fine)), None);
+        let sick = serde_json::json!({"health": [
+            {"provider": "openai", "out_of_service": true, "prober": true, "circuit_open": false},
+            {"provider": "minimax", "out_of_service": false, "circuit_open": true},
+        ]});
+        assert_eq!(
+            health_line(Some(&sick)).as_deref(),
+            Some("openai 키 사용 중지(점검 중) · minimax 회로 차단")
         );
     }
 

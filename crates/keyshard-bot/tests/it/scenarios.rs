@@ -177,3 +177,39 @@ async fn a_postgres_restart_under_load_loses_and_doubles_no_usage_row() {
     assert_exactly_once(&r);
     assert_eq!(r.interactions.failed, 0);
 }
+
+/// One instance's OpenAI key is revoked for four seconds under chat load: no answer fails
+/// (its jobs move to peers), the fake sees only the first refusals and then the probes (one
+/// a second, `KEY_PROBE_SECS=1`) instead of one refusal per job, and the key answers again
+/// within seconds of its restoration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_routed_around_and_back_in_use_after_its_restoration() {
+    let providers = ScenarioProviders::start(FakeProvidersConfig {
+        limits: FakeLimits::uniform(1200, Duration::from_secs(60)),
+        ..FakeProvidersConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = scenario(80, 20.0, 10, "chat=1");
+    cfg.providers = Some(Arc::new(providers));
+    cfg.env.push(("KEY_PROBE_SECS".into(), "1".into()));
+    cfg.chaos
+        .extend(Chaos::parse_revoke_key("openai:2@2-6").unwrap());
+    let r = run_scenario(cfg).await.unwrap();
+    assert_exactly_once(&r);
+    assert_eq!(r.interactions.failed, 0, "the key's jobs went to peers");
+    let [k] = &r.revoked_keys[..] else {
+        panic!("one revoked key: {:?}", r.revoked_keys);
+    };
+    assert_eq!(k.key, "openai:2");
+    // Instance 2 gets about 5 chats a second: without the key going out of service the fake
+    // would refuse about 20 in those 4 s; with it, the ones in flight when it went out and
+    // then about one probe a second.
+    assert!(k.refused >= 1 && k.refused <= 12, "{k:?}");
+    let back = k.back_in_use_after_s.expect("the key is used again");
+    assert!(back <= 3.0, "{k:?}");
+    let m = r.instance_metrics.as_ref().expect("metrics scraped");
+    assert!(m.key_outages >= 1, "{m:?}");
+    assert_eq!(m.keys_out_at_end, 0, "{m:?}");
+    assert!(m.per_interaction().is_some(), "{m:?}");
+}

@@ -57,7 +57,7 @@ mod stream;
 mod wire;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,9 @@ struct KindCounters {
     stream_len: AtomicU64,
     /// Jobs a worker runs right now.
     in_flight: AtomicU64,
+    /// This instance's keys cannot serve the kind now (out of service): its reader does not
+    /// take peers' waiting jobs, which it would only move on.
+    unavailable: AtomicBool,
 }
 
 /// This instance's job queues and workers. Cheap to clone.
@@ -176,6 +179,19 @@ impl Jobs {
                 self.run_local(job)
             }
         }
+    }
+
+    /// Says whether this instance's keys can serve jobs of `kind` now. While they cannot, its
+    /// own jobs of the kind still run (the handler moves each to a peer without calling the
+    /// provider) but its reader takes no waiting job from a peer.
+    pub fn set_available(&self, kind: JobKind, available: bool) {
+        self.counters(kind)
+            .unavailable
+            .store(!available, Ordering::Relaxed);
+    }
+
+    fn is_available(&self, kind: JobKind) -> bool {
+        !self.counters(kind).unavailable.load(Ordering::Relaxed)
     }
 
     /// The load to publish with the heartbeat.

@@ -12,10 +12,11 @@ use crate::keys;
 impl Jobs {
     /// Moves one waiting (never read) job of `kind` from a peer into this instance's own
     /// stream; `true` when one was moved. Off with `TAKEOVER=off`, where each instance keeps to
-    /// its own users' work, and while degraded, where the snapshot is stale.
+    /// its own users' work, while degraded, where the snapshot is stale, and while this
+    /// instance's keys cannot serve the kind (it would only move the job on).
     pub(super) async fn steal_one(&self, kind: JobKind) -> bool {
         let cluster = &self.inner.cluster;
-        if !cluster.config().takeover || cluster.is_degraded() {
+        if !cluster.config().takeover || cluster.is_degraded() || !self.is_available(kind) {
             return false;
         }
         let me = self.inner.me;

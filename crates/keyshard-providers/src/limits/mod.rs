@@ -35,9 +35,12 @@ use daily::DailyCounter;
 pub use day_store::{DailyStore, KeyDay, MemoryStore, StoreError, UtcDay};
 use policy::{Decision, LaneLimits, LanePolicy, Pause};
 
-/// Counters of one provider, shared by its lanes.
+/// Counters of one provider, shared by its lanes, and the key's health.
 #[derive(Debug, Default)]
 pub(crate) struct StatsCell {
+    /// The key's health ([`crate::health`]), gated and fed by the retry loop; `None` only in
+    /// lane tests, which run without one.
+    pub health: Option<crate::health::KeyHealth>,
     pub ok: AtomicU64,
     pub by_class: [AtomicU64; 5],
     pub attempts: AtomicU64,
@@ -406,7 +409,13 @@ pub(crate) fn key_parts(
         common.limits.rpd,
         store,
     );
-    (Arc::new(counter), Arc::default())
+    let health =
+        crate::health::KeyHealth::new(provider, common.api_key.fingerprint(), common.health);
+    let stats = StatsCell {
+        health: Some(health),
+        ..StatsCell::default()
+    };
+    (Arc::new(counter), Arc::new(stats))
 }
 
 #[cfg(test)]

@@ -66,6 +66,7 @@ fn common(base: String, key: &str) -> ProviderConfig {
             base_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(20),
         },
+        health: keyshard_providers::HealthPolicy::default(),
     }
 }
 
@@ -193,9 +194,10 @@ async fn openai_error_classes() {
 async fn minimax_error_classes_from_base_resp() {
     init();
     let fake = FakeProviders::start(fake_config()).await.unwrap();
-    let ok = minimax(&fake, KEY);
+    // A fresh client per scripted error: a key problem puts a client's key out of service,
+    // and the next call on it would not reach the fake.
     let img = |p: &'static str| {
-        let ok = ok.clone();
+        let ok = minimax(&fake, KEY);
         async move { ok.image(p, AspectRatio::Landscape).await }
     };
     assert_class(
@@ -232,9 +234,10 @@ async fn minimax_error_classes_from_base_resp() {
     );
     assert_class(img("fake:400").await, ErrorClass::BadRequest, "2013");
     assert_class(img("fake:500").await, ErrorClass::Retryable, "HTTP 500");
+    let ok = minimax(&fake, KEY);
     let before = ok.stats().provider_429;
     assert_class(
-        img("fake:minimax=1002").await,
+        ok.image("fake:minimax=1002", AspectRatio::Landscape).await,
         ErrorClass::RateLimited,
         "1002",
     );
@@ -823,5 +826,70 @@ async fn tokens_per_window_are_respected_without_a_429() {
     assert_eq!(fake.stats().total_429, 0);
     // 20 calls of ~20 tokens do not fit one 200-token window: the client waited.
     assert!(started.elapsed() >= Duration::from_secs(1));
+    fake.shutdown().await;
+}
+
+/// A revoked key goes out of service after its first 401: the next calls fail with
+/// `KeyProblem` without reaching the provider, until the probe (the first call after
+/// `probe_every`) finds the key restored.
+#[tokio::test]
+async fn a_revoked_key_is_out_of_service_until_a_probe_finds_it_restored() {
+    init();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    let mut c = common(fake.openai_base(), KEY);
+    c.health.probe_every = Duration::from_millis(300);
+    let client = OpenAi::new(OpenAiConfig::new(c), None).unwrap();
+    let reached = || fake.stats().key("openai", KEY);
+    client.chat(user("hi")).await.expect("a good key answers");
+    fake.set_revoked(KEY, true);
+    assert_class(client.chat(user("hi")).await, ErrorClass::KeyProblem, "401");
+    assert!(client.health().is_out());
+    let auth_failures = reached().auth_failures;
+    assert_eq!(auth_failures, 1, "one 401, never retried");
+    let e = assert_class(client.chat(user("hi")).await, ErrorClass::KeyProblem, "out");
+    assert_eq!(e.message, "key out of service");
+    assert_eq!(
+        reached().auth_failures,
+        1,
+        "not called while out of service"
+    );
+    fake.set_revoked(KEY, false);
+    // Until the probe is due, still out; the probe itself is the next real call.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    client
+        .chat(user("hi"))
+        .await
+        .expect("the probe finds the key restored");
+    assert!(!client.health().is_out());
+    let v = client.health().view();
+    assert_eq!((v.outages, v.out_of_service), (1, false));
+    fake.shutdown().await;
+}
+
+/// Five server errors in a row open the provider's circuit: a call that cannot wait for it
+/// fails at once with `Retryable` without reaching the provider.
+#[tokio::test]
+async fn a_storm_of_server_errors_opens_the_circuit() {
+    init();
+    let fake = FakeProviders::start(fake_config()).await.unwrap();
+    let mut c = common(fake.openai_base(), KEY);
+    // Shorter than the circuit's 30 s: a call gives up instead of waiting it out.
+    c.max_wait = Duration::from_secs(20);
+    c.limits.window = Duration::from_secs(10);
+    let client = OpenAi::new(OpenAiConfig::new(c), None).unwrap();
+    // Three attempts each: the second call's second attempt is the fifth 500 in a row.
+    for _ in 0..2 {
+        assert_class(
+            client.chat(user("fake:500")).await,
+            ErrorClass::Retryable,
+            "500",
+        );
+    }
+    assert!(client.health().view().circuit_open);
+    let errors = fake.stats().key("openai", KEY).errors;
+    let e = assert_class(client.chat(user("hi")).await, ErrorClass::Retryable, "open");
+    assert!(e.message.contains("circuit open"), "{e}");
+    assert!(e.retry_after.is_some());
+    assert_eq!(fake.stats().key("openai", KEY).errors, errors, "not called");
     fake.shutdown().await;
 }

@@ -38,7 +38,7 @@ mod minimax;
 mod openai;
 mod stability;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,6 +101,22 @@ pub(crate) struct Shared {
     downloads: Mutex<HashMap<String, (Vec<u8>, &'static str)>>,
     next_id: AtomicU64,
     cancel: CancellationToken,
+    /// Keys revoked at run time ([`FakeProviders::set_revoked`]): answered as invalid (401)
+    /// until restored, like a key an operator revoked and then replaced.
+    revoked: Mutex<HashSet<String>>,
+    /// What happened to each key revoked at run time.
+    revocations: Mutex<HashMap<String, Revocation>>,
+}
+
+/// One run-time revocation of a key, as the fake saw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Revocation {
+    pub revoked_at: Instant,
+    pub restored_at: Option<Instant>,
+    /// The first request the key had answered after its restoration.
+    pub back_in_use_at: Option<Instant>,
+    /// Requests refused with 401 while revoked.
+    pub refused: u64,
 }
 
 impl Shared {
@@ -143,6 +159,11 @@ impl Shared {
 
     fn ok(&self, provider: &str, key: &str) {
         self.count(provider, key, |c| c.ok += 1);
+        if let Some(r) = self.revocations.lock().expect("revoked lock").get_mut(key) {
+            if r.restored_at.is_some() && r.back_in_use_at.is_none() {
+                r.back_in_use_at = Some(Instant::now());
+            }
+        }
         self.stats.lock().expect("stats lock").total_ok += 1;
     }
 
@@ -150,9 +171,20 @@ impl Shared {
         self.count(provider, key, |c| c.errors += 1);
     }
 
+    /// Whether `key` is revoked now (counted as a refusal when it is).
+    fn revoked_now(&self, key: &str) -> bool {
+        let revoked = self.revoked.lock().expect("revoked lock").contains(key);
+        if revoked {
+            if let Some(r) = self.revocations.lock().expect("revoked lock").get_mut(key) {
+                r.refused += 1;
+            }
+        }
+        revoked
+    }
+
     /// Auth check: the key's fixed failure, if it has one.
     fn key_failure(&self, key: &str) -> Option<Failure> {
-        if key.is_empty() || self.cfg.failures.bad_keys.contains(key) {
+        if key.is_empty() || self.cfg.failures.bad_keys.contains(key) || self.revoked_now(key) {
             Some(Failure::BadKey)
         } else if self.cfg.failures.no_quota_keys.contains(key) {
             Some(Failure::Quota)
@@ -391,6 +423,8 @@ impl FakeProviders {
             downloads: Mutex::default(),
             next_id: AtomicU64::new(1),
             cancel: CancellationToken::new(),
+            revoked: Mutex::default(),
+            revocations: Mutex::default(),
         });
         let app = Router::new()
             .nest("/openai/v1", openai::routes())
@@ -410,6 +444,41 @@ impl FakeProviders {
             addr,
             task: Some(task),
         })
+    }
+
+    /// Revokes `key` (every provider answers it as invalid, 401 / MiniMax 1004) or, with
+    /// `false`, restores it.
+    pub fn set_revoked(&self, key: &str, revoked: bool) {
+        let mut set = self.shared.revoked.lock().expect("revoked lock");
+        let mut log = self.shared.revocations.lock().expect("revoked lock");
+        let now = Instant::now();
+        if revoked {
+            set.insert(key.to_owned());
+            log.insert(
+                key.to_owned(),
+                Revocation {
+                    revoked_at: now,
+                    restored_at: None,
+                    back_in_use_at: None,
+                    refused: 0,
+                },
+            );
+        } else {
+            set.remove(key);
+            if let Some(r) = log.get_mut(key) {
+                r.restored_at = Some(now);
+            }
+        }
+    }
+
+    /// What happened to `key`'s last run-time revocation, if it had one.
+    pub fn revocation(&self, key: &str) -> Option<Revocation> {
+        self.shared
+            .revocations
+            .lock()
+            .expect("revoked lock")
+            .get(key)
+            .copied()
     }
 
     pub fn addr(&self) -> SocketAddr {

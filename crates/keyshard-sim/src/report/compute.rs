@@ -353,6 +353,8 @@ impl<'i, 'a> Tally<'i, 'a> {
                 .end
                 .saturating_duration_since(input.start)
                 .as_secs_f64()),
+            instance_metrics: None,
+            revoked_keys: Vec::new(),
         }
     }
 }

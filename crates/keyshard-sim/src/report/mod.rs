@@ -19,14 +19,16 @@
 
 pub mod compute;
 pub mod model;
+pub mod plot;
 mod render;
 
 use std::time::{Duration, Instant};
 
 pub use compute::ReportInput;
 pub use model::{
-    AckLatency, CommandReport, CompletionLatency, GatewayReport, InstanceReport, Interactions,
-    LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
+    AckLatency, CommandReport, CompletionLatency, GatewayReport, InstanceMetrics, InstanceReport,
+    Interactions, LaneUse, LedgerReport, LostExample, Report, RevokedKey, RouteExample, Routing,
+    ScenarioSummary,
 };
 
 /// The steady state of a load of `load` that started at `start`: from the end of a warm-up

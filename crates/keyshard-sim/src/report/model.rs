@@ -274,4 +274,48 @@ pub struct Report {
     pub quota: Option<crate::quota::QuotaReport>,
     /// Seconds from the first dispatch to the end of the wait for answers.
     pub elapsed_s: f64,
+    /// What the instances running at the end said on `/metrics`; `None` when not scraped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_metrics: Option<InstanceMetrics>,
+    /// Keys revoked during the run (`--revoke-key`) and when they were in use again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_keys: Vec<RevokedKey>,
+}
+
+/// One key revoked during the run, as the fake providers saw it (seconds since the first
+/// dispatch).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RevokedKey {
+    /// `provider:instance`.
+    pub key: String,
+    pub revoked_s: f64,
+    pub restored_s: Option<f64>,
+    /// Requests the fake refused with 401 while the key was revoked: once the key is out of
+    /// service, only its probes.
+    pub refused: u64,
+    /// From the restoration to the key's first answered request; `None`: not used again.
+    pub back_in_use_after_s: Option<f64>,
+}
+
+/// The instances' own counters, summed over those running at the end of the run (an
+/// instance restarted during the run counts from its restart).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceMetrics {
+    /// Instances scraped.
+    pub scraped: u32,
+    /// Redis round trips on the acknowledgement path, over `ack_measured` won interactions.
+    pub ack_round_trips: u64,
+    pub ack_measured: u64,
+    pub ack_round_trips_by_op: BTreeMap<String, u64>,
+    /// Times a key went out of service, keys still out at the end, circuits opened.
+    pub key_outages: u64,
+    pub keys_out_at_end: u64,
+    pub circuit_opens: u64,
+}
+
+impl InstanceMetrics {
+    /// Average Redis round trips per won interaction on the acknowledgement path.
+    pub fn per_interaction(&self) -> Option<f64> {
+        (self.ack_measured > 0).then(|| self.ack_round_trips as f64 / self.ack_measured as f64)
+    }
 }

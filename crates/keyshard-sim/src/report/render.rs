@@ -344,6 +344,44 @@ impl Report {
                 e.interaction_id, e.user_id, e.primary, e.sent_at_s, e.attempts
             );
         }
+        for k in &self.revoked_keys {
+            let restored = k.restored_s.map_or("never restored".to_owned(), |t| {
+                format!("restored at {t:.1} s")
+            });
+            let back = k
+                .back_in_use_after_s
+                .map_or("not used again".to_owned(), |t| {
+                    format!("in use again {t:.1} s after")
+                });
+            let _ = writeln!(
+                s,
+                "revoked key {}: at {:.1} s, {restored}, {back}; {} requests refused meanwhile",
+                k.key, k.revoked_s, k.refused
+            );
+        }
+        if let Some(m) = &self.instance_metrics {
+            if let Some(avg) = m.per_interaction() {
+                let ops: Vec<String> = m
+                    .ack_round_trips_by_op
+                    .iter()
+                    .map(|(op, n)| format!("{op} {:.2}", *n as f64 / m.ack_measured as f64))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "ack path: {avg:.2} Redis round trips per interaction ({}; {} interactions, {} instances)",
+                    ops.join(", "),
+                    m.ack_measured,
+                    m.scraped
+                );
+            }
+            if m.key_outages + m.keys_out_at_end + m.circuit_opens > 0 {
+                let _ = writeln!(
+                    s,
+                    "keys: {} went out of service, {} still out at the end; circuits opened {}",
+                    m.key_outages, m.keys_out_at_end, m.circuit_opens
+                );
+            }
+        }
         if self.drain_timed_out {
             let _ = writeln!(
                 s,

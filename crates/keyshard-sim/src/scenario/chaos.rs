@@ -1,6 +1,6 @@
 //! Chaos: what the simulator does to the cluster at given times into the run (SIGKILL,
 //! SIGTERM, restart, a dropped gateway session, an invalidated one, a crash loop, a Redis
-//! restart, Postgres down for a while), parsed from the command line and performed by [`run_chaos`]. Each instance
+//! restart, Postgres down for a while, a provider key revoked and restored), parsed from the command line and performed by [`run_chaos`]. Each instance
 //! action is recorded as a process event, which the judge reads back (see
 //! [`crate::judge::down_intervals`]).
 
@@ -35,6 +35,13 @@ pub enum ChaosAction {
     /// Stop the private Postgres at once (an immediate shutdown, like a crash) and start it
     /// again, with its data, `down` later (only with the private Postgres).
     PostgresRestart { down: Duration },
+    /// The fake providers answer instance `instance`'s key of `provider` as invalid (401 /
+    /// MiniMax 1004) from now (`revoked`), or accept it again (`!revoked`).
+    RevokeKey {
+        instance: u32,
+        provider: &'static str,
+        revoked: bool,
+    },
 }
 
 /// How long `--postgres-restart` keeps Postgres down unless told otherwise: long enough that
@@ -57,7 +64,8 @@ impl Chaos {
             | ChaosAction::Restart(i)
             | ChaosAction::DropSession(i)
             | ChaosAction::InvalidateSession { instance: i, .. }
-            | ChaosAction::CrashLoop { instance: i, .. } => Some(i),
+            | ChaosAction::CrashLoop { instance: i, .. }
+            | ChaosAction::RevokeKey { instance: i, .. } => Some(i),
             ChaosAction::RedisRestart | ChaosAction::PostgresRestart { .. } => None,
         }
     }
@@ -79,6 +87,41 @@ impl Chaos {
     }
 
     /// Parses `INSTANCE@SECS` for an instance action.
+    /// `PROVIDER:INSTANCE@FROM-TO`: the key is revoked at FROM and restored at TO (seconds).
+    pub fn parse_revoke_key(s: &str) -> anyhow::Result<[Chaos; 2]> {
+        let (provider, rest) = s
+            .split_once(':')
+            .with_context(|| format!("{s:?}: expected PROVIDER:INSTANCE@FROM-TO"))?;
+        let provider = match provider {
+            "openai" => "openai",
+            "minimax" => "minimax",
+            "stability" => "stability",
+            p => bail!("{p:?}: expected openai, minimax or stability"),
+        };
+        let (instance, span) = rest
+            .split_once('@')
+            .with_context(|| format!("{s:?}: expected PROVIDER:INSTANCE@FROM-TO"))?;
+        let instance: u32 = instance
+            .parse()
+            .with_context(|| format!("instance {instance:?}"))?;
+        let (from, to) = span
+            .split_once('-')
+            .with_context(|| format!("{s:?}: expected FROM-TO seconds"))?;
+        let (from, to) = (parse_secs(from)?, parse_secs(to)?);
+        if to <= from {
+            bail!("{s:?}: the key must be restored after it is revoked");
+        }
+        let at = |at, revoked| Chaos {
+            at,
+            action: ChaosAction::RevokeKey {
+                instance,
+                provider,
+                revoked,
+            },
+        };
+        Ok([at(from, true), at(to, false)])
+    }
+
     pub fn parse_instance(s: &str, make: fn(u32) -> ChaosAction) -> anyhow::Result<Chaos> {
         let (i, t) = s
             .split_once('@')
@@ -110,6 +153,14 @@ impl fmt::Display for Chaos {
                 write!(f, "crash-loop:{instance}@{t}+{}", span.as_secs_f64())
             }
             ChaosAction::RedisRestart => write!(f, "redis-restart@{t}"),
+            ChaosAction::RevokeKey {
+                instance,
+                provider,
+                revoked,
+            } => {
+                let verb = if revoked { "revoke-key" } else { "restore-key" };
+                write!(f, "{verb}:{provider}:{instance}@{t}")
+            }
             ChaosAction::PostgresRestart { down } => {
                 write!(f, "postgres-restart@{t}(down {}s)", down.as_secs_f64())
             }
@@ -134,6 +185,7 @@ pub(crate) async fn run_chaos(
     discord: FakeDiscord,
     redis: Option<Arc<Mutex<keyshard_testkit::RedisServer>>>,
     postgres: Option<Arc<Mutex<keyshard_testkit::PostgresServer>>>,
+    providers: Option<Arc<dyn super::ProviderFakes>>,
 ) -> anyhow::Result<()> {
     chaos.sort_by_key(|c| c.at);
     // A Postgres outage runs beside the actions after it, and is waited for at the end.
@@ -161,6 +213,16 @@ pub(crate) async fn run_chaos(
             ChaosAction::CrashLoop { instance, span } => {
                 let starts = crash_loop(&cluster, &discord, instance, span).await?;
                 tracing::info!(instance, starts, "crash loop over; the instance stays down");
+            }
+            ChaosAction::RevokeKey {
+                instance,
+                provider,
+                revoked,
+            } => {
+                let Some(p) = &providers else {
+                    bail!("chaos {c} needs the fake providers (a mix with a provider command)");
+                };
+                p.set_revoked(instance, provider, revoked);
             }
             ChaosAction::RedisRestart => {
                 let Some(redis) = redis.clone() else {

@@ -13,11 +13,14 @@
 //! - [`load`]: what is sent (commands, mix, users, options).
 //! - [`chaos`]: what is done to the cluster, and when.
 //! - [`observe`]: heartbeats read from Redis as plain data, and the progress line.
+//! - [`scrape`]: the instances' `/metrics` read once at the end (ack-path round trips, keys
+//!   out of service, circuits).
 
 pub mod chaos;
 pub mod load;
 pub mod observe;
 mod run;
+pub mod scrape;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +52,15 @@ pub trait ProviderFakes: Send + Sync {
         from: std::time::Instant,
         to: std::time::Instant,
     ) -> Vec<crate::report::LaneUse>;
+    /// Revokes (or restores) instance `instance`'s key of `provider` (`openai`, `minimax`,
+    /// `stability`): the fakes answer it as invalid meanwhile.
+    fn set_revoked(&self, instance: u32, provider: &str, revoked: bool);
+    /// Every key revoked during the run, with times in seconds since `start`.
+    fn revocations(
+        &self,
+        instances: u32,
+        start: std::time::Instant,
+    ) -> Vec<crate::report::RevokedKey>;
 }
 
 /// Everything a scenario run needs.
@@ -112,6 +124,8 @@ pub struct ScenarioConfig {
     /// Drop mix entries the instances did not register instead of failing (the demo runs
     /// whatever commands the bot has).
     pub skip_unregistered: bool,
+    /// Draw the run over time into this SVG file ([`crate::report::plot`]).
+    pub plot: Option<PathBuf>,
 }
 
 impl ScenarioConfig {
@@ -124,6 +138,7 @@ impl ScenarioConfig {
             mix,
             skew: Skew::Uniform,
             chaos: Vec::new(),
+            plot: None,
             seed: 1,
             dm_share: 0.1,
             guilds: 1,
