@@ -19,6 +19,7 @@
 pub mod chaos;
 pub mod load;
 pub mod observe;
+mod plot_input;
 mod run;
 pub mod scrape;
 
