@@ -35,6 +35,11 @@ const INFO_TTL: Duration = Duration::from_secs(15);
 ///
 /// Every shard IDENTIFYs through the cluster's queue (`gateway::relay`); until all of them are
 /// up the instance is draining in its heartbeat, so peers answer its users.
+///
+/// Long because it is the instance's life in order: every part started, the gateway served,
+/// then every part stopped in the order the drain needs (work, then the ledger, then the
+/// heartbeat, then the sessions); the order is the point, and it reads top to bottom. The
+/// steps with logic of their own are the functions below.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = Arc::new(config);
     tracing::info!(
@@ -106,47 +111,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // The gateway: the shard plan from Discord, the cluster's IDENTIFY queue, the relay every
     // shard connects through, and one client per shard.
-    let discord = Arc::new(edge::http(&config));
-    let plan = gateway::read_plan(&discord, config.gateway.shards).await?;
-    tracing::info!(
-        shards = plan.shards,
-        recommended = plan.recommended,
-        remaining = plan.budget.remaining,
-        max_concurrency = plan.budget.max_concurrency,
-        "gateway plan"
-    );
-    state.shards.plan(plan.shards);
-    let queue = IdentifyQueue::new(
-        &cluster,
-        config.gateway.identify,
-        config.gateway.restart,
-        Arc::new(DiscordBudget(discord.clone())),
-    );
-    if let Err(e) = queue.seed(plan.budget).await {
-        tracing::warn!(error = %e, "could not store the session start limit in Redis");
-    }
-    match queue.register_start().await {
-        Ok((n, delay)) if !delay.is_zero() => tracing::warn!(
-            starts_in_a_row = n,
-            "restarted without a clean stop: first IDENTIFY in {delay:?} (restart backoff)"
-        ),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "could not count this start in Redis: no restart backoff")
-        }
-    }
-    state.shards.set_queue(queue.clone());
-    let relay = Relay::start(
-        plan.url.clone(),
-        Arc::new(queue.clone()),
-        state.shards.clone(),
-    )
-    .await
-    .context("starting the gateway relay")?;
-    let mut clients = edge::build_clients(data, plan.shards, &relay.url()).await?;
-    state
-        .shards
-        .set_managers(clients.iter().map(|c| c.shard_manager.clone()).collect());
+    let Gateway {
+        shards,
+        queue,
+        relay,
+        mut clients,
+    } = start_gateway(&config, &cluster, &state, data).await?;
     let serving_task = tokio::spawn(follow_shards(
         state.clone(),
         cluster.clone(),
@@ -192,7 +162,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let shard_managers: Vec<_> = clients.iter().map(|c| c.shard_manager.clone()).collect();
     let mut gateways = tokio::task::JoinSet::new();
     for (shard, mut client) in clients.drain(..).enumerate() {
-        let total = plan.shards;
+        let total = shards;
         gateways.spawn(async move { client.start_shard(shard as u32, total).await });
     }
 
@@ -204,21 +174,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!("draining: no new interactions, finishing the ones in hand");
     state.draining.store(true, Ordering::Release);
     cluster.set_draining(true);
-    let started = Instant::now();
-    while (state.in_flight.load(Ordering::Acquire) > 0 || jobs.stats().in_flight > 0)
-        && started.elapsed() < DRAIN_TIMEOUT
-    {
-        // Interactions and running jobs finish in milliseconds to seconds; a short poll keeps
-        // shutdown prompt without another notification path through poise and the workers.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let left = state.in_flight.load(Ordering::Acquire) as u64 + jobs.stats().in_flight;
-    if left > 0 {
-        tracing::warn!(
-            left,
-            "drain timeout: leaving with work in hand (a peer or a restart finishes it)"
-        );
-    }
+    finish_in_hand(&state, &jobs).await;
     work_stop.cancel();
     for t in worker_tasks {
         let _ = t.await;
@@ -249,6 +205,101 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     http_stop.cancel();
     let _ = http_task.await;
 
+    outcome(gateway_result)
+}
+
+/// The gateway as this instance runs it: how many shards, the cluster's IDENTIFY queue, the
+/// relay every shard connects through, and one serenity client per shard (not started yet).
+struct Gateway {
+    shards: u32,
+    queue: IdentifyQueue,
+    relay: Relay,
+    clients: Vec<poise::serenity_prelude::Client>,
+}
+
+/// Reads the shard plan from Discord, seeds the cluster's IDENTIFY queue with the day's
+/// session budget, counts this start for the restart backoff, and builds the relay and the
+/// clients.
+async fn start_gateway(
+    config: &Config,
+    cluster: &Cluster,
+    state: &Arc<EdgeState>,
+    data: Data,
+) -> anyhow::Result<Gateway> {
+    let discord = Arc::new(edge::http(config));
+    let plan = gateway::read_plan(&discord, config.gateway.shards).await?;
+    tracing::info!(
+        shards = plan.shards,
+        recommended = plan.recommended,
+        remaining = plan.budget.remaining,
+        max_concurrency = plan.budget.max_concurrency,
+        "gateway plan"
+    );
+    state.shards.plan(plan.shards);
+    let queue = IdentifyQueue::new(
+        cluster,
+        config.gateway.identify,
+        config.gateway.restart,
+        Arc::new(DiscordBudget(discord.clone())),
+    );
+    if let Err(e) = queue.seed(plan.budget).await {
+        tracing::warn!(error = %e, "could not store the session start limit in Redis");
+    }
+    match queue.register_start().await {
+        Ok((n, delay)) if !delay.is_zero() => tracing::warn!(
+            starts_in_a_row = n,
+            "restarted without a clean stop: first IDENTIFY in {delay:?} (restart backoff)"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not count this start in Redis: no restart backoff")
+        }
+    }
+    state.shards.set_queue(queue.clone());
+    let relay = Relay::start(
+        plan.url.clone(),
+        Arc::new(queue.clone()),
+        state.shards.clone(),
+    )
+    .await
+    .context("starting the gateway relay")?;
+    let clients = edge::build_clients(data, plan.shards, &relay.url()).await?;
+    state
+        .shards
+        .set_managers(clients.iter().map(|c| c.shard_manager.clone()).collect());
+    Ok(Gateway {
+        shards: plan.shards,
+        queue,
+        relay,
+        clients,
+    })
+}
+
+/// Waits until the interactions and jobs in hand are done, at most [`DRAIN_TIMEOUT`].
+async fn finish_in_hand(state: &EdgeState, jobs: &Jobs) {
+    let started = Instant::now();
+    while (state.in_flight.load(Ordering::Acquire) > 0 || jobs.stats().in_flight > 0)
+        && started.elapsed() < DRAIN_TIMEOUT
+    {
+        // Interactions and running jobs finish in milliseconds to seconds; a short poll keeps
+        // shutdown prompt without another notification path through poise and the workers.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = state.in_flight.load(Ordering::Acquire) as u64 + jobs.stats().in_flight;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "drain timeout: leaving with work in hand (a peer or a restart finishes it)"
+        );
+    }
+}
+
+/// The instance's exit: a requested stop is `Ok`, a gateway that ended by itself an error.
+fn outcome(
+    gateway_result: Option<
+        Result<Result<(), poise::serenity_prelude::Error>, tokio::task::JoinError>,
+    >,
+) -> anyhow::Result<()> {
     match gateway_result {
         None => {
             tracing::info!("stopped");

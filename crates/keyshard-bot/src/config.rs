@@ -115,6 +115,9 @@ impl Config {
 
     /// Reads every setting, with the default in place of a value that is wrong, and lists the
     /// problems. `config check` compares instances with it even when one of them has problems.
+    /// Long but flat: one setting after another in the order of `.env.multi.example`, each
+    /// with its default and its check beside it; the groups with rules of their own are in
+    /// `config/` (`env`, `ledger`, `gateway`, `quota`).
     fn read(lookup: &dyn Fn(&str) -> Option<String>) -> (Config, Vec<String>) {
         let mut env = Env::new(lookup);
         let instance_count: u32 = env.parse_min("INSTANCE_COUNT", 4, 1);

@@ -205,7 +205,8 @@ impl Metrics {
         self.ack_measured.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The whole exposition text.
+    /// The whole exposition text. Long but flat: one series after another, in the order
+    /// the dashboard shows them, with no decision of its own.
     pub fn render(&self, cluster: &ClusterSample) -> String {
         let mut out = String::with_capacity(4096);
         self.interactions.render(

@@ -48,6 +48,10 @@ impl From<ProviderError> for AttemptError {
 /// `tokens` is the token estimate charged on the lane for each attempt. The admission comes
 /// back with the value: callers that stream keep it (and its concurrency permit) alive until
 /// the stream ends, and reconcile the token estimate with the reported usage.
+///
+/// Long because it is the one retry loop of the crate: the key's health gate, the lane's
+/// admission, the attempt, and what each class of answer means for the next attempt are one
+/// state machine over the same attempt count and deadline.
 pub(crate) async fn run<T, F, Fut>(
     lane: &Arc<Lane>,
     tokens: u64,

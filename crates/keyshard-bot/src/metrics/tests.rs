@@ -2,6 +2,7 @@
 
 use super::*;
 
+/// Long but flat: one sample with every field set, then one assertion per series.
 #[test]
 fn renders_labelled_counters_and_histogram() {
     let m = Metrics::default();

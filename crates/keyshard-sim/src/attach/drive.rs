@@ -116,7 +116,9 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// edits its reply several times), as in a scenario run.
 const SETTLE: Duration = Duration::from_millis(500);
 
-/// Runs `req` against the service's instances and returns the report.
+/// Runs `req` against the service's instances and returns the report. Long because it is
+/// one attached run in order (wait for the instances, drive, wait for the chaos notes, drain,
+/// judge), each phase reading what the one before left.
 pub async fn run(svc: &Arc<Service>, req: &RunRequest, events: &Events) -> anyhow::Result<Report> {
     let mut mix: Mix = req.mix.parse()?;
     let skew: Skew = req.skew.parse()?;

@@ -65,7 +65,8 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The SVG document.
+/// The SVG document. Long but flat: the four panels drawn one after another on the shared
+/// time axis, then the marks.
 pub fn svg(d: &PlotData) -> String {
     let panels = 4.0;
     let h = TOP + panels * (PANEL_H + GAP) + 10.0;

@@ -8,7 +8,8 @@ use crate::discord::InteractionRecord;
 /// The series of `--plot`, from what the run recorded: the records (offered, answered), the
 /// heartbeat samples (queue depth), the fakes' admissions (lane use, in 5 s buckets: the
 /// keys' windows are a minute or 10 s, so shorter buckets only show their sliding-window
-/// bursts) and the process events and chaos (marks).
+/// bursts) and the process events and chaos (marks). Long but flat: one series after
+/// another, each a fold over what the run recorded.
 pub(super) fn plot_data(
     cfg: &ScenarioConfig,
     records: &[InteractionRecord],
