@@ -12,6 +12,9 @@
 //! - [`placement`]: where job work goes between instances: the peer a job moves to when this
 //!   instance's key cannot serve it ([`move_target`]), and whom an idle worker takes a waiting
 //!   job of its kind from ([`steal_order`]).
+//! - [`fair`]: fair share under overload: the next waiting job a worker takes (the user with
+//!   the least service in hand first, [`fair_pick`]), a new job's expected wait
+//!   ([`estimate_wait`]) and whether it is queued or refused ([`admit`]).
 //! - [`rate`]: the service-rate estimate behind the overload rule ([`ServiceRate`]).
 //! - [`snowflake`]: a Discord snowflake's creation time and the 3 s acknowledgement deadline.
 //! - [`gateway`]: the shard count, when a shard may IDENTIFY (one per bucket per window, never
@@ -19,6 +22,7 @@
 //!   a crash-looping instance ([`restart_delay`]).
 
 pub mod claim;
+pub mod fair;
 pub mod gateway;
 pub mod load;
 pub mod owner;
@@ -27,6 +31,7 @@ pub mod rate;
 pub mod snowflake;
 
 pub use claim::{claim_turn, sweep_delay, ClaimTiming, ClaimTurn};
+pub use fair::{admit, cluster_rate, estimate_wait, fair_pick, Admission, Waiting};
 pub use gateway::{
     bucket, identify_turn, keeps_reserve, local_delay, restart_delay, shard_count, starts_within,
     IdentifyPolicy, IdentifyTurn, IdentifyView, RestartPolicy, SessionBudget, ShardSetting,
