@@ -106,7 +106,10 @@ mod tests {
             last_served,
             ..w(user, 0)
         };
-        assert_eq!(fair_pick(&[served(1, 7), served(2, 9), served(3, 0)]), Some(2));
+        assert_eq!(
+            fair_pick(&[served(1, 7), served(2, 9), served(3, 0)]),
+            Some(2)
+        );
         assert_eq!(fair_pick(&[served(1, 7), served(2, 9)]), Some(0));
     }
 
@@ -128,10 +131,7 @@ mod tests {
             Admission::Queue { estimate: Some(at) }
         );
         let over = Duration::from_secs(61);
-        assert_eq!(
-            admit(Some(over), max),
-            Admission::Refuse { estimate: over }
-        );
+        assert_eq!(admit(Some(over), max), Admission::Refuse { estimate: over });
         assert_eq!(admit(None, max), Admission::Queue { estimate: None });
         assert_eq!(cluster_rate(0.5, 4), 2.0);
         assert_eq!(cluster_rate(0.5, 0), 0.5, "this instance is alive");

@@ -32,7 +32,11 @@ fn the_pick_is_work_conserving_and_takes_the_oldest_job_of_the_least_served() {
     runner(500)
         .run(&queue(), |q| {
             let pick = fair_pick(&q);
-            prop_assert_eq!(pick.is_some(), !q.is_empty(), "a job runs whenever one waits");
+            prop_assert_eq!(
+                pick.is_some(),
+                !q.is_empty(),
+                "a job runs whenever one waits"
+            );
             if let Some(i) = pick {
                 let key = |w: &Waiting| (w.in_hand, w.last_served);
                 let least = q.iter().map(key).min().unwrap();
