@@ -60,6 +60,11 @@ struct RunArgs {
     /// User popularity: uniform, or zipf:S.
     #[arg(long, default_value = "uniform")]
     skew: Skew,
+    /// One user sends this share (0..=1) of the interactions; the report gets
+    /// `fairness.{others_p95_ms,noisy_p95_ms,noisy_share}`. 0 keeps that user silent: the
+    /// baseline run "without the noisy user" (with --load-factor scaled by 1 - SHARE).
+    #[arg(long, value_parser = parse_share)]
+    noisy_user: Option<f64>,
     /// SIGKILL an instance: INSTANCE@SECS (repeatable).
     #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, ChaosAction::Kill))]
     kill: Vec<Chaos>,
@@ -287,6 +292,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.common,
     )?;
     cfg.skew = args.skew;
+    cfg.noisy_user = args.noisy_user;
     cfg.seed = args.seed;
     cfg.guilds = args.guilds;
     cfg.chaos = [
@@ -460,5 +466,13 @@ fn main() -> ExitCode {
             eprintln!("keyshard-sim: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A share of the load, 0 to 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1")),
     }
 }

@@ -1,8 +1,9 @@
-//! What every provider-backed command does after its input check: acknowledge at once with a
-//! deferred reply, and queue the job on this instance's durable stream.
+//! What every provider-backed command does after its input check: refuse at once a job whose
+//! expected wait is past its command's maximum ([`admission`]), or acknowledge at once with a
+//! deferred reply and queue the job on this instance's durable stream.
 
-use keyshard_cluster::{Job, JobArgs};
-use keyshard_routing::created_at_ms;
+use keyshard_cluster::{Job, JobArgs, JobKind};
+use keyshard_routing::{admit, created_at_ms, Admission};
 
 use crate::context::{Answered, Claimed, Context, Error};
 use crate::{replies, respond};
@@ -13,8 +14,22 @@ pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Erro
     let poise::Context::Application(app) = ctx else {
         return Ok(());
     };
-    respond::defer(ctx).await?;
     let data = ctx.data();
+    let kind = args.kind();
+    if let Admission::Refuse { estimate } = admission(data, kind) {
+        // quota: refund here. The claim reserved this interaction's quota before the command
+        // ran; a job refused for its wait must not count against it (issue 14).
+        tracing::info!(
+            interaction = app.interaction.id.get(),
+            kind = kind.as_str(),
+            estimate_secs = estimate.as_secs(),
+            "refused a job: its expected wait is past the maximum"
+        );
+        let max = data.config.max_wait.of(kind).unwrap_or_default();
+        let text = replies::progress::wait_refused(estimate.as_secs(), max.as_secs());
+        return respond::ephemeral(ctx, text, Answered::Refused("max_wait")).await;
+    }
+    respond::defer(ctx).await?;
     let i = app.interaction;
     // How it was claimed and when it was acknowledged travel with the job, for the ledger row
     // its final run records (maybe on another instance).
@@ -42,4 +57,15 @@ pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Erro
         respond::fill_deferred(ctx, replies::QUEUE_FAILED, Answered::Failed("queue")).await?;
     }
     Ok(())
+}
+
+/// Whether a new job of `kind` is queued: its expected wait (the cluster's queue of that kind
+/// over its service rate, from the published snapshot: no Redis call, so the acknowledgement
+/// still waits on nothing but the claim) against `MAX_WAIT_SECS_<KIND>`. The one place the
+/// max-wait rule is applied.
+fn admission(data: &crate::context::Data, kind: JobKind) -> Admission {
+    match data.config.max_wait.of(kind) {
+        Some(max) => admit(data.jobs.estimated_wait(kind), max),
+        None => Admission::Queue { estimate: None },
+    }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::model::{
-    AckLatency, CommandReport, CompletionLatency, GatewayReport, InstanceReport, Interactions,
+    AckLatency, CommandReport, CompletionLatency, Fairness, GatewayReport, InstanceReport, Interactions,
     LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
 };
 use super::{quantile, r2, steady_window};
@@ -44,6 +44,8 @@ pub struct ReportInput<'a> {
     pub drain_timed_out: bool,
     /// The ledger as judged after the drain ([`crate::ledger::judge`]); `None` when off.
     pub ledger: Option<LedgerReport>,
+    /// With `--noisy-user`: the user who sent that share of the load, for `fairness.*`.
+    pub noisy_user: Option<u64>,
 }
 
 impl Report {
@@ -75,6 +77,11 @@ struct Tally<'i, 'a> {
     steady_completions: u64,
     misrouted_examples: Vec<RouteExample>,
     lost_examples: Vec<LostExample>,
+    /// Completion latencies of queued jobs (refusals left out): the noisy user's, the others'.
+    noisy: Vec<f64>,
+    others: Vec<f64>,
+    /// The slowest queued job's answer per command.
+    slowest: BTreeMap<String, f64>,
 }
 
 impl<'i, 'a> Tally<'i, 'a> {
@@ -103,6 +110,9 @@ impl<'i, 'a> Tally<'i, 'a> {
             steady_completions: 0,
             misrouted_examples: Vec::new(),
             lost_examples: Vec::new(),
+            noisy: Vec::new(),
+            others: Vec::new(),
+            slowest: BTreeMap::new(),
         }
     }
 
@@ -221,6 +231,21 @@ impl<'i, 'a> Tally<'i, 'a> {
     /// Counts the final answer, for the run, the steady window, its command and its instance.
     fn completed(&mut self, r: &InteractionRecord, acked_by: u32, done: &Completion) {
         self.ix.completed += 1;
+        if done.refused_wait {
+            // Told at once and nothing ran: an answer, but no job's latency or throughput.
+            self.ix.refused_wait += 1;
+            let cmd = self.by_command.entry(r.command.clone()).or_default();
+            cmd.0.completed += 1;
+            cmd.0.refused_wait += 1;
+            return;
+        }
+        let slowest = self.slowest.entry(r.command.clone()).or_default();
+        *slowest = slowest.max(done.after_ms);
+        if self.input.noisy_user == Some(r.user_id) {
+            self.noisy.push(done.after_ms);
+        } else {
+            self.others.push(done.after_ms);
+        }
         self.completions.push(done.after_ms);
         let at = r.sent_at + Duration::from_secs_f64(done.after_ms / 1000.0);
         self.last_completion = Some(self.last_completion.map_or(at, |l| l.max(at)));
@@ -336,9 +361,21 @@ impl<'i, 'a> Tally<'i, 'a> {
                 .into_iter()
                 .map(|(k, (mut c, lat))| {
                     c.completion_p50_ms = r2(quantile(&sorted(lat), 0.5));
+                    c.completion_max_ms = r2(self.slowest.get(&k).copied().unwrap_or(0.0));
                     (k, c)
                 })
                 .collect(),
+            fairness: input.noisy_user.map(|_| {
+                let (noisy, others) = (sorted(self.noisy), sorted(self.others));
+                let all = (noisy.len() + others.len()).max(1) as f64;
+                Fairness {
+                    others_p95_ms: r2(quantile(&others, 0.95)),
+                    noisy_p95_ms: r2(quantile(&noisy, 0.95)),
+                    noisy_share: r2(noisy.len() as f64 / all),
+                    others_completed: others.len() as u64,
+                    noisy_completed: noisy.len() as u64,
+                }
+            }),
             misrouted_examples: self.misrouted_examples,
             lost_examples: self.lost_examples,
             unattributed_messages: input.unattributed_messages,
@@ -449,6 +486,7 @@ mod tests {
             unknown_routes: 0,
             drain_timed_out: false,
             ledger: None,
+            noisy_user: None,
         }
     }
 
@@ -541,5 +579,35 @@ mod tests {
             (three.acks, three.completions, three.answered_for_others),
             (0, 1, 1)
         );
+    }
+
+    #[test]
+    fn refusals_are_answers_without_latency_and_fairness_splits_the_noisy_user() {
+        let t0 = Instant::now();
+        let answered = |user, ms| rec(user, t0, vec![(1, ms, 204)]);
+        let mut refused = rec(6, t0, vec![(1, 5.0, 204)]);
+        refused.callbacks[0].content = Some("🚦 지금은 요청이 많아요".into());
+        let records = vec![
+            answered(4, 100.0),
+            answered(4, 300.0),
+            answered(5, 200.0),
+            answered(7, 50.0),
+            refused,
+        ];
+        let mut with_noisy = input(&records, &[], &[], t0);
+        with_noisy.noisy_user = Some(4);
+        let report = Report::compute(&with_noisy);
+        let ix = &report.interactions;
+        assert_eq!((ix.completed, ix.failed, ix.refused_wait), (5, 0, 1));
+        assert_eq!(report.completion_latency_ms.max, 300.0, "no refusal inside");
+        let f = report.fairness.unwrap();
+        assert_eq!((f.noisy_completed, f.others_completed), (2, 2));
+        assert_eq!((f.noisy_p95_ms, f.noisy_share), (300.0, 0.5));
+        assert!(f.others_p95_ms <= 200.0 && f.others_p95_ms >= 50.0);
+        let ping = &report.by_command["핑"];
+        assert_eq!((ping.refused_wait, ping.completion_max_ms), (1, 300.0));
+        assert!(Report::compute(&input(&records, &[], &[], t0))
+            .fairness
+            .is_none());
     }
 }

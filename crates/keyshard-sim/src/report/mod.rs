@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use compute::ReportInput;
 pub use model::{
-    AckLatency, CommandReport, CompletionLatency, GatewayReport, InstanceReport, Interactions,
+    AckLatency, CommandReport, CompletionLatency, Fairness, GatewayReport, InstanceReport, Interactions,
     LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
 };
 
