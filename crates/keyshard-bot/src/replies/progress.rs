@@ -74,7 +74,10 @@ mod tests {
             "🚦 지금은 요청이 많아 바로 처리하기 어려워요. 예상 대기 시간 약 2분 30초 \
              (최대 1분). 요청을 접수하지 않았고 사용 한도에서도 차감하지 않았어요. 잠시 후 다시 시도해 주세요."
         );
-        assert_eq!(queued(3, Some(45)), "⏳ 대기 중이에요 · 앞에 3개 · 예상 약 45초");
+        assert_eq!(
+            queued(3, Some(45)),
+            "⏳ 대기 중이에요 · 앞에 3개 · 예상 약 45초"
+        );
         assert_eq!(queued(0, None), "⏳ 대기 중이에요 · 곧 시작해요");
         assert!(!wait_refused(1, 1).starts_with(crate::replies::ERROR_PREFIX));
     }

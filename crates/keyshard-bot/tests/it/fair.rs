@@ -29,7 +29,7 @@ async fn a_job_expected_to_wait_past_the_maximum_is_refused_at_once() {
     // One second of patience: once the instance has a measured chat rate (one answer within
     // the rate's 5 s minimum span is at most 0.2/s), a new chat is expected to take 5 s or
     // more, which is past it. The first chat, with no rate known yet, is queued.
-    let c = one_instance(&[("MAX_WAIT_SECS_CHAT", "1")], 12).await;
+    let mut c = one_instance(&[("MAX_WAIT_SECS_CHAT", "1")], 12).await;
     let user = user_on(1, 1);
     let first = c
         .ask(InteractionSpec::guild("채팅", user).string("질문", "첫 질문"))
@@ -46,9 +46,16 @@ async fn a_job_expected_to_wait_past_the_maximum_is_refused_at_once() {
     assert!(ack.ephemeral, "only the user sees the refusal");
     let text = ack.content.clone().unwrap_or_default();
     assert!(text.starts_with(WAIT_REFUSED_PREFIX), "{text}");
-    assert!(text.contains("예상 대기 시간 약"), "says the expected wait: {text}");
+    assert!(
+        text.contains("예상 대기 시간 약"),
+        "says the expected wait: {text}"
+    );
     assert!(second.completion().unwrap().refused_wait);
-    assert!(second.messages.is_empty(), "no job ran: {:?}", second.messages);
+    assert!(
+        second.messages.is_empty(),
+        "no job ran: {:?}",
+        second.messages
+    );
     assert!(ack.after_ms < 3_000.0, "told at once: {} ms", ack.after_ms);
     assert_eq!(
         c.providers.as_ref().unwrap().fakes().stats().total_ok,
@@ -62,7 +69,7 @@ async fn a_job_expected_to_wait_past_the_maximum_is_refused_at_once() {
 async fn a_heavy_users_queue_does_not_hold_back_a_light_users_chat() {
     // One chat worker, answers of ~60 words streamed 10 ms apart (about a second each), and
     // no maximum wait: six chats of one user queue behind each other, then one of another.
-    let c = one_instance(
+    let mut c = one_instance(
         &[("OPENAI_CONCURRENCY", "1"), ("MAX_WAIT_SECS_CHAT", "0")],
         60,
     )
@@ -90,6 +97,9 @@ async fn a_heavy_users_queue_does_not_hold_back_a_light_users_chat() {
     // it runs as soon as the job running when it arrived is done (rank 1); rank 2 leaves room
     // for the light chat to be queued only after the heavy user's second job was picked, on a
     // slow machine: still within one job's service time.
-    assert!(rank <= 2, "the light user's chat finished at rank {rank}: {done:?}");
+    assert!(
+        rank <= 2,
+        "the light user's chat finished at rank {rank}: {done:?}"
+    );
     c.procs.shutdown().await;
 }

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::model::{
-    AckLatency, CommandReport, CompletionLatency, Fairness, GatewayReport, InstanceReport, Interactions,
-    LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
+    AckLatency, CommandReport, CompletionLatency, Fairness, GatewayReport, InstanceReport,
+    Interactions, LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing,
+    ScenarioSummary,
 };
 use super::{quantile, r2, steady_window};
 use crate::discord::{CallbackAttempt, Completion, GatewayStats, InteractionRecord};

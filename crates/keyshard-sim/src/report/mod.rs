@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 pub use compute::ReportInput;
 pub use model::{
-    AckLatency, CommandReport, CompletionLatency, Fairness, GatewayReport, InstanceReport, Interactions,
-    LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
+    AckLatency, CommandReport, CompletionLatency, Fairness, GatewayReport, InstanceReport,
+    Interactions, LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing,
+    ScenarioSummary,
 };
 
 /// The steady state of a load of `load` that started at `start`: from the end of a warm-up

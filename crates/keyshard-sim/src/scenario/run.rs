@@ -204,7 +204,9 @@ impl Run {
         let users = make_users(&mut rng, cfg.users);
         // With `--noisy-user SHARE`, the first user sends that share of the load and the
         // others are picked as usual among the rest.
-        let noisy = cfg.noisy_user.map(|share| (users[0], share.clamp(0.0, 1.0)));
+        let noisy = cfg
+            .noisy_user
+            .map(|share| (users[0], share.clamp(0.0, 1.0)));
         let others = if noisy.is_some() && users.len() > 1 {
             &users[1..]
         } else {
