@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use keyshard_cluster::JobKind;
 use keyshard_providers::{MiniMaxConfig, OpenAiConfig, Secret, StabilityConfig};
 use keyshard_routing::{ClaimTiming, InstanceId, OverloadPolicy};
 
@@ -80,6 +81,46 @@ pub struct Config {
     pub quota: QuotaConfig,
     /// Shards, the cluster's IDENTIFY queue and the restart backoff.
     pub gateway: GatewayConfig,
+    /// The longest expected wait a new job of each kind is queued for (`MAX_WAIT_SECS_*`).
+    pub max_wait: MaxWait,
+}
+
+/// The longest expected wait for which a new job is queued, per kind (`MAX_WAIT_SECS_CHAT`,
+/// `_IMAGE`, `_VIDEO`); past it the user is told at once and nothing is queued. `None`: no
+/// limit (the variable set to 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxWait {
+    pub chat: Option<Duration>,
+    pub image: Option<Duration>,
+    pub video: Option<Duration>,
+}
+
+impl MaxWait {
+    /// The limit for a job of `kind`.
+    pub fn of(&self, kind: JobKind) -> Option<Duration> {
+        match kind {
+            JobKind::Chat => self.chat,
+            JobKind::Image => self.image,
+            JobKind::Video => self.video,
+        }
+    }
+}
+
+/// `MAX_WAIT_SECS_<KIND>`, with the defaults chosen for how long each command is worth
+/// waiting for: a chat answer is a conversation, and a minute of "thinking" is as long as
+/// anyone keeps looking (60 s); an image takes 10-30 s to draw, so three minutes leaves room
+/// for a queue several images deep (180 s); a video renders for minutes anyway, and ten
+/// minutes keeps the answer well inside the interaction token's 15 (600 s).
+fn read_max_wait(env: &mut Env<'_>) -> MaxWait {
+    let mut secs = |name: &str, default: u64| {
+        let s: u64 = env.parse(name, default);
+        (s > 0).then(|| Duration::from_secs(s))
+    };
+    MaxWait {
+        chat: secs("MAX_WAIT_SECS_CHAT", 60),
+        image: secs("MAX_WAIT_SECS_IMAGE", 180),
+        video: secs("MAX_WAIT_SECS_VIDEO", 600),
+    }
 }
 
 /// What the read-only CLI verbs (`status`, `assign`) need: no token, no instance id.
@@ -275,6 +316,7 @@ impl Config {
         }
         let quota = read_quota(&mut env, &quota_timezone, &admin_user_ids);
         let gateway = read_gateway(&mut env);
+        let max_wait = read_max_wait(&mut env);
 
         let config = Config {
             discord_token,
@@ -301,6 +343,7 @@ impl Config {
             quota_timezone,
             quota,
             gateway,
+            max_wait,
         };
         (config, env.problems)
     }

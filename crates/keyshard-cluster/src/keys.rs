@@ -36,6 +36,23 @@ pub fn job_consumer(id: InstanceId) -> String {
     format!("i{id}")
 }
 
+/// `pool`: the consumer that holds a job stream's entries read ahead for the fair pick
+/// (waiting, in the pending list, so a dead instance's rescue still finds them). A worker's
+/// pick moves one to `i{id}` (or a thief's move to its peer's `i{id}`) with `XCLAIM`.
+pub const JOB_POOL: &str = "pool";
+
+/// `{c}:busy:{id}`: a hash, user id → that user's jobs instance `id` runs now (taken by the
+/// fair pick); summed over instances it is the user's service in hand.
+pub fn busy(cluster: &str, id: InstanceId) -> String {
+    format!("{cluster}:busy:{id}")
+}
+
+/// `{c}:served`: a hash, user id → the sequence number of the last fair pick of that user's
+/// job, and field `seq`, the counter those numbers come from.
+pub fn served(cluster: &str) -> String {
+    format!("{cluster}:served")
+}
+
 /// `rescue-{id}`: the consumer instance `id` moves a dead instance's entries as.
 pub fn rescue_consumer(id: InstanceId) -> String {
     format!("rescue-{id}")
@@ -213,6 +230,8 @@ mod tests {
             quota_override_field('u', 5, "image", "daily"),
             quota_reconcile_lock(c),
             key_out(c, "openai", "ab12"),
+            busy(c, 2),
+            served(c),
         ];
         let want = [
             "ks:hb:2",
@@ -243,6 +262,8 @@ mod tests {
             "u:5:image:daily",
             "ks:quota:reconcile",
             "ks:keyout:openai:ab12",
+            "ks:busy:2",
+            "ks:served",
         ];
         assert_eq!(got, want);
     }

@@ -12,6 +12,9 @@
 //! - [`placement`]: where job work goes between instances: the peer a job moves to when this
 //!   instance's key cannot serve it ([`move_target`]), and whom an idle worker takes a waiting
 //!   job of its kind from ([`steal_order`]).
+//! - [`fair`]: fair share under overload: the next waiting job a worker takes (the user with
+//!   the least service in hand first, [`fair_pick`]), a new job's expected wait
+//!   ([`estimate_wait`]) and whether it is queued or refused ([`admit`]).
 //! - [`quota`]: quotas and cooldowns per user and guild per command: the rules, the day in
 //!   `QUOTA_TIMEZONE` with the clock passed in ([`QuotaZone::day`]), and the verdict for one
 //!   interaction ([`judge`] → [`Verdict`]).
@@ -22,6 +25,7 @@
 //!   a crash-looping instance ([`restart_delay`]).
 
 pub mod claim;
+pub mod fair;
 pub mod gateway;
 pub mod load;
 pub mod owner;
@@ -31,6 +35,7 @@ pub mod rate;
 pub mod snowflake;
 
 pub use claim::{claim_turn, sweep_delay, ClaimTiming, ClaimTurn};
+pub use fair::{admit, cluster_rate, estimate_wait, fair_pick, Admission, Waiting};
 pub use gateway::{
     bucket, identify_turn, keeps_reserve, local_delay, restart_delay, shard_count, starts_within,
     IdentifyPolicy, IdentifyTurn, IdentifyView, RestartPolicy, SessionBudget, ShardSetting,

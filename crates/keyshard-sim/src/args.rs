@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// User popularity: uniform, or zipf:S.
     #[arg(long, default_value = "uniform")]
     pub skew: Skew,
+    /// One user sends this share (0..=1) of the interactions; the report gets
+    /// `fairness.{others_p95_ms,noisy_p95_ms,noisy_share}`. 0 keeps that user silent: the
+    /// baseline run "without the noisy user" (with --load-factor scaled by 1 - SHARE).
+    #[arg(long, value_parser = parse_share)]
+    pub noisy_user: Option<f64>,
     /// SIGKILL an instance: INSTANCE@SECS (repeatable).
     #[arg(long, value_parser = |s: &str| Chaos::parse_instance(s, ChaosAction::Kill))]
     pub kill: Vec<Chaos>,
@@ -288,4 +293,12 @@ pub fn parse_quota(s: &str) -> anyhow::Result<(String, String)> {
 pub fn parse_kv(s: &str) -> anyhow::Result<(String, String)> {
     let (k, v) = s.split_once('=').context("expected NAME=VALUE")?;
     Ok((k.to_string(), v.to_string()))
+}
+
+/// A share of the load, 0 to 1.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1")),
+    }
 }

@@ -116,6 +116,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.common,
     )?;
     cfg.skew = args.skew;
+    cfg.noisy_user = args.noisy_user;
     cfg.seed = args.seed;
     cfg.count = args.count;
     cfg.guilds = args.guilds;

@@ -1,9 +1,13 @@
-//! What every provider-backed command does after its input check: acknowledge at once with a
-//! deferred reply, and queue the job on this instance's durable stream; before that, the
-//! quota's check and reservation (`crate::quota`), whose refusal is the answer.
+//! What every provider-backed command does after its input check: refuse at once a job whose
+//! expected wait is past its command's maximum ([`admission`]); then the quota's check and
+//! reservation (`crate::quota`), whose refusal is the answer; then acknowledge at once with a
+//! deferred reply and queue the job on this instance's durable stream.
+//!
+//! The wait is judged before the quota, so a job refused for its wait reserves nothing and
+//! costs the user no quota (issue 14), with no refund to get wrong.
 
-use keyshard_cluster::{Job, JobArgs};
-use keyshard_routing::{created_at_ms, Verdict};
+use keyshard_cluster::{Job, JobArgs, JobKind};
+use keyshard_routing::{admit, created_at_ms, Admission, Verdict};
 
 use crate::context::{Answered, Claimed, Context, Error};
 use crate::{replies, respond};
@@ -15,6 +19,18 @@ pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Erro
         return Ok(());
     };
     let data = ctx.data();
+    let kind = args.kind();
+    if let Admission::Refuse { estimate } = admission(data, kind) {
+        tracing::info!(
+            interaction = app.interaction.id.get(),
+            kind = kind.as_str(),
+            estimate_secs = estimate.as_secs(),
+            "refused a job: its expected wait is past the maximum"
+        );
+        let max = data.config.max_wait.of(kind).unwrap_or_default();
+        let text = replies::progress::wait_refused(estimate.as_secs(), max.as_secs());
+        return respond::ephemeral(ctx, text, Answered::Refused("max_wait")).await;
+    }
     let i = app.interaction;
     // The quota is checked and reserved by the instance that won the claim, before the
     // acknowledgement: a refusal is the answer itself (ephemeral), never a deferred reply.
@@ -77,4 +93,15 @@ pub async fn defer_and_queue(ctx: Context<'_>, args: JobArgs) -> Result<(), Erro
         respond::fill_deferred(ctx, replies::QUEUE_FAILED, Answered::Failed("queue")).await?;
     }
     Ok(())
+}
+
+/// Whether a new job of `kind` is queued: its expected wait (the cluster's queue of that kind
+/// over its service rate, from the published snapshot: no Redis call, so the acknowledgement
+/// still waits on nothing but the claim) against `MAX_WAIT_SECS_<KIND>`. The one place the
+/// max-wait rule is applied.
+fn admission(data: &crate::context::Data, kind: JobKind) -> Admission {
+    match data.config.max_wait.of(kind) {
+        Some(max) => admit(data.jobs.estimated_wait(kind), max),
+        None => Admission::Queue { estimate: None },
+    }
 }

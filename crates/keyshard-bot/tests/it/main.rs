@@ -2,6 +2,7 @@
 //! usage ledger, a real Postgres) and the fake Discord of `keyshard-sim`.
 
 mod commands;
+mod fair;
 mod gateway;
 mod ledger;
 mod logs;

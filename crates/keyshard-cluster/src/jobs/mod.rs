@@ -4,8 +4,9 @@
 //!
 //! Life of a job: the instance that won an interaction acknowledges it and [`Jobs::submit`]s
 //! a [`Job`] to `{c}:jobs:{me}:{kind}`. A reader per kind takes one entry whenever a worker
-//! slot is free (`XREADGROUP … >` on a dedicated connection, because a blocking read would
-//! stall the shared multiplexed one) and runs the [`JobHandler`]. The entry is acknowledged
+//! slot is free and runs the [`JobHandler`]: the waiting entry of the user with the least
+//! service in hand (`pick`), new entries waited for with `XREADGROUP … BLOCK` on a dedicated
+//! connection, because a blocking read would stall the shared multiplexed one. The entry is acknowledged
 //! and deleted when the handler returns, so the stream's length is the instance's backlog.
 //!
 //! - A restarted instance first re-reads its own pending entries (`XREADGROUP … 0`).
@@ -13,7 +14,8 @@
 //!   `SET NX` on `{c}:rescue:{dead}`) into the rescuer's own stream (`XAUTOCLAIM` + `XREADGROUP`,
 //!   then `XADD` + `XACK` + `XDEL`); its workers finish them with its own keys.
 //! - A reader with a free worker and nothing of its kind waiting at home takes a waiting job
-//!   of its kind from a peer, the peer with the most of that kind first.
+//!   of its kind from a peer, the peer with the most of that kind first, and there the job
+//!   the fair pick chooses.
 //! - The handler calls [`JobContext::begin_delivery`] before it posts the final answer: a
 //!   `SET NX` on `{c}:done:{id}`, so a job that ran twice (moved while its first runner was
 //!   still alive, or a dead instance coming back) is answered once. With the usage ledger on,
@@ -40,8 +42,11 @@
 //!   count in flight → handler → finish (record, or move to a peer) → ack → uncount. A job
 //!   whose arguments do not decode takes the same path to the handler's
 //!   [`unreadable`](JobHandler::unreadable), which tells the user.
-//! - `reader`: the `Reader` of one kind: its own pending entries first, then new ones, and a
-//!   steal when idle.
+//! - `pick`: the fair pick's mechanism: waiting entries read ahead into the `pool` consumer,
+//!   and the one routing's [`fair_pick`](keyshard_routing::fair_pick) chooses taken with a
+//!   script (the user with the least service in hand first), by a worker or a thief alike.
+//! - `reader`: the `Reader` of one kind: its own pending entries first, then the fair pick,
+//!   a steal when idle, and a blocking read for new entries.
 //! - `rescue`: moving a dead instance's jobs into this instance's streams.
 //! - `steal`: taking one waiting job from a peer.
 //!
@@ -49,6 +54,7 @@
 
 mod context;
 mod job;
+mod pick;
 mod reader;
 mod rescue;
 mod run;
@@ -61,7 +67,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyshard_routing::{move_target, InstanceId, ServiceRate};
+use keyshard_routing::{cluster_rate, estimate_wait, move_target, InstanceId, ServiceRate};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -111,6 +117,8 @@ struct JobsInner {
     /// Completions and the service rate they make. A std Mutex: recorded and read in
     /// microseconds, never held across an await.
     rate: Mutex<ServiceRate>,
+    /// The same per kind, for a new job's expected wait ([`Jobs::estimated_wait`]).
+    kind_rates: Mutex<HashMap<JobKind, ServiceRate>>,
     /// Bounds jobs run in-process while Redis is down, per kind (the worker pools' sizes).
     local: Mutex<HashMap<JobKind, Arc<Semaphore>>>,
     handler: Mutex<Option<Arc<dyn JobHandler>>>,
@@ -136,6 +144,7 @@ impl Jobs {
                     .collect(),
                 started: Instant::now(),
                 rate: Mutex::new(ServiceRate::new(Duration::ZERO)),
+                kind_rates: Mutex::new(HashMap::new()),
                 local: Mutex::new(HashMap::new()),
                 handler: Mutex::new(None),
                 finished: AtomicU64::new(0),
@@ -222,6 +231,27 @@ impl Jobs {
     fn service_rate(&self) -> f64 {
         let now = self.now();
         self.inner.rate.lock().expect("jobs lock").rate(now)
+    }
+
+    /// The expected wait of a new job of `kind` queued now (routing's
+    /// [`estimate_wait`](keyshard_routing::estimate_wait)): the jobs of that kind waiting in
+    /// the cluster (the published snapshot, no Redis call: the claim path asks this before it
+    /// acknowledges) over the cluster's rate for the kind, this instance's own measured rate
+    /// times the live instances (see [`cluster_rate`](keyshard_routing::cluster_rate)).
+    /// `None` while no rate is known.
+    pub fn estimated_wait(&self, kind: JobKind) -> Option<Duration> {
+        let membership = self.inner.cluster.membership();
+        let live: Vec<_> = membership.iter().filter(|s| s.alive).collect();
+        let ahead: u64 = live.iter().map(|s| s.waiting_of(kind.as_str())).sum();
+        let now = self.now();
+        let local = self
+            .inner
+            .kind_rates
+            .lock()
+            .expect("jobs lock")
+            .get(&kind)
+            .map_or(0.0, |r| r.rate(now));
+        estimate_wait(ahead, cluster_rate(local, live.len()))
     }
 
     pub fn stats(&self) -> JobStats {

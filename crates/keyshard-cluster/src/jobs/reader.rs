@@ -1,7 +1,9 @@
 //! The reader of one job kind: it takes an entry of this instance's stream whenever a worker
 //! slot is free and starts the job's [`run_job`](super::Jobs::run_job). First this consumer's
-//! own pending entries (a restart resumes its unfinished jobs), then new ones with a blocking
-//! read on a connection of its own; with nothing waiting at home, a job from a peer.
+//! own pending entries (a restart resumes its unfinished jobs), then the waiting entry the fair
+//! pick chooses (`pick`: the user with the least service in hand first); with nothing waiting
+//! at home, a job from a peer, and with nothing there either, a blocking read on a connection
+//! of its own until a new entry arrives (it goes to the pick's pool, and the loop picks).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -11,10 +13,12 @@ use redis::streams::StreamId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::pick::Taker;
 use super::run::Entry;
 use super::{stream, JobHandler, JobKind, Jobs};
 use crate::conn::Dedicated;
-use crate::{keys, ClusterError};
+use crate::keys::{self, JOB_POOL};
+use crate::ClusterError;
 
 /// How long a blocking read waits for a new entry: it returns at least this often so the
 /// reader notices shutdown, a broken connection, and peers' waiting jobs.
@@ -27,11 +31,9 @@ enum Cursor {
     /// (a restart resumes its jobs) and after any failed read, since Redis may have handed
     /// over an entry whose answer never arrived.
     Pending(String),
-    /// New entries, blocking up to [`READ_BLOCK`] for one.
-    New,
-    /// New entries without blocking: a job was just taken from a peer (it is in our stream
-    /// now), and while this kind's workers have room, the next idle read steals again.
-    AfterSteal,
+    /// The fair pick among waiting entries; with none, a steal, then a blocking read of up
+    /// to [`READ_BLOCK`] for a new entry.
+    Fair,
 }
 
 /// One kind's reader; see the module docs.
@@ -70,12 +72,39 @@ impl Reader {
 
     /// Reads and starts jobs until `shutdown`.
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
+        // This instance's earlier life counted jobs in flight that its pending scan now runs
+        // again uncounted; its old counts would only hold its users back.
+        self.jobs.forget_busy(self.jobs.inner.me).await;
         let mut cursor = Cursor::Pending("0".into());
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 p = self.permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
             };
+            if cursor == Cursor::Fair {
+                match self
+                    .jobs
+                    .pick(&self.stream, self.jobs.inner.me, Taker::Worker)
+                    .await
+                {
+                    Ok(Some(picked)) => self.start(picked.entry, picked.counted, permit).await,
+                    Ok(None) => {
+                        // Nothing waits here: a peer's waiting job, or wait for a new one.
+                        if !self.jobs.steal_one(self.kind).await
+                            && self.wait_new(&shutdown).await.is_none()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // The take may have reached Redis: rescan our own pending entries
+                        // (through the link, which reconnects after its backoff).
+                        tracing::debug!(stream = self.stream, "fair pick failed: {e}");
+                        cursor = Cursor::Pending("0".into());
+                    }
+                }
+                continue;
+            }
             let Some(read) = self.read(&cursor, &shutdown).await else {
                 return;
             };
@@ -89,7 +118,8 @@ impl Reader {
                 }
             };
             let Some(entry) = entry else {
-                cursor = self.when_idle(cursor).await;
+                // The backlog scan is through: every pending entry is running or done.
+                cursor = Cursor::Fair;
                 continue;
             };
             if let Cursor::Pending(after) = &mut cursor {
@@ -98,22 +128,41 @@ impl Reader {
                     continue;
                 }
             }
-            self.start(entry, permit).await;
+            self.start(entry, None, permit).await;
         }
     }
 
-    /// The next entry the cursor asks for; `None` when `shutdown` came first.
+    /// This consumer's own pending entries after the cursor's id; `None` when `shutdown`
+    /// came first.
     async fn read(
         &mut self,
         cursor: &Cursor,
         shutdown: &CancellationToken,
     ) -> Option<Result<Option<StreamId>, ClusterError>> {
-        let (start, block) = match cursor {
-            Cursor::Pending(after) => (after.as_str(), None),
-            Cursor::New => (">", Some(self.link.block())),
-            Cursor::AfterSteal => (">", None),
+        let after = match cursor {
+            Cursor::Pending(after) => after.as_str(),
+            Cursor::Fair => "0",
         };
-        let cmd = stream::read_own(&self.stream, &self.consumer, start, block);
+        let cmd = stream::read_own(&self.stream, &self.consumer, after, None);
+        self.query(cmd, shutdown).await
+    }
+
+    /// Waits up to [`READ_BLOCK`] for a new entry and puts it in the pick's pool (the next
+    /// pick decides whether it runs first); `None` when `shutdown` came first.
+    async fn wait_new(&mut self, shutdown: &CancellationToken) -> Option<()> {
+        let cmd = stream::read_own(&self.stream, JOB_POOL, ">", Some(self.link.block()));
+        if let Err(e) = self.query(cmd, shutdown).await? {
+            tracing::debug!(stream = self.stream, "job read failed: {e}");
+        }
+        Some(())
+    }
+
+    /// Runs a read on the reader's own connection.
+    async fn query(
+        &mut self,
+        cmd: redis::Cmd,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Option<StreamId>, ClusterError>> {
         // A new connection (at start, after a Redis restart) makes the group first: a
         // restarted Redis has lost it, and a read without it fails.
         let s = self.stream.clone();
@@ -127,29 +176,13 @@ impl Reader {
         Some(reply.map(stream::first))
     }
 
-    /// Where to read next after an empty answer.
-    async fn when_idle(&self, cursor: Cursor) -> Cursor {
-        match cursor {
-            // The backlog scan is through: every pending entry is running or done.
-            Cursor::Pending(_) => Cursor::New,
-            // Nothing of this kind waits here while a worker is free: take a waiting job from
-            // a peer, so no key idles while another instance has a queue.
-            Cursor::New | Cursor::AfterSteal => {
-                if self.jobs.steal_one(self.kind).await {
-                    Cursor::AfterSteal
-                } else {
-                    Cursor::New
-                }
-            }
-        }
-    }
-
     fn is_running(&self, id: &str) -> bool {
         self.running.lock().expect("jobs lock").contains(id)
     }
 
-    /// Starts the job in `entry` on a worker that holds `permit` until it is done.
-    async fn start(&self, entry: StreamId, permit: OwnedSemaphorePermit) {
+    /// Starts the job in `entry` on a worker that holds `permit` until it is done; `counted`:
+    /// the user the fair pick counted in flight for it.
+    async fn start(&self, entry: StreamId, counted: Option<u64>, permit: OwnedSemaphorePermit) {
         let work = match stream::parse(&entry) {
             Ok(work) => work,
             Err(not) => {
@@ -157,6 +190,9 @@ impl Reader {
                 // job's envelope, so no one to tell: acknowledge it so it stops coming back.
                 not.log(&self.stream, &entry.id);
                 let _ = stream::ack(&self.jobs.inner.redis, &self.stream, &entry.id).await;
+                if let Some(user) = counted {
+                    self.jobs.release(user).await;
+                }
                 return;
             }
         };
@@ -168,6 +204,7 @@ impl Reader {
             stream: self.stream.clone(),
             arrival: stream::arrival(&entry),
             id: entry.id,
+            counted,
         };
         let (jobs, handler, running) = (
             self.jobs.clone(),

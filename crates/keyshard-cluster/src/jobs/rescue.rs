@@ -36,6 +36,8 @@ impl Jobs {
             if backlog.iter().all(|(_, _, len)| *len == 0) || !self.lock_rescue(d).await? {
                 continue;
             }
+            // Its jobs run again here, counted when this instance's workers pick them.
+            self.forget_busy(d).await;
             for (kind, stream, len) in backlog {
                 if len == 0 {
                     continue;

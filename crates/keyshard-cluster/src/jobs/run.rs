@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use keyshard_routing::ServiceRate;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::{stream, Arrival, Job, JobContext, JobHandler, JobKind, Jobs, Outcome, UnreadableJob};
@@ -41,6 +43,8 @@ pub(super) struct Entry {
     pub(super) stream: String,
     pub(super) id: String,
     pub(super) arrival: Arrival,
+    /// The user the fair pick counted in flight for this run, released when it ends.
+    pub(super) counted: Option<u64>,
 }
 
 impl Jobs {
@@ -81,11 +85,12 @@ impl Jobs {
                     self.finish(job, outcome, arrival).await;
                 }
                 Work::Unreadable(job) => {
+                    let kind = job.kind();
                     // The handler logs it (the default does nothing else).
                     handler.unreadable(job, ctx).await;
                     // Answered (with an error): a completion like any other, so the
                     // backlog and the service rate stay true.
-                    self.record_finished();
+                    self.record_finished(kind);
                 }
             }
         }
@@ -94,6 +99,9 @@ impl Jobs {
                 // The entry stays pending; a restart or a rescuer runs it again and the
                 // done marker keeps the answer single.
                 tracing::warn!("could not acknowledge a finished job: {e}");
+            }
+            if let Some(user) = entry.counted {
+                self.release(user).await;
             }
         }
     }
@@ -125,7 +133,7 @@ impl Jobs {
     /// Records a finished job, or moves it to a peer (keeping how it arrived here).
     async fn finish(&self, mut job: Job, outcome: Outcome, arrival: Arrival) {
         match outcome {
-            Outcome::Finished => self.record_finished(),
+            Outcome::Finished => self.record_finished(job.kind()),
             Outcome::MoveToPeer { reason } => {
                 let Some(peer) = self.move_target(&job) else {
                     tracing::warn!(job = job.id, %reason, "no peer left to move the job to");
@@ -150,11 +158,18 @@ impl Jobs {
 }
 
 impl Jobs {
-    /// Counts a finished job, in the totals and in the service rate.
-    fn record_finished(&self) {
+    /// Counts a finished job, in the totals and in the service rates (all kinds, its kind).
+    fn record_finished(&self, kind: JobKind) {
         self.inner.finished.fetch_add(1, Ordering::Relaxed);
         let now = self.now();
         self.inner.rate.lock().expect("jobs lock").record(now);
+        self.inner
+            .kind_rates
+            .lock()
+            .expect("jobs lock")
+            .entry(kind)
+            .or_insert_with(|| ServiceRate::new(Duration::ZERO))
+            .record(now);
     }
 }
 

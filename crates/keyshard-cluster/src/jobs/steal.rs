@@ -1,13 +1,14 @@
 //! Taking one waiting job from a peer: a reader with a free worker and nothing of its kind
-//! waiting at home moves a never-read entry of a peer's stream into its own, trying peers in
-//! routing's [`steal_order`] (most jobs of that kind waiting first).
+//! waiting at home moves a waiting entry of a peer's stream into its own, trying peers in
+//! routing's [`steal_order`] (most jobs of that kind waiting first), and taking the entry the
+//! fair pick chooses there (`pick`), so a stolen job is the one the peer would run next.
 
 use std::sync::atomic::Ordering;
 
 use keyshard_routing::steal_order;
 
+use super::pick::{Picked, Taker};
 use super::{stream, JobKind, Jobs};
-use crate::keys;
 
 impl Jobs {
     /// Moves one waiting (never read) job of `kind` from a peer into this instance's own
@@ -23,11 +24,11 @@ impl Jobs {
         let mine = self.stream(me, kind);
         for peer in steal_order(me, kind.as_str(), &cluster.membership()) {
             let theirs = self.stream(peer, kind);
-            // Read as the peer's own consumer: if the move fails (or this instance dies
-            // mid-way) the entry waits in the peer's pending list, where its restart scan and
-            // a dead-instance rescue find it.
-            let consumer = keys::job_consumer(peer);
-            let Ok(Some(entry)) = stream::take_waiting(&self.inner.redis, &theirs, &consumer).await
+            // The fair pick, as the peer's own workers would pick: taken as the peer's own
+            // consumer, so if the move fails (or this instance dies mid-way) the entry waits
+            // in the peer's pending list, where its restart scan and a dead-instance rescue
+            // find it.
+            let Ok(Some(Picked { entry, .. })) = self.pick(&theirs, peer, Taker::Thief).await
             else {
                 continue;
             };

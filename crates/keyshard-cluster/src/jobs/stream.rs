@@ -1,6 +1,6 @@
 //! The Redis stream calls of the job engine, each written once: queue (`XADD`), finish
-//! (`XACK` + `XDEL`), the consumer group's creation, the reads (own entries, a peer's waiting
-//! one, a dead stream's batch), the backlog (`XLEN`) and the move of an entry between streams.
+//! (`XACK` + `XDEL`), the consumer group's creation, the reads (own entries, a dead stream's
+//! batch), the backlog (`XLEN`) and the move of an entry between streams.
 //!
 //! Every call but one runs on the shared connection within [`OP_BUDGET`] or its own budget.
 //! The exception is [`read_own`], the reader's possibly blocking read: it is only a command,
@@ -162,21 +162,6 @@ pub(super) fn read_own(
 /// The first entry of a read's answer.
 pub(super) fn first(reply: Option<StreamReadReply>) -> Option<StreamId> {
     entries(reply).next()
-}
-
-/// One waiting (never handed out) entry of `stream`, read as `consumer`, without blocking.
-pub(super) async fn take_waiting(
-    redis: &Redis,
-    stream: &str,
-    consumer: &str,
-) -> Result<Option<StreamId>, ClusterError> {
-    let cmd = read_group(stream, consumer, ">", 1, None);
-    let reply: Option<StreamReadReply> = redis
-        .run("steal read", OP_BUDGET, move |mut c| async move {
-            cmd.query_async(&mut c).await
-        })
-        .await?;
-    Ok(first(reply))
 }
 
 /// Up to `batch` entries of a dead instance's `stream` each of pending ones (`XAUTOCLAIM`,

@@ -7,6 +7,7 @@
 //! paused Tokio clock cannot move. Conditions are awaited by polling with a deadline.
 
 mod claims;
+mod fair;
 mod gateway;
 mod jobs;
 mod ledger;

@@ -1,5 +1,6 @@
 //! Property tests of the routing policy over random snapshots (seeded, so runs repeat).
 
+mod fair;
 mod gateway;
 mod placement;
 

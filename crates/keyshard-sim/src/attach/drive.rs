@@ -224,8 +224,10 @@ pub async fn run(svc: &Arc<Service>, req: &RunRequest, events: &Events) -> anyho
             skew: skew.to_string(),
             seed: req.seed,
             chaos: notes.iter().map(|n| n.render(start)).collect(),
+            noisy_user: None,
         },
         instances: n,
+        noisy_user: None,
         records: &records,
         ack_window: svc.discord.config().ack_window,
         observed: Observations {

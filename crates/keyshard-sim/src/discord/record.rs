@@ -113,6 +113,9 @@ pub struct Completion {
     pub after_ms: f64,
     /// The answer starts with the bot's error prefix.
     pub failed: bool,
+    /// The answer says the job was not queued because its expected wait was too long
+    /// ([`WAIT_REFUSED_PREFIX`]): told at once, and no job ran.
+    pub refused_wait: bool,
 }
 
 impl InteractionRecord {
@@ -164,6 +167,7 @@ impl InteractionRecord {
                 instance: ack.instance,
                 after_ms: ack.after_ms,
                 failed: starts_with_error(ack.content.as_deref()),
+                refused_wait: starts_with_wait_refusal(ack.content.as_deref()),
             });
         }
         let last = self.final_messages().next_back()?;
@@ -171,6 +175,7 @@ impl InteractionRecord {
             instance: last.instance,
             after_ms: last.after_ms,
             failed: starts_with_error(last.content.as_deref()),
+            refused_wait: starts_with_wait_refusal(last.content.as_deref()),
         })
     }
 
@@ -208,6 +213,14 @@ impl InteractionRecord {
 /// the streaming cursor `▌` last).
 pub fn is_progress(content: Option<&str>) -> bool {
     content.is_some_and(|c| c.starts_with('⏳') || c.ends_with('▌'))
+}
+
+/// How the bot's "the expected wait is past the command's maximum" answer starts (its own
+/// wording's marker, neither an error nor progress).
+pub const WAIT_REFUSED_PREFIX: &str = "🚦";
+
+fn starts_with_wait_refusal(content: Option<&str>) -> bool {
+    content.is_some_and(|c| c.trim_start().starts_with(WAIT_REFUSED_PREFIX))
 }
 
 fn starts_with_error(content: Option<&str>) -> bool {

@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::model::{
-    AckLatency, CommandReport, CompletionLatency, GatewayReport, InstanceReport, Interactions,
-    LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing, ScenarioSummary,
+    AckLatency, CommandReport, CompletionLatency, Fairness, GatewayReport, InstanceReport,
+    Interactions, LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing,
+    ScenarioSummary,
 };
 use super::{quantile, r2, steady_window};
 use crate::discord::{CallbackAttempt, Completion, GatewayStats, InteractionRecord};
@@ -44,6 +45,8 @@ pub struct ReportInput<'a> {
     pub drain_timed_out: bool,
     /// The ledger as judged after the drain ([`crate::ledger::judge`]); `None` when off.
     pub ledger: Option<LedgerReport>,
+    /// With `--noisy-user`: the user who sent that share of the load, for `fairness.*`.
+    pub noisy_user: Option<u64>,
 }
 
 impl Report {
@@ -75,6 +78,11 @@ struct Tally<'i, 'a> {
     steady_completions: u64,
     misrouted_examples: Vec<RouteExample>,
     lost_examples: Vec<LostExample>,
+    /// Completion latencies of queued jobs (refusals left out): the noisy user's, the others'.
+    noisy: Vec<f64>,
+    others: Vec<f64>,
+    /// The slowest queued job's answer per command.
+    slowest: BTreeMap<String, f64>,
 }
 
 impl<'i, 'a> Tally<'i, 'a> {
@@ -103,6 +111,9 @@ impl<'i, 'a> Tally<'i, 'a> {
             steady_completions: 0,
             misrouted_examples: Vec::new(),
             lost_examples: Vec::new(),
+            noisy: Vec::new(),
+            others: Vec::new(),
+            slowest: BTreeMap::new(),
         }
     }
 
@@ -221,6 +232,21 @@ impl<'i, 'a> Tally<'i, 'a> {
     /// Counts the final answer, for the run, the steady window, its command and its instance.
     fn completed(&mut self, r: &InteractionRecord, acked_by: u32, done: &Completion) {
         self.ix.completed += 1;
+        if done.refused_wait {
+            // Told at once and nothing ran: an answer, but no job's latency or throughput.
+            self.ix.refused_wait += 1;
+            let cmd = self.by_command.entry(r.command.clone()).or_default();
+            cmd.0.completed += 1;
+            cmd.0.refused_wait += 1;
+            return;
+        }
+        let slowest = self.slowest.entry(r.command.clone()).or_default();
+        *slowest = slowest.max(done.after_ms);
+        if self.input.noisy_user == Some(r.user_id) {
+            self.noisy.push(done.after_ms);
+        } else {
+            self.others.push(done.after_ms);
+        }
         self.completions.push(done.after_ms);
         let at = r.sent_at + Duration::from_secs_f64(done.after_ms / 1000.0);
         self.last_completion = Some(self.last_completion.map_or(at, |l| l.max(at)));
@@ -338,9 +364,21 @@ impl<'i, 'a> Tally<'i, 'a> {
                 .into_iter()
                 .map(|(k, (mut c, lat))| {
                     c.completion_p50_ms = r2(quantile(&sorted(lat), 0.5));
+                    c.completion_max_ms = r2(self.slowest.get(&k).copied().unwrap_or(0.0));
                     (k, c)
                 })
                 .collect(),
+            fairness: input.noisy_user.map(|_| {
+                let (noisy, others) = (sorted(self.noisy), sorted(self.others));
+                let all = (noisy.len() + others.len()).max(1) as f64;
+                Fairness {
+                    others_p95_ms: r2(quantile(&others, 0.95)),
+                    noisy_p95_ms: r2(quantile(&noisy, 0.95)),
+                    noisy_share: r2(noisy.len() as f64 / all),
+                    others_completed: others.len() as u64,
+                    noisy_completed: noisy.len() as u64,
+                }
+            }),
             misrouted_examples: self.misrouted_examples,
             lost_examples: self.lost_examples,
             unattributed_messages: input.unattributed_messages,
@@ -383,169 +421,4 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::discord::{CallbackAttempt, InteractionRecord, MessageKind, MessageRecord};
-    use crate::judge::{
-        DownInterval, Heartbeat, HeartbeatSample, OverloadRule, DEFAULT_OVERLOAD_WAIT,
-    };
-
-    fn rec(user: u64, sent_at: Instant, callbacks: Vec<(u32, f64, u16)>) -> InteractionRecord {
-        InteractionRecord {
-            id: user * 10,
-            command: "핑".into(),
-            user_id: user,
-            guild_id: None,
-            channel_id: 1,
-            sent_at,
-            sent_unix_ms: 0,
-            delivered_to: vec![1, 2, 3, 4],
-            callbacks: callbacks
-                .into_iter()
-                .map(|(instance, after_ms, status)| CallbackAttempt {
-                    instance,
-                    after_ms,
-                    status,
-                    error_code: None,
-                    kind: 4,
-                    content: Some("퐁".into()),
-                    embeds: vec![],
-                    files: vec![],
-                    ephemeral: false,
-                })
-                .collect(),
-            messages: vec![],
-        }
-    }
-
-    fn input<'a>(
-        records: &'a [InteractionRecord],
-        down: &'a [DownInterval],
-        samples: &'a [HeartbeatSample],
-        start: Instant,
-    ) -> ReportInput<'a> {
-        ReportInput {
-            scenario: ScenarioSummary {
-                duration_s: 60.0,
-                ..ScenarioSummary::default()
-            },
-            instances: 4,
-            records,
-            ack_window: Duration::from_secs(3),
-            observed: Observations {
-                down,
-                samples,
-                lag: Duration::from_millis(300),
-                period: Duration::from_millis(100),
-                overload: OverloadRule {
-                    max_wait: DEFAULT_OVERLOAD_WAIT,
-                },
-            },
-            start,
-            end: start + Duration::from_secs(60),
-            capacity_per_min: None,
-            provider_429: 0,
-            lanes: Vec::new(),
-            gateway: HashMap::new(),
-            ready_s: 0.0,
-            command_puts: 0,
-            session_starts_left: 0,
-            token_reset: false,
-            unattributed_messages: 0,
-            unknown_routes: 0,
-            drain_timed_out: false,
-            ledger: None,
-        }
-    }
-
-    #[test]
-    fn counts_and_routing() {
-        let t0 = Instant::now();
-        // Users 4 and 8 have primary 1, user 5 primary 2, user 6 primary 3, user 7 primary 4.
-        let records = vec![
-            rec(4, t0, vec![(1, 2.0, 204)]),
-            rec(5, t0, vec![(3, 900.0, 204), (2, 950.0, 400)]),
-            rec(6, t0 + Duration::from_secs(30), vec![(4, 800.0, 204)]),
-            rec(7, t0, vec![(1, 5.0, 204)]),
-            rec(8, t0, vec![]),
-        ];
-        let down = [DownInterval {
-            instance: 2,
-            from: t0,
-            until: Some(t0 + Duration::from_secs(10)),
-        }];
-        let idle = |id| {
-            Some(Heartbeat {
-                id,
-                ..Heartbeat::default()
-            })
-        };
-        let mut overloaded = vec![idle(1), idle(2), idle(3), idle(4)];
-        overloaded[2] = Some(Heartbeat {
-            id: 3,
-            queue_depth: 1_000,
-            ..Heartbeat::default()
-        });
-        let samples = [HeartbeatSample {
-            at: t0 + Duration::from_millis(30_600),
-            instances: overloaded,
-        }];
-        let report = Report::compute(&input(&records, &down, &samples, t0));
-        let ix = &report.interactions;
-        assert_eq!((ix.sent, ix.acked, ix.lost), (5, 4, 1));
-        assert_eq!((ix.duplicate_acks, ix.completed, ix.failed), (1, 4, 0));
-        assert_eq!(
-            report.routing,
-            Routing {
-                primary: 1,
-                takeover_down: 1,
-                takeover_overload: 1,
-                misrouted: 1,
-            }
-        );
-        assert_eq!(report.served[1][2], 1, "user of #2 served by #3");
-        let p2 = &report.per_instance[1];
-        assert_eq!((p2.killed, p2.extra_callback_attempts), (true, 1));
-        assert_eq!(report.ack_latency_ms.max, 900.0);
-        assert_eq!(
-            (report.completion_latency_ms.max, report.last_completion_s),
-            (900.0, 30.8)
-        );
-        assert_eq!(report.misrouted_examples[0].answered_by, 1);
-        assert_eq!(report.lost_examples[0].user_id, 8);
-        // Steady window 10 s .. 60 s: one interaction sent and answered in it.
-        assert_eq!((report.steady_from_s, report.steady_to_s), (10.0, 60.0));
-        assert_eq!(
-            (report.sent_steady_per_min, report.throughput_per_min),
-            (1.0, 1.0)
-        );
-    }
-
-    #[test]
-    fn a_job_finished_elsewhere_counts_for_both_instances() {
-        let t0 = Instant::now();
-        // User 4 (primary 1): deferred by 1, answered by 3 (the job was stolen).
-        let mut r = rec(4, t0, vec![(1, 2.0, 204)]);
-        r.callbacks[0].kind = 5;
-        r.messages.push(MessageRecord {
-            instance: 3,
-            after_ms: 1_500.0,
-            kind: MessageKind::EditOriginal,
-            status: 200,
-            error_code: None,
-            content: Some("답".into()),
-            embeds: vec![],
-            files: vec![],
-        });
-        let report = Report::compute(&input(&[r], &[], &[], t0));
-        let (one, three) = (&report.per_instance[0], &report.per_instance[2]);
-        assert_eq!(
-            (one.acks, one.completions, one.answered_by_others),
-            (1, 0, 1)
-        );
-        assert_eq!(
-            (three.acks, three.completions, three.answered_for_others),
-            (0, 1, 1)
-        );
-    }
-}
+mod tests;

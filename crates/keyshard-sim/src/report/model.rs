@@ -30,6 +30,10 @@ pub struct Interactions {
     pub failed: u64,
     /// Interactions answered more than once (see `InteractionRecord::has_duplicate_answer`).
     pub duplicate_answers: u64,
+    /// Completed interactions told at once that their job was not queued, its expected wait
+    /// being past the command's maximum (`MAX_WAIT_SECS_*`). Counted in `completed` (the user
+    /// got an answer) but in no completion latency and no throughput: no job ran.
+    pub refused_wait: u64,
 }
 
 /// `ack_latency_ms.*`: dispatch → accepted callback.
@@ -128,6 +132,24 @@ pub struct CommandReport {
     pub completed: u64,
     pub failed: u64,
     pub completion_p50_ms: f64,
+    /// Jobs not queued for their expected wait (see `interactions.refused_wait`).
+    pub refused_wait: u64,
+    /// The slowest answer of a job that was queued (refusals left out): with a maximum wait,
+    /// compare it with `MAX_WAIT_SECS_*`.
+    pub completion_max_ms: f64,
+}
+
+/// `fairness.*` (with `--noisy-user`): completion times of the noisy user's answers against
+/// everyone else's, refusals left out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Fairness {
+    /// p95 completion of every user but the noisy one.
+    pub others_p95_ms: f64,
+    pub noisy_p95_ms: f64,
+    /// The noisy user's share of the completions.
+    pub noisy_share: f64,
+    pub others_completed: u64,
+    pub noisy_completed: u64,
 }
 
 /// One interaction answered by someone it should not have been.
@@ -162,6 +184,9 @@ pub struct ScenarioSummary {
     pub duration_s: f64,
     pub mix: String,
     pub skew: String,
+    /// `--noisy-user SHARE`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noisy_user: Option<f64>,
     pub seed: u64,
     pub chaos: Vec<String>,
 }
@@ -272,6 +297,9 @@ pub struct Report {
     /// Quotas as the simulator judges them from its own records ([`crate::quota`]); `None`
     /// when the run sets no daily limit.
     pub quota: Option<crate::quota::QuotaReport>,
+    /// With `--noisy-user`: how the others fared against the noisy user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<Fairness>,
     /// Seconds from the first dispatch to the end of the wait for answers.
     pub elapsed_s: f64,
     /// What the instances running at the end said on `/metrics`; `None` when not scraped.

@@ -46,8 +46,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "interactions  sent {}  acked {}  lost {}  duplicate_acks {}  late_acks {}  completed {}  failed {}  duplicate_answers {}",
-            ix.sent, ix.acked, ix.lost, ix.duplicate_acks, ix.late_acks, ix.completed, ix.failed, ix.duplicate_answers
+            "interactions  sent {}  acked {}  lost {}  duplicate_acks {}  late_acks {}  completed {}  failed {}  duplicate_answers {}  refused_wait {}",
+            ix.sent, ix.acked, ix.lost, ix.duplicate_acks, ix.late_acks, ix.completed, ix.failed, ix.duplicate_answers, ix.refused_wait
         );
         let _ = writeln!(
             s,
@@ -78,6 +78,13 @@ impl Report {
             s,
             "              (judged by the simulator from its own kills and the heartbeats it read)"
         );
+        if let Some(f) = &self.fairness {
+            let _ = writeln!(
+                s,
+                "fairness      others p95 {:.0} ms ({} answers)  noisy user p95 {:.0} ms ({} answers, share {:.2})",
+                f.others_p95_ms, f.others_completed, f.noisy_p95_ms, f.noisy_completed, f.noisy_share
+            );
+        }
         self.render_ledger(s);
         if let Some(q) = &self.quota {
             let _ = writeln!(
@@ -315,13 +322,15 @@ impl Report {
         for (name, c) in &self.by_command {
             let _ = writeln!(
                 s,
-                "{} sent {:>6}  acked {:>6}  completed {:>6}  failed {:>5}  p50 {:.0} ms",
+                "{} sent {:>6}  acked {:>6}  completed {:>6}  failed {:>5}  refused_wait {:>5}  p50 {:.0} ms  max {:.0} ms",
                 pad(&format!("/{name}"), 12),
                 c.sent,
                 c.acked,
                 c.completed,
                 c.failed,
-                c.completion_p50_ms
+                c.refused_wait,
+                c.completion_p50_ms,
+                c.completion_max_ms
             );
         }
     }

@@ -74,6 +74,10 @@ pub struct ScenarioConfig {
     pub duration: Duration,
     pub mix: Mix,
     pub skew: Skew,
+    /// `--noisy-user SHARE`: one user sends this share of the interactions (the others are
+    /// picked among the rest as usual); the report then has `fairness.*`. `Some(0.0)` keeps
+    /// that user silent, the baseline "same run without that user".
+    pub noisy_user: Option<f64>,
     pub chaos: Vec<Chaos>,
     pub seed: u64,
     /// Share of interactions sent from a DM rather than the guild.
@@ -138,6 +142,7 @@ impl ScenarioConfig {
             duration,
             mix,
             skew: Skew::Uniform,
+            noisy_user: None,
             chaos: Vec::new(),
             plot: None,
             seed: 1,
@@ -203,6 +208,7 @@ impl ScenarioConfig {
             duration_s: self.duration.as_secs_f64(),
             mix: self.mix.to_string(),
             skew: self.skew.to_string(),
+            noisy_user: self.noisy_user,
             seed: self.seed,
             chaos: self.chaos.iter().map(Chaos::to_string).collect(),
         }

@@ -114,6 +114,8 @@ pub(super) struct Load {
     /// The first dispatch: the time origin of the report.
     start: Instant,
     last_sent: Instant,
+    /// The noisy user's id, with `--noisy-user`.
+    noisy_user: Option<u64>,
 }
 
 /// What the phases share.
@@ -201,7 +203,17 @@ impl Run {
         )));
         let mut rng = SmallRng::seed_from_u64(cfg.seed);
         let users = make_users(&mut rng, cfg.users);
-        let picker = UserPicker::new(users.len(), cfg.skew);
+        // With `--noisy-user SHARE`, the first user sends that share of the load and the
+        // others are picked as usual among the rest.
+        let noisy = cfg
+            .noisy_user
+            .map(|share| (users[0], share.clamp(0.0, 1.0)));
+        let others = if noisy.is_some() && users.len() > 1 {
+            &users[1..]
+        } else {
+            &users[..]
+        };
+        let picker = UserPicker::new(others.len(), cfg.skew);
         let start = Instant::now();
         if let Some(every) = cfg.progress_every {
             self.watchers.push(tokio::spawn(observe::report_progress(
@@ -237,7 +249,10 @@ impl Run {
         } {
             sent += 1;
             tokio::time::sleep_until(next.into()).await;
-            let user = users[picker.pick(&mut rng)];
+            let user = match noisy {
+                Some((id, share)) if rng.random_bool(share) => id,
+                _ => others[picker.pick(&mut rng)],
+            };
             let kind = cfg.mix.pick(&mut rng);
             let dm = rng.random_bool(cfg.dm_share.clamp(0.0, 1.0));
             let registered = self.registered.get(kind.name());
@@ -257,7 +272,11 @@ impl Run {
         if let Err(e) = chaos.await? {
             tracing::warn!(error = %e, "a chaos action failed");
         }
-        Ok(Load { start, last_sent })
+        Ok(Load {
+            start,
+            last_sent,
+            noisy_user: noisy.map(|(id, _)| id),
+        })
     }
 
     /// Phase 3: waits for the answers, up to the drain deadline. Returns whether every
@@ -384,6 +403,7 @@ impl Run {
             unknown_routes: discord.unknown_routes().len() as u64,
             drain_timed_out: !drained,
             ledger,
+            noisy_user: load.noisy_user,
         });
         let mut report = report;
         let limits = crate::quota::QuotaLimits::from_env(&cfg.env);

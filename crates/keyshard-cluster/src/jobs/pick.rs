@@ -1,0 +1,297 @@
+//! The fair pick's mechanism: which waiting entry of a job stream a worker (or a thief) takes
+//! next, chosen by routing's [`fair_pick`] from a view of the stream's waiting entries.
+//!
+//! Waiting entries are read ahead into the consumer [`JOB_POOL`](keys::JOB_POOL): they stay in
+//! the stream's pending list, so a dead instance's rescue (`XAUTOCLAIM`) finds them like any
+//! other, and the stream's length is still the backlog. A pick is two steps:
+//!
+//! 1. [`VIEW_SCRIPT`]: pull new entries into the pool, and list the pooled ones, oldest first,
+//!    each with its user, the user's jobs in flight across the cluster (the sum of every
+//!    instance's `{c}:busy:{id}`) and when the user was last served (`{c}:served`).
+//! 2. [`TAKE_SCRIPT`]: `XCLAIM` the chosen entry from the pool to the taker, only if it is still
+//!    in the pool. Two takers of one entry (a worker and a thief) cannot both have it: the
+//!    script is atomic, and whoever comes second finds it gone and looks again. A worker's take
+//!    also counts the user in flight here and stamps the user as just served.
+//!
+//! So a pooled job runs once: a thief takes it from the pool like a worker does, and a worker
+//! releases its count when the job ends ([`Jobs::release`]). The count of a dead instance is
+//! dropped by its rescuer, and a restarted instance drops its own: the jobs they counted run
+//! again, uncounted, from the pending list. Both hashes expire an hour after their last
+//! change, so a count that leaked (a panicking handler) fades instead of lasting for good.
+
+use keyshard_routing::{fair_pick, Waiting};
+use redis::streams::{StreamClaimReply, StreamId};
+
+use super::stream::OP_BUDGET;
+use super::Jobs;
+use crate::keys::{self, JOB_GROUP, JOB_POOL};
+use crate::ClusterError;
+
+/// How many waiting entries of one stream a pick looks at (and reads ahead at most per pick).
+/// Far above a queue the overload rule and the max wait let build (tens of jobs per kind per
+/// instance), so the pick sees the whole queue in practice; a deeper one is picked fairly
+/// among its oldest 512.
+const POOL_SCAN: usize = 512;
+
+/// How long the in-flight and last-served hashes outlive their last change: longer than any
+/// job runs (a video renders for minutes), so a live count never expires under a running job.
+const FAIR_KEYS_TTL_MS: u64 = 60 * 60 * 1000;
+
+/// How many times a pick looks again after losing its chosen entry to another taker (a thief
+/// from a peer): each loss means a job did start, so a few are plenty; after them the reader
+/// goes back to waiting for work and picks again within a read.
+const TAKE_ATTEMPTS: usize = 3;
+
+/// KEYS: stream, served, busy hashes of every instance. ARGV: group, pool, scan limit.
+/// Returns `[id, user, in_hand, last_served, …]` for the pooled entries, oldest first.
+const VIEW_SCRIPT: &str = r#"
+local s, served = KEYS[1], KEYS[2]
+local group, pool, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- A stream written before its owner's reader ran (or after Redis restarted empty) has no
+-- group yet; an existing one answers BUSYGROUP, which pcall swallows.
+redis.pcall('XGROUP', 'CREATE', s, group, '0', 'MKSTREAM')
+redis.call('XREADGROUP', 'GROUP', group, pool, 'COUNT', limit, 'STREAMS', s, '>')
+local pending = redis.call('XPENDING', s, group, '-', '+', limit, pool)
+local out, seen = {}, {}
+for _, p in ipairs(pending) do
+  local id = p[1]
+  local e = redis.call('XRANGE', s, id, id)[1]
+  if e == nil then
+    -- Deleted while pooled: nothing to run, so it leaves the pending list.
+    redis.call('XACK', s, group, id)
+  else
+    local user = '0'
+    local fields = e[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'job' then
+        user = string.match(fields[i + 1], '"user_id":(%d+)') or '0'
+      end
+    end
+    if seen[user] == nil then
+      local n = 0
+      for k = 3, #KEYS do
+        n = n + (tonumber(redis.call('HGET', KEYS[k], user)) or 0)
+      end
+      seen[user] = {n, tonumber(redis.call('HGET', served, user)) or 0}
+    end
+    table.insert(out, id)
+    table.insert(out, user)
+    table.insert(out, tostring(seen[user][1]))
+    table.insert(out, tostring(seen[user][2]))
+  end
+end
+return out
+"#;
+
+/// KEYS: stream, served, the taker's busy hash. ARGV: group, pool, entry id, taker consumer,
+/// user, count (`1`: a worker runs it; `0`: a thief moves it), TTL ms. Returns the claimed
+/// entry, or nothing when it is no longer in the pool.
+const TAKE_SCRIPT: &str = r#"
+local s, served, busy = KEYS[1], KEYS[2], KEYS[3]
+local group, pool, id, taker, user, count, ttl =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local p = redis.call('XPENDING', s, group, id, id, 1, pool)
+if #p == 0 then return {} end
+local claimed = redis.call('XCLAIM', s, group, taker, 0, id)
+if #claimed == 0 then return {} end
+if count == '1' then
+  redis.call('HINCRBY', busy, user, 1)
+  redis.call('PEXPIRE', busy, ttl)
+  local seq = redis.call('HINCRBY', served, 'seq', 1)
+  redis.call('HSET', served, user, seq)
+  redis.call('PEXPIRE', served, ttl)
+end
+return claimed
+"#;
+
+/// KEYS: busy hash. ARGV: user.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"#;
+
+static VIEW: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(VIEW_SCRIPT));
+static TAKE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(TAKE_SCRIPT));
+static RELEASE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RELEASE_SCRIPT));
+
+/// Who takes the picked entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Taker {
+    /// This instance's worker runs it: counted in flight for its user.
+    Worker,
+    /// A thief moves it to its own stream (read as the owner's consumer, so a failed move
+    /// leaves it in the owner's pending list); counted when the thief's worker picks it.
+    Thief,
+}
+
+/// A picked entry; `counted`: the user counted in flight for it, to release when it ends.
+pub(super) struct Picked {
+    pub(super) entry: StreamId,
+    pub(super) counted: Option<u64>,
+}
+
+impl Jobs {
+    /// Takes the waiting entry of `stream` (instance `owner`'s) that the fair pick chooses,
+    /// as `owner`'s consumer `i{owner}`; `None` when nothing waits there.
+    pub(super) async fn pick(
+        &self,
+        stream: &str,
+        owner: keyshard_routing::InstanceId,
+        taker: Taker,
+    ) -> Result<Option<Picked>, ClusterError> {
+        for _ in 0..TAKE_ATTEMPTS {
+            let pool = self.view(stream).await?;
+            let waiting: Vec<Waiting> = pool.iter().map(|(_, w)| *w).collect();
+            let Some(i) = fair_pick(&waiting) else {
+                return Ok(None);
+            };
+            let (id, w) = &pool[i];
+            if let Some(entry) = self.take(stream, owner, id, w.user, taker).await? {
+                let counted = (taker == Taker::Worker).then_some(w.user);
+                return Ok(Some(Picked { entry, counted }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The pooled entries of `stream`, oldest first, as the pick sees them.
+    async fn view(&self, stream: &str) -> Result<Vec<(String, Waiting)>, ClusterError> {
+        let inner = &self.inner;
+        let mut keys = vec![stream.to_owned(), keys::served(&inner.prefix)];
+        keys.extend(
+            (1..=inner.cluster.config().instance_count).map(|id| keys::busy(&inner.prefix, id)),
+        );
+        let raw: Vec<String> = inner
+            .redis
+            .run("fair view", OP_BUDGET, move |mut c| async move {
+                let mut inv = VIEW.prepare_invoke();
+                for k in &keys {
+                    inv.key(k);
+                }
+                inv.arg(JOB_GROUP)
+                    .arg(JOB_POOL)
+                    .arg(POOL_SCAN)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(parse_view(&raw))
+    }
+
+    /// Moves entry `id` from the pool to the taker, if it is still there.
+    async fn take(
+        &self,
+        stream: &str,
+        owner: keyshard_routing::InstanceId,
+        id: &str,
+        user: u64,
+        taker: Taker,
+    ) -> Result<Option<StreamId>, ClusterError> {
+        let inner = &self.inner;
+        let keys = [
+            stream.to_owned(),
+            keys::served(&inner.prefix),
+            keys::busy(&inner.prefix, inner.me),
+        ];
+        let consumer = keys::job_consumer(owner);
+        let count = if taker == Taker::Worker { "1" } else { "0" };
+        let id = id.to_owned();
+        let reply: StreamClaimReply = inner
+            .redis
+            .run("fair take", OP_BUDGET, move |mut c| async move {
+                TAKE.key(&keys[0])
+                    .key(&keys[1])
+                    .key(&keys[2])
+                    .arg(JOB_GROUP)
+                    .arg(JOB_POOL)
+                    .arg(&id)
+                    .arg(&consumer)
+                    .arg(user)
+                    .arg(count)
+                    .arg(FAIR_KEYS_TTL_MS)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(reply.ids.into_iter().next())
+    }
+
+    /// A counted job of `user` ended on this instance: one fewer in flight.
+    pub(super) async fn release(&self, user: u64) {
+        let busy = keys::busy(&self.inner.prefix, self.inner.me);
+        let r: Result<i64, _> = self
+            .inner
+            .redis
+            .run("fair release", OP_BUDGET, move |mut c| async move {
+                RELEASE.key(&busy).arg(user).invoke_async(&mut c).await
+            })
+            .await;
+        if let Err(e) = r {
+            // The count stays one too high until the hash expires: the user is picked a
+            // little later, never skipped.
+            tracing::debug!("could not release a job's in-flight count: {e}");
+        }
+    }
+
+    /// Forgets instance `id`'s in-flight counts: it died (its rescuer calls this) or it is
+    /// this instance starting again. The jobs counted there run again uncounted.
+    pub(super) async fn forget_busy(&self, id: keyshard_routing::InstanceId) {
+        let busy = keys::busy(&self.inner.prefix, id);
+        let r: Result<(), _> = self
+            .inner
+            .redis
+            .run("fair forget", OP_BUDGET, move |mut c| async move {
+                redis::cmd("DEL").arg(&busy).query_async(&mut c).await
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::debug!("could not drop in-flight counts of instance {id}: {e}");
+        }
+    }
+}
+
+/// `[id, user, in_hand, last_served, …]` as `(id, Waiting)`; a malformed quadruple is skipped.
+fn parse_view(raw: &[String]) -> Vec<(String, Waiting)> {
+    raw.chunks_exact(4)
+        .filter_map(|q| {
+            Some((
+                q[0].clone(),
+                Waiting {
+                    user: q[1].parse().ok()?,
+                    in_hand: q[2].parse().ok()?,
+                    last_served: q[3].parse().ok()?,
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_reads_as_quadruples() {
+        let raw: Vec<String> = ["1-0", "7", "2", "5", "2-0", "8", "0", "0"]
+            .map(String::from)
+            .to_vec();
+        let view = parse_view(&raw);
+        assert_eq!(view.len(), 2);
+        assert_eq!(
+            view[1],
+            (
+                "2-0".to_owned(),
+                Waiting {
+                    user: 8,
+                    in_hand: 0,
+                    last_served: 0
+                }
+            )
+        );
+    }
+}

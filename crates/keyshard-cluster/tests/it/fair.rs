@@ -1,0 +1,156 @@
+//! The fair pick against a real Redis: a light user's job is not queued behind a heavy
+//! user's, on the instance that holds them and when an idle peer steals; every pooled job
+//! still runs once, and a job's in-flight count is released when it ends.
+
+use std::sync::{Arc, Mutex};
+
+use keyshard_cluster::jobs::BoxFuture;
+use keyshard_cluster::{
+    keys, Cluster, InstanceId, Job, JobArgs, JobContext, JobHandler, JobKind, Jobs, Outcome,
+};
+use keyshard_types::ChatArgs;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{now_ms, wait_for, TestCluster, PATIENCE};
+
+const HEAVY: u64 = 1001;
+const LIGHT: u64 = 2002;
+
+/// Records the users of the jobs it runs, in order; hangs instead when `hang`.
+#[derive(Clone, Default)]
+struct Order {
+    hang: bool,
+    ran: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+impl JobHandler for Order {
+    fn handle(&self, job: Job, ctx: JobContext) -> BoxFuture<Outcome> {
+        let me = self.clone();
+        Box::pin(async move {
+            me.ran.lock().unwrap().push((job.id, job.user_id));
+            if me.hang {
+                std::future::pending::<()>().await;
+            }
+            assert!(ctx.begin_delivery(job.id).await, "answered once");
+            Outcome::Finished
+        })
+    }
+}
+
+fn job(id: u64, user: u64, origin: InstanceId) -> Job {
+    Job {
+        id,
+        token: "test-token".into(),
+        application_id: 1,
+        user_id: user,
+        channel_id: 7,
+        guild_id: None,
+        args: JobArgs::Chat(ChatArgs {
+            prompt: "hi".into(),
+            reset: false,
+        }),
+        created_ms: now_ms(),
+        attachment_limit: 8 << 20,
+        origin,
+        tried: Vec::new(),
+        attempt: 0,
+        claim: None,
+    }
+}
+
+/// One chat worker, so the order of picks is the order of runs.
+fn one_worker(cluster: &Cluster, handler: Order) -> (Jobs, CancellationToken) {
+    let jobs = Jobs::new(cluster);
+    let stop = CancellationToken::new();
+    jobs.spawn(Arc::new(handler), &[(JobKind::Chat, 1)], stop.clone());
+    (jobs, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_users_job_is_not_queued_behind_a_heavy_users_jobs() {
+    let tc = TestCluster::start().await;
+    let jobs = Jobs::new(tc.node(1));
+    // Ten jobs of one user, then one of another, all waiting before any worker runs.
+    for id in 1..=10 {
+        jobs.submit(job(id, HEAVY, 1)).await.unwrap();
+    }
+    jobs.submit(job(11, LIGHT, 1)).await.unwrap();
+    let order = Order::default();
+    let ran = order.ran.clone();
+    let (_jobs, stop) = one_worker(tc.node(1), order);
+    wait_for("all eleven jobs run", PATIENCE, || {
+        ran.lock().unwrap().len() == 11
+    })
+    .await;
+    let ran = ran.lock().unwrap().clone();
+    // First come first served would run the light job last. Both users start with nothing in
+    // hand, so the heavy user's oldest job goes first; the light one is next.
+    let light_at = ran.iter().position(|(_, u)| *u == LIGHT).unwrap();
+    assert_eq!(light_at, 1, "{ran:?}");
+    let mut ids: Vec<u64> = ran.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=11).collect::<Vec<_>>(), "each job ran once");
+    // Every counted job is released once it ends: nobody has anything in flight.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let busy = busy_of(&tc, 1).await;
+        if busy.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still counted: {busy:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_peer_steals_the_job_the_fair_pick_chooses() {
+    let tc = TestCluster::start().await;
+    // Instance 1's one chat worker takes the heavy user's first job and hangs on it: the
+    // heavy user has one job in flight, and nine more wait behind it, then the light one.
+    let hang = Order {
+        hang: true,
+        ..Order::default()
+    };
+    let hung = hang.ran.clone();
+    let (jobs1, stop1) = one_worker(tc.node(1), hang);
+    jobs1.submit(job(1, HEAVY, 1)).await.unwrap();
+    wait_for("the first job to start", PATIENCE, || {
+        hung.lock().unwrap().len() == 1
+    })
+    .await;
+    for id in 2..=10 {
+        jobs1.submit(job(id, HEAVY, 1)).await.unwrap();
+    }
+    jobs1.submit(job(11, LIGHT, 1)).await.unwrap();
+    // Instance 3 is idle: the first job it takes is the light user's.
+    let thief = Order::default();
+    let stolen = thief.ran.clone();
+    let (jobs3, stop3) = one_worker(tc.node(3), thief);
+    wait_for(
+        "ten waiting jobs finished by the idle peer",
+        PATIENCE,
+        || stolen.lock().unwrap().len() == 10,
+    )
+    .await;
+    let stolen = stolen.lock().unwrap().clone();
+    assert_eq!(stolen[0], (11, LIGHT), "{stolen:?}");
+    assert_eq!(jobs3.stats().stolen, 10);
+    assert_eq!(hung.lock().unwrap().len(), 1, "no pooled job ran twice");
+    stop1.cancel();
+    stop3.cancel();
+}
+
+/// Instance `id`'s in-flight counts, user → jobs.
+async fn busy_of(tc: &TestCluster, id: InstanceId) -> std::collections::HashMap<String, String> {
+    let client = redis::Client::open(tc.redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HGETALL")
+        .arg(keys::busy(&tc.name, id))
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}

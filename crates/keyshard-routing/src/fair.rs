@@ -1,0 +1,139 @@
+//! Fair share under overload: which waiting job a worker takes next ([`fair_pick`]), how long
+//! a new job is expected to wait ([`estimate_wait`]), and whether it is queued at all
+//! ([`admit`]).
+//!
+//! The pick favours the user with the least service in hand: the fewest jobs in flight
+//! cluster-wide, then the one served longest ago (a cluster-wide sequence number of the last
+//! pick of that user's job), then the oldest job. A user who sends a hundred jobs has many in
+//! flight as soon as workers free up, so every other user's job, with nothing in flight, goes
+//! before that user's next one; and where one worker serves a kind, so that the heavy user's
+//! previous job is done by the next pick, "served longest ago" still puts the others first.
+//! That is round robin over users: nobody waits behind another user's hundredth job. With one
+//! job per user the order stays first come, first served. The pick always returns a job when any waits: the rule reorders, it never
+//! holds work back (work-conserving; a heavy user's job runs the moment it is the only one).
+//!
+//! The wait estimate is the overload rule's arithmetic (waiting ÷ service rate) for one kind:
+//! the jobs of that kind waiting in the cluster, plus the new one, over the rate at which the
+//! cluster finishes that kind. It is what a job of a user with nothing in hand waits at most
+//! under the fair pick, and roughly what anyone waits when no one is heavy.
+
+use std::time::Duration;
+
+use crate::UserId;
+
+/// One job waiting for a worker, as the pick sees it: whose it is, and how many jobs that
+/// user has in flight across the cluster right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub user: UserId,
+    /// The user's jobs in flight cluster-wide (all kinds): the service in hand.
+    pub in_hand: u64,
+    /// When a job of this user was last picked, as a cluster-wide sequence number that only
+    /// grows (no clocks to compare); 0 for never (or forgotten).
+    pub last_served: u64,
+}
+
+/// The index of the job to run next in `waiting` (oldest first): the first job of a user with
+/// the least service in hand, served longest ago among equals. `None` only when nothing waits.
+pub fn fair_pick(waiting: &[Waiting]) -> Option<usize> {
+    // `min_by_key` keeps the first of equal keys, so ties go to the oldest job.
+    waiting
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, w)| (w.in_hand, w.last_served))
+        .map(|(i, _)| i)
+}
+
+/// The expected wait of a new job with `ahead` jobs of its kind waiting before it, when the
+/// cluster finishes `rate` jobs of that kind per second: `(ahead + 1) ÷ rate`, the time until
+/// this job too is done at that pace. `None` when the rate is unknown (0, negative or not
+/// finite: nothing finished recently), where no estimate is honest.
+pub fn estimate_wait(ahead: u64, rate: f64) -> Option<Duration> {
+    if !rate.is_finite() || rate <= 0.0 {
+        return None;
+    }
+    let secs = (ahead as f64 + 1.0) / rate;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Whether a new job is queued, with its expected wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Queue it. `estimate`: its expected wait, when one is known.
+    Queue { estimate: Option<Duration> },
+    /// Do not queue it: the expected wait is past the command's maximum.
+    Refuse { estimate: Duration },
+}
+
+/// Queues a job whose expected wait is at most `max_wait`, or unknown (a cluster that has
+/// not finished anything lately has no backlog worth refusing for: it answers the job, and
+/// the rate it measures meanwhile makes the next estimate).
+pub fn admit(estimate: Option<Duration>, max_wait: Duration) -> Admission {
+    match estimate {
+        Some(e) if e > max_wait => Admission::Refuse { estimate: e },
+        estimate => Admission::Queue { estimate },
+    }
+}
+
+/// Splits a cluster-wide rate estimate from one instance's measurement: the cluster finishes
+/// a kind at `local_rate × live` when its `live` instances are alike (same keys, same worker
+/// pools), which is how keyshard is deployed. The instance's own rate is the freshest
+/// figure it has; peers publish only their total.
+pub fn cluster_rate(local_rate: f64, live: usize) -> f64 {
+    local_rate * live.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(user: UserId, in_hand: u64) -> Waiting {
+        Waiting {
+            user,
+            in_hand,
+            last_served: 0,
+        }
+    }
+
+    #[test]
+    fn the_user_with_least_in_hand_goes_first_and_ties_go_to_the_oldest() {
+        assert_eq!(fair_pick(&[]), None);
+        assert_eq!(fair_pick(&[w(1, 3)]), Some(0), "work-conserving");
+        assert_eq!(fair_pick(&[w(1, 3), w(1, 3), w(2, 0)]), Some(2));
+        assert_eq!(fair_pick(&[w(1, 1), w(2, 1), w(3, 1)]), Some(0));
+        assert_eq!(fair_pick(&[w(1, 2), w(2, 1), w(3, 1)]), Some(1));
+        let served = |user, last_served| Waiting {
+            last_served,
+            ..w(user, 0)
+        };
+        assert_eq!(
+            fair_pick(&[served(1, 7), served(2, 9), served(3, 0)]),
+            Some(2)
+        );
+        assert_eq!(fair_pick(&[served(1, 7), served(2, 9)]), Some(0));
+    }
+
+    #[test]
+    fn the_estimate_counts_the_new_job_and_needs_a_rate() {
+        assert_eq!(estimate_wait(9, 2.0), Some(Duration::from_secs(5)));
+        assert_eq!(estimate_wait(0, 1.0), Some(Duration::from_secs(1)));
+        assert_eq!(estimate_wait(10, 0.0), None);
+        assert_eq!(estimate_wait(10, f64::NAN), None);
+        assert_eq!(estimate_wait(10, -1.0), None);
+    }
+
+    #[test]
+    fn admission_refuses_only_a_known_wait_past_the_maximum() {
+        let max = Duration::from_secs(60);
+        let at = Duration::from_secs(60);
+        assert_eq!(
+            admit(Some(at), max),
+            Admission::Queue { estimate: Some(at) }
+        );
+        let over = Duration::from_secs(61);
+        assert_eq!(admit(Some(over), max), Admission::Refuse { estimate: over });
+        assert_eq!(admit(None, max), Admission::Queue { estimate: None });
+        assert_eq!(cluster_rate(0.5, 4), 2.0);
+        assert_eq!(cluster_rate(0.5, 0), 0.5, "this instance is alive");
+    }
+}
