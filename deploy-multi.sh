@@ -407,6 +407,7 @@ cmd_demo() {
     the simulator work. Meanwhile: ./deploy-multi.sh test"
   fi
   ensure_command redis-server redis-server
+  ensure_postgres # the simulator runs with the usage ledger on a private Postgres
   say "building keyshard and keyshard-sim (release)"
   cargo build --release --locked -p keyshard-bot -p keyshard-sim
   exec "$TARGET_DIR/release/keyshard-sim" demo "$@"

@@ -31,4 +31,24 @@ want=${1:-all}
 [[ $want == all || $want == postgres ]] && run postgres-restart --instances 4 --load-factor 1.0 --postgres-restart 20 "${common[@]}"
 [[ $want == all || $want == ack ]] && run ack-ledger --instances 4 --users 500 --mix ping=1 --rate 200 --duration 30
 [[ $want == all || $want == ack ]] && run ack-no-ledger --instances 4 --users 500 --mix ping=1 --rate 200 --duration 30 --no-ledger
+# Issue 16: three seeds at 1.5x (the plot of the first), 1 -> 16 instances, 16 instances
+# failover, the ack path at 1,000/s with 4 instances and at 200/s with 16, a revoked key.
+[[ $want == all || $want == seeds ]] && run saturate-s1 --instances 4 --load-factor 1.5 --seed 1 --plot "$out/saturate.svg" "${common[@]}"
+[[ $want == all || $want == seeds ]] && run saturate-s2 --instances 4 --load-factor 1.5 --seed 2 "${common[@]}"
+[[ $want == all || $want == seeds ]] && run saturate-s3 --instances 4 --load-factor 1.5 --seed 3 "${common[@]}"
+[[ $want == all || $want == scale16 ]] && run scale-16 --instances 16 --load-factor 1.5 "${common[@]}"
+[[ $want == all || $want == failover16 ]] && run failover-16 --instances 16 --load-factor 1.0 --kill 2@20 "${common[@]}"
+[[ $want == all || $want == ack1000 ]] && run ack-1000 --instances 4 --users 2000 --mix ping=1 --rate 1000 --duration 30
+[[ $want == all || $want == ack16 ]] && run ack-16 --instances 16 --users 2000 --mix ping=1 --rate 200 --duration 30
+[[ $want == all || $want == revoke ]] && run revoke --instances 4 --users 200 --rate 10 --mix chat=1 --duration 90 --revoke-key openai:2@20-60 --plot "$out/revoke.svg"
+# Issue 15: a cold start of 4 instances x 4 shards with Discord's 5 s window and one bucket;
+# session drops and invalidations (resumable and not) under load.
+[[ $want == all || $want == gateway ]] && run gateway-cold --instances 4 --shards 4 --recommended-shards 4 --max-concurrency 1 --identify-window 5 --users 500 --mix ping=1 --rate 20 --duration 20
+[[ $want == all || $want == gateway ]] && run gateway-drops --instances 4 --users 500 --mix ping=1 --rate 100 --duration 40 --drop-session 2@10 --invalidate-session 3@20 --invalidate-session-fresh 4@30
+# Issue 14: one user at half the load against the same run without them; 200 images from
+# one user with a daily limit of 10, with and without an instance killed mid-burst.
+[[ $want == all || $want == fair ]] && run fair-noisy --instances 4 --load-factor 1.5 --noisy-user 0.5 "${common[@]}"
+[[ $want == all || $want == fair ]] && run fair-quiet --instances 4 --load-factor 0.75 --noisy-user 0 "${common[@]}"
+[[ $want == all || $want == quota ]] && run quota-burst --instances 4 --users 1 --mix image=1 --count 200 --duration 0 --quota image=10
+[[ $want == all || $want == quota ]] && run quota-kill --instances 4 --users 1 --mix image=1 --count 200 --duration 1 --kill 2@0.5 --quota image=10
 exit 0

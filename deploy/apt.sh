@@ -48,3 +48,16 @@ ensure_command() {
   apt_install "$pkg"
   command -v "$cmd" >/dev/null 2>&1 || die "installed $pkg but $cmd is still not on PATH"
 }
+
+# ensure_postgres: installs Debian's postgresql when no server binaries are found. Debian puts
+# initdb and postgres in /usr/lib/postgresql/<version>/bin, off PATH; the tests and the
+# simulator start a private server from there (keyshard-testkit's PostgresServer).
+ensure_postgres() {
+  local found
+  found=$(compgen -G '/usr/lib/postgresql/*/bin/initdb' || true)
+  [[ -n $found ]] && return 0
+  command -v initdb >/dev/null 2>&1 && return 0
+  apt_install postgresql
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ||
+    die "installed postgresql but found no /usr/lib/postgresql/*/bin/initdb"
+}

@@ -221,6 +221,7 @@ main() {
   command -v cargo >/dev/null 2>&1 ||
     die "cargo is missing. Install Rust with rustup (https://rustup.rs), then run this again."
   ensure_command redis-server redis-server
+  ensure_postgres # the ledger's tests and the simulator start a private Postgres
   ensure_command shellcheck shellcheck
   ensure_command python3 python3 # tests-deploy/dashboard_test.sh reads the dashboard JSON
   ensure_command curl curl       # deploy/engine.sh probes the image registry
