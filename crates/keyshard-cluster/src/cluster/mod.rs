@@ -56,7 +56,8 @@ struct Inner {
     link_epoch: AtomicU64,
     /// The last value of `{c}:gen` this instance saw.
     generation: Mutex<Option<String>>,
-    /// When this instance last saw Redis come back empty.
+    /// When this instance last saw Redis come back, empty (a generation change) or after an
+    /// outage: for one heartbeat lifetime after it, a peer missing from Redis is not dead.
     restarted_at: Mutex<Option<Instant>>,
     wake_heartbeat: Arc<Notify>,
     wake_snapshot: Arc<Notify>,
@@ -326,7 +327,7 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if restarted.is_some_and(|t| t.elapsed() < cfg.dead_after) {
-            // Within one heartbeat lifetime of an empty restart, a peer missing from Redis has
+            // Within one heartbeat lifetime of Redis coming back, a peer missing from it has
             // most likely not re-announced itself yet: keep what the last snapshot knew.
             let previous = self.membership();
             for old in previous.iter() {
@@ -434,6 +435,14 @@ impl Cluster {
                 if before != LINK_UP {
                     if before == LINK_DOWN {
                         inner.link_epoch.fetch_add(1, Ordering::Relaxed);
+                        // Heartbeats may have lapsed while Redis was away (a restart that kept
+                        // its data still loses the seconds it was down): until peers have had
+                        // one heartbeat lifetime to re-announce, a missing one is not a death,
+                        // as after an empty restart. Otherwise a peer still answering its own
+                        // users by the static rule would be taken over at once, and both would
+                        // acknowledge.
+                        *inner.restarted_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Instant::now());
                         tracing::info!(
                             instance = inner.cfg.instance_id,
                             "Redis reachable again; leaving degraded mode"
