@@ -2,9 +2,7 @@
 
 use super::*;
 use crate::discord::{CallbackAttempt, InteractionRecord, MessageKind, MessageRecord};
-use crate::judge::{
-    DownInterval, Heartbeat, HeartbeatSample, OverloadRule, DEFAULT_OVERLOAD_WAIT,
-};
+use crate::judge::{DownInterval, Heartbeat, HeartbeatSample, OverloadRule, DEFAULT_OVERLOAD_WAIT};
 
 fn rec(user: u64, sent_at: Instant, callbacks: Vec<(u32, f64, u16)>) -> InteractionRecord {
     InteractionRecord {
