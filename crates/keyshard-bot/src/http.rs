@@ -88,6 +88,7 @@ impl Probe {
             redis_degraded: self.cluster.is_degraded(),
             draining: self.state.is_draining(),
             alive_instances: self.cluster.membership().alive_count(),
+            serving_instances: self.cluster.membership().serving_count(),
             ledger: self.ledger_state(),
             ready: false,
         };
@@ -158,6 +159,10 @@ pub struct Readiness {
     pub draining: bool,
     /// Instances alive in this instance's snapshot (lets a test wait for a converged view).
     pub alive_instances: usize,
+    /// Of those, the ones taking new users (not draining). An instance drains until every
+    /// shard is up and says so in its next heartbeat, so a peer's view has converged once this
+    /// equals the instance count: what a test waits for before its first interaction.
+    pub serving_instances: usize,
     /// The usage ledger: `off` (no `DATABASE_URL`), `waiting_for_schema` (Postgres not
     /// reached yet; rows wait in Redis), `postgres_unreachable` (writes failing; rows wait) or
     /// `on`. Never makes the instance unready.

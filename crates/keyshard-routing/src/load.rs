@@ -167,6 +167,14 @@ impl Membership {
     pub fn alive_count(&self) -> usize {
         self.instances.iter().filter(|s| s.alive).count()
     }
+
+    /// Number of live instances that take new users (alive and not draining).
+    pub fn serving_count(&self) -> usize {
+        self.instances
+            .iter()
+            .filter(|s| s.alive && !s.draining)
+            .count()
+    }
 }
 
 #[cfg(test)]

@@ -345,11 +345,12 @@ impl ProcessCluster {
                     .send()
                     .await
                 {
-                    Ok(r) => r
-                        .json::<serde_json::Value>()
-                        .await
-                        .ok()
-                        .and_then(|v| v["alive_instances"].as_u64()),
+                    Ok(r) => r.json::<serde_json::Value>().await.ok().and_then(|v| {
+                        // Serving (alive and not draining) where the instance says so.
+                        v["serving_instances"]
+                            .as_u64()
+                            .or_else(|| v["alive_instances"].as_u64())
+                    }),
                     Err(_) => None,
                 };
                 if seen == Some(alive as u64) {
