@@ -127,6 +127,20 @@ impl Cluster {
 
         let epoch = self.inner.link_epoch.load(Ordering::Relaxed);
         let members = self.membership();
+        // Within one heartbeat lifetime of Redis coming back, a primary that is alive may not
+        // have noticed yet and still answer its users by the static rule, without a claim key
+        // for a fallback's `SET NX` to meet: only the primary answers its users meanwhile, as
+        // while degraded. A primary already dead before the outage is not alive here, so its
+        // users are still taken over.
+        let primary_id = primary(user, cfg.instance_count);
+        if !is_primary
+            && self.recovering()
+            && members
+                .get(primary_id)
+                .is_some_and(|s| s.alive && !s.draining)
+        {
+            return self.degraded(user, false);
+        }
         let turn = claim_turn(
             me,
             user,

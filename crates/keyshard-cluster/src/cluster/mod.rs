@@ -400,6 +400,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Whether Redis came back (empty, or after an outage) less than one heartbeat lifetime
+    /// ago: peers may not have noticed yet (see `claim`).
+    pub(super) fn recovering(&self) -> bool {
+        self.inner
+            .restarted_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < self.inner.cfg.dead_after)
+    }
+
     /// Whether Redis restarted since the last generation check (one `GET`; a fallback asks
     /// right before it claims, closing the gap until the next snapshot tick). An unreachable
     /// Redis counts as changed: the fallback then declines, as in degraded mode.
