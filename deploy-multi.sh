@@ -69,7 +69,7 @@ Checks and development:
                        the compose services themselves, under load, against the simulator as the
                        compose `sim` service (no token or keys): build, start, 60 s of mixed load
                        with a bot killed inside keyshard-2 and a rolling restart, then docker
-                       stop/start, Redis and Postgres restarts; status, the report, stop. Exits
+                       stop/start and a Postgres restart; status, the report, stop. Exits
                        non-zero unless every interaction was answered exactly once and every
                        container became healthy (deploy/rehearse.sh; its own compose project)
   test                 what CI runs (deploy/ci.sh): fmt, clippy, tests, shellcheck, the Docker
