@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ci.sh — everything CI checks, in one run that reports every failure, not just the first.
-# `.ci/run` and `./deploy-multi.sh test` call it.
+# `.ci/run` calls `./deploy-multi.sh test`, which runs this.
 #
 #   cargo fmt --check, cargo clippy -D warnings, cargo test --workspace, shellcheck on every shell
 #   script, the compose file's config, the Dockerfile's stub workspace, the Docker engine with
