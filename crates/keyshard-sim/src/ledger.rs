@@ -143,31 +143,11 @@ mod tests {
     use std::time::Instant;
 
     fn record(id: u64, answered_by: Option<u32>) -> InteractionRecord {
-        InteractionRecord {
-            id,
-            command: "핑".into(),
-            user_id: 1,
-            guild_id: None,
-            channel_id: 2,
-            sent_at: Instant::now(),
-            sent_unix_ms: 0,
-            delivered_to: vec![1, 2],
-            callbacks: answered_by
-                .map(|instance| CallbackAttempt {
-                    instance,
-                    after_ms: 1.0,
-                    status: 204,
-                    error_code: None,
-                    kind: 4,
-                    content: Some("pong".into()),
-                    embeds: vec![],
-                    files: vec![],
-                    ephemeral: false,
-                })
-                .into_iter()
-                .collect(),
-            messages: vec![],
-        }
+        let callbacks = answered_by
+            .map(|instance| CallbackAttempt::plain(instance, 1.0, 204, 4, "pong"))
+            .into_iter()
+            .collect();
+        InteractionRecord::ping(id, 1, Instant::now(), vec![1, 2], callbacks)
     }
 
     #[test]

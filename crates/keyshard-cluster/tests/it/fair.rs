@@ -6,12 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use keyshard_cluster::jobs::BoxFuture;
 use keyshard_cluster::{
-    keys, Cluster, InstanceId, Job, JobArgs, JobContext, JobHandler, JobKind, Jobs, Outcome,
+    keys, Cluster, InstanceId, Job, JobContext, JobHandler, JobKind, Jobs, Outcome,
 };
-use keyshard_types::ChatArgs;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{now_ms, wait_for, TestCluster, PATIENCE};
+use crate::support::{chat_job, wait_for, TestCluster, PATIENCE};
 
 const HEAVY: u64 = 1001;
 const LIGHT: u64 = 2002;
@@ -37,27 +36,6 @@ impl JobHandler for Order {
     }
 }
 
-fn job(id: u64, user: u64, origin: InstanceId) -> Job {
-    Job {
-        id,
-        token: "test-token".into(),
-        application_id: 1,
-        user_id: user,
-        channel_id: 7,
-        guild_id: None,
-        args: JobArgs::Chat(ChatArgs {
-            prompt: "hi".into(),
-            reset: false,
-        }),
-        created_ms: now_ms(),
-        attachment_limit: 8 << 20,
-        origin,
-        tried: Vec::new(),
-        attempt: 0,
-        claim: None,
-    }
-}
-
 /// One chat worker, so the order of picks is the order of runs.
 fn one_worker(cluster: &Cluster, handler: Order) -> (Jobs, CancellationToken) {
     let jobs = Jobs::new(cluster);
@@ -72,9 +50,9 @@ async fn a_light_users_job_is_not_queued_behind_a_heavy_users_jobs() {
     let jobs = Jobs::new(tc.node(1));
     // Ten jobs of one user, then one of another, all waiting before any worker runs.
     for id in 1..=10 {
-        jobs.submit(job(id, HEAVY, 1)).await.unwrap();
+        jobs.submit(chat_job(id, HEAVY, 1)).await.unwrap();
     }
-    jobs.submit(job(11, LIGHT, 1)).await.unwrap();
+    jobs.submit(chat_job(11, LIGHT, 1)).await.unwrap();
     let order = Order::default();
     let ran = order.ran.clone();
     let (_jobs, stop) = one_worker(tc.node(1), order);
@@ -117,15 +95,15 @@ async fn an_idle_peer_steals_the_job_the_fair_pick_chooses() {
     };
     let hung = hang.ran.clone();
     let (jobs1, stop1) = one_worker(tc.node(1), hang);
-    jobs1.submit(job(1, HEAVY, 1)).await.unwrap();
+    jobs1.submit(chat_job(1, HEAVY, 1)).await.unwrap();
     wait_for("the first job to start", PATIENCE, || {
         hung.lock().unwrap().len() == 1
     })
     .await;
     for id in 2..=10 {
-        jobs1.submit(job(id, HEAVY, 1)).await.unwrap();
+        jobs1.submit(chat_job(id, HEAVY, 1)).await.unwrap();
     }
-    jobs1.submit(job(11, LIGHT, 1)).await.unwrap();
+    jobs1.submit(chat_job(11, LIGHT, 1)).await.unwrap();
     // Instance 3 is idle: the first job it takes is the light user's.
     let thief = Order::default();
     let stolen = thief.ran.clone();

@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use keyshard_cluster::jobs::BoxFuture;
 use keyshard_cluster::{
-    keys, Arrival, Cluster, Delivery, InstanceId, Job, JobArgs, JobContext, JobHandler, JobKind,
-    Jobs, Outcome, UnreadableJob,
+    keys, Arrival, Cluster, Delivery, InstanceId, Job, JobContext, JobHandler, JobKind, Jobs,
+    Outcome, UnreadableJob,
 };
-use keyshard_types::ChatArgs;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{now_ms, redis_get, wait_for, TestCluster, PATIENCE};
+use crate::support::{chat_job, now_ms, redis_get, wait_for, TestCluster, PATIENCE};
 
 /// What a recording handler does with a job.
 #[derive(Clone, Copy, PartialEq)]
@@ -124,24 +123,7 @@ impl JobHandler for Recorder {
 }
 
 fn job(id: u64, origin: InstanceId) -> Job {
-    Job {
-        id,
-        token: "test-token".into(),
-        application_id: 1,
-        user_id: 42,
-        channel_id: 7,
-        guild_id: None,
-        args: JobArgs::Chat(ChatArgs {
-            prompt: "hi".into(),
-            reset: false,
-        }),
-        created_ms: now_ms(),
-        attachment_limit: 8 << 20,
-        origin,
-        tried: Vec::new(),
-        attempt: 0,
-        claim: None,
-    }
+    chat_job(id, 42, origin)
 }
 
 const SLOTS: &[(JobKind, usize)] = &[(JobKind::Chat, 4), (JobKind::Image, 1), (JobKind::Video, 1)];

@@ -3,9 +3,12 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyshard_cluster::{ClaimOutcome, ClaimTiming, Cluster, ClusterConfig, InstanceId, UserId};
+use keyshard_cluster::{
+    ClaimOutcome, ClaimTiming, Cluster, ClusterConfig, InstanceId, Job, JobArgs, UserId,
+};
 use keyshard_routing::snowflake_at;
 use keyshard_testkit::RedisServer;
+use keyshard_types::ChatArgs;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -208,4 +211,26 @@ pub async fn redis_pttl(url: &str, key: &str) -> i64 {
         .query_async(&mut conn)
         .await
         .unwrap()
+}
+
+/// A chat job from `user` claimed by `origin`, as the bot would queue it.
+pub fn chat_job(id: u64, user: u64, origin: InstanceId) -> Job {
+    Job {
+        id,
+        token: "test-token".into(),
+        application_id: 1,
+        user_id: user,
+        channel_id: 7,
+        guild_id: None,
+        args: JobArgs::Chat(ChatArgs {
+            prompt: "hi".into(),
+            reset: false,
+        }),
+        created_ms: now_ms(),
+        attachment_limit: 8 << 20,
+        origin,
+        tried: Vec::new(),
+        attempt: 0,
+        claim: None,
+    }
 }

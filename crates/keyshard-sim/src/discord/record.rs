@@ -227,11 +227,17 @@ fn starts_with_error(content: Option<&str>) -> bool {
     content.is_some_and(|c| c.trim_start().starts_with(ERROR_PREFIX))
 }
 
+/// Records as the unit tests across the simulator write them.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cb(instance: u32, after_ms: f64, status: u16, kind: u8, content: &str) -> CallbackAttempt {
+impl CallbackAttempt {
+    /// A callback with `content`, no error code, no embeds or files, not ephemeral.
+    pub(crate) fn plain(
+        instance: u32,
+        after_ms: f64,
+        status: u16,
+        kind: u8,
+        content: &str,
+    ) -> Self {
         CallbackAttempt {
             instance,
             after_ms,
@@ -244,19 +250,45 @@ mod tests {
             ephemeral: false,
         }
     }
+}
+
+#[cfg(test)]
+impl InteractionRecord {
+    /// A `/핑` from `user_id` in a DM-less channel 1, sent at `sent_at` to `delivered_to`.
+    pub(crate) fn ping(
+        id: u64,
+        user_id: u64,
+        sent_at: Instant,
+        delivered_to: Vec<u32>,
+        callbacks: Vec<CallbackAttempt>,
+    ) -> Self {
+        InteractionRecord {
+            id,
+            command: "핑".into(),
+            user_id,
+            guild_id: None,
+            channel_id: 1,
+            sent_at,
+            sent_unix_ms: 0,
+            delivered_to,
+            callbacks,
+            messages: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cb(instance: u32, after_ms: f64, status: u16, kind: u8, content: &str) -> CallbackAttempt {
+        CallbackAttempt::plain(instance, after_ms, status, kind, content)
+    }
 
     fn record(callbacks: Vec<CallbackAttempt>, messages: Vec<MessageRecord>) -> InteractionRecord {
         InteractionRecord {
-            id: 1,
-            command: "핑".into(),
-            user_id: 2,
-            guild_id: None,
-            channel_id: 3,
-            sent_at: Instant::now(),
-            sent_unix_ms: 0,
-            delivered_to: vec![1, 2],
-            callbacks,
             messages,
+            ..InteractionRecord::ping(1, 2, Instant::now(), vec![1, 2], callbacks)
         }
     }
 

@@ -195,31 +195,11 @@ mod tests {
     use crate::discord::CallbackAttempt;
 
     fn rec(sent_at: Instant, ack: Option<u8>) -> InteractionRecord {
-        InteractionRecord {
-            id: 1,
-            command: "핑".into(),
-            user_id: 1,
-            guild_id: None,
-            channel_id: 1,
-            sent_at,
-            sent_unix_ms: 0,
-            delivered_to: vec![1],
-            callbacks: ack
-                .map(|kind| CallbackAttempt {
-                    instance: 1,
-                    after_ms: 1.0,
-                    status: 204,
-                    error_code: None,
-                    kind,
-                    content: Some("퐁".into()),
-                    embeds: vec![],
-                    files: vec![],
-                    ephemeral: false,
-                })
-                .into_iter()
-                .collect(),
-            messages: vec![],
-        }
+        let callbacks = ack
+            .map(|kind| CallbackAttempt::plain(1, 1.0, 204, kind, "퐁"))
+            .into_iter()
+            .collect();
+        InteractionRecord::ping(1, 1, sent_at, vec![1], callbacks)
     }
 
     #[test]

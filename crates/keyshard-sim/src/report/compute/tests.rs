@@ -5,31 +5,13 @@ use crate::discord::{CallbackAttempt, InteractionRecord, MessageKind, MessageRec
 use crate::judge::{DownInterval, Heartbeat, HeartbeatSample, OverloadRule, DEFAULT_OVERLOAD_WAIT};
 
 fn rec(user: u64, sent_at: Instant, callbacks: Vec<(u32, f64, u16)>) -> InteractionRecord {
-    InteractionRecord {
-        id: user * 10,
-        command: "핑".into(),
-        user_id: user,
-        guild_id: None,
-        channel_id: 1,
-        sent_at,
-        sent_unix_ms: 0,
-        delivered_to: vec![1, 2, 3, 4],
-        callbacks: callbacks
-            .into_iter()
-            .map(|(instance, after_ms, status)| CallbackAttempt {
-                instance,
-                after_ms,
-                status,
-                error_code: None,
-                kind: 4,
-                content: Some("퐁".into()),
-                embeds: vec![],
-                files: vec![],
-                ephemeral: false,
-            })
-            .collect(),
-        messages: vec![],
-    }
+    let callbacks = callbacks
+        .into_iter()
+        .map(|(instance, after_ms, status)| {
+            CallbackAttempt::plain(instance, after_ms, status, 4, "퐁")
+        })
+        .collect();
+    InteractionRecord::ping(user * 10, user, sent_at, vec![1, 2, 3, 4], callbacks)
 }
 
 fn input<'a>(
