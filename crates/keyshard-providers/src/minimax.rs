@@ -365,11 +365,7 @@ impl MiniMax {
 
     /// The key's health (out of service, circuit), shared by all its lanes.
     pub fn health(&self) -> crate::health::KeyHealth {
-        self.inner
-            .stats
-            .health
-            .clone()
-            .expect("a client's key always has its health")
+        self.inner.stats.key_health()
     }
 }
 

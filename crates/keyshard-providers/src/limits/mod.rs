@@ -51,6 +51,13 @@ pub(crate) struct StatsCell {
 }
 
 impl StatsCell {
+    /// The key's health: every client's key has one (only lane tests run without).
+    pub fn key_health(&self) -> crate::health::KeyHealth {
+        self.health
+            .clone()
+            .expect("a client's key always has its health")
+    }
+
     pub fn record_error(&self, class: ErrorClass) {
         let idx = ErrorClass::ALL
             .iter()

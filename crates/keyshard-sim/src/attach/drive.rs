@@ -352,30 +352,7 @@ async fn drain(svc: &Service, first: usize, last_sent: Instant, drain_s: f64) ->
     // cover a callback in flight as the window closes.
     let windows_closed = last_sent + discord.config().ack_window + Duration::from_millis(50);
     tokio::time::sleep_until(windows_closed.into()).await;
-    let until = Instant::now() + deadline;
-    let mut cursor = first;
-    let mut all_answered = move |recs: &[InteractionRecord]| {
-        while let Some(r) = recs.get(cursor) {
-            if r.ack().is_some() && !r.is_completed() {
-                return false;
-            }
-            cursor += 1;
-        }
-        true
-    };
-    let mut drained = discord.wait_for(&mut all_answered, deadline).await;
-    while drained && Instant::now() < until {
-        if !discord.wait_change(SETTLE).await {
-            break;
-        }
-        drained = discord
-            .wait_for(
-                &mut all_answered,
-                until.saturating_duration_since(Instant::now()),
-            )
-            .await;
-    }
-    drained
+    discord.drain(first, deadline, SETTLE).await
 }
 
 /// A progress line every few seconds: sent, acknowledged and answered so far in this run,

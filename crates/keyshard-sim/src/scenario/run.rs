@@ -290,33 +290,7 @@ impl Run {
         let windows_closed = load.last_sent + cfg.discord.ack_window + Duration::from_millis(50);
         tokio::time::sleep_until(windows_closed.into()).await;
         tracing::info!("load done; waiting for the last answers");
-        let drain_until = Instant::now() + cfg.drain_deadline;
-        // Every ack window has closed, so both "never acked" and "completed" are final: records
-        // before the cursor never need looking at again, which keeps each wake-up cheap while
-        // thousands of records wait.
-        let mut cursor = 0;
-        let mut all_answered = move |recs: &[InteractionRecord]| {
-            while let Some(r) = recs.get(cursor) {
-                if r.ack().is_some() && !r.is_completed() {
-                    return false;
-                }
-                cursor += 1;
-            }
-            true
-        };
-        let mut drained = discord
-            .wait_for(&mut all_answered, cfg.drain_deadline)
-            .await;
-        // Let streamed answers finish their last edits.
-        while drained && Instant::now() < drain_until {
-            if !discord.wait_change(cfg.settle).await {
-                break;
-            }
-            drained = discord
-                .wait_for(&mut all_answered, drain_until - Instant::now())
-                .await;
-        }
-        drained
+        discord.drain(0, cfg.drain_deadline, cfg.settle).await
     }
 
     /// Phase 4: stops the watchers and the instances, then judges and counts everything.
