@@ -32,7 +32,7 @@ pub(super) fn read_gateway(env: &mut Env<'_>) -> GatewayConfig {
             }
         },
     };
-    let window = Duration::from_millis(env.parse("IDENTIFY_WINDOW_MS", 5_000));
+    let window = Duration::from_millis(env.parse_min("IDENTIFY_WINDOW_MS", 5_000, 1));
     // Fifty of Discord's 1000 daily session starts: enough for an operator to restart a
     // whole cluster of a dozen shards by hand after a crash loop or a bad deploy spent the rest.
     let reserve = env.parse("IDENTIFY_RESERVE", 50u32);
@@ -45,9 +45,6 @@ pub(super) fn read_gateway(env: &mut Env<'_>) -> GatewayConfig {
             env.parse("RESTART_BACKOFF_MAX_MS", defaults.max.as_millis() as u64),
         ),
     };
-    if window.is_zero() {
-        env.problem("IDENTIFY_WINDOW_MS must be at least 1".into());
-    }
     if restart.max < restart.base {
         env.problem(format!(
             "RESTART_BACKOFF_MAX_MS ({}) must not be shorter than RESTART_BACKOFF_MS ({})",
