@@ -40,6 +40,10 @@ want=${1:-all}
 [[ $want == all || $want == failover16 ]] && run failover-16 --instances 16 --load-factor 1.0 --kill 2@20 "${common[@]}"
 [[ $want == all || $want == ack1000 ]] && run ack-1000 --instances 4 --users 2000 --mix ping=1 --rate 1000 --duration 30
 [[ $want == all || $want == ack16 ]] && run ack-16 --instances 16 --users 2000 --mix ping=1 --rate 200 --duration 30
+# Memory (issue 16): RSS per instance is sampled in every run (`memory.*`, every 10 s; the
+# ack-1000 run above gives it at 1,000/s); a 10-minute soak at 200/s, pings with the job mix
+# at about the keys' capacity, sampled each minute. Not part of `all` (ten minutes).
+[[ $want == soak ]] && run soak --instances 4 --users 2000 --mix "ping=20,chat=1,image=3,video=1" --rate 200 --duration 600 --provider-rpm 120 --overload-wait-secs 5 --memory-every 60
 [[ $want == all || $want == revoke ]] && run revoke --instances 4 --users 200 --rate 10 --mix chat=1 --duration 90 --revoke-key openai:2@20-60 --plot "$out/revoke.svg"
 # Issue 15: a cold start of 4 instances x 4 shards with Discord's 5 s window and one bucket;
 # session drops and invalidations (resumable and not) under load.

@@ -196,6 +196,26 @@ pub struct QuotaSample {
     pub drift: u64,
 }
 
+/// This process's resident memory (`VmRSS` of `/proc/self/status`, in kB there), read at each
+/// scrape; `None` where there is no procfs (then the series is left out, not shown as 0).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+/// `VmRSS:   15452 kB` → bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 impl Metrics {
     /// Counts one interaction's acknowledgement-path round trips (`ops`: one name each).
     pub fn observe_ack_round_trips(&self, ops: &[&str]) {
@@ -239,6 +259,14 @@ impl Metrics {
             "# HELP keyshard_redis_errors_total Redis calls that failed or timed out.\n# TYPE keyshard_redis_errors_total counter\nkeyshard_redis_errors_total {}",
             cluster.redis_errors
         );
+        if let Some(bytes) = resident_bytes() {
+            gauge(
+                &mut out,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes (VmRSS), the name Prometheus' process collectors use.",
+                bytes.to_string(),
+            );
+        }
         gauge(
             &mut out,
             "keyshard_redis_degraded",

@@ -133,6 +133,10 @@ pub struct RunArgs {
     /// instance, lane use against the limit, chaos marks.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Sample each instance's resident memory and Redis's memory every SECS (0: never); the
+    /// report's `memory` section.
+    #[arg(long, default_value_t = 10.0)]
+    pub memory_every: f64,
     #[command(flatten)]
     pub common: CommonArgs,
 }

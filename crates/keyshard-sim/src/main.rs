@@ -121,6 +121,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     cfg.count = args.count;
     cfg.guilds = args.guilds;
     cfg.plot = args.plot.clone();
+    cfg.memory_every =
+        (args.memory_every > 0.0).then(|| Duration::from_secs_f64(args.memory_every));
     cfg.chaos = [
         args.kill,
         args.terminate,

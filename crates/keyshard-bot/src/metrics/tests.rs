@@ -126,3 +126,15 @@ impl Metrics {
         out
     }
 }
+
+#[test]
+fn resident_memory_is_read_from_vm_rss() {
+    let status = "Name:\tkeyshard\nVmPeak:\t  99999 kB\nVmRSS:\t   15452 kB\nThreads:\t3\n";
+    assert_eq!(parse_vm_rss(status), Some(15452 * 1024));
+    assert_eq!(parse_vm_rss("Name:\tkeyshard\n"), None);
+    assert_eq!(parse_vm_rss("VmRSS:\tlots kB\n"), None);
+    // On Linux the scrape carries this process's own figure, which is never 0.
+    if cfg!(target_os = "linux") {
+        assert!(resident_bytes().is_some_and(|b| b > 0));
+    }
+}

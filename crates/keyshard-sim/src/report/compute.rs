@@ -393,6 +393,7 @@ impl<'i, 'a> Tally<'i, 'a> {
                 .as_secs_f64()),
             instance_metrics: None,
             revoked_keys: Vec::new(),
+            memory: None,
         }
     }
 }

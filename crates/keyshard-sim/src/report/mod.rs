@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 pub use compute::ReportInput;
 pub use model::{
     AckLatency, CommandReport, CompletionLatency, Fairness, GatewayReport, InstanceMetrics,
-    InstanceReport, Interactions, LaneUse, LedgerReport, LostExample, Report, RevokedKey,
-    RouteExample, Routing, ScenarioSummary,
+    InstanceReport, Interactions, LaneUse, LedgerReport, LostExample, MemoryReport, MemorySample,
+    Report, RevokedKey, RouteExample, Routing, ScenarioSummary,
 };
 
 /// The steady state of a load of `load` that started at `start`: from the end of a warm-up

@@ -308,6 +308,42 @@ pub struct Report {
     /// Keys revoked during the run (`--revoke-key`) and when they were in use again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked_keys: Vec<RevokedKey>,
+    /// The instances' and Redis's memory over the run; `None` when not sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
+}
+
+/// Memory over the run, sampled every `every_s` from the end of the start phase.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MemoryReport {
+    pub every_s: f64,
+    /// Each instance's peak resident memory in kB (`null`: never scraped).
+    pub rss_kb_max: Vec<Option<u64>>,
+    pub rss_kb_max_any: Option<u64>,
+    pub redis_used_bytes_max: Option<u64>,
+    /// The job streams' `MEMORY USAGE` divided by their entries, at the sample with the most
+    /// queued jobs (`deepest_queue`); `None` when nothing was ever queued at a sample.
+    pub bytes_per_queued_job: Option<f64>,
+    pub deepest_queue: u64,
+    /// Mean `MEMORY USAGE` of a conversation key, at the sample with the most conversations.
+    pub bytes_per_conversation: Option<f64>,
+    pub conversations_max: u64,
+    pub samples: Vec<MemorySample>,
+}
+
+/// One memory sample.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MemorySample {
+    /// Seconds from the first dispatch.
+    pub at_s: f64,
+    /// Per instance (index = id − 1), kB; `null` when the scrape failed (e.g. killed).
+    pub rss_kb: Vec<Option<u64>>,
+    pub redis_used_bytes: Option<u64>,
+    pub queued_jobs: u64,
+    pub job_streams_bytes: u64,
+    pub conversations: u64,
+    pub conversations_weighed: u64,
+    pub conversations_weighed_bytes: u64,
 }
 
 /// One key revoked during the run, as the fake providers saw it (seconds since the first

@@ -391,6 +391,29 @@ impl Report {
                 );
             }
         }
+        if let Some(m) = &self.memory {
+            let rss: Vec<String> = m
+                .rss_kb_max
+                .iter()
+                .map(|r| r.map_or("-".to_owned(), |kb| format!("{:.1}", kb as f64 / 1024.0)))
+                .collect();
+            let per = |v: Option<f64>| v.map_or("-".to_owned(), |b| format!("{b:.0} B"));
+            let _ =
+                writeln!(
+                s,
+                "memory ({} samples, every {:.0} s): peak RSS per instance {} MB; Redis peak {}; \
+                 per queued job {} (deepest queue {}); per conversation {} ({} conversations)",
+                m.samples.len(),
+                m.every_s,
+                rss.join(" · "),
+                m.redis_used_bytes_max
+                    .map_or("-".to_owned(), |b| format!("{:.1} MB", b as f64 / 1_048_576.0)),
+                per(m.bytes_per_queued_job),
+                m.deepest_queue,
+                per(m.bytes_per_conversation),
+                m.conversations_max
+            );
+        }
         if self.drain_timed_out {
             let _ = writeln!(
                 s,

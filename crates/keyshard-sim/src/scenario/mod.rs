@@ -18,6 +18,7 @@
 
 pub mod chaos;
 pub mod load;
+pub mod memory;
 pub mod observe;
 mod plot_input;
 mod run;
@@ -131,6 +132,8 @@ pub struct ScenarioConfig {
     pub skip_unregistered: bool,
     /// Draw the run over time into this SVG file ([`crate::report::plot`]).
     pub plot: Option<PathBuf>,
+    /// How often the instances' and Redis's memory is sampled ([`memory`]); `None`: not at all.
+    pub memory_every: Option<Duration>,
 }
 
 impl ScenarioConfig {
@@ -169,6 +172,8 @@ impl ScenarioConfig {
             // Often enough that a run never looks stuck, rarely enough to read.
             progress_every: Some(Duration::from_secs(5)),
             skip_unregistered: false,
+            // Often enough for a 30 s run to have a few samples, and a 10-minute soak sixty.
+            memory_every: Some(Duration::from_secs(10)),
         }
     }
 

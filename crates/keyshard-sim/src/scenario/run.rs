@@ -14,13 +14,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::chaos::{run_chaos, ChaosAction};
 use super::load::{build_spec, make_users, CommandKind, UserPicker};
+use super::memory;
 use super::observe::{self, HeartbeatReader, Samples};
 use super::plot_input::plot_data;
 use super::ScenarioConfig;
 use crate::cluster::{InstanceEnv, ProcessCluster, ProcessConfig};
 use crate::discord::{FakeDiscord, InteractionRecord, RegisteredCommand};
 use crate::judge::{down_intervals, Observations, OverloadRule};
-use crate::report::{steady_window, Report, ReportInput};
+use crate::report::{steady_window, MemorySample, Report, ReportInput};
 
 /// Private Redis or the given URL.
 enum RedisHandle {
@@ -137,6 +138,8 @@ pub(super) struct Run {
     /// Stops the sampler and the progress line.
     stop: CancellationToken,
     watchers: Vec<JoinHandle<()>>,
+    /// The memory sampler ([`memory`]), awaited for its samples in `collect`.
+    memory: Option<JoinHandle<Vec<MemorySample>>>,
 }
 
 impl Run {
@@ -186,7 +189,21 @@ impl Run {
             ready_s,
             stop: CancellationToken::new(),
             watchers: Vec::new(),
+            memory: None,
         })
+    }
+
+    /// Where the memory sampler reads: every instance's HTTP address (fixed per id across
+    /// restarts), Redis, and the cluster's key prefix.
+    async fn memory_probe(&self) -> memory::MemoryProbe {
+        let cluster = self.cluster.lock().await;
+        memory::MemoryProbe {
+            instances: (1..=self.cfg.instances)
+                .filter_map(|id| Some((id, cluster.http_addr(id)?)))
+                .collect(),
+            redis_url: self.redis_url.clone(),
+            cluster_name: self.cluster_name.clone(),
+        }
     }
 
     /// Phase 2: the open-loop load (Poisson arrivals at `rate`, each at its scheduled time
@@ -215,6 +232,15 @@ impl Run {
         };
         let picker = UserPicker::new(others.len(), cfg.skew);
         let start = Instant::now();
+        if let Some(every) = cfg.memory_every {
+            let probe = self.memory_probe().await;
+            self.memory = Some(tokio::spawn(memory::sample(
+                probe,
+                start,
+                every,
+                self.stop.clone(),
+            )));
+        }
         if let Some(every) = cfg.progress_every {
             self.watchers.push(tokio::spawn(observe::report_progress(
                 self.discord.clone(),
@@ -306,6 +332,12 @@ impl Run {
         for w in self.watchers {
             w.await.ok();
         }
+        let memory = match (self.memory, self.cfg.memory_every) {
+            (Some(task), Some(every)) => {
+                Some(memory::summarize(every, task.await.unwrap_or_default()))
+            }
+            _ => None,
+        };
         let mut cluster = Arc::try_unwrap(self.cluster)
             .map_err(|_| anyhow::anyhow!("the cluster is still shared after the run"))?
             .into_inner();
@@ -391,6 +423,7 @@ impl Run {
             tracing::info!(path = %path.display(), "plot written");
         }
         report.instance_metrics = Some(scraped);
+        report.memory = memory;
         report.revoked_keys =
             providers.map_or_else(Vec::new, |p| p.revocations(cfg.instances, load.start));
         tracing::info!(run_dir = %self.run_dir.display(), "scenario finished");
