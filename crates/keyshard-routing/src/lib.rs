@@ -20,6 +20,9 @@
 //!   interaction ([`judge`] → [`Verdict`]).
 //! - [`rate`]: the service-rate estimate behind the overload rule ([`ServiceRate`]).
 //! - [`snowflake`]: a Discord snowflake's creation time and the 3 s acknowledgement deadline.
+//! - [`waiting`]: honest waiting: a waiting job's place in the fair pick's order
+//!   ([`fair_order`]), what its reply says ([`Notice`]) and when it is edited
+//!   ([`WaitingPolicy`]).
 //! - [`gateway`]: the shard count, when a shard may IDENTIFY (one per bucket per window, never
 //!   below the day's reserve: [`identify_turn`], [`keeps_reserve`]), and the restart backoff of
 //!   a crash-looping instance ([`restart_delay`]).
@@ -33,6 +36,7 @@ pub mod placement;
 pub mod quota;
 pub mod rate;
 pub mod snowflake;
+pub mod waiting;
 
 pub use claim::{claim_turn, sweep_delay, ClaimTiming, ClaimTurn};
 pub use fair::{admit, cluster_rate, estimate_wait, fair_pick, Admission, Waiting};
@@ -49,6 +53,7 @@ pub use quota::{
     QuotaZone, Remaining, Rule, Used, Verdict,
 };
 pub use rate::ServiceRate;
+pub use waiting::{fair_order, round_estimate, Notice, Shown, WaitingPolicy};
 pub use snowflake::{
     ack_deadline_ms, created_at_ms, snowflake_at, ACK_WINDOW_MS, DISCORD_EPOCH_MS,
 };
