@@ -138,9 +138,11 @@ impl WaitingEdits {
                 let edit = serenity::EditInteractionResponse::new().content(text);
                 let sent = tokio::time::timeout(
                     WAITING_EDIT_BUDGET,
-                    self.inner
-                        .http
-                        .edit_original_interaction_response(&w.job.token, &edit, Vec::new()),
+                    self.inner.http.edit_original_interaction_response(
+                        &w.job.token,
+                        &edit,
+                        Vec::new(),
+                    ),
                 )
                 .await;
                 match sent {
@@ -165,11 +167,7 @@ impl WaitingEdits {
             Ok(false) => {}
             Err(e) => tracing::debug!(job = id, "waiting edit not fenced, skipped: {e}"),
         }
-        self.inner
-            .sending
-            .lock()
-            .expect("waiting lock")
-            .remove(&id);
+        self.inner.sending.lock().expect("waiting lock").remove(&id);
     }
 
     /// A run of job `id` begins (here, whichever instance queued it): no waiting edit starts

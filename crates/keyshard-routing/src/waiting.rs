@@ -204,6 +204,9 @@ mod tests {
         let moved = Notice::new(2, Some(s(20)));
         assert!(!p.should_edit(s(7), 7_999, Some(&last), moved), "too soon");
         assert!(p.should_edit(s(8), 8_000, Some(&last), moved));
-        assert!(!p.should_edit(s(14 * 60), 900_000, Some(&last), moved), "token dying");
+        assert!(
+            !p.should_edit(s(14 * 60), 900_000, Some(&last), moved),
+            "token dying"
+        );
     }
 }

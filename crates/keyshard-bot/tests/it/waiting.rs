@@ -13,7 +13,10 @@ use crate::support::{Setup, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_reply_shows_its_place_then_the_answer_and_nothing_after() {
-    assert_eq!(QUEUED_PREFIX, WAITING_PREFIX, "the simulator reads the bot's mark");
+    assert_eq!(
+        QUEUED_PREFIX, WAITING_PREFIX,
+        "the simulator reads the bot's mark"
+    );
     // One chat worker, answers of ~300 words streamed 15 ms apart (about 4.5 s each), no
     // maximum wait: of four chats from four users, the first starts at once and the last
     // waits about three answers' time, long past the first edit's 3 s, with two or three
@@ -45,7 +48,10 @@ async fn a_waiting_reply_shows_its_place_then_the_answer_and_nothing_after() {
                 Duration::from_secs(20),
             )
             .await;
-        assert!(running, "chat {k} not acknowledged (or, the first, not running)");
+        assert!(
+            running,
+            "chat {k} not acknowledged (or, the first, not running)"
+        );
         ids.push(id);
     }
     let last = ids[3];
@@ -56,8 +62,7 @@ async fn a_waiting_reply_shows_its_place_then_the_answer_and_nothing_after() {
             |records| {
                 records.iter().any(|r| {
                     r.id == last
-                        && r
-                            .waiting_edits()
+                        && r.waiting_edits()
                             .any(|m| m.content.as_deref().is_some_and(|t| t.contains("앞에")))
                 })
             },

@@ -141,10 +141,7 @@ impl Jobs {
     /// per call; nothing in Redis changes.
     pub async fn waiting(&self, kind: JobKind) -> Result<Vec<WaitingJob>, ClusterError> {
         let inner = &self.inner;
-        let mut keys = vec![
-            self.stream(inner.me, kind),
-            keys::served(&inner.prefix),
-        ];
+        let mut keys = vec![self.stream(inner.me, kind), keys::served(&inner.prefix)];
         keys.extend(
             (1..=inner.cluster.config().instance_count).map(|id| keys::busy(&inner.prefix, id)),
         );
@@ -231,6 +228,11 @@ impl Jobs {
     /// A run of job `id` begins: no waiting edit starts after this. Returns the edit already
     /// on its way, if any, which the run waits out before it says anything to Discord.
     pub async fn job_started(&self, id: u64) -> Result<Option<EditInFlight>, ClusterError> {
+        if self.inner.cluster.is_degraded() {
+            // Redis is away: no edit can be fenced meanwhile either, and a job run in-process
+            // does not wait a Redis call's budget to learn that.
+            return Ok(None);
+        }
         let p = &self.inner.prefix;
         let (started, fence) = (keys::job_started(p, id), keys::waiting_edit(p, id));
         let (who, pttl): (String, i64) = self

@@ -222,7 +222,10 @@ impl InteractionRecord {
             .iter()
             .position(|m| m.accepted() && !is_progress(m.content.as_deref()));
         match first_final {
-            Some(i) => self.messages[i..].iter().filter(|m| is_waiting_edit(m)).count(),
+            Some(i) => self.messages[i..]
+                .iter()
+                .filter(|m| is_waiting_edit(m))
+                .count(),
             None => 0,
         }
     }
