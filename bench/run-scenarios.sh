@@ -55,4 +55,13 @@ want=${1:-all}
 [[ $want == all || $want == fair ]] && run fair-quiet --instances 4 --load-factor 0.75 --noisy-user 0 "${common[@]}"
 [[ $want == all || $want == quota ]] && run quota-burst --instances 4 --users 1 --mix image=1 --count 200 --duration 0 --quota image=10
 [[ $want == all || $want == quota ]] && run quota-kill --instances 4 --users 1 --mix image=1 --count 200 --duration 1 --kill 2@0.5 --quota image=10
+# Issue 14 §4: honest waiting at 3x capacity for five minutes. Every accepted job must be
+# answered within its command's maximum wait (+10 %), every other request refused at once,
+# and no waiting edit may follow an answer (overload.*, waiting.*). The maxima are set low
+# (the defaults are 60/180/600 s) so the queue reaches them within the run and drains within
+# the drain window. OVERRIDE: OVERLOAD_DURATION (e.g. 120 for a shorter run).
+overload=(--users 500 --duration "${OVERLOAD_DURATION:-300}" --mix "chat=1,image=3,video=1"
+  --provider-rpm 120 --overload-wait-secs 5 --max-wait chat=20 --max-wait image=30
+  --max-wait video=60)
+[[ $want == overload ]] && run overload --instances 4 --load-factor 3 "${overload[@]}"
 exit 0

@@ -20,6 +20,7 @@ use crate::gateway::{self, DiscordBudget};
 use crate::http::{self, Probe};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::waiting::WaitingEdits;
 use crate::work::{Catalog, WorkTiming, Worker, WorkerSetup};
 
 /// How often the instance publishes its remaining key budget for `/로드밸런서` and `/성능`,
@@ -124,6 +125,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         work_stop.clone(),
     ));
 
+    // Honest waiting: the waiting replies edited with their place and expected wait.
+    let waiting = WaitingEdits::new(jobs.clone(), clients[0].http.clone(), config.instance_id);
+    let waiting_task = waiting.spawn(work_stop.clone());
     let worker = Worker::new(
         clients[0].http.clone(),
         providers.clone(),
@@ -139,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             catalog: Catalog::from_config(&config),
             ledger,
             quotas: quotas.clone(),
+            waiting: Some(waiting),
         },
     );
     let worker_tasks = jobs.spawn(
@@ -180,6 +185,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let _ = t.await;
     }
     let _ = info_task.await;
+    let _ = waiting_task.await;
     let _ = health_task.await;
     let _ = stats_task.await;
     for t in quota_tasks {

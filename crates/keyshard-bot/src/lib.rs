@@ -21,6 +21,8 @@
 //! - [`key_health`]: the providers' key health kept in step with the cluster-wide
 //!   out-of-service marks, and the kinds this instance's keys can serve told to the readers.
 //! - [`work`]: the job handler: provider calls with this instance's keys and delivery.
+//! - [`waiting`]: honest waiting: one pass per instance edits its waiting jobs' replies with
+//!   their place and expected wait, fenced so that no such edit lands after a job's answer.
 //! - [`ledger`]: the usage ledger from the bot's side: each answered interaction's row,
 //!   priced and recorded with the step that marks it answered (claim confirmation or done
 //!   marker), exactly once.
@@ -33,9 +35,10 @@
 //! - [`clock`]: the one reading of the wall clock.
 //!
 //! Imports run one way: `app → {edge, gateway}`, `edge → commands → {context, respond,
-//! replies}`, `gateway → shards`, `work → {replies, clock, redact, ledger}`; `context`,
-//! `shards`, `replies`, `clock`, `redact`, `config`, `metrics` and `ledger` name no module above
-//! them, and nothing but `app` names `edge` or `gateway`.
+//! replies}`, `gateway → shards`, `work → {replies, clock, redact, ledger, waiting}`,
+//! `waiting → {replies, clock, redact}`; `context`, `shards`, `replies`, `clock`, `redact`,
+//! `config`, `metrics` and `ledger` name no module above them, and nothing but `app` names
+//! `edge` or `gateway`.
 
 pub mod app;
 pub mod cli;
@@ -56,6 +59,7 @@ pub mod redact;
 pub mod replies;
 pub mod respond;
 pub mod shards;
+pub mod waiting;
 pub mod work;
 
 pub use app::run;

@@ -63,6 +63,17 @@ pub fn done(cluster: &str, job_id: u64) -> String {
     format!("{cluster}:done:{job_id}")
 }
 
+/// `{c}:wedit:{job_id}`: a waiting edit of the job's reply is on its way (the sender's id);
+/// the job's first run waits until it is gone, so no waiting edit lands after the answer.
+pub fn waiting_edit(cluster: &str, job_id: u64) -> String {
+    format!("{cluster}:wedit:{job_id}")
+}
+
+/// `{c}:started:{job_id}`: a run of the job has begun; no waiting edit follows.
+pub fn job_started(cluster: &str, job_id: u64) -> String {
+    format!("{cluster}:started:{job_id}")
+}
+
 /// `{c}:jobstate:{job_id}`: a job's resumable progress (e.g. a provider's task id).
 pub fn job_state(cluster: &str, job_id: u64) -> String {
     format!("{cluster}:jobstate:{job_id}")
@@ -232,6 +243,8 @@ mod tests {
             key_out(c, "openai", "ab12"),
             busy(c, 2),
             served(c),
+            waiting_edit(c, 7),
+            job_started(c, 7),
         ];
         let want = [
             "ks:hb:2",
@@ -264,6 +277,8 @@ mod tests {
             "ks:keyout:openai:ab12",
             "ks:busy:2",
             "ks:served",
+            "ks:wedit:7",
+            "ks:started:7",
         ];
         assert_eq!(got, want);
     }

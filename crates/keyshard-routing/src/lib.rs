@@ -20,6 +20,9 @@
 //!   interaction ([`judge`] → [`Verdict`]).
 //! - [`rate`]: the service-rate estimate behind the overload rule ([`ServiceRate`]).
 //! - [`snowflake`]: a Discord snowflake's creation time and the 3 s acknowledgement deadline.
+//! - [`waiting`]: honest waiting: a waiting job's place in the fair pick's order
+//!   ([`fair_order`]), what its reply says ([`Notice`]) and when it is edited
+//!   ([`WaitingPolicy`]).
 //! - [`gateway`]: the shard count, when a shard may IDENTIFY (one per bucket per window, never
 //!   below the day's reserve: [`identify_turn`], [`keeps_reserve`]), and the restart backoff of
 //!   a crash-looping instance ([`restart_delay`]).
@@ -33,6 +36,7 @@ pub mod placement;
 pub mod quota;
 pub mod rate;
 pub mod snowflake;
+pub mod waiting;
 
 pub use claim::{claim_turn, sweep_delay, ClaimTiming, ClaimTurn};
 pub use fair::{admit, cluster_rate, estimate_wait, fair_pick, Admission, Waiting};
@@ -52,6 +56,7 @@ pub use rate::ServiceRate;
 pub use snowflake::{
     ack_deadline_ms, created_at_ms, snowflake_at, ACK_WINDOW_MS, DISCORD_EPOCH_MS,
 };
+pub use waiting::{fair_order, round_estimate, Notice, Shown, WaitingPolicy};
 
 /// An instance number, 1-based: instance `k` of an `N`-instance cluster has `1 <= k <= N`.
 pub type InstanceId = u32;

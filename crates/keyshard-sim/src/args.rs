@@ -198,6 +198,11 @@ pub struct CommonArgs {
     /// against every `QUOTA_<CMD>_{USER,GUILD}_DAILY` the instances get.
     #[arg(long, value_parser = parse_quota)]
     pub quota: Vec<(String, String)>,
+    /// The maximum wait of a command, KIND=SECS (chat, image, video; 0: none; repeatable): the
+    /// same as `--instance-env MAX_WAIT_SECS_<KIND>=SECS`. The report's `overload.*` judges
+    /// the accepted answers against every `MAX_WAIT_SECS_<KIND>` the instances get.
+    #[arg(long, value_parser = parse_max_wait)]
+    pub max_wait: Vec<(String, String)>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
 }
@@ -290,6 +295,20 @@ pub fn parse_quota(s: &str) -> anyhow::Result<(String, String)> {
     let n: u64 = n.parse().context("the limit is a number")?;
     Ok((
         format!("QUOTA_{}_USER_DAILY", cmd.to_ascii_uppercase()),
+        n.to_string(),
+    ))
+}
+
+pub fn parse_max_wait(s: &str) -> anyhow::Result<(String, String)> {
+    let (kind, n) = s
+        .split_once('=')
+        .context("expected KIND=SECS, e.g. chat=20")?;
+    if !matches!(kind, "chat" | "image" | "video") {
+        anyhow::bail!("{kind:?} has no maximum wait (chat, image, video)");
+    }
+    let n: u64 = n.parse().context("the maximum is whole seconds")?;
+    Ok((
+        format!("MAX_WAIT_SECS_{}", kind.to_ascii_uppercase()),
         n.to_string(),
     ))
 }

@@ -31,6 +31,7 @@ pub mod providers;
 pub mod quota;
 pub mod report;
 pub mod scenario;
+pub mod waiting;
 pub mod wiring;
 
 /// A loopback HTTP client. reqwest is built without a default crypto provider (the workspace

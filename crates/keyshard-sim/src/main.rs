@@ -81,6 +81,7 @@ fn base_config(
     cfg.overload_wait_secs = common.overload_wait_secs;
     cfg.env = common.instance_env.clone();
     cfg.env.extend(common.quota.iter().cloned());
+    cfg.env.extend(common.max_wait.iter().cloned());
     cfg.shards = common.gateway.shards;
     cfg.discord.gateway = common
         .gateway

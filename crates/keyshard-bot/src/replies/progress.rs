@@ -41,6 +41,10 @@ pub fn wait_refused(estimate_secs: u64, max_secs: u64) -> String {
     )
 }
 
+/// How every waiting edit ([`queued`]) starts: the simulator tells those from the job's own
+/// progress by it (`keyshard_sim::discord::record::WAITING_PREFIX`).
+pub const QUEUED_PREFIX: &str = "⏳ 대기 중이에요";
+
 /// A job waiting for a worker: `ahead` jobs before it, and its expected wait when known.
 pub fn queued(ahead: u64, estimate_secs: Option<u64>) -> String {
     let place = if ahead == 0 {
@@ -49,8 +53,8 @@ pub fn queued(ahead: u64, estimate_secs: Option<u64>) -> String {
         format!("앞에 {ahead}개")
     };
     match estimate_secs {
-        Some(s) => format!("⏳ 대기 중이에요 · {place} · 예상 약 {}", duration(s)),
-        None => format!("⏳ 대기 중이에요 · {place}"),
+        Some(s) => format!("{QUEUED_PREFIX} · {place} · 예상 약 {}", duration(s)),
+        None => format!("{QUEUED_PREFIX} · {place}"),
     }
 }
 

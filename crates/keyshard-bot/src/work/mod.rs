@@ -30,6 +30,7 @@ use poise::serenity_prelude as serenity;
 use crate::clock::unix_ms;
 use crate::ledger::Ledger;
 use crate::replies;
+use crate::waiting::WaitingEdits;
 use deliver::Answer;
 pub use meter::{Catalog, Meter, Use};
 
@@ -74,6 +75,7 @@ struct WorkerInner {
     catalog: Catalog,
     ledger: Option<Arc<Ledger>>,
     quotas: Quotas,
+    waiting: Option<WaitingEdits>,
 }
 
 /// What a worker is built from besides its handles: who it is, its models and keys as the
@@ -86,6 +88,8 @@ pub struct WorkerSetup {
     pub ledger: Option<Arc<Ledger>>,
     /// The quotas, for the refund of a failed job.
     pub quotas: Quotas,
+    /// The waiting edits, told when a run begins so none lands after it (`None`: off).
+    pub waiting: Option<WaitingEdits>,
 }
 
 impl Worker {
@@ -108,6 +112,7 @@ impl Worker {
                 catalog: setup.catalog,
                 ledger: setup.ledger,
                 quotas: setup.quotas,
+                waiting: setup.waiting,
             }),
         }
     }
@@ -140,6 +145,14 @@ impl Worker {
             (JobKind::Image, image.max(1)),
             (JobKind::Video, video.max(1)),
         ]
+    }
+
+    /// A run of job `id` begins: before its first word to Discord, so no waiting edit of
+    /// the reply lands after it (`crate::waiting`).
+    async fn begin(&self, id: u64) {
+        if let Some(w) = &self.inner.waiting {
+            w.started(id).await;
+        }
     }
 
     pub(crate) fn http(&self) -> &serenity::Http {
@@ -322,6 +335,7 @@ impl JobHandler for Worker {
     fn handle(&self, job: Job, ctx: JobContext) -> BoxFuture<Outcome> {
         let worker = self.clone();
         Box::pin(async move {
+            worker.begin(job.id).await;
             let mut meter = Meter::start();
             let m = &mut meter;
             match &job.args {
@@ -338,6 +352,7 @@ impl JobHandler for Worker {
     fn unreadable(&self, job: UnreadableJob, ctx: JobContext) -> BoxFuture<()> {
         let worker = self.clone();
         Box::pin(async move {
+            worker.begin(job.id).await;
             tracing::error!(job = job.id, "cannot run the job: {}", job.args);
             let answer = Answer::text(replies::JOB_UNREADABLE);
             let command = command_of(job.kind());

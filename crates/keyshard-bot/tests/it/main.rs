@@ -10,3 +10,4 @@ mod ping;
 mod quota;
 mod scenarios;
 mod support;
+mod waiting;

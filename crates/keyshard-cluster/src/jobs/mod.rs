@@ -49,6 +49,9 @@
 //!   a steal when idle, and a blocking read for new entries.
 //! - `rescue`: moving a dead instance's jobs into this instance's streams.
 //! - `steal`: taking one waiting job from a peer.
+//! - `waiting`: honest waiting's read of the jobs waiting here, each with its place in the
+//!   fair pick's order and its expected wait ([`Jobs::waiting`]), and the per-job fence that
+//!   keeps a waiting edit of a reply from landing after the answer.
 //!
 //! Here: the [`Jobs`] handle (submit, spawn, the published load and counters).
 
@@ -60,6 +63,7 @@ mod rescue;
 mod run;
 mod steal;
 mod stream;
+mod waiting;
 mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -76,6 +80,7 @@ pub use self::job::{
     Arrival, BoxFuture, ClaimInfo, Job, JobArgs, JobHandler, JobKind, JobStats, Outcome, Payload,
     UnreadableArgs, UnreadableJob,
 };
+pub use self::waiting::{EditInFlight, WaitingJob, WAITING_EDIT_BUDGET};
 pub use self::wire::{decode, DecodeError};
 /// `{c}:jobs:{instance}:{kind}` (the key is built in [`keys`](crate::keys)).
 pub use crate::keys::job_stream as stream_key;

@@ -16,3 +16,4 @@ mod outage;
 mod quota;
 mod requests_per_day;
 mod support;
+mod waiting;

@@ -47,7 +47,8 @@ pub use config::{
     CLOSE_SHARDING_REQUIRED, MAX_GUILDS_PER_SHARD,
 };
 pub use record::{
-    CallbackAttempt, Completion, FileRecord, InteractionRecord, MessageKind, MessageRecord,
+    is_waiting_edit, CallbackAttempt, Completion, FileRecord, InteractionRecord, MessageKind,
+    MessageRecord, WAITING_PREFIX,
 };
 pub use snowflake::{created_at_ms, snowflake_at};
 pub use types::{

@@ -207,6 +207,41 @@ impl InteractionRecord {
     pub fn is_completed(&self) -> bool {
         self.completion().is_some()
     }
+
+    /// The accepted waiting edits of the deferred reply (see [`is_waiting_edit`]), in order.
+    /// Progress, never an answer: [`final_messages`](Self::final_messages) leaves them out.
+    pub fn waiting_edits(&self) -> impl Iterator<Item = &MessageRecord> {
+        self.messages.iter().filter(|m| is_waiting_edit(m))
+    }
+
+    /// Waiting edits that reached Discord after the first final message: each one overwrote
+    /// (part of) the answer the user had. Must be 0.
+    pub fn waiting_edits_after_answer(&self) -> usize {
+        let first_final = self
+            .messages
+            .iter()
+            .position(|m| m.accepted() && !is_progress(m.content.as_deref()));
+        match first_final {
+            Some(i) => self.messages[i..]
+                .iter()
+                .filter(|m| is_waiting_edit(m))
+                .count(),
+            None => 0,
+        }
+    }
+}
+
+/// How the bot's waiting edits start (its `replies::progress::QUEUED_PREFIX`): a job still
+/// in the queue, its place and expected wait. A progress edit like any other `⏳` one.
+pub const WAITING_PREFIX: &str = "⏳ 대기 중이에요";
+
+/// An accepted edit of the original reply that says the job still waits.
+pub fn is_waiting_edit(m: &MessageRecord) -> bool {
+    m.kind == MessageKind::EditOriginal
+        && m.accepted()
+        && m.content
+            .as_deref()
+            .is_some_and(|c| c.starts_with(WAITING_PREFIX))
 }
 
 /// A progress edit of a deferred reply, not an answer (the bot's convention: `⏳` first, or
@@ -391,5 +426,35 @@ mod tests {
             ],
         );
         assert!(channel.has_duplicate_answer());
+    }
+
+    #[test]
+    fn waiting_edits_are_progress_and_any_after_the_answer_is_counted() {
+        let msg = |content: &str| MessageRecord {
+            instance: 2,
+            after_ms: 1.0,
+            kind: MessageKind::EditOriginal,
+            status: 200,
+            error_code: None,
+            content: Some(content.into()),
+            embeds: vec![],
+            files: vec![],
+        };
+        let mut r = record(
+            vec![cb(2, 2.0, 204, 5, "")],
+            vec![
+                msg("⏳ 대기 중이에요 · 앞에 2개 · 예상 약 20초"),
+                msg("⏳ 대기 중이에요 · 곧 시작해요"),
+                msg("⏳ 이미지를 그리는 중이에요…"),
+            ],
+        );
+        assert_eq!(r.waiting_edits().count(), 2);
+        assert!(r.completion().is_none(), "waiting edits are not an answer");
+        r.messages.push(msg("the answer"));
+        assert_eq!(r.waiting_edits_after_answer(), 0);
+        assert!(!r.has_duplicate_answer());
+        r.messages.push(msg("⏳ 대기 중이에요 · 곧 시작해요"));
+        assert_eq!(r.waiting_edits_after_answer(), 1, "it overwrote the answer");
+        assert_eq!(r.completion().unwrap().after_ms, 1.0, "still the answer's");
     }
 }

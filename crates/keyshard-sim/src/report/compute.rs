@@ -387,6 +387,9 @@ impl<'i, 'a> Tally<'i, 'a> {
             ledger: input.ledger.clone(),
             // Judged after the report, from the run's env (`crate::quota`).
             quota: None,
+            // Judged after the report, from the run's env (`crate::waiting`).
+            waiting: None,
+            overload: None,
             elapsed_s: r2(input
                 .end
                 .saturating_duration_since(input.start)

@@ -297,6 +297,14 @@ pub struct Report {
     /// Quotas as the simulator judges them from its own records ([`crate::quota`]); `None`
     /// when the run sets no daily limit.
     pub quota: Option<crate::quota::QuotaReport>,
+    /// Waiting edits of deferred replies ([`crate::waiting`]); `None` in a run without a
+    /// provider command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<crate::waiting::WaitingReport>,
+    /// Accepted against refused requests and the accepted ones' waits against their maxima
+    /// ([`crate::waiting`]); `None` in a run without a provider command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overload: Option<crate::waiting::OverloadReport>,
     /// With `--noisy-user`: how the others fared against the noisy user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fairness: Option<Fairness>,

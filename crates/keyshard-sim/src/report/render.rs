@@ -86,6 +86,20 @@ impl Report {
             );
         }
         self.render_ledger(s);
+        if let Some(w) = &self.waiting {
+            let _ = writeln!(
+                s,
+                "waiting       edits {}  jobs_with_edits {}  max_edits_per_job {}  edits_after_answer {}",
+                w.edits, w.jobs_with_edits, w.max_edits_per_job, w.edits_after_answer
+            );
+        }
+        if let Some(o) = &self.overload {
+            let _ = writeln!(
+                s,
+                "overload      accepted {}  refused {}  accepted_over_max_wait {}  refusal ack p99 {:.1} ms (max {:.1})  slowest {:?}  max_wait_secs {:?}",
+                o.accepted, o.refused, o.accepted_over_max_wait, o.refusal_ack_p99_ms, o.refusal_ack_max_ms, o.slowest_ms, o.max_wait_secs
+            );
+        }
         if let Some(q) = &self.quota {
             let _ = writeln!(
                 s,

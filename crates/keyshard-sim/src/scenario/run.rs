@@ -416,6 +416,16 @@ impl Run {
         if !limits.is_empty() {
             report.quota = Some(crate::quota::judge(&records, &limits));
         }
+        if cfg.mix.0.iter().any(|(c, _)| {
+            matches!(
+                c,
+                CommandKind::Chat | CommandKind::Image | CommandKind::Video
+            )
+        }) {
+            report.waiting = Some(crate::waiting::judge_waiting(&records));
+            let max_waits = crate::waiting::max_waits(&cfg.env);
+            report.overload = Some(crate::waiting::judge_overload(&records, &max_waits));
+        }
         if let Some(path) = &cfg.plot {
             let svg = plot_data(cfg, &records, &samples, &events, load.start, finished);
             std::fs::write(path, crate::report::plot::svg(&svg))
