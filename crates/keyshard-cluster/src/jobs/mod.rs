@@ -74,7 +74,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::context::{Delivery, JobContext};
 pub use self::job::{
     Arrival, BoxFuture, ClaimInfo, Job, JobArgs, JobHandler, JobKind, JobStats, Outcome, Payload,
-    UnreadableArgs, UnreadableJob,
+    Ready, Slot, UnreadableArgs, UnreadableJob,
 };
 pub use self::wire::{decode, DecodeError};
 /// `{c}:jobs:{instance}:{kind}` (the key is built in [`keys`](crate::keys)).

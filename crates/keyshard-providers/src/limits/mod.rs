@@ -19,6 +19,7 @@ pub mod daily;
 pub mod day_store;
 pub mod policy;
 pub mod reported;
+pub(crate) mod ticket;
 pub mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,7 @@ use crate::headers::RateHints;
 use daily::DailyCounter;
 pub use day_store::{DailyStore, KeyDay, MemoryStore, StoreError, UtcDay};
 use policy::{Decision, LaneLimits, LanePolicy, Pause};
+pub use ticket::LaneTicket;
 
 /// Counters of one provider, shared by its lanes, and the key's health.
 #[derive(Debug, Default)]
@@ -204,7 +206,15 @@ pub(crate) struct Admission {
     lane: Arc<Lane>,
     id: u64,
     has_tokens: bool,
-    _permit: OwnedSemaphorePermit,
+    /// Released on drop, before the lane tells its waiters (a reservation waits for it).
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.lane.changed.notify_waiters();
+    }
 }
 
 impl Admission {
@@ -332,8 +342,10 @@ impl Lane {
             lane: self.clone(),
             id,
             has_tokens: tokens > 0,
-            _permit: permit,
+            permit: Some(permit),
         };
+        // The send may have used up a reservation: its holder's worker looks again.
+        self.changed.notify_waiters();
         let daily = match &self.daily {
             Some(d) => d.take().await,
             None => Ok(0),

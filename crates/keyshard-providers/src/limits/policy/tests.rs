@@ -544,3 +544,75 @@ fn a_provider_stricter_than_the_limits_is_followed_without_a_refusal() {
         assert!(admitted >= 390, "{provider:?}: {admitted} admitted");
     }
 }
+
+#[test]
+fn a_reservation_waits_for_the_pace_and_is_used_up_by_the_next_send() {
+    let t0 = Instant::now();
+    // 60 per minute, burst 1: one send a second (plus the guard's share).
+    let mut p = LanePolicy::new(limits(60, 60_000, 1));
+    assert_eq!(p.room(t0), Room::Now);
+    let r = p.reserve(t0).expect("room now");
+    // One outstanding reservation: no second one until it is used or expires.
+    assert_eq!(p.room(t0), Room::At(t0 + RESERVATION_TTL));
+    assert_eq!(p.reserve(t0), None);
+    // The reserved job's send goes at once and uses the reservation up.
+    go(&mut p, t0 + ms(5));
+    let next = p.ready_at(t0 + ms(5), 1);
+    assert!(next > t0 + ms(5), "the pace holds the next send back");
+    assert_eq!(p.room(t0 + ms(5)), Room::At(next));
+    assert_eq!(p.reserve(next), Some(r + 1));
+    // Given back unused: room again at once.
+    p.release(r + 1);
+    assert_eq!(p.room(next), Room::Now);
+}
+
+#[test]
+fn an_unused_reservation_expires() {
+    let t0 = Instant::now();
+    let mut p = LanePolicy::new(limits(60, 60_000, 3));
+    p.reserve(t0).expect("room now");
+    assert_eq!(
+        p.room(t0 + RESERVATION_TTL - ms(1)),
+        Room::At(t0 + RESERVATION_TTL)
+    );
+    assert_eq!(p.room(t0 + RESERVATION_TTL), Room::Now);
+}
+
+#[test]
+fn ready_at_agrees_with_try_admit_and_takes_nothing() {
+    let t0 = Instant::now();
+    let mut p = LanePolicy::new(limits(2, 60_000, 2));
+    go(&mut p, t0);
+    go(&mut p, t0);
+    let at = p.ready_at(t0, 0);
+    assert_eq!(p.ready_at(t0, 0), at, "a peek changes nothing");
+    let (until, _) = wait(&mut p, t0);
+    assert_eq!(until, at);
+    assert_eq!(go(&mut p, at), 2);
+    // A provider pause holds the room back too.
+    p.cool_down(at, ms(5_000), true);
+    assert!(p.ready_at(at, 0) >= at + ms(5_000));
+    assert!(matches!(p.room(at), Room::At(t) if t >= at + ms(5_000)));
+}
+
+#[test]
+fn the_next_send_goes_to_the_first_lane_with_room() {
+    let t0 = Instant::now();
+    let later = t0 + ms(300);
+    let sooner = t0 + ms(100);
+    assert_eq!(choose(&[]), Choice::NoLane);
+    assert_eq!(choose(&[None, None]), Choice::NoLane);
+    assert_eq!(
+        choose(&[Some(Room::At(later)), Some(Room::Now), Some(Room::Now)]),
+        Choice::Now(1)
+    );
+    assert_eq!(
+        choose(&[Some(Room::At(later)), None, Some(Room::At(sooner))]),
+        Choice::Wait(Some(sooner))
+    );
+    assert_eq!(choose(&[Some(Room::Busy), None]), Choice::Wait(None));
+    assert_eq!(
+        choose(&[Some(Room::Busy), Some(Room::At(later))]),
+        Choice::Wait(Some(later))
+    );
+}
