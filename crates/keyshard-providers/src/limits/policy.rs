@@ -259,18 +259,31 @@ impl LanePolicy {
         running.is_none().then_some(Pause { until, reason })
     }
 
+    /// What holds a request of `tokens` back at `now`: the pace's time, and apart from it
+    /// the window, the lane's cooldown and the provider's hold (`blocked`), with the hold.
+    #[allow(clippy::type_complexity)] // three named parts, used by two callers right below
+    fn holds(
+        &mut self,
+        now: Instant,
+        tokens: u64,
+    ) -> (Instant, Instant, Option<(Instant, Option<PauseReason>)>) {
+        let pace = self.pacer.ready_at(now, self.interval(), self.burst());
+        let mut blocked = self.ledger.ready_at(now, tokens);
+        if let Some(c) = self.cooldown {
+            blocked = blocked.max(c);
+        }
+        let provider = self.provider_hold(now, tokens);
+        if let Some((until, _)) = provider {
+            blocked = blocked.max(until);
+        }
+        (pace, blocked, provider)
+    }
+
     /// The earliest instant a request estimated at `tokens` may start, as
     /// [`try_admit`](Self::try_admit) would decide it, taking nothing.
     pub fn ready_at(&mut self, now: Instant, tokens: u64) -> Instant {
-        let pace = self.pacer.ready_at(now, self.interval(), self.burst());
-        let mut ready = pace.max(self.ledger.ready_at(now, tokens));
-        if let Some(c) = self.cooldown {
-            ready = ready.max(c);
-        }
-        if let Some((until, _)) = self.provider_hold(now, tokens) {
-            ready = ready.max(until);
-        }
-        ready
+        let (pace, blocked, _) = self.holds(now, tokens);
+        pace.max(blocked)
     }
 
     /// Whether one more send can be reserved at `now` (concurrency is the lane's, not here).
@@ -279,12 +292,17 @@ impl LanePolicy {
         if let Some((_, at)) = self.reserved.front() {
             return Room::At(*at + RESERVATION_TTL);
         }
-        let ready = self.ready_at(now, 1);
+        let (pace, blocked, _) = self.holds(now, 1);
+        let ready = pace.max(blocked);
         if ready <= now {
-            Room::Now
-        } else {
-            Room::At(ready)
+            return Room::Now;
         }
+        if blocked > pace {
+            // As in `try_admit`: a lane blocked by its window or a pause is not idle, and
+            // earns no burst while its worker waits here rather than in the admission.
+            self.pacer.hold(blocked);
+        }
+        Room::At(ready)
     }
 
     /// Reserves the next send if the lane has [`Room::Now`]; the id releases it.
@@ -309,15 +327,7 @@ impl LanePolicy {
     /// the next like any caller).
     pub fn try_admit(&mut self, now: Instant, tokens: u64) -> Decision {
         let (interval, burst) = (self.interval(), self.burst());
-        let pace = self.pacer.ready_at(now, interval, burst);
-        let mut blocked = self.ledger.ready_at(now, tokens);
-        if let Some(c) = self.cooldown {
-            blocked = blocked.max(c);
-        }
-        let provider = self.provider_hold(now, tokens);
-        if let Some((until, _)) = provider {
-            blocked = blocked.max(until);
-        }
+        let (pace, blocked, provider) = self.holds(now, tokens);
         let ready = pace.max(blocked);
         if ready <= now {
             self.pacer.record(now, interval, burst);
