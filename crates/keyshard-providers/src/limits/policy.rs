@@ -84,6 +84,9 @@ pub enum Room {
     At(Instant),
     /// Not until something changes (every concurrency slot is in use).
     Busy,
+    /// Not within the lane's longest wait (a pause of minutes, the day's requests used up):
+    /// a call now would give up at once, so nobody waits for this lane's room.
+    Beyond,
 }
 
 /// Where the next send of a job kind goes, over its lanes in order of preference.
@@ -93,8 +96,9 @@ pub enum Choice {
     Now(usize),
     /// None can: look again at this instant, or on a change (`None`: only a change).
     Wait(Option<Instant>),
-    /// No lane is usable at all (none configured, every key out of service): nothing to wait
-    /// for here; the job's own path decides (it moves the job to a peer).
+    /// No lane is usable at all (none configured, every key out of service, every lane
+    /// [`Room::Beyond`]): nothing to wait for here; the job's own path decides (it moves the
+    /// job to a peer, or tells the user, as a call that finds no capacity in time does).
     NoLane,
 }
 
@@ -105,7 +109,7 @@ pub fn choose(rooms: &[Option<Room>]) -> Choice {
     if let Some(i) = rooms.iter().position(|r| *r == Some(Room::Now)) {
         return Choice::Now(i);
     }
-    if rooms.iter().all(Option::is_none) {
+    if rooms.iter().all(|r| matches!(r, None | Some(Room::Beyond))) {
         return Choice::NoLane;
     }
     let at = rooms
@@ -286,8 +290,10 @@ impl LanePolicy {
         pace.max(blocked)
     }
 
-    /// Whether one more send can be reserved at `now` (concurrency is the lane's, not here).
-    pub fn room(&mut self, now: Instant) -> Room {
+    /// Whether one more send can be reserved at `now` (concurrency is the lane's, not here);
+    /// `max_wait`: the longest a call waits for the lane, past which its room is
+    /// [`Room::Beyond`].
+    pub fn room(&mut self, now: Instant, max_wait: Duration) -> Room {
         self.reserved.retain(|(_, at)| now < *at + RESERVATION_TTL);
         if let Some((_, at)) = self.reserved.front() {
             return Room::At(*at + RESERVATION_TTL);
@@ -296,6 +302,9 @@ impl LanePolicy {
         let ready = pace.max(blocked);
         if ready <= now {
             return Room::Now;
+        }
+        if ready > now + max_wait {
+            return Room::Beyond;
         }
         if blocked > pace {
             // As in `try_admit`: a lane blocked by its window or a pause is not idle, and
@@ -307,7 +316,7 @@ impl LanePolicy {
 
     /// Reserves the next send if the lane has [`Room::Now`]; the id releases it.
     pub fn reserve(&mut self, now: Instant) -> Option<u64> {
-        if self.room(now) != Room::Now {
+        if self.room(now, Duration::ZERO) != Room::Now {
             return None;
         }
         let id = self.next_reservation;

@@ -55,7 +55,7 @@ impl Lane {
         if self.permits.available_permits() == 0 {
             return Some(Room::Busy);
         }
-        Some(self.lock().room(now))
+        Some(self.lock().room(now, self.max_wait))
     }
 
     fn reserve(self: &Arc<Self>, now: Instant) -> Option<LaneTicket> {

@@ -545,25 +545,28 @@ fn a_provider_stricter_than_the_limits_is_followed_without_a_refusal() {
     }
 }
 
+/// A call's longest wait for a lane, far above anything these tests wait for.
+const MAX: Duration = Duration::from_secs(600);
+
 #[test]
 fn a_reservation_waits_for_the_pace_and_is_used_up_by_the_next_send() {
     let t0 = Instant::now();
     // 60 per minute, burst 1: one send a second (plus the guard's share).
     let mut p = LanePolicy::new(limits(60, 60_000, 1));
-    assert_eq!(p.room(t0), Room::Now);
+    assert_eq!(p.room(t0, MAX), Room::Now);
     let r = p.reserve(t0).expect("room now");
     // One outstanding reservation: no second one until it is used or expires.
-    assert_eq!(p.room(t0), Room::At(t0 + RESERVATION_TTL));
+    assert_eq!(p.room(t0, MAX), Room::At(t0 + RESERVATION_TTL));
     assert_eq!(p.reserve(t0), None);
     // The reserved job's send goes at once and uses the reservation up.
     go(&mut p, t0 + ms(5));
     let next = p.ready_at(t0 + ms(5), 1);
     assert!(next > t0 + ms(5), "the pace holds the next send back");
-    assert_eq!(p.room(t0 + ms(5)), Room::At(next));
+    assert_eq!(p.room(t0 + ms(5), MAX), Room::At(next));
     assert_eq!(p.reserve(next), Some(r + 1));
     // Given back unused: room again at once.
     p.release(r + 1);
-    assert_eq!(p.room(next), Room::Now);
+    assert_eq!(p.room(next, MAX), Room::Now);
 }
 
 #[test]
@@ -572,10 +575,10 @@ fn an_unused_reservation_expires() {
     let mut p = LanePolicy::new(limits(60, 60_000, 3));
     p.reserve(t0).expect("room now");
     assert_eq!(
-        p.room(t0 + RESERVATION_TTL - ms(1)),
+        p.room(t0 + RESERVATION_TTL - ms(1), MAX),
         Room::At(t0 + RESERVATION_TTL)
     );
-    assert_eq!(p.room(t0 + RESERVATION_TTL), Room::Now);
+    assert_eq!(p.room(t0 + RESERVATION_TTL, MAX), Room::Now);
 }
 
 #[test]
@@ -592,7 +595,9 @@ fn ready_at_agrees_with_try_admit_and_takes_nothing() {
     // A provider pause holds the room back too.
     p.cool_down(at, ms(5_000), true);
     assert!(p.ready_at(at, 0) >= at + ms(5_000));
-    assert!(matches!(p.room(at), Room::At(t) if t >= at + ms(5_000)));
+    assert!(matches!(p.room(at, MAX), Room::At(t) if t >= at + ms(5_000)));
+    // A pause longer than a call would wait: nobody waits for this lane.
+    assert_eq!(p.room(at, ms(4_000)), Room::Beyond);
 }
 
 #[test]
@@ -611,6 +616,11 @@ fn the_next_send_goes_to_the_first_lane_with_room() {
         Choice::Wait(Some(sooner))
     );
     assert_eq!(choose(&[Some(Room::Busy), None]), Choice::Wait(None));
+    assert_eq!(choose(&[Some(Room::Beyond), None]), Choice::NoLane);
+    assert_eq!(
+        choose(&[Some(Room::Beyond), Some(Room::At(later))]),
+        Choice::Wait(Some(later))
+    );
     assert_eq!(
         choose(&[Some(Room::Busy), Some(Room::At(later))]),
         Choice::Wait(Some(later))
