@@ -194,6 +194,9 @@ pub(crate) struct Lane {
     /// a slot's guard or lifted a pause, a token reconcile); waiters otherwise sleep until
     /// the instant they computed.
     changed: Notify,
+    /// Woken when a reserved send may have become possible (a slot freed, a send went, a
+    /// reservation given back); only `ticket` waits on it, so admissions wake as before.
+    room_changed: Notify,
     permits: Arc<Semaphore>,
     /// `None` for lanes whose calls do not count as requests per day (video polling).
     pub daily: Option<Arc<DailyCounter>>,
@@ -213,7 +216,7 @@ pub(crate) struct Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         drop(self.permit.take());
-        self.lane.changed.notify_waiters();
+        self.lane.room_changed.notify_waiters();
     }
 }
 
@@ -279,6 +282,7 @@ impl Lane {
                 burst: KeyLimits::burst(rpm),
             })),
             changed: Notify::new(),
+            room_changed: Notify::new(),
             permits: Arc::new(Semaphore::new(limits.concurrency.max(1) as usize)),
             daily,
             stats,
@@ -345,7 +349,7 @@ impl Lane {
             permit: Some(permit),
         };
         // The send may have used up a reservation: its holder's worker looks again.
-        self.changed.notify_waiters();
+        self.room_changed.notify_waiters();
         let daily = match &self.daily {
             Some(d) => d.take().await,
             None => Ok(0),

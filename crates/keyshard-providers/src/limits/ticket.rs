@@ -41,7 +41,7 @@ impl std::fmt::Debug for LaneTicket {
 impl Drop for LaneTicket {
     fn drop(&mut self) {
         self.lane.lock().release(self.id);
-        self.lane.changed.notify_waiters();
+        self.lane.room_changed.notify_waiters();
     }
 }
 
@@ -74,7 +74,8 @@ pub(crate) async fn reserve_first(lanes: &[Arc<Lane>]) -> Option<LaneTicket> {
         // Registered before the look, so a change between the look and the wait is not lost.
         let mut changes: Vec<_> = lanes
             .iter()
-            .map(|l| Box::pin(l.changed.notified()))
+            .flat_map(|l| [l.changed.notified(), l.room_changed.notified()])
+            .map(Box::pin)
             .collect();
         for c in &mut changes {
             c.as_mut().enable();
