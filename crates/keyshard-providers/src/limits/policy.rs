@@ -423,4 +423,6 @@ impl LanePolicy {
 }
 
 #[cfg(test)]
+mod room_tests;
+#[cfg(test)]
 mod tests;
