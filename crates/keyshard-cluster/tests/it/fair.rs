@@ -130,8 +130,11 @@ async fn an_idle_peer_steals_the_job_the_fair_pick_chooses() {
 struct Gated {
     sends: Arc<tokio::sync::Semaphore>,
     asked: Arc<std::sync::atomic::AtomicUsize>,
-    ran: Arc<Mutex<Vec<(u64, Option<u32>)>>>,
+    ran: Ran,
 }
+
+/// The jobs a [`Gated`] ran, in order, with the reservation each came with.
+type Ran = Arc<Mutex<Vec<(u64, Option<u32>)>>>;
 
 /// What the test's `ready` reserves: a number, to see which job got which.
 struct Reserved(u32);
