@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::config::{self, MiniMaxConfig, OpenAiConfig, StabilityConfig};
 use crate::error::{ErrorClass, ProviderError, ProviderKind};
 use crate::image::{AspectRatio, GeneratedImage};
-use crate::limits::{DailyStore, LaneBudget, ProviderStats};
+use crate::limits::ticket::reserve_first;
+use crate::limits::{DailyStore, LaneBudget, LaneKind, LaneTicket, ProviderStats};
 use crate::minimax::MiniMax;
 use crate::openai::OpenAi;
 use crate::stability::Stability;
@@ -95,6 +96,22 @@ impl Providers {
                 "no image provider is configured",
             )
         }))
+    }
+
+    /// Waits until one of the `wanted` lanes (in order of preference; lanes without a key
+    /// are skipped) can send at once, and reserves that send for the job about to be picked
+    /// ([`LaneTicket`]). `None` at once when none is usable (no key, or every key out of
+    /// service): the job's own path then moves it or tells the user.
+    pub async fn reserve(&self, wanted: &[(ProviderKind, LaneKind)]) -> Option<LaneTicket> {
+        let lanes: Vec<_> = wanted
+            .iter()
+            .filter_map(|(provider, kind)| match provider {
+                ProviderKind::OpenAi => self.openai.as_ref()?.lane(*kind),
+                ProviderKind::MiniMax => self.minimax.as_ref()?.lane(*kind),
+                ProviderKind::Stability => self.stability.as_ref()?.lane(*kind),
+            })
+            .collect();
+        reserve_first(&lanes).await
     }
 
     /// Remaining budget of every lane of every configured provider.

@@ -58,7 +58,8 @@ pub use error::{ErrorClass, ProviderError, ProviderKind};
 pub use health::{HealthPolicy, HealthView, KeyHealth};
 pub use image::{AspectRatio, GeneratedImage};
 pub use limits::{
-    DailyStore, KeyDay, LaneBudget, LaneKind, MemoryStore, ProviderStats, StoreError, UtcDay,
+    DailyStore, KeyDay, LaneBudget, LaneKind, LaneTicket, MemoryStore, ProviderStats, StoreError,
+    UtcDay,
 };
 pub use minimax::{MiniMax, VideoFile, VideoStatus, VideoTaskId};
 pub use openai::{ChatEvent, ChatMessage, ChatRole, ChatStream, OpenAi};

@@ -351,6 +351,16 @@ impl MiniMax {
         self.inner.cfg.common.api_key.fingerprint()
     }
 
+    /// The key's lane of `kind`, for a reserved send.
+    pub(crate) fn lane(&self, kind: LaneKind) -> Option<Arc<Lane>> {
+        match kind {
+            LaneKind::Images => Some(self.inner.images.clone()),
+            LaneKind::Video => Some(self.inner.video.clone()),
+            LaneKind::VideoQuery => Some(self.inner.query.clone()),
+            LaneKind::Chat => None,
+        }
+    }
+
     pub fn budget(&self) -> Vec<LaneBudget> {
         vec![
             self.inner.images.budget(),

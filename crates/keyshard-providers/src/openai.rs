@@ -341,6 +341,15 @@ impl OpenAi {
         vec![self.inner.chat.budget(), self.inner.images.budget()]
     }
 
+    /// The key's lane of `kind`, for a reserved send.
+    pub(crate) fn lane(&self, kind: LaneKind) -> Option<Arc<Lane>> {
+        match kind {
+            LaneKind::Chat => Some(self.inner.chat.clone()),
+            LaneKind::Images => Some(self.inner.images.clone()),
+            LaneKind::Video | LaneKind::VideoQuery => None,
+        }
+    }
+
     pub fn stats(&self) -> ProviderStats {
         ProviderStats::from_cell(P, &self.inner.stats)
     }

@@ -96,6 +96,11 @@ impl Stability {
         vec![self.inner.images.budget()]
     }
 
+    /// The key's lane of `kind`, for a reserved send.
+    pub(crate) fn lane(&self, kind: LaneKind) -> Option<Arc<Lane>> {
+        (kind == LaneKind::Images).then(|| self.inner.images.clone())
+    }
+
     pub fn stats(&self) -> ProviderStats {
         ProviderStats::from_cell(P, &self.inner.stats)
     }

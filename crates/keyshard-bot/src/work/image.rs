@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use keyshard_cluster::{Job, JobContext, Outcome};
-use keyshard_providers::{LaneBudget, LaneKind};
+use keyshard_providers::{LaneBudget, LaneKind, LaneTicket};
 use keyshard_types::{ImageArgs, ProviderKind};
 use poise::serenity_prelude as serenity;
 
@@ -16,8 +16,9 @@ use crate::replies::{self, results};
 pub(super) const COMMAND: &str = "image";
 
 /// The order tried when the user names no provider: MiniMax and Stability are cheaper per
-/// image than gpt-image-1 and have higher per-key limits.
-const DEFAULT_ORDER: [ProviderKind; 3] = [
+/// image than gpt-image-1 and have higher per-key limits. Also the order of preference
+/// among image lanes that can all send at once ([`Worker::ready`]).
+pub(super) const DEFAULT_ORDER: [ProviderKind; 3] = [
     ProviderKind::MiniMax,
     ProviderKind::Stability,
     ProviderKind::OpenAi,
@@ -38,11 +39,16 @@ pub async fn run(
     meter: &mut Meter,
 ) -> Outcome {
     let chosen = a.provider;
-    let order = match chosen {
-        Some(_) => order(chosen),
-        // No provider asked for: spread over this instance's image keys in proportion to
-        // their rates, so every image key is used rather than the first one queueing.
-        None => balanced(&w.providers().budget(), rand::random::<f64>()),
+    // The send the reader reserved before it picked this job ([`Worker::ready`]); kept until
+    // the call returns, though the lane's first request uses it up at once.
+    let ticket: Option<LaneTicket> = ctx.take_slot();
+    let order = match (chosen, &ticket) {
+        (Some(_), _) => order(chosen),
+        // No provider asked for: the image lane that can send now, the others as fallbacks.
+        (None, Some(t)) => order(Some(t.provider())),
+        // Nothing reserved (a job resumed from the pending list after a restart): spread over
+        // this instance's image keys in proportion to their rates.
+        (None, None) => balanced(&w.providers().budget(), rand::random::<f64>()),
     };
     if w.providers().image_providers(&order).is_empty() {
         let wanted = chosen.unwrap_or(ProviderKind::MiniMax);

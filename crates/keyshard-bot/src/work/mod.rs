@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use keyshard_cluster::jobs::BoxFuture;
 use keyshard_cluster::{
-    Job, JobArgs, JobContext, JobHandler, JobKind, Memory, Outcome, Quotas, Stats, UnreadableJob,
+    Job, JobArgs, JobContext, JobHandler, JobKind, Memory, Outcome, Quotas, Ready, Stats,
+    UnreadableJob,
 };
 use keyshard_ledger::{LedgerRow, Routing, Status};
-use keyshard_providers::{ErrorClass, ProviderError, Providers};
+use keyshard_providers::{ErrorClass, LaneKind, ProviderError, ProviderKind, Providers};
 use poise::serenity_prelude as serenity;
 
 use crate::clock::unix_ms;
@@ -332,6 +333,25 @@ impl Worker {
 }
 
 impl JobHandler for Worker {
+    /// A send reserved on a lane of `kind` that can send now ([`Providers::reserve`]): an
+    /// image job with no provider chosen goes to whichever image lane has room (so none idles
+    /// while such a job waits), a job whose user chose one only with that one's reservation.
+    /// Nothing usable (no key, every key out of service): ready at once, and the job's run
+    /// moves it to a peer.
+    fn ready(&self, kind: JobKind) -> BoxFuture<Ready> {
+        let worker = self.clone();
+        Box::pin(async move {
+            let lanes = lanes_of(kind);
+            match worker.providers().reserve(&lanes).await {
+                Some(ticket) => Ready {
+                    provider: (kind == JobKind::Image).then(|| ticket.provider()),
+                    slot: Some(Box::new(ticket)),
+                },
+                None => Ready::default(),
+            }
+        })
+    }
+
     fn handle(&self, job: Job, ctx: JobContext) -> BoxFuture<Outcome> {
         let worker = self.clone();
         Box::pin(async move {
@@ -361,6 +381,18 @@ impl JobHandler for Worker {
                 .finish(&job, &ctx, command, &meter, Err("unreadable"), answer)
                 .await;
         })
+    }
+}
+
+/// The provider lanes a job of `kind` starts on, in order of preference.
+fn lanes_of(kind: JobKind) -> Vec<(ProviderKind, LaneKind)> {
+    match kind {
+        JobKind::Chat => vec![(ProviderKind::OpenAi, LaneKind::Chat)],
+        JobKind::Image => image::DEFAULT_ORDER
+            .iter()
+            .map(|p| (*p, LaneKind::Images))
+            .collect(),
+        JobKind::Video => vec![(ProviderKind::MiniMax, LaneKind::Video)],
     }
 }
 

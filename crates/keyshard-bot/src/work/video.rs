@@ -95,6 +95,8 @@ async fn render(
     let mut created = None;
     let mut task = match saved {
         Some((task, by)) => {
+            // A resumed task creates nothing: the creation the reader reserved goes back.
+            drop(ctx.take_slot::<keyshard_providers::LaneTicket>());
             foreign = by.as_deref() != Some(own_key.as_str());
             tracing::info!(
                 job = job.id,

@@ -4,6 +4,7 @@
 mod commands;
 mod fair;
 mod gateway;
+mod lanes;
 mod ledger;
 mod logs;
 mod ping;

@@ -2,11 +2,13 @@
 //! its answer single (with the job's usage-ledger row in the same step), resumable state for
 //! the next run, how the job got here, and the peer it would move to.
 
+use std::sync::{Arc, Mutex};
+
 use keyshard_routing::InstanceId;
 use redis::AsyncCommands;
 
 use super::stream::OP_BUDGET;
-use super::{Arrival, Job, Jobs};
+use super::{Arrival, Job, Jobs, Slot};
 use crate::{keys, ClusterError};
 
 /// How long a done marker or saved job state lives: interaction tokens die after 15 minutes
@@ -41,6 +43,9 @@ pub enum Delivery {
 pub struct JobContext {
     pub(super) jobs: Jobs,
     pub(super) arrival: Arrival,
+    /// What [`JobHandler::ready`](super::JobHandler::ready) reserved for this job, until the
+    /// handler takes it. A std Mutex: taken once, never held across an await.
+    pub(super) slot: Arc<Mutex<Option<Slot>>>,
 }
 
 impl JobContext {
@@ -52,6 +57,14 @@ impl JobContext {
     /// busy peer); the default for a job queued here or run in-process.
     pub fn arrival(&self) -> Arrival {
         self.arrival
+    }
+
+    /// Takes what [`JobHandler::ready`](super::JobHandler::ready) reserved for this job, if
+    /// it is a `T` (`None`: nothing reserved, as for a job resumed from the pending list or
+    /// run in-process, or already taken).
+    pub fn take_slot<T: 'static>(&self) -> Option<T> {
+        let slot = self.slot.lock().expect("slot lock").take()?;
+        slot.downcast::<T>().ok().map(|b| *b)
     }
 
     /// Claims the right to post the job's final answer. `false`: another run already did.

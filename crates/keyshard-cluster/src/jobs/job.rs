@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use keyshard_routing::{InstanceId, Reason};
-pub use keyshard_types::{JobArgs, JobKind};
+pub use keyshard_types::{JobArgs, JobKind, ProviderKind};
 use serde::{Deserialize, Serialize};
 
 use super::JobContext;
@@ -136,9 +136,43 @@ pub enum Outcome {
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// Something the handler reserved for the next job before the pick, opaque here (the bot's
+/// reserved provider send); the job's handler takes it back with [`JobContext::take_slot`].
+pub type Slot = Box<dyn std::any::Any + Send + Sync>;
+
+/// What [`JobHandler::ready`] reserved for the next job of its kind.
+#[derive(Default)]
+pub struct Ready {
+    /// The job must be servable by this provider: a job whose user chose another provider is
+    /// not picked with this reservation (`None`: any job of the kind).
+    pub provider: Option<ProviderKind>,
+    /// Handed to the picked job's handler ([`JobContext::take_slot`]); dropped unused when
+    /// no job is picked with it.
+    pub slot: Option<Slot>,
+}
+
+impl fmt::Debug for Ready {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ready")
+            .field("provider", &self.provider)
+            .field("slot", &self.slot.is_some())
+            .finish()
+    }
+}
+
 /// The work itself: provider calls and delivery, implemented by the bot.
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, job: Job, ctx: JobContext) -> BoxFuture<Outcome>;
+
+    /// Waits until a job of `kind` picked now could be sent to its provider at once, and
+    /// reserves that send. The reader calls it with a worker slot free and *then* takes the
+    /// fair pick, so jobs wait in the stream, where the pick orders them by service in hand,
+    /// and not inside the providers' pacing, first come first served, where nothing can
+    /// reorder them. The default is ready at once with nothing reserved.
+    fn ready(&self, kind: JobKind) -> BoxFuture<Ready> {
+        let _ = kind;
+        Box::pin(async { Ready::default() })
+    }
 
     /// A job whose arguments do not decode ([`UnreadableJob`]). It cannot run, but its
     /// envelope says whom to tell: the bot answers the interaction with an error message.

@@ -4,10 +4,12 @@
 //!
 //! Life of a job: the instance that won an interaction acknowledges it and [`Jobs::submit`]s
 //! a [`Job`] to `{c}:jobs:{me}:{kind}`. A reader per kind takes one entry whenever a worker
-//! slot is free and runs the [`JobHandler`]: the waiting entry of the user with the least
-//! service in hand (`pick`), new entries waited for with `XREADGROUP … BLOCK` on a dedicated
-//! connection, because a blocking read would stall the shared multiplexed one. The entry is acknowledged
-//! and deleted when the handler returns, so the stream's length is the instance's backlog.
+//! slot is free *and* the handler has reserved a send that a provider lane of the kind can
+//! make at once ([`JobHandler::ready`]), and runs the [`JobHandler`]: the waiting entry of the
+//! user with the least service in hand (`pick`) that the reserved lane can serve, new entries
+//! waited for with `XREADGROUP … BLOCK` on a dedicated connection, because a blocking read
+//! would stall the shared multiplexed one. The entry is acknowledged and deleted when the
+//! handler returns, so the stream's length is the instance's backlog.
 //!
 //! - A restarted instance first re-reads its own pending entries (`XREADGROUP … 0`).
 //! - A dead instance's entries, pending or never read, are moved by one rescuer (chosen with
@@ -78,7 +80,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::context::{Delivery, JobContext};
 pub use self::job::{
     Arrival, BoxFuture, ClaimInfo, Job, JobArgs, JobHandler, JobKind, JobStats, Outcome, Payload,
-    UnreadableArgs, UnreadableJob,
+    Ready, Slot, UnreadableArgs, UnreadableJob,
 };
 pub use self::waiting::{EditInFlight, WaitingJob, WAITING_EDIT_BUDGET};
 pub use self::wire::{decode, DecodeError};

@@ -7,7 +7,11 @@
 //!
 //! 1. [`VIEW_SCRIPT`]: pull new entries into the pool, and list the pooled ones, oldest first,
 //!    each with its user, the user's jobs in flight across the cluster (the sum of every
-//!    instance's `{c}:busy:{id}`) and when the user was last served (`{c}:served`).
+//!    instance's `{c}:busy:{id}`), when the user was last served (`{c}:served`), and the
+//!    provider the user chose for it (an image job's `model`). A worker picks with a provider
+//!    send already reserved ([`Ready`](super::Ready)): among the jobs that provider can serve
+//!    (no choice, or that one), and only when none waits, among all (the job then waits for
+//!    its own provider, and the reservation is given back).
 //! 2. [`TAKE_SCRIPT`]: `XCLAIM` the chosen entry from the pool to the taker, only if it is still
 //!    in the pool. Two takers of one entry (a worker and a thief) cannot both have it: the
 //!    script is atomic, and whoever comes second finds it gone and looks again. A worker's take
@@ -20,6 +24,7 @@
 //! change, so a count that leaked (a panicking handler) fades instead of lasting for good.
 
 use keyshard_routing::{fair_pick, Waiting};
+use keyshard_types::ProviderKind;
 use redis::streams::{StreamClaimReply, StreamId};
 
 use super::stream::OP_BUDGET;
@@ -43,7 +48,10 @@ const FAIR_KEYS_TTL_MS: u64 = 60 * 60 * 1000;
 const TAKE_ATTEMPTS: usize = 3;
 
 /// KEYS: stream, served, busy hashes of every instance. ARGV: group, pool, scan limit.
-/// Returns `[id, user, in_hand, last_served, …]` for the pooled entries, oldest first.
+/// Returns `[id, user, in_hand, last_served, model, …]` for the pooled entries, oldest first
+/// (`model`: the provider an image job's user chose, `''` for none). Both fields are found by
+/// their quoted key: inside the prompt's JSON string a quote is escaped, so `"model":"` only
+/// matches the real field.
 const VIEW_SCRIPT: &str = r#"
 local s, served = KEYS[1], KEYS[2]
 local group, pool, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -60,11 +68,12 @@ for _, p in ipairs(pending) do
     -- Deleted while pooled: nothing to run, so it leaves the pending list.
     redis.call('XACK', s, group, id)
   else
-    local user = '0'
+    local user, model = '0', ''
     local fields = e[2]
     for i = 1, #fields, 2 do
       if fields[i] == 'job' then
         user = string.match(fields[i + 1], '"user_id":(%d+)') or '0'
+        model = string.match(fields[i + 1], '"model":"(%a+)"') or ''
       end
     end
     if seen[user] == nil then
@@ -78,6 +87,7 @@ for _, p in ipairs(pending) do
     table.insert(out, user)
     table.insert(out, tostring(seen[user][1]))
     table.insert(out, tostring(seen[user][2]))
+    table.insert(out, model)
   end
 end
 return out
@@ -129,38 +139,67 @@ pub(super) enum Taker {
     Thief,
 }
 
-/// A picked entry; `counted`: the user counted in flight for it, to release when it ends.
+/// A picked entry; `counted`: the user counted in flight for it, to release when it ends;
+/// `fits`: the provider the pick was asked for can serve it.
 pub(super) struct Picked {
     pub(super) entry: StreamId,
     pub(super) counted: Option<u64>,
+    pub(super) fits: bool,
+}
+
+/// One pooled entry as the pick sees it.
+#[derive(Clone, Debug, PartialEq)]
+struct Pooled {
+    id: String,
+    waiting: Waiting,
+    /// The provider its user chose (`""`: none).
+    model: String,
+}
+
+/// Whether a job whose user chose `model` (`""`: none) can be served by a send reserved on
+/// `lane`'s provider (`None`: any job).
+fn serves(lane: Option<ProviderKind>, model: &str) -> bool {
+    lane.is_none_or(|p| model.is_empty() || model == p.as_str())
 }
 
 impl Jobs {
     /// Takes the waiting entry of `stream` (instance `owner`'s) that the fair pick chooses,
-    /// as `owner`'s consumer `i{owner}`; `None` when nothing waits there.
+    /// as `owner`'s consumer `i{owner}`, among those `lane`'s provider can serve if any
+    /// (see [`serves`]); `None` when nothing waits there.
     pub(super) async fn pick(
         &self,
         stream: &str,
         owner: keyshard_routing::InstanceId,
         taker: Taker,
+        lane: Option<ProviderKind>,
     ) -> Result<Option<Picked>, ClusterError> {
         for _ in 0..TAKE_ATTEMPTS {
             let pool = self.view(stream).await?;
-            let waiting: Vec<Waiting> = pool.iter().map(|(_, w)| *w).collect();
+            let fitting: Vec<&Pooled> = pool.iter().filter(|p| serves(lane, &p.model)).collect();
+            let (candidates, fits) = if fitting.is_empty() {
+                (pool.iter().collect(), false)
+            } else {
+                (fitting, true)
+            };
+            let waiting: Vec<Waiting> = candidates.iter().map(|p| p.waiting).collect();
             let Some(i) = fair_pick(&waiting) else {
                 return Ok(None);
             };
-            let (id, w) = &pool[i];
+            let Pooled { id, waiting: w, .. } = candidates[i];
             if let Some(entry) = self.take(stream, owner, id, w.user, taker).await? {
                 let counted = (taker == Taker::Worker).then_some(w.user);
-                return Ok(Some(Picked { entry, counted }));
+                return Ok(Some(Picked {
+                    entry,
+                    counted,
+                    fits,
+                }));
             }
         }
         Ok(None)
     }
 
     /// The pooled entries of `stream`, oldest first, as the pick sees them.
-    async fn view(&self, stream: &str) -> Result<Vec<(String, Waiting)>, ClusterError> {
+    async fn view(&self, stream: &str) -> Result<Vec<Pooled>, ClusterError> {
         let inner = &self.inner;
         let mut keys = vec![stream.to_owned(), keys::served(&inner.prefix)];
         keys.extend(
@@ -255,18 +294,19 @@ impl Jobs {
     }
 }
 
-/// `[id, user, in_hand, last_served, …]` as `(id, Waiting)`; a malformed quadruple is skipped.
-fn parse_view(raw: &[String]) -> Vec<(String, Waiting)> {
-    raw.chunks_exact(4)
+/// `[id, user, in_hand, last_served, model, …]` as [`Pooled`]; a malformed one is skipped.
+fn parse_view(raw: &[String]) -> Vec<Pooled> {
+    raw.chunks_exact(5)
         .filter_map(|q| {
-            Some((
-                q[0].clone(),
-                Waiting {
+            Some(Pooled {
+                id: q[0].clone(),
+                waiting: Waiting {
                     user: q[1].parse().ok()?,
                     in_hand: q[2].parse().ok()?,
                     last_served: q[3].parse().ok()?,
                 },
-            ))
+                model: q[4].clone(),
+            })
         })
         .collect()
 }
@@ -276,22 +316,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_view_reads_as_quadruples() {
-        let raw: Vec<String> = ["1-0", "7", "2", "5", "2-0", "8", "0", "0"]
+    fn a_view_reads_as_quintuples() {
+        let raw: Vec<String> = ["1-0", "7", "2", "5", "", "2-0", "8", "0", "0", "minimax"]
             .map(String::from)
             .to_vec();
         let view = parse_view(&raw);
         assert_eq!(view.len(), 2);
         assert_eq!(
             view[1],
-            (
-                "2-0".to_owned(),
-                Waiting {
+            Pooled {
+                id: "2-0".to_owned(),
+                waiting: Waiting {
                     user: 8,
                     in_hand: 0,
                     last_served: 0
-                }
-            )
+                },
+                model: "minimax".to_owned(),
+            }
         );
+    }
+
+    #[test]
+    fn a_reserved_send_serves_jobs_without_a_choice_or_with_its_provider() {
+        let mm = Some(ProviderKind::MiniMax);
+        assert!(serves(mm, ""));
+        assert!(serves(mm, "minimax"));
+        assert!(!serves(mm, "stability"));
+        assert!(serves(None, "stability"), "no reservation: any job");
     }
 }

@@ -4,6 +4,12 @@
 //! pick chooses (`pick`: the user with the least service in hand first); with nothing waiting
 //! at home, a job from a peer, and with nothing there either, a blocking read on a connection
 //! of its own until a new entry arrives (it goes to the pick's pool, and the loop picks).
+//!
+//! The fair pick waits for a send, not only for a worker slot: the handler first reserves a
+//! send that a provider lane of the kind can make at once ([`JobHandler::ready`]), and only
+//! then does the reader pick, among the jobs that lane can serve. A kind has more worker
+//! slots than its keys' rate serves; picking on a free slot alone would park picked jobs in
+//! the providers' pacing, first come first served, out of the pick's reach.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -15,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pick::Taker;
 use super::run::Entry;
-use super::{stream, JobHandler, JobKind, Jobs};
+use super::{stream, JobHandler, JobKind, Jobs, Slot};
 use crate::conn::Dedicated;
 use crate::keys::{self, JOB_POOL};
 use crate::ClusterError;
@@ -82,13 +88,28 @@ impl Reader {
                 p = self.permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
             };
             if cursor == Cursor::Fair {
+                let ready = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = self.handler.ready(self.kind) => r,
+                };
                 match self
                     .jobs
-                    .pick(&self.stream, self.jobs.inner.me, Taker::Worker)
+                    .pick(
+                        &self.stream,
+                        self.jobs.inner.me,
+                        Taker::Worker,
+                        ready.provider,
+                    )
                     .await
                 {
-                    Ok(Some(picked)) => self.start(picked.entry, picked.counted, permit).await,
+                    Ok(Some(picked)) => {
+                        // A job its user sent to another provider waits for that one; the
+                        // reservation goes back at once (dropped here).
+                        let slot = if picked.fits { ready.slot } else { None };
+                        self.start(picked.entry, picked.counted, permit, slot).await
+                    }
                     Ok(None) => {
+                        drop(ready);
                         // Nothing waits here: a peer's waiting job, or wait for a new one.
                         if !self.jobs.steal_one(self.kind).await
                             && self.wait_new(&shutdown).await.is_none()
@@ -128,7 +149,7 @@ impl Reader {
                     continue;
                 }
             }
-            self.start(entry, None, permit).await;
+            self.start(entry, None, permit, None).await;
         }
     }
 
@@ -181,8 +202,15 @@ impl Reader {
     }
 
     /// Starts the job in `entry` on a worker that holds `permit` until it is done; `counted`:
-    /// the user the fair pick counted in flight for it.
-    async fn start(&self, entry: StreamId, counted: Option<u64>, permit: OwnedSemaphorePermit) {
+    /// the user the fair pick counted in flight for it; `slot`: what the handler reserved
+    /// for it.
+    async fn start(
+        &self,
+        entry: StreamId,
+        counted: Option<u64>,
+        permit: OwnedSemaphorePermit,
+        slot: Option<Slot>,
+    ) {
         let work = match stream::parse(&entry) {
             Ok(work) => work,
             Err(not) => {
@@ -213,7 +241,7 @@ impl Reader {
         );
         tokio::spawn(async move {
             let _permit = permit;
-            jobs.run_job(&*handler, work, Some(&entry)).await;
+            jobs.run_job(&*handler, work, Some(&entry), slot).await;
             running.lock().expect("jobs lock").remove(&entry.id);
         });
     }

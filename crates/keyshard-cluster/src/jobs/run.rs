@@ -12,7 +12,9 @@ use keyshard_routing::ServiceRate;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-use super::{stream, Arrival, Job, JobContext, JobHandler, JobKind, Jobs, Outcome, UnreadableJob};
+use super::{
+    stream, Arrival, Job, JobContext, JobHandler, JobKind, Jobs, Outcome, Slot, UnreadableJob,
+};
 use crate::ClusterError;
 
 /// What a worker runs: a job, or a job whose arguments did not decode.
@@ -62,6 +64,7 @@ impl Jobs {
         handler: &dyn JobHandler,
         work: Work,
         entry: Option<&Entry>,
+        slot: Option<Slot>,
     ) {
         // Uncounted when dropped: at the end below, or while unwinding from a panicking
         // handler, which would otherwise leave a phantom job in flight for good.
@@ -75,6 +78,7 @@ impl Jobs {
         let ctx = JobContext {
             jobs: self.clone(),
             arrival,
+            slot: Arc::new(std::sync::Mutex::new(slot)),
         };
         if entry.is_some() && self.answered(work.id()).await {
             tracing::info!(job = work.id(), "answered by an earlier run; not run again");
@@ -125,7 +129,7 @@ impl Jobs {
         let jobs = self.clone();
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            jobs.run_job(&*handler, Work::Job(job), None).await;
+            jobs.run_job(&*handler, Work::Job(job), None, None).await;
         });
         Ok(())
     }
@@ -232,7 +236,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_job_is_recorded_before_it_is_uncounted() {
         let jobs = jobs();
-        jobs.run_job(&Probe { panic: false }, Work::Job(job()), None)
+        jobs.run_job(&Probe { panic: false }, Work::Job(job()), None, None)
             .await;
         let stats = jobs.stats();
         assert_eq!((stats.in_flight, stats.finished), (0, 1));
@@ -246,7 +250,7 @@ mod tests {
         let run = {
             let jobs = jobs.clone();
             tokio::spawn(async move {
-                jobs.run_job(&Probe { panic: true }, Work::Job(job()), None)
+                jobs.run_job(&Probe { panic: true }, Work::Job(job()), None, None)
                     .await
             })
         };

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use keyshard_cluster::jobs::BoxFuture;
 use keyshard_cluster::{
-    keys, Cluster, InstanceId, Job, JobContext, JobHandler, JobKind, Jobs, Outcome,
+    keys, Cluster, InstanceId, Job, JobArgs, JobContext, JobHandler, JobKind, Jobs, Outcome, Ready,
 };
+use keyshard_types::{ImageArgs, ProviderKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{chat_job, wait_for, TestCluster, PATIENCE};
@@ -120,6 +121,101 @@ async fn an_idle_peer_steals_the_job_the_fair_pick_chooses() {
     assert_eq!(hung.lock().unwrap().len(), 1, "no pooled job ran twice");
     stop1.cancel();
     stop3.cancel();
+}
+
+/// A handler whose sends are reserved one at a time by the test: `ready` waits for a permit
+/// of `sends` and reserves a MiniMax send (a `Reserved` slot); `handle` records each job with
+/// the slot it was given.
+#[derive(Clone)]
+struct Gated {
+    sends: Arc<tokio::sync::Semaphore>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+    ran: Ran,
+}
+
+/// The jobs a [`Gated`] ran, in order, with the reservation each came with.
+type Ran = Arc<Mutex<Vec<(u64, Option<u32>)>>>;
+
+/// What the test's `ready` reserves: a number, to see which job got which.
+struct Reserved(u32);
+
+impl JobHandler for Gated {
+    fn ready(&self, _kind: JobKind) -> BoxFuture<Ready> {
+        let me = self.clone();
+        Box::pin(async move {
+            let n = me.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as u32;
+            me.sends.acquire().await.unwrap().forget();
+            Ready {
+                provider: Some(ProviderKind::MiniMax),
+                slot: Some(Box::new(Reserved(n))),
+            }
+        })
+    }
+
+    fn handle(&self, job: Job, ctx: JobContext) -> BoxFuture<Outcome> {
+        let me = self.clone();
+        Box::pin(async move {
+            let slot = ctx.take_slot::<Reserved>().map(|r| r.0);
+            me.ran.lock().unwrap().push((job.id, slot));
+            assert!(ctx.begin_delivery(job.id).await, "answered once");
+            Outcome::Finished
+        })
+    }
+}
+
+fn image_job(id: u64, user: u64, provider: Option<ProviderKind>) -> Job {
+    let mut job = chat_job(id, user, 1);
+    job.args = JobArgs::Image(ImageArgs {
+        provider,
+        prompt: "a \"model\":\"minimax\" cat".into(),
+        ratio: None,
+    });
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_picked_only_once_a_send_is_reserved_and_for_a_provider_that_serves_it() {
+    let tc = TestCluster::start().await;
+    let jobs = Jobs::new(tc.node(1));
+    // The oldest job's user chose Stability (whose prompt mentions MiniMax, which must not
+    // fool the pick); the next has no choice.
+    jobs.submit(image_job(1, HEAVY, Some(ProviderKind::Stability)))
+        .await
+        .unwrap();
+    jobs.submit(image_job(2, LIGHT, None)).await.unwrap();
+    let gated = Gated {
+        sends: Arc::new(tokio::sync::Semaphore::new(0)),
+        asked: Arc::default(),
+        ran: Arc::default(),
+    };
+    let (sends, asked, ran) = (gated.sends.clone(), gated.asked.clone(), gated.ran.clone());
+    let stop = CancellationToken::new();
+    // Eight worker slots: a free slot alone would start both jobs at once.
+    jobs.spawn(Arc::new(gated), &[(JobKind::Image, 8)], stop.clone());
+    wait_for("the reader to ask for a send", PATIENCE, || {
+        asked.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        ran.lock().unwrap().is_empty(),
+        "nothing picked before a send"
+    );
+    sends.add_permits(1);
+    wait_for("one job to run", PATIENCE, || {
+        ran.lock().unwrap().len() == 1
+    })
+    .await;
+    // The MiniMax send serves the job without a choice, and comes with it.
+    assert_eq!(ran.lock().unwrap()[0], (2, Some(0)));
+    sends.add_permits(1);
+    wait_for("both jobs to run", PATIENCE, || {
+        ran.lock().unwrap().len() == 2
+    })
+    .await;
+    // Only a job for another provider waits: it runs (work-conserving) without the
+    // reservation, which is given back.
+    assert_eq!(ran.lock().unwrap()[1], (1, None));
+    stop.cancel();
 }
 
 /// Instance `id`'s in-flight counts, user → jobs.

@@ -19,6 +19,7 @@ pub mod daily;
 pub mod day_store;
 pub mod policy;
 pub mod reported;
+pub(crate) mod ticket;
 pub mod window;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,7 @@ use crate::headers::RateHints;
 use daily::DailyCounter;
 pub use day_store::{DailyStore, KeyDay, MemoryStore, StoreError, UtcDay};
 use policy::{Decision, LaneLimits, LanePolicy, Pause};
+pub use ticket::LaneTicket;
 
 /// Counters of one provider, shared by its lanes, and the key's health.
 #[derive(Debug, Default)]
@@ -192,6 +194,9 @@ pub(crate) struct Lane {
     /// a slot's guard or lifted a pause, a token reconcile); waiters otherwise sleep until
     /// the instant they computed.
     changed: Notify,
+    /// Woken when a reserved send may have become possible (a slot freed, a send went, a
+    /// reservation given back); only `ticket` waits on it, so admissions wake as before.
+    room_changed: Notify,
     permits: Arc<Semaphore>,
     /// `None` for lanes whose calls do not count as requests per day (video polling).
     pub daily: Option<Arc<DailyCounter>>,
@@ -204,7 +209,15 @@ pub(crate) struct Admission {
     lane: Arc<Lane>,
     id: u64,
     has_tokens: bool,
-    _permit: OwnedSemaphorePermit,
+    /// Released on drop, before the lane tells its waiters (a reservation waits for it).
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.lane.room_changed.notify_waiters();
+    }
 }
 
 impl Admission {
@@ -269,6 +282,7 @@ impl Lane {
                 burst: KeyLimits::burst(rpm),
             })),
             changed: Notify::new(),
+            room_changed: Notify::new(),
             permits: Arc::new(Semaphore::new(limits.concurrency.max(1) as usize)),
             daily,
             stats,
@@ -332,8 +346,10 @@ impl Lane {
             lane: self.clone(),
             id,
             has_tokens: tokens > 0,
-            _permit: permit,
+            permit: Some(permit),
         };
+        // The send may have used up a reservation: its holder's worker looks again.
+        self.room_changed.notify_waiters();
         let daily = match &self.daily {
             Some(d) => d.take().await,
             None => Ok(0),

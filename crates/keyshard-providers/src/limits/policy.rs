@@ -21,7 +21,16 @@
 //!
 //! Each pause the provider imposes is returned once ([`Pause`]), when it starts, for the
 //! lane to log and count.
+//!
+//! **Reserved sends.** A job's worker asks a lane for room *before* it picks the job
+//! ([`LanePolicy::room`], [`LanePolicy::reserve`]), so the fair pick chooses among jobs only
+//! when one can be sent at once, and the picked job does not queue inside the pacing behind
+//! earlier picks. A reservation takes no slot: the send that follows takes it like any other
+//! ([`LanePolicy::try_admit`] uses up the oldest reservation), so a reservation can never
+//! push the lane past its limits. While one is outstanding the lane offers no second one;
+//! [`choose`] says which of several lanes (a job kind's providers) gets the next job.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -56,6 +65,61 @@ impl PauseReason {
 pub struct Pause {
     pub until: Instant,
     pub reason: PauseReason,
+}
+
+/// How long a reservation holds a lane's next send for the job picked with it. The picked
+/// job reaches the lane within milliseconds (a done-marker check, a progress edit); one
+/// that does not use it within this (already answered, moved to a peer, its user chose
+/// another provider, and dropped without saying so) must not keep the lane from the next job
+/// for longer: 2 s is a second of a 60/min lane's pace, and far above the path's latency.
+pub const RESERVATION_TTL: Duration = Duration::from_secs(2);
+
+/// Whether a lane can take one more reserved send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Yes, now.
+    Now,
+    /// Not before this instant (the pace, the window, a pause, or an outstanding
+    /// reservation's expiry); a change (an answer, a reservation used) may bring it forward.
+    At(Instant),
+    /// Not until something changes (every concurrency slot is in use).
+    Busy,
+    /// Not within the lane's longest wait (a pause of minutes, the day's requests used up):
+    /// a call now would give up at once, so nobody waits for this lane's room.
+    Beyond,
+}
+
+/// Where the next send of a job kind goes, over its lanes in order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Lane `i` can send now (the first such in the given order).
+    Now(usize),
+    /// None can: look again at this instant, or on a change (`None`: only a change).
+    Wait(Option<Instant>),
+    /// No lane is usable at all (none configured, every key out of service, every lane
+    /// [`Room::Beyond`]): nothing to wait for here; the job's own path decides (it moves the
+    /// job to a peer, or tells the user, as a call that finds no capacity in time does).
+    NoLane,
+}
+
+/// Chooses among a kind's lanes (`None`: not usable): the first that can send now, else the
+/// earliest instant one may. Work-conserving: a job goes to whichever lane has room, so no
+/// lane of the kind idles while a job it can serve waits.
+pub fn choose(rooms: &[Option<Room>]) -> Choice {
+    if let Some(i) = rooms.iter().position(|r| *r == Some(Room::Now)) {
+        return Choice::Now(i);
+    }
+    if rooms.iter().all(|r| matches!(r, None | Some(Room::Beyond))) {
+        return Choice::NoLane;
+    }
+    let at = rooms
+        .iter()
+        .filter_map(|r| match r {
+            Some(Room::At(t)) => Some(*t),
+            _ => None,
+        })
+        .min();
+    Choice::Wait(at)
 }
 
 /// The answer to "may a request start now?".
@@ -105,6 +169,9 @@ pub struct LanePolicy {
     provider_cooldown: Option<Instant>,
     /// The end of the provider pause announced last: each pause is announced once.
     announced: Option<Instant>,
+    /// Reservations not used yet, oldest first: id and when it was taken.
+    reserved: VecDeque<(u64, Instant)>,
+    next_reservation: u64,
 }
 
 impl LanePolicy {
@@ -123,6 +190,8 @@ impl LanePolicy {
             cooldown: None,
             provider_cooldown: None,
             announced: None,
+            reserved: VecDeque::new(),
+            next_reservation: 0,
         }
     }
 
@@ -194,10 +263,15 @@ impl LanePolicy {
         running.is_none().then_some(Pause { until, reason })
     }
 
-    /// Takes a slot for a request estimated at `tokens` if one is free at `now`.
-    pub fn try_admit(&mut self, now: Instant, tokens: u64) -> Decision {
-        let (interval, burst) = (self.interval(), self.burst());
-        let pace = self.pacer.ready_at(now, interval, burst);
+    /// What holds a request of `tokens` back at `now`: the pace's time, and apart from it
+    /// the window, the lane's cooldown and the provider's hold (`blocked`), with the hold.
+    #[allow(clippy::type_complexity)] // three named parts, used by two callers right below
+    fn holds(
+        &mut self,
+        now: Instant,
+        tokens: u64,
+    ) -> (Instant, Instant, Option<(Instant, Option<PauseReason>)>) {
+        let pace = self.pacer.ready_at(now, self.interval(), self.burst());
         let mut blocked = self.ledger.ready_at(now, tokens);
         if let Some(c) = self.cooldown {
             blocked = blocked.max(c);
@@ -206,9 +280,67 @@ impl LanePolicy {
         if let Some((until, _)) = provider {
             blocked = blocked.max(until);
         }
+        (pace, blocked, provider)
+    }
+
+    /// The earliest instant a request estimated at `tokens` may start, as
+    /// [`try_admit`](Self::try_admit) would decide it, taking nothing.
+    pub fn ready_at(&mut self, now: Instant, tokens: u64) -> Instant {
+        let (pace, blocked, _) = self.holds(now, tokens);
+        pace.max(blocked)
+    }
+
+    /// Whether one more send can be reserved at `now` (concurrency is the lane's, not here);
+    /// `max_wait`: the longest a call waits for the lane, past which its room is
+    /// [`Room::Beyond`].
+    pub fn room(&mut self, now: Instant, max_wait: Duration) -> Room {
+        self.reserved.retain(|(_, at)| now < *at + RESERVATION_TTL);
+        if let Some((_, at)) = self.reserved.front() {
+            return Room::At(*at + RESERVATION_TTL);
+        }
+        let (pace, blocked, _) = self.holds(now, 1);
+        let ready = pace.max(blocked);
+        if ready <= now {
+            return Room::Now;
+        }
+        if ready > now + max_wait {
+            return Room::Beyond;
+        }
+        if blocked > pace {
+            // As in `try_admit`: a lane blocked by its window or a pause is not idle, and
+            // earns no burst while its worker waits here rather than in the admission.
+            self.pacer.hold(blocked);
+        }
+        Room::At(ready)
+    }
+
+    /// Reserves the next send if the lane has [`Room::Now`]; the id releases it.
+    pub fn reserve(&mut self, now: Instant) -> Option<u64> {
+        if self.room(now, Duration::ZERO) != Room::Now {
+            return None;
+        }
+        let id = self.next_reservation;
+        self.next_reservation += 1;
+        self.reserved.push_back((id, now));
+        Some(id)
+    }
+
+    /// Gives back reservation `id` if it is still outstanding (unused, not expired).
+    pub fn release(&mut self, id: u64) {
+        self.reserved.retain(|(r, _)| *r != id);
+    }
+
+    /// Takes a slot for a request estimated at `tokens` if one is free at `now`. A request
+    /// that starts uses up the oldest reservation: it is the send that was reserved (or, if
+    /// another caller came first, the lane's room went to it, and the reserved job waits for
+    /// the next like any caller).
+    pub fn try_admit(&mut self, now: Instant, tokens: u64) -> Decision {
+        let (interval, burst) = (self.interval(), self.burst());
+        let (pace, blocked, provider) = self.holds(now, tokens);
         let ready = pace.max(blocked);
         if ready <= now {
             self.pacer.record(now, interval, burst);
+            self.reserved.pop_front();
             return Decision::Go(self.ledger.record(now, tokens));
         }
         if blocked > pace {
@@ -290,5 +422,7 @@ impl LanePolicy {
     }
 }
 
+#[cfg(test)]
+mod room_tests;
 #[cfg(test)]
 mod tests;
