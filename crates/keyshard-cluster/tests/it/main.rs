@@ -15,4 +15,5 @@ mod liveness;
 mod outage;
 mod quota;
 mod requests_per_day;
+mod restart;
 mod support;
