@@ -137,6 +137,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         at,
         action: ChaosAction::RedisRestart,
     }))
+    .chain(args.redis_crash.into_iter().map(|at| Chaos {
+        at,
+        action: ChaosAction::RedisCrash,
+    }))
     .chain(args.postgres_restart.into_iter().map(|at| Chaos {
         at,
         action: ChaosAction::PostgresRestart {
@@ -197,6 +201,7 @@ async fn run_attached(url: &str, args: &RunArgs) -> anyhow::Result<()> {
         && args.restart.is_empty()
         && args.drop_session.is_empty()
         && args.redis_restart.is_empty()
+        && args.redis_crash.is_empty()
         && args.load_factor.is_none())
     {
         anyhow::bail!(

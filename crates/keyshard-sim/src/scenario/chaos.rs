@@ -1,6 +1,8 @@
 //! Chaos: what the simulator does to the cluster at given times into the run (SIGKILL,
 //! SIGTERM, restart, a dropped gateway session, an invalidated one, a crash loop, a Redis
-//! restart, Postgres down for a while, a provider key revoked and restored), parsed from the command line and performed by [`run_chaos`]. Each instance
+//! restart with its data as `docker restart` does it, a Redis crash that loses it, Postgres
+//! down for a while, a provider key revoked and restored), parsed from the command line and
+//! performed by [`run_chaos`]. Each instance
 //! action is recorded as a process event, which the judge reads back (see
 //! [`crate::judge::down_intervals`]).
 
@@ -30,8 +32,14 @@ pub enum ChaosAction {
     /// For `span`: kill the instance as soon as it has IDENTIFYed and start it again at once,
     /// the worst crash loop for the day's session starts. It is left stopped afterwards.
     CrashLoop { instance: u32, span: Duration },
-    /// SIGKILL the private Redis and start it again, empty (only with the private Redis).
+    /// Restart the private Redis the way `docker restart redis` restarts the compose service
+    /// (whose volume keeps an AOF): stopped saving its data, down for [`REDIS_RESTART_DOWN`],
+    /// started again with that data; keys whose expiry passed meanwhile are gone (only with
+    /// the private Redis).
     RedisRestart,
+    /// SIGKILL the private Redis and start it again, empty: a crash of a Redis that persists
+    /// nothing (only with the private Redis).
+    RedisCrash,
     /// Stop the private Postgres at once (an immediate shutdown, like a crash) and start it
     /// again, with its data, `down` later (only with the private Postgres).
     PostgresRestart { down: Duration },
@@ -43,6 +51,12 @@ pub enum ChaosAction {
         revoked: bool,
     },
 }
+
+/// How long a Redis restart keeps it away: `docker restart redis` took 0.6 to 0.7 s from
+/// SIGTERM to "Ready to accept connections" in the compose rehearsal (the redis container's
+/// log, four restarts), the gap in which an instance's claim can time out and its primary
+/// answer by the static rule.
+pub const REDIS_RESTART_DOWN: Duration = Duration::from_millis(700);
 
 /// How long `--postgres-restart` keeps Postgres down unless told otherwise: long enough that
 /// the writers' backoff reaches its cap and their Redis buffers fill, as an operator's
@@ -66,7 +80,9 @@ impl Chaos {
             | ChaosAction::InvalidateSession { instance: i, .. }
             | ChaosAction::CrashLoop { instance: i, .. }
             | ChaosAction::RevokeKey { instance: i, .. } => Some(i),
-            ChaosAction::RedisRestart | ChaosAction::PostgresRestart { .. } => None,
+            ChaosAction::RedisRestart
+            | ChaosAction::RedisCrash
+            | ChaosAction::PostgresRestart { .. } => None,
         }
     }
 
@@ -153,6 +169,7 @@ impl fmt::Display for Chaos {
                 write!(f, "crash-loop:{instance}@{t}+{}", span.as_secs_f64())
             }
             ChaosAction::RedisRestart => write!(f, "redis-restart@{t}"),
+            ChaosAction::RedisCrash => write!(f, "redis-crash@{t}"),
             ChaosAction::RevokeKey {
                 instance,
                 provider,
@@ -227,6 +244,24 @@ pub(crate) async fn run_chaos(
             ChaosAction::RedisRestart => {
                 let Some(redis) = redis.clone() else {
                     bail!("redis-restart needs the private redis-server (unset REDIS_URL)");
+                };
+                let stop = redis.clone();
+                tokio::task::spawn_blocking(move || {
+                    stop.lock().unwrap_or_else(|e| e.into_inner()).stop_saving();
+                })
+                .await?;
+                tokio::time::sleep(REDIS_RESTART_DOWN).await;
+                tokio::task::spawn_blocking(move || {
+                    redis
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .restart_with_data();
+                })
+                .await?;
+            }
+            ChaosAction::RedisCrash => {
+                let Some(redis) = redis.clone() else {
+                    bail!("redis-crash needs the private redis-server (unset REDIS_URL)");
                 };
                 tokio::task::spawn_blocking(move || {
                     redis.lock().unwrap_or_else(|e| e.into_inner()).restart();
