@@ -181,7 +181,11 @@ impl RedisServer {
             Ok(reply) if reply.starts_with('-') => {
                 panic!("redis-server refused SHUTDOWN SAVE: {}", reply.trim_end())
             }
-            _ => tracing::debug!(port = self.port, ?status, "redis-server stopped, data saved"),
+            _ => tracing::debug!(
+                port = self.port,
+                ?status,
+                "redis-server stopped, data saved"
+            ),
         }
     }
 
@@ -413,7 +417,9 @@ mod tests {
     fn inline(port: u16, command: &str) -> String {
         let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
         stream.set_read_timeout(Some(PROBE_IO_TIMEOUT)).unwrap();
-        stream.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
         let mut line = String::new();
         io::BufRead::read_line(&mut io::BufReader::new(stream), &mut line).unwrap();
         line
@@ -440,7 +446,11 @@ mod tests {
         assert_eq!(inline(port, "EXISTS later"), ":1\r\n");
 
         server.restart();
-        assert_eq!(inline(port, "DBSIZE"), ":0\r\n", "an empty restart loads no dump");
+        assert_eq!(
+            inline(port, "DBSIZE"),
+            ":0\r\n",
+            "an empty restart loads no dump"
+        );
     }
 
     #[test]
