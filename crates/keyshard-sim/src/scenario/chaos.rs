@@ -37,7 +37,7 @@ pub enum ChaosAction {
     RedisRestart,
     /// Restart the private Redis the way `docker restart redis` restarts the compose service,
     /// whose volume keeps an AOF: stopped saving its data, away for [`REDIS_RESTART_DOWN`]
-    /// (its port swallowing connections meanwhile, see [`restart_redis_with_data`]), started
+    /// (its port swallowing connections meanwhile, see `restart_redis`), started
     /// again with that data; keys whose expiry passed meanwhile are gone (only with the
     /// private Redis).
     RedisRestartWithData,
@@ -242,22 +242,11 @@ pub(crate) async fn run_chaos(
                 };
                 p.set_revoked(instance, provider, revoked);
             }
-            ChaosAction::RedisRestart => {
+            ChaosAction::RedisRestart | ChaosAction::RedisRestartWithData => {
                 let Some(redis) = redis.clone() else {
-                    bail!("redis-restart needs the private redis-server (unset REDIS_URL)");
+                    bail!("chaos {c} needs the private redis-server (unset REDIS_URL)");
                 };
-                tokio::task::spawn_blocking(move || {
-                    redis.lock().unwrap_or_else(|e| e.into_inner()).restart();
-                })
-                .await?;
-            }
-            ChaosAction::RedisRestartWithData => {
-                let Some(redis) = redis.clone() else {
-                    bail!(
-                        "redis-restart-with-data needs the private redis-server (unset REDIS_URL)"
-                    );
-                };
-                restart_redis_with_data(redis).await?;
+                restart_redis(c.action, redis).await?;
             }
             ChaosAction::PostgresRestart { down } => {
                 let Some(pg) = postgres.clone() else {
@@ -285,15 +274,24 @@ pub(crate) async fn run_chaos(
     Ok(())
 }
 
-/// `docker restart redis`, as the instances see it: Redis saves its data and exits, and for
-/// [`REDIS_RESTART_DOWN`] its address answers nothing (the container and its network are
-/// gone, so a call times out rather than being refused: the rehearsal's instances logged
-/// "did not answer … within 500ms"); then it is back with its data. A listener on its port
-/// stands for the silent address: it accepts connections and never answers, and closes them
-/// all when Redis comes back.
-async fn restart_redis_with_data(
+/// The Redis restarts. [`ChaosAction::RedisRestart`]: SIGKILL and an empty start at once.
+/// [`ChaosAction::RedisRestartWithData`] is `docker restart redis` as the instances see it:
+/// Redis saves its data and exits, and for [`REDIS_RESTART_DOWN`] its address answers nothing
+/// (the container and its network are gone, so a call times out rather than being refused:
+/// the rehearsal's instances logged "did not answer … within 500ms"); then it is back with
+/// its data. A listener on its port stands for the silent address: it accepts connections
+/// and never answers, and closes them all when Redis comes back.
+async fn restart_redis(
+    action: ChaosAction,
     redis: Arc<Mutex<keyshard_testkit::RedisServer>>,
 ) -> anyhow::Result<()> {
+    if action == ChaosAction::RedisRestart {
+        tokio::task::spawn_blocking(move || {
+            redis.lock().unwrap_or_else(|e| e.into_inner()).restart();
+        })
+        .await?;
+        return Ok(());
+    }
     let stop = redis.clone();
     let port = tokio::task::spawn_blocking(move || {
         let mut r = stop.lock().unwrap_or_else(|e| e.into_inner());
