@@ -245,9 +245,11 @@ impl Cluster {
         let timing = &self.inner.cfg.claim;
         tokio::time::sleep(sweep_delay(interaction_id, received_ms, now, timing)).await;
         // An owner that answered while Redis was away could not confirm: its claim lapses
-        // although it is alive and answered. Only a lapse with Redis steady is a death.
-        if !is_primary && self.redis_came_back_since(epoch).await {
-            return self.degraded(assignment.user, false);
+        // although it is alive and answered. Only a lapse with Redis steady is a death; across
+        // a restart the holder is taken to have answered (the primary too leaves it: the
+        // holder's claim says it was not this instance's turn).
+        if self.redis_came_back_since(epoch).await {
+            return self.lost();
         }
         match self.try_claim(interaction_id).await {
             Ok(Held::Me) => {

@@ -3,7 +3,8 @@
 //! Redis was away do not, and a primary that could not reach it answered its users by the
 //! static rule, with no claim key. An instance that saw no failure of its own (its calls fell
 //! before and after the outage, or were retried on a fresh connection) must still notice the
-//! restart, by the server's `run_id`, and not answer those users a second time.
+//! restart, by the server's `run_id`, and not answer those users a second time; nor take a
+//! claim that lapsed unconfirmed across the restart for its holder's death.
 
 use std::time::Duration;
 
@@ -120,5 +121,34 @@ async fn a_primary_whose_heartbeat_lapsed_in_a_restart_with_data_is_not_taken_ov
     assert!(
         answering(&outcome).is_empty(),
         "instance 2 took over a live primary's user right after the restart: {outcome:?}"
+    );
+}
+
+/// The owner claims and answers, but Redis goes away before its confirmation, and comes back
+/// with the pending claim, which then lapses. The first fallback, which found the claim
+/// unconfirmed before the restart, must not take the lapse for the owner's death: across a
+/// restart an unconfirmed claim says nothing about whether its holder answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_lapsed_unconfirmed_across_a_restart_with_data_is_not_swept() {
+    let mut tc = TestCluster::start().await;
+    let user = user_of(1, 13);
+    let id = interaction(3);
+    let received = now_ms();
+    // The owner wins and answers; its confirmation is what the restart swallows.
+    let owner = tc.node(1).claim(id, user, received).await;
+    assert!(matches!(owner, ClaimOutcome::Won { .. }), "{owner:?}");
+    let first = tc.node(2).clone();
+    let fallback = tokio::spawn(async move { first.claim(id, user, received).await });
+    // The fallback's first try (after its grace) finds the claim pending: it goes on to sweep.
+    tokio::time::sleep(TIMING.grace + SLACK).await;
+    assert!(
+        !fallback.is_finished(),
+        "the fallback should be waiting to sweep"
+    );
+    tc.redis.restart_with_data();
+    let outcome = fallback.await.unwrap();
+    assert!(
+        !outcome.answers(),
+        "the fallback swept a claim whose holder answered before the restart: {outcome:?}"
     );
 }
