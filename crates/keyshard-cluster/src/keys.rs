@@ -15,8 +15,9 @@ pub fn claim(cluster: &str, interaction_id: u64) -> String {
     format!("{cluster}:claim:{interaction_id}")
 }
 
-/// `{c}:gen`: a value set once per Redis lifetime (`SET NX`); a new value means Redis
-/// restarted empty.
+/// `{c}:gen`: a value set once per life of Redis's data (`SET NX`); a new value means Redis
+/// restarted empty. A restart that kept the data keeps it too: `INFO server`'s `run_id` tells
+/// those (see `cluster::restart`).
 pub fn generation(cluster: &str) -> String {
     format!("{cluster}:gen")
 }

@@ -101,9 +101,13 @@ pub struct RunArgs {
     /// The guilds guild interactions come from (spread over the shards).
     #[arg(long, default_value_t = 1)]
     pub guilds: u32,
-    /// Kill and restart the private Redis at SECS (repeatable).
+    /// Kill and restart the private Redis at SECS, empty (repeatable).
     #[arg(long, value_parser = keyshard_sim::scenario::parse_secs)]
     pub redis_restart: Vec<Duration>,
+    /// Restart the private Redis at SECS as `docker restart redis` does: its data saved and
+    /// loaded again, 0.7 s away, its address silent meanwhile (repeatable).
+    #[arg(long, value_parser = keyshard_sim::scenario::parse_secs)]
+    pub redis_restart_with_data: Vec<Duration>,
     /// Stop the private Postgres at SECS and start it again --postgres-down seconds later
     /// (repeatable).
     #[arg(long, value_parser = keyshard_sim::scenario::parse_secs)]

@@ -140,6 +140,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         at,
         action: ChaosAction::RedisRestart,
     }))
+    .chain(args.redis_restart_with_data.into_iter().map(|at| Chaos {
+        at,
+        action: ChaosAction::RedisRestartWithData,
+    }))
     .chain(args.postgres_restart.into_iter().map(|at| Chaos {
         at,
         action: ChaosAction::PostgresRestart {
@@ -200,6 +204,7 @@ async fn run_attached(url: &str, args: &RunArgs) -> anyhow::Result<()> {
         && args.restart.is_empty()
         && args.drop_session.is_empty()
         && args.redis_restart.is_empty()
+        && args.redis_restart_with_data.is_empty()
         && args.load_factor.is_none())
     {
         anyhow::bail!(

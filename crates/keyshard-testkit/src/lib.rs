@@ -3,7 +3,9 @@
 //!
 //! - [`RedisServer`]: starts `redis-server` on a free loopback port with no persistence and a
 //!   throw-away working directory, and can kill it (SIGKILL) and restart it on the same port,
-//!   so tests can take Redis away from a running cluster and give it back.
+//!   empty, so tests can take Redis away from a running cluster and give it back; or stop it
+//!   saving its data and start it again with that data, as `docker restart` does to a Redis
+//!   with a volume.
 //! - [`PostgresServer`] (module [`postgres`]): `initdb` into a temp dir and `postgres` on a
 //!   free loopback port, stopped and restarted on the same port with its data, so tests can
 //!   take Postgres away for a while; [`PostgresOptions`] keeps `fsync` on for durability tests.
@@ -155,6 +157,52 @@ impl RedisServer {
     /// If the server does not come back, for instance because another process took the port.
     pub fn restart(&mut self) {
         self.kill();
+        // A dump left by `stop_saving` would be loaded: an empty restart must not see it.
+        let _ = fs::remove_file(self.dump_path());
+        self.start_again();
+    }
+
+    /// Stops the server the way `docker stop` stops a Redis with a volume: `SHUTDOWN SAVE`
+    /// writes every key (with its absolute expiry time) to the working directory, and the
+    /// process exits. [`restart_with_data`](Self::restart_with_data) brings that data back.
+    /// Does nothing when it is not running.
+    ///
+    /// # Panics
+    /// If the server answers `SHUTDOWN SAVE` with an error (e.g. the save failed).
+    pub fn stop_saving(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // On success Redis closes the connection without a reply; an error comes back as a
+        // `-ERR` line.
+        let answer = shutdown_save(self.port);
+        let status = child.wait();
+        match answer {
+            Ok(reply) if reply.starts_with('-') => {
+                panic!("redis-server refused SHUTDOWN SAVE: {}", reply.trim_end())
+            }
+            _ => tracing::debug!(
+                port = self.port,
+                ?status,
+                "redis-server stopped, data saved"
+            ),
+        }
+    }
+
+    /// Starts the server again on the same port with the data [`stop_saving`](Self::stop_saving)
+    /// wrote (stopping it that way first if it still runs), like `docker restart redis`: keys
+    /// are kept, and keys whose expiry time passed while it was down are gone. Returns once it
+    /// answers `PING` (after the data is loaded).
+    ///
+    /// # Panics
+    /// If the server does not come back.
+    pub fn restart_with_data(&mut self) {
+        self.stop_saving();
+        self.start_again();
+    }
+
+    /// Starts a stopped server on its port and waits for `PING`.
+    fn start_again(&mut self) {
         // After SIGKILL the kernel may hold the listening socket a moment longer; redis sets
         // SO_REUSEADDR, so one quick retry covers the rare case where the bind still fails.
         let mut result = self.spawn_and_wait();
@@ -166,6 +214,11 @@ impl RedisServer {
             panic!("could not restart redis-server on port {}: {e}", self.port);
         }
         tracing::debug!(port = self.port, "redis-server restarted");
+    }
+
+    /// Where `SHUTDOWN SAVE` writes the data and where a start loads it from.
+    fn dump_path(&self) -> PathBuf {
+        self.dir.join("dump.rdb")
     }
 
     /// Whether the server process is still running.
@@ -187,7 +240,8 @@ impl RedisServer {
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1"])
-            // No RDB snapshots and no AOF: a test server starts empty and leaves nothing behind.
+            // No RDB snapshots and no AOF: a test server starts empty and leaves nothing behind
+            // (but `stop_saving`'s explicit `SHUTDOWN SAVE` still writes `dump.rdb` here).
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .arg("--dir")
@@ -284,6 +338,20 @@ fn ping(port: u16) -> io::Result<()> {
     }
 }
 
+/// Sends `SHUTDOWN SAVE`; returns what the server answered before closing the connection
+/// (nothing on success, a `-ERR …` line when it refused).
+fn shutdown_save(port: u16) -> io::Result<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, PROBE_IO_TIMEOUT)?;
+    // Saving a test server's few keys takes milliseconds; the read ends when it exits.
+    stream.set_read_timeout(Some(READY_TIMEOUT))?;
+    stream.write_all(b"SHUTDOWN SAVE\r\n")?;
+    let mut reply = String::new();
+    // A reset connection is also how a server that exited says goodbye.
+    let _ = stream.read_to_string(&mut reply);
+    Ok(reply)
+}
+
 /// The `process_id` the server on `port` reports in `INFO server`.
 fn server_pid(port: u16) -> io::Result<u32> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -343,6 +411,46 @@ mod tests {
         assert_eq!(server.port(), port);
         assert!(server.is_running());
         ping(port).expect("restarted server answers PING");
+    }
+
+    /// One inline command and the first line of its answer.
+    fn inline(port: u16, command: &str) -> String {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        stream.set_read_timeout(Some(PROBE_IO_TIMEOUT)).unwrap();
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        io::BufRead::read_line(&mut io::BufReader::new(stream), &mut line).unwrap();
+        line
+    }
+
+    #[test]
+    fn a_restart_with_data_keeps_keys_and_an_empty_restart_does_not() {
+        let mut server = RedisServer::start();
+        let port = server.port();
+        assert_eq!(inline(port, "SET kept v"), "+OK\r\n");
+        assert_eq!(inline(port, "SET short v PX 200"), "+OK\r\n");
+        server.stop_saving();
+        assert!(!server.is_running());
+        assert!(ping(port).is_err(), "a stopped server must not answer");
+        // Down longer than `short` lives: its absolute expiry passes meanwhile.
+        std::thread::sleep(Duration::from_millis(300));
+        server.restart_with_data();
+        assert_eq!(server.port(), port);
+        assert_eq!(inline(port, "EXISTS kept"), ":1\r\n");
+        assert_eq!(inline(port, "EXISTS short"), ":0\r\n");
+        // Still running: `restart_with_data` stops it saving first.
+        assert_eq!(inline(port, "SET later v"), "+OK\r\n");
+        server.restart_with_data();
+        assert_eq!(inline(port, "EXISTS later"), ":1\r\n");
+
+        server.restart();
+        assert_eq!(
+            inline(port, "DBSIZE"),
+            ":0\r\n",
+            "an empty restart loads no dump"
+        );
     }
 
     #[test]

@@ -127,6 +127,19 @@ async fn jobs_survive_a_killed_instance_and_a_redis_restart() {
     assert_eq!(r.provider_429, 0);
 }
 
+/// `docker restart redis` under load, three times (the data kept, its address silent for
+/// 0.7 s, heartbeats lapsing meanwhile): every instance is alive, so every interaction is
+/// answered, once, the primaries answering by the static rule while Redis is away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_its_data_under_load_answers_everything_once() {
+    let mut cfg = scenario(80, 12.0, 12, "ping=1");
+    for at in [3.0, 6.0, 9.0] {
+        cfg.chaos.push(chaos(at, ChaosAction::RedisRestartWithData));
+    }
+    let r = run_scenario(cfg).await.unwrap();
+    assert_exactly_once(&r);
+}
+
 /// A rolling restart under load, one instance at a time: each gets SIGTERM (it drains: peers
 /// take its users at once, it finishes what it holds and leaves), then starts again and is
 /// ready before the next one goes. Nothing is lost or answered twice.

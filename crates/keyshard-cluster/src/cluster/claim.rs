@@ -158,13 +158,7 @@ impl Cluster {
                 delay,
             } => {
                 tokio::time::sleep(delay).await;
-                // Redis went away and came back while this fallback waited: a restarted Redis
-                // may have lost the owner's claim, and claiming now could answer a second
-                // time. Only the primary still answers (the static rule), as while degraded.
-                if !is_primary
-                    && (self.inner.link_epoch.load(Ordering::Relaxed) != epoch
-                        || self.generation_changed().await)
-                {
+                if !is_primary && self.redis_came_back_since(epoch).await {
                     return self.degraded(user, false);
                 }
                 (assignment, Some(rank))
@@ -175,7 +169,12 @@ impl Cluster {
             Ok(Held::By(holder))
                 if rank == Some(0) && !self.claim_confirmed(interaction_id).await =>
             {
-                self.sweep(interaction_id, received_ms, assignment, is_primary, holder)
+                let sweep = Sweep {
+                    epoch,
+                    is_primary,
+                    holder,
+                };
+                self.sweep(interaction_id, received_ms, assignment, sweep)
                     .await
             }
             Ok(Held::By(_)) => self.lost(),
@@ -213,20 +212,45 @@ impl Cluster {
         }
     }
 
+    /// Whether Redis was away or restarted since this claim read `epoch`: a fallback that
+    /// waited across that declines. A restarted Redis may have lost the owner's claim (an
+    /// empty restart), the owner may have answered by the static rule with no claim at all
+    /// while it could not reach Redis, or its confirmation may have failed so that its claim
+    /// lapses (a restart that kept the data); claiming now could answer a second time. Only
+    /// the primary still answers (the static rule), as while degraded.
+    ///
+    /// The look at the server comes first: when it finds a restart it moves `link_epoch`
+    /// itself, and two fallbacks checking at once must both see that.
+    async fn redis_came_back_since(&self, epoch: u64) -> bool {
+        let restarted = self.restarted_since_seen().await;
+        restarted || self.inner.link_epoch.load(Ordering::Relaxed) != epoch
+    }
+
     /// The first fallback looks once more before the deadline: an owner that died between its
-    /// claim and its acknowledgement never confirms, and its claim lapses. `holder` is who held
-    /// the claim when this fallback first tried.
+    /// claim and its acknowledgement never confirms, and its claim lapses. `sweep.holder` is
+    /// who held the claim when this fallback first tried.
     async fn sweep(
         &self,
         interaction_id: u64,
         received_ms: u64,
         assignment: Assignment,
-        is_primary: bool,
-        holder: Option<InstanceId>,
+        sweep: Sweep,
     ) -> ClaimOutcome {
+        let Sweep {
+            epoch,
+            is_primary,
+            holder,
+        } = sweep;
         let now = clock::now_ms().max(received_ms);
         let timing = &self.inner.cfg.claim;
         tokio::time::sleep(sweep_delay(interaction_id, received_ms, now, timing)).await;
+        // An owner that answered while Redis was away could not confirm: its claim lapses
+        // although it is alive and answered. Only a lapse with Redis steady is a death; across
+        // a restart the holder is taken to have answered (the primary too leaves it: the
+        // holder's claim says it was not this instance's turn).
+        if self.redis_came_back_since(epoch).await {
+            return self.lost();
+        }
         match self.try_claim(interaction_id).await {
             Ok(Held::Me) => {
                 tracing::info!(
@@ -409,6 +433,15 @@ impl Cluster {
             })
             .await
     }
+}
+
+/// What a sweep carries over from the claim it follows.
+struct Sweep {
+    /// `link_epoch` when the claim started.
+    epoch: u64,
+    is_primary: bool,
+    /// Who held the claim when the fallback first tried.
+    holder: Option<InstanceId>,
 }
 
 /// Who holds a claim after a try.

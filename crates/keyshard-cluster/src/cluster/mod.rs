@@ -1,8 +1,9 @@
 //! The [`Cluster`] handle: heartbeat and membership loops, load publication, and degraded
 //! mode while Redis is unreachable. The claim is in `claim` ([`Cluster::claim`],
-//! [`ClaimOutcome`]).
+//! [`ClaimOutcome`]); noticing a Redis restart (empty or with its data) in `restart`.
 
 mod claim;
+mod restart;
 
 pub use claim::{ClaimOutcome, Confirmed, CLAIM_BUDGET};
 
@@ -54,10 +55,11 @@ struct Inner {
     /// Counts returns of Redis after an outage. A fallback compares it across its delay: a
     /// Redis that went away meanwhile may have come back without the owner's claim key.
     link_epoch: AtomicU64,
-    /// The last value of `{c}:gen` this instance saw.
-    generation: Mutex<Option<String>>,
-    /// When this instance last saw Redis come back, empty (a generation change) or after an
-    /// outage: for one heartbeat lifetime after it, a peer missing from Redis is not dead.
+    /// The Redis server this instance last saw: `{c}:gen` and `INFO server`'s `run_id`.
+    server: Mutex<Option<restart::ServerIdentity>>,
+    /// When this instance last saw Redis come back: restarted (empty or with its data) or
+    /// after an outage. For one heartbeat lifetime after it, a peer missing from Redis is not
+    /// dead.
     restarted_at: Mutex<Option<Instant>>,
     wake_heartbeat: Arc<Notify>,
     wake_snapshot: Arc<Notify>,
@@ -89,7 +91,7 @@ impl Cluster {
                 left: AtomicBool::new(false),
                 link: AtomicU8::new(LINK_CONNECTING),
                 link_epoch: AtomicU64::new(0),
-                generation: Mutex::new(None),
+                server: Mutex::new(None),
                 restarted_at: Mutex::new(None),
                 wake_heartbeat: Arc::new(Notify::new()),
                 wake_snapshot: Arc::new(Notify::new()),
@@ -307,9 +309,10 @@ impl Cluster {
     async fn refresh_membership(&self) -> Result<(), ClusterError> {
         let cfg = &self.inner.cfg;
         let (name, count, policy) = (cfg.cluster_name.clone(), cfg.instance_count, cfg.overload);
-        // The generation first: a Redis that restarted empty has lost every heartbeat, and the
-        // snapshot read right after must not take that for the death of every peer.
-        self.check_generation().await?;
+        // The restart check first: a Redis that restarted has lost every heartbeat (empty) or
+        // those that lapsed while it was away (data kept), and the snapshot read right after
+        // must not take that for the death of those peers.
+        self.check_restart().await?;
         let result = self
             .inner
             .redis
@@ -347,93 +350,14 @@ impl Cluster {
         Ok(())
     }
 
-    /// Notices a Redis that restarted empty between two calls (a reconnect can hide the outage
-    /// from every call): the generation key `{c}:gen`, set once by whoever comes first, changes
-    /// or reappears. That counts as an outage for fallbacks waiting on a claim.
-    async fn check_generation(&self) -> Result<(), ClusterError> {
-        let key = keys::generation(&self.inner.cfg.cluster_name);
-        let mine = format!(
-            "{}-{}",
-            self.inner.cfg.instance_id,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        );
-        let current: String = self
-            .inner
-            .redis
-            .run("generation", BACKGROUND_BUDGET, |mut c| async move {
-                let (current,): (String,) = redis::pipe()
-                    .cmd("SET")
-                    .arg(&key)
-                    .arg(&mine)
-                    .arg("NX")
-                    .ignore()
-                    .cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut c)
-                    .await?;
-                Ok(current)
-            })
-            .await?;
-        let mut seen = self
-            .inner
-            .generation
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if seen.as_ref().is_some_and(|s| *s != current) {
-            self.inner.link_epoch.fetch_add(1, Ordering::Relaxed);
-            *self
-                .inner
-                .restarted_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            tracing::warn!(
-                instance = self.inner.cfg.instance_id,
-                "Redis restarted empty; claims made before it are gone"
-            );
-            // A restarted Redis has lost every heartbeat: announce ourselves at once.
-            self.inner.wake_heartbeat.notify_one();
-        }
-        *seen = Some(current);
-        Ok(())
-    }
-
-    /// Whether Redis came back (empty, or after an outage) less than one heartbeat lifetime
-    /// ago: peers may not have noticed yet (see `claim`).
+    /// Whether Redis came back (restarted, or after an outage) less than one heartbeat
+    /// lifetime ago: peers may not have noticed yet (see `claim`).
     pub(super) fn recovering(&self) -> bool {
         self.inner
             .restarted_at
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some_and(|t| t.elapsed() < self.inner.cfg.dead_after)
-    }
-
-    /// Whether Redis restarted since the last generation check (one `GET`; a fallback asks
-    /// right before it claims, closing the gap until the next snapshot tick). An unreachable
-    /// Redis counts as changed: the fallback then declines, as in degraded mode.
-    async fn generation_changed(&self) -> bool {
-        let key = keys::generation(&self.inner.cfg.cluster_name);
-        let now: Result<Option<String>, _> = self
-            .inner
-            .redis
-            .run("generation", CLAIM_BUDGET, |mut c| async move {
-                redis::cmd("GET").arg(&key).query_async(&mut c).await
-            })
-            .await;
-        let seen = self
-            .inner
-            .generation
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match (now, seen) {
-            (Ok(now), Some(seen)) => now.as_deref() != Some(seen.as_str()),
-            // Not checked yet: nothing to compare with.
-            (Ok(_), None) => false,
-            (Err(_), _) => true,
-        }
     }
 
     /// Tracks whether Redis answers, logging each transition once.

@@ -15,5 +15,6 @@ mod liveness;
 mod outage;
 mod quota;
 mod requests_per_day;
+mod restart;
 mod support;
 mod waiting;

@@ -54,11 +54,19 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start() -> TestCluster {
+        Self::start_with(|_, cfg| cfg).await
+    }
+
+    /// [`start`](Self::start) with each instance's config passed through `adjust` first.
+    pub async fn start_with(
+        adjust: impl Fn(InstanceId, ClusterConfig) -> ClusterConfig,
+    ) -> TestCluster {
         let redis = RedisServer::start();
         let name = "kstest".to_owned();
         let nodes = (1..=N)
             .map(|id| {
-                let cluster = Cluster::new(config(&redis.url(), &name, id)).expect("valid config");
+                let cfg = adjust(id, config(&redis.url(), &name, id));
+                let cluster = Cluster::new(cfg).expect("valid config");
                 let shutdown = CancellationToken::new();
                 let task = cluster.spawn(shutdown.clone());
                 Node {

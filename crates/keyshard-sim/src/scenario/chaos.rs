@@ -1,6 +1,8 @@
 //! Chaos: what the simulator does to the cluster at given times into the run (SIGKILL,
 //! SIGTERM, restart, a dropped gateway session, an invalidated one, a crash loop, a Redis
-//! restart, Postgres down for a while, a provider key revoked and restored), parsed from the command line and performed by [`run_chaos`]. Each instance
+//! restart that loses the data, one that keeps it as `docker restart redis` does, Postgres
+//! down for a while, a provider key revoked and restored), parsed from the command line and
+//! performed by [`run_chaos`]. Each instance
 //! action is recorded as a process event, which the judge reads back (see
 //! [`crate::judge::down_intervals`]).
 
@@ -30,8 +32,15 @@ pub enum ChaosAction {
     /// For `span`: kill the instance as soon as it has IDENTIFYed and start it again at once,
     /// the worst crash loop for the day's session starts. It is left stopped afterwards.
     CrashLoop { instance: u32, span: Duration },
-    /// SIGKILL the private Redis and start it again, empty (only with the private Redis).
+    /// SIGKILL the private Redis and start it again at once, empty (only with the private
+    /// Redis).
     RedisRestart,
+    /// Restart the private Redis the way `docker restart redis` restarts the compose service,
+    /// whose volume keeps an AOF: stopped saving its data, away for [`REDIS_RESTART_DOWN`]
+    /// (its port swallowing connections meanwhile, see `restart_redis`), started
+    /// again with that data; keys whose expiry passed meanwhile are gone (only with the
+    /// private Redis).
+    RedisRestartWithData,
     /// Stop the private Postgres at once (an immediate shutdown, like a crash) and start it
     /// again, with its data, `down` later (only with the private Postgres).
     PostgresRestart { down: Duration },
@@ -43,6 +52,12 @@ pub enum ChaosAction {
         revoked: bool,
     },
 }
+
+/// How long a Redis restart with its data keeps it away: `docker restart redis` took 0.6 to
+/// 0.7 s from SIGTERM to "Ready to accept connections" in the compose rehearsal (the redis
+/// container's log, four restarts), the gap in which an instance's claim can time out and
+/// its primary answer by the static rule.
+pub const REDIS_RESTART_DOWN: Duration = Duration::from_millis(700);
 
 /// How long `--postgres-restart` keeps Postgres down unless told otherwise: long enough that
 /// the writers' backoff reaches its cap and their Redis buffers fill, as an operator's
@@ -66,7 +81,9 @@ impl Chaos {
             | ChaosAction::InvalidateSession { instance: i, .. }
             | ChaosAction::CrashLoop { instance: i, .. }
             | ChaosAction::RevokeKey { instance: i, .. } => Some(i),
-            ChaosAction::RedisRestart | ChaosAction::PostgresRestart { .. } => None,
+            ChaosAction::RedisRestart
+            | ChaosAction::RedisRestartWithData
+            | ChaosAction::PostgresRestart { .. } => None,
         }
     }
 
@@ -153,6 +170,7 @@ impl fmt::Display for Chaos {
                 write!(f, "crash-loop:{instance}@{t}+{}", span.as_secs_f64())
             }
             ChaosAction::RedisRestart => write!(f, "redis-restart@{t}"),
+            ChaosAction::RedisRestartWithData => write!(f, "redis-restart-with-data@{t}"),
             ChaosAction::RevokeKey {
                 instance,
                 provider,
@@ -224,14 +242,11 @@ pub(crate) async fn run_chaos(
                 };
                 p.set_revoked(instance, provider, revoked);
             }
-            ChaosAction::RedisRestart => {
+            ChaosAction::RedisRestart | ChaosAction::RedisRestartWithData => {
                 let Some(redis) = redis.clone() else {
-                    bail!("redis-restart needs the private redis-server (unset REDIS_URL)");
+                    bail!("chaos {c} needs the private redis-server (unset REDIS_URL)");
                 };
-                tokio::task::spawn_blocking(move || {
-                    redis.lock().unwrap_or_else(|e| e.into_inner()).restart();
-                })
-                .await?;
+                restart_redis(c.action, redis).await?;
             }
             ChaosAction::PostgresRestart { down } => {
                 let Some(pg) = postgres.clone() else {
@@ -256,6 +271,55 @@ pub(crate) async fn run_chaos(
     for o in outages {
         o.await??;
     }
+    Ok(())
+}
+
+/// The Redis restarts. [`ChaosAction::RedisRestart`]: SIGKILL and an empty start at once.
+/// [`ChaosAction::RedisRestartWithData`] is `docker restart redis` as the instances see it:
+/// Redis saves its data and exits, and for [`REDIS_RESTART_DOWN`] its address answers nothing
+/// (the container and its network are gone, so a call times out rather than being refused:
+/// the rehearsal's instances logged "did not answer … within 500ms"); then it is back with
+/// its data. A listener on its port stands for the silent address: it accepts connections
+/// and never answers, and closes them all when Redis comes back.
+async fn restart_redis(
+    action: ChaosAction,
+    redis: Arc<Mutex<keyshard_testkit::RedisServer>>,
+) -> anyhow::Result<()> {
+    if action == ChaosAction::RedisRestart {
+        tokio::task::spawn_blocking(move || {
+            redis.lock().unwrap_or_else(|e| e.into_inner()).restart();
+        })
+        .await?;
+        return Ok(());
+    }
+    let stop = redis.clone();
+    let port = tokio::task::spawn_blocking(move || {
+        let mut r = stop.lock().unwrap_or_else(|e| e.into_inner());
+        r.stop_saving();
+        r.port()
+    })
+    .await?;
+    let silent = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+        .await
+        .with_context(|| format!("holding Redis's port {port} while it is away"))?;
+    let swallow = async {
+        let mut held = Vec::new();
+        loop {
+            if let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+            }
+        }
+    };
+    // `swallow` never ends; the timeout is the gap.
+    let _ = tokio::time::timeout(REDIS_RESTART_DOWN, swallow).await;
+    drop(silent);
+    tokio::task::spawn_blocking(move || {
+        redis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restart_with_data();
+    })
+    .await?;
     Ok(())
 }
 

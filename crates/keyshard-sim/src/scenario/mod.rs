@@ -32,7 +32,7 @@ use crate::discord::DiscordConfig;
 use crate::judge::DEFAULT_OVERLOAD_WAIT;
 use crate::report::{Report, ScenarioSummary};
 
-pub use chaos::{parse_secs, Chaos, ChaosAction, DEFAULT_POSTGRES_DOWN};
+pub use chaos::{parse_secs, Chaos, ChaosAction, DEFAULT_POSTGRES_DOWN, REDIS_RESTART_DOWN};
 pub use load::{build_spec, make_users, CommandKind, Mix, Skew, UserPicker};
 
 /// The fake providers, as the scenario needs them. Implemented in [`crate::providers`] by the
