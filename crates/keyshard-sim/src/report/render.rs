@@ -349,6 +349,35 @@ impl Report {
         }
     }
 
+    /// The `memory.*` line: peaks per instance and Redis, per queued job and conversation.
+    fn render_memory(&self, s: &mut String) {
+        let Some(m) = &self.memory else {
+            return;
+        };
+        let rss: Vec<String> = m
+            .rss_kb_max
+            .iter()
+            .map(|r| r.map_or("-".to_owned(), |kb| format!("{:.1}", kb as f64 / 1024.0)))
+            .collect();
+        let per = |v: Option<f64>| v.map_or("-".to_owned(), |b| format!("{b:.0} B"));
+        let _ = writeln!(
+            s,
+            "memory ({} samples, every {:.0} s): peak RSS per instance {} MB; Redis peak {}; \
+             per queued job {} (deepest queue {}); per conversation {} ({} conversations)",
+            m.samples.len(),
+            m.every_s,
+            rss.join(" · "),
+            m.redis_used_bytes_max.map_or("-".to_owned(), |b| format!(
+                "{:.1} MB",
+                b as f64 / 1_048_576.0
+            )),
+            per(m.bytes_per_queued_job),
+            m.deepest_queue,
+            per(m.bytes_per_conversation),
+            m.conversations_max
+        );
+    }
+
     fn render_examples(&self, s: &mut String) {
         if !self.misrouted_examples.is_empty() || !self.lost_examples.is_empty() {
             let _ = writeln!(s);
@@ -405,29 +434,7 @@ impl Report {
                 );
             }
         }
-        if let Some(m) = &self.memory {
-            let rss: Vec<String> = m
-                .rss_kb_max
-                .iter()
-                .map(|r| r.map_or("-".to_owned(), |kb| format!("{:.1}", kb as f64 / 1024.0)))
-                .collect();
-            let per = |v: Option<f64>| v.map_or("-".to_owned(), |b| format!("{b:.0} B"));
-            let _ =
-                writeln!(
-                s,
-                "memory ({} samples, every {:.0} s): peak RSS per instance {} MB; Redis peak {}; \
-                 per queued job {} (deepest queue {}); per conversation {} ({} conversations)",
-                m.samples.len(),
-                m.every_s,
-                rss.join(" · "),
-                m.redis_used_bytes_max
-                    .map_or("-".to_owned(), |b| format!("{:.1} MB", b as f64 / 1_048_576.0)),
-                per(m.bytes_per_queued_job),
-                m.deepest_queue,
-                per(m.bytes_per_conversation),
-                m.conversations_max
-            );
-        }
+        self.render_memory(s);
         if self.drain_timed_out {
             let _ = writeln!(
                 s,
