@@ -1,21 +1,8 @@
 //! Unit tests of `limits::policy`'s reserved sends ([`LanePolicy::room`],
 //! [`LanePolicy::reserve`]) and the lane choice ([`choose`]).
 
+use super::tests::{limits, ms};
 use super::*;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn limits(requests: u32, window_ms: u64, burst: u32) -> LaneLimits {
-    LaneLimits {
-        requests,
-        tokens: None,
-        window: ms(window_ms),
-        max_guard: ms(window_ms / 60),
-        burst,
-    }
-}
 
 fn go(p: &mut LanePolicy, now: Instant) -> u64 {
     match p.try_admit(now, 0) {

@@ -2,11 +2,11 @@
 
 use super::*;
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn limits(requests: u32, window_ms: u64, burst: u32) -> LaneLimits {
+pub(super) fn limits(requests: u32, window_ms: u64, burst: u32) -> LaneLimits {
     LaneLimits {
         requests,
         tokens: None,
