@@ -36,7 +36,7 @@ use crate::ClusterError;
 /// Far above a queue the overload rule and the max wait let build (tens of jobs per kind per
 /// instance), so the pick sees the whole queue in practice; a deeper one is picked fairly
 /// among its oldest 512.
-const POOL_SCAN: usize = 512;
+pub(super) const POOL_SCAN: usize = 512;
 
 /// How long the in-flight and last-served hashes outlive their last change: longer than any
 /// job runs (a video renders for minutes), so a live count never expires under a running job.
@@ -53,14 +53,14 @@ const TAKE_ATTEMPTS: usize = 3;
 /// their quoted key: inside the prompt's JSON string a quote is escaped, so `"model":"` only
 /// matches the real field.
 const VIEW_SCRIPT: &str = r#"
-local s, served = KEYS[1], KEYS[2]
+local s = KEYS[1]
 local group, pool, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 -- A stream written before its owner's reader ran (or after Redis restarted empty) has no
 -- group yet; an existing one answers BUSYGROUP, which pcall swallows.
 redis.pcall('XGROUP', 'CREATE', s, group, '0', 'MKSTREAM')
 redis.call('XREADGROUP', 'GROUP', group, pool, 'COUNT', limit, 'STREAMS', s, '>')
 local pending = redis.call('XPENDING', s, group, '-', '+', limit, pool)
-local out, seen = {}, {}
+local out = {}
 for _, p in ipairs(pending) do
   local id = p[1]
   local e = redis.call('XRANGE', s, id, id)[1]
@@ -76,17 +76,11 @@ for _, p in ipairs(pending) do
         model = string.match(fields[i + 1], '"model":"(%a+)"') or ''
       end
     end
-    if seen[user] == nil then
-      local n = 0
-      for k = 3, #KEYS do
-        n = n + (tonumber(redis.call('HGET', KEYS[k], user)) or 0)
-      end
-      seen[user] = {n, tonumber(redis.call('HGET', served, user)) or 0}
-    end
+    local held, last = service(user)
     table.insert(out, id)
     table.insert(out, user)
-    table.insert(out, tostring(seen[user][1]))
-    table.insert(out, tostring(seen[user][2]))
+    table.insert(out, held)
+    table.insert(out, last)
     table.insert(out, model)
   end
 end
@@ -122,8 +116,28 @@ end
 return 0
 "#;
 
+/// The head of every script that reads a fair view (this one's and the waiting read's):
+/// `service(user)`, a user's service in hand as the pick weighs it — jobs in flight summed over
+/// every instance's busy hash (`KEYS[3..]`) and the sequence number of the user's last pick
+/// (`KEYS[2]`, the served hash) — each as a string, read once per user per call.
+pub(super) const SERVICE_LUA: &str = r#"
+local service_seen = {}
+local function service(user)
+  local v = service_seen[user]
+  if v == nil then
+    local n = 0
+    for k = 3, #KEYS do
+      n = n + (tonumber(redis.call('HGET', KEYS[k], user)) or 0)
+    end
+    v = {tostring(n), tostring(tonumber(redis.call('HGET', KEYS[2], user)) or 0)}
+    service_seen[user] = v
+  end
+  return v[1], v[2]
+end
+"#;
+
 static VIEW: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(VIEW_SCRIPT));
+    std::sync::LazyLock::new(|| redis::Script::new(&format!("{SERVICE_LUA}{VIEW_SCRIPT}")));
 static TAKE: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(TAKE_SCRIPT));
 static RELEASE: std::sync::LazyLock<redis::Script> =
@@ -200,15 +214,28 @@ impl Jobs {
 
     /// The pooled entries of `stream`, oldest first, as the pick sees them.
     async fn view(&self, stream: &str) -> Result<Vec<Pooled>, ClusterError> {
+        let raw = self.read_fair_view("fair view", &VIEW, stream).await?;
+        Ok(parse_view(&raw))
+    }
+
+    /// Runs a fair-view script (one headed by [`SERVICE_LUA`]) on `stream` with the keys and
+    /// arguments every such script takes: KEYS stream, served, every instance's busy hash;
+    /// ARGV group, pool, [`POOL_SCAN`].
+    pub(super) async fn read_fair_view(
+        &self,
+        name: &'static str,
+        script: &'static redis::Script,
+        stream: &str,
+    ) -> Result<Vec<String>, ClusterError> {
         let inner = &self.inner;
         let mut keys = vec![stream.to_owned(), keys::served(&inner.prefix)];
         keys.extend(
             (1..=inner.cluster.config().instance_count).map(|id| keys::busy(&inner.prefix, id)),
         );
-        let raw: Vec<String> = inner
+        inner
             .redis
-            .run("fair view", OP_BUDGET, move |mut c| async move {
-                let mut inv = VIEW.prepare_invoke();
+            .run(name, OP_BUDGET, move |mut c| async move {
+                let mut inv = script.prepare_invoke();
                 for k in &keys {
                     inv.key(k);
                 }
@@ -218,8 +245,7 @@ impl Jobs {
                     .invoke_async(&mut c)
                     .await
             })
-            .await?;
-        Ok(parse_view(&raw))
+            .await
     }
 
     /// Moves entry `id` from the pool to the taker, if it is still there.
@@ -300,15 +326,20 @@ fn parse_view(raw: &[String]) -> Vec<Pooled> {
         .filter_map(|q| {
             Some(Pooled {
                 id: q[0].clone(),
-                waiting: Waiting {
-                    user: q[1].parse().ok()?,
-                    in_hand: q[2].parse().ok()?,
-                    last_served: q[3].parse().ok()?,
-                },
+                waiting: parse_service(&q[1..4])?,
                 model: q[4].clone(),
             })
         })
         .collect()
+}
+
+/// `[user, in_hand, last_served]` of a fair view's row as the pick's [`Waiting`].
+pub(super) fn parse_service(row: &[String]) -> Option<Waiting> {
+    Some(Waiting {
+        user: row.first()?.parse().ok()?,
+        in_hand: row.get(1)?.parse().ok()?,
+        last_served: row.get(2)?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]

@@ -18,14 +18,11 @@ use std::time::Duration;
 
 use keyshard_routing::{estimate_wait, fair_order, InstanceId, Waiting};
 
+use super::pick::{parse_service, SERVICE_LUA};
 use super::stream::OP_BUDGET;
 use super::{decode, Job, JobKind, Jobs};
-use crate::keys::{self, JOB_GROUP, JOB_POOL};
+use crate::keys;
 use crate::ClusterError;
-
-/// How many entries of one stream the waiting read looks at: the pick's own window, so the
-/// positions are those of the jobs the pick would choose among.
-const WAITING_SCAN: usize = 512;
 
 /// How long a started marker lasts: the interaction token's 15 minutes, after which no edit
 /// of the reply is possible anyway. A job that starts, moves to a peer and waits there again
@@ -40,11 +37,12 @@ const FENCE_TTL_MS: u64 = 3_000;
 /// the sender abandons it after this, a second inside the fence's life.
 pub const WAITING_EDIT_BUDGET: Duration = Duration::from_secs(2);
 
-/// KEYS: stream, served, busy hashes of every instance. ARGV: group, pool, scan limit.
+/// KEYS: stream, served, busy hashes of every instance. ARGV: group, pool, scan limit (the
+/// pick's own window, so the positions are those of the jobs the pick would choose among).
 /// Returns `[id, user, in_hand, last_served, job json, …]` for the waiting entries, oldest
-/// first.
+/// first. Headed by the pick's `SERVICE_LUA`.
 const WAITING_SCRIPT: &str = r#"
-local s, served = KEYS[1], KEYS[2]
+local s = KEYS[1]
 local group, pool, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local taken = {}
 -- Entries held by a consumer other than the pool run (or move) already. No group yet: none.
@@ -54,7 +52,7 @@ if ok then
     if p[2] ~= pool then taken[p[1]] = true end
   end
 end
-local out, seen = {}, {}
+local out = {}
 for _, e in ipairs(redis.call('XRANGE', s, '-', '+', 'COUNT', limit)) do
   local id = e[1]
   if not taken[id] then
@@ -67,17 +65,11 @@ for _, e in ipairs(redis.call('XRANGE', s, '-', '+', 'COUNT', limit)) do
       end
     end
     if job ~= nil then
-      if seen[user] == nil then
-        local n = 0
-        for k = 3, #KEYS do
-          n = n + (tonumber(redis.call('HGET', KEYS[k], user)) or 0)
-        end
-        seen[user] = {n, tonumber(redis.call('HGET', served, user)) or 0}
-      end
+      local held, last = service(user)
       table.insert(out, id)
       table.insert(out, user)
-      table.insert(out, tostring(seen[user][1]))
-      table.insert(out, tostring(seen[user][2]))
+      table.insert(out, held)
+      table.insert(out, last)
       table.insert(out, job)
     end
   end
@@ -107,7 +99,7 @@ return {who, redis.call('PTTL', KEYS[2])}
 "#;
 
 static WAITING: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(WAITING_SCRIPT));
+    std::sync::LazyLock::new(|| redis::Script::new(&format!("{SERVICE_LUA}{WAITING_SCRIPT}")));
 static BEGIN_EDIT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(BEGIN_EDIT_SCRIPT));
 static END_EDIT: std::sync::LazyLock<redis::Script> =
@@ -140,24 +132,9 @@ impl Jobs {
     /// its place in the fair pick's order ([`fair_order`]) and its expected wait. One script
     /// per call; nothing in Redis changes.
     pub async fn waiting(&self, kind: JobKind) -> Result<Vec<WaitingJob>, ClusterError> {
-        let inner = &self.inner;
-        let mut keys = vec![self.stream(inner.me, kind), keys::served(&inner.prefix)];
-        keys.extend(
-            (1..=inner.cluster.config().instance_count).map(|id| keys::busy(&inner.prefix, id)),
-        );
-        let raw: Vec<String> = inner
-            .redis
-            .run("waiting view", OP_BUDGET, move |mut c| async move {
-                let mut inv = WAITING.prepare_invoke();
-                for k in &keys {
-                    inv.key(k);
-                }
-                inv.arg(JOB_GROUP)
-                    .arg(JOB_POOL)
-                    .arg(WAITING_SCAN)
-                    .invoke_async(&mut c)
-                    .await
-            })
+        let stream = self.stream(self.inner.me, kind);
+        let raw = self
+            .read_fair_view("waiting view", &WAITING, &stream)
             .await?;
         let (jobs, view) = parse_waiting(&raw);
         let rate = self.kind_rate(kind);
@@ -278,11 +255,7 @@ fn in_flight(who: &str, pttl: i64) -> Option<EditInFlight> {
 fn parse_waiting(raw: &[String]) -> (Vec<Job>, Vec<Waiting>) {
     raw.chunks_exact(5)
         .filter_map(|q| {
-            let w = Waiting {
-                user: q[1].parse().ok()?,
-                in_hand: q[2].parse().ok()?,
-                last_served: q[3].parse().ok()?,
-            };
+            let w = parse_service(&q[1..4])?;
             Some((decode(q[4].as_bytes()).ok()?, w))
         })
         .unzip()
