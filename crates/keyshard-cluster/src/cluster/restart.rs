@@ -61,6 +61,28 @@ fn run_id(info: &str) -> Option<String> {
         .filter(|id| !id.is_empty())
 }
 
+/// One round trip that reads the server's identity: the generation (stamped first with
+/// `stamp` when given, `SET NX`, so a Redis that restarted empty gets one) and `INFO server`.
+fn identity_pipe(key: &str, stamp: Option<&str>) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    if let Some(stamp) = stamp {
+        pipe.cmd("SET").arg(key).arg(stamp).arg("NX").ignore();
+    }
+    pipe.cmd("GET").arg(key).cmd("INFO").arg("server");
+    pipe
+}
+
+async fn read_identity(
+    c: &mut redis::aio::ConnectionManager,
+    pipe: redis::Pipeline,
+) -> redis::RedisResult<ServerIdentity> {
+    let (generation, info): (Option<String>, String) = pipe.query_async(c).await?;
+    Ok(ServerIdentity {
+        generation,
+        run_id: run_id(&info),
+    })
+}
+
 impl Cluster {
     /// The membership tick's look, before it reads the snapshot: `SET NX` of the generation
     /// (so a Redis that restarted empty gets one), then its value and `INFO server`, in one
@@ -83,25 +105,8 @@ impl Cluster {
             .inner
             .redis
             .run_retrying("generation", BACKGROUND_BUDGET, |mut c| {
-                let (key, mine) = (key.clone(), mine.clone());
-                async move {
-                    let (generation, info): (Option<String>, String) = redis::pipe()
-                        .cmd("SET")
-                        .arg(&key)
-                        .arg(&mine)
-                        .arg("NX")
-                        .ignore()
-                        .cmd("GET")
-                        .arg(&key)
-                        .cmd("INFO")
-                        .arg("server")
-                        .query_async(&mut c)
-                        .await?;
-                    Ok(ServerIdentity {
-                        generation,
-                        run_id: run_id(&info),
-                    })
-                }
+                let pipe = identity_pipe(&key, Some(&mine));
+                async move { read_identity(&mut c, pipe).await }
             })
             .await?;
         self.note_server(current);
@@ -119,17 +124,7 @@ impl Cluster {
             .inner
             .redis
             .run("generation", CLAIM_BUDGET, |mut c| async move {
-                let (generation, info): (Option<String>, String) = redis::pipe()
-                    .cmd("GET")
-                    .arg(&key)
-                    .cmd("INFO")
-                    .arg("server")
-                    .query_async(&mut c)
-                    .await?;
-                Ok(ServerIdentity {
-                    generation,
-                    run_id: run_id(&info),
-                })
+                read_identity(&mut c, identity_pipe(&key, None)).await
             })
             .await;
         match current {
