@@ -74,9 +74,25 @@ async fn a_heavy_users_queue_does_not_hold_back_a_light_users_chat() {
         60,
     )
     .await;
+    let (rank, done) = light_chat_rank(&mut c, 6).await;
+    // First come, first served would answer the light user last (rank 6). With the fair pick
+    // it runs as soon as the job running when it arrived is done (rank 1); rank 2 leaves room
+    // for the light chat to be queued only after the heavy user's second job was picked, on a
+    // slow machine: still within one job's service time.
+    assert!(
+        rank <= 2,
+        "the light user's chat finished at rank {rank}: {done:?}"
+    );
+    c.procs.shutdown().await;
+}
+
+/// Sends `heavy_chats` chats of one user, then one of another (both on instance 1), waits for
+/// every answer, and returns the light chat's place in the order they finished (0: first),
+/// with that order for the failure message.
+pub(crate) async fn light_chat_rank(c: &mut TestCluster, heavy_chats: usize) -> (usize, String) {
     let (heavy, light) = (user_on(1, 1), user_on(1, 2));
     let mut ids = Vec::new();
-    for k in 0..6 {
+    for k in 0..heavy_chats {
         let spec = InteractionSpec::guild("채팅", heavy).string("질문", &format!("질문 {k}"));
         ids.push(c.discord.send_interaction(spec).id);
     }
@@ -93,13 +109,5 @@ async fn a_heavy_users_queue_does_not_hold_back_a_light_users_chat() {
     }
     done.sort();
     let rank = done.iter().position(|(_, id)| *id == light_id).unwrap();
-    // First come, first served would answer the light user last (rank 6). With the fair pick
-    // it runs as soon as the job running when it arrived is done (rank 1); rank 2 leaves room
-    // for the light chat to be queued only after the heavy user's second job was picked, on a
-    // slow machine: still within one job's service time.
-    assert!(
-        rank <= 2,
-        "the light user's chat finished at rank {rank}: {done:?}"
-    );
-    c.procs.shutdown().await;
+    (rank, format!("{done:?}"))
 }

@@ -4,9 +4,6 @@
 
 use std::time::Duration;
 
-use keyshard_sim::discord::InteractionSpec;
-
-use crate::commands::user_on;
 use crate::support::{Setup, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,25 +24,7 @@ async fn a_light_users_chat_takes_the_next_send_not_the_place_after_picked_heavy
         setup.env.push((k.to_owned(), v.to_owned()));
     }
     let mut c = TestCluster::setup(setup).await;
-    let (heavy, light) = (user_on(1, 1), user_on(1, 2));
-    let mut ids = Vec::new();
-    for k in 0..7 {
-        let spec = InteractionSpec::guild("채팅", heavy).string("질문", &format!("질문 {k}"));
-        ids.push(c.discord.send_interaction(spec).id);
-    }
-    let light_id = c
-        .discord
-        .send_interaction(InteractionSpec::guild("채팅", light).string("질문", "나도"))
-        .id;
-    ids.push(light_id);
-    let mut done = Vec::new();
-    for id in &ids {
-        let r = c.wait_final(*id, Duration::from_secs(60)).await;
-        let at = r.sent_at + Duration::from_secs_f64(r.completion().unwrap().after_ms / 1000.0);
-        done.push((at, *id));
-    }
-    done.sort();
-    let rank = done.iter().position(|(_, id)| *id == light_id).unwrap();
+    let (rank, done) = super::fair::light_chat_rank(&mut c, 7).await;
     // Picking on a free slot alone took every heavy chat at once, to wait in the lane's
     // pacing, where the light one, picked when the first ended, joined six waiters and got a
     // send at random among them (rank 1 one run in seven). Picked once the lane can send, it
