@@ -133,6 +133,7 @@ impl Probe {
             jobs_finished: jobs.finished,
             jobs_rescued: jobs.rescued,
             jobs_moved: jobs.moved,
+            jobs_requeued: jobs.requeued,
             providers: self.providers.stats(),
             ledger: self.ledger.as_ref().map(|l| l.writer().stats()),
             quota: self.quotas.as_ref().map(|q| {

@@ -176,6 +176,8 @@ pub struct ClusterSample {
     pub jobs_finished: u64,
     pub jobs_rescued: u64,
     pub jobs_moved: u64,
+    /// Jobs queued again from this process's copies after Redis restarted empty.
+    pub jobs_requeued: u64,
     pub providers: Vec<keyshard_providers::ProviderStats>,
     /// The ledger writer's counters; `None` while the ledger is off.
     pub ledger: Option<keyshard_ledger::WriterStats>,
@@ -293,9 +295,9 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP keyshard_jobs_total Jobs this instance finished, rescued from dead peers, or moved to a peer.\n# TYPE keyshard_jobs_total counter\n\
-             keyshard_jobs_total{{event=\"finished\"}} {}\nkeyshard_jobs_total{{event=\"rescued\"}} {}\nkeyshard_jobs_total{{event=\"moved\"}} {}",
-            cluster.jobs_finished, cluster.jobs_rescued, cluster.jobs_moved
+            "# HELP keyshard_jobs_total Jobs this instance finished, rescued from dead peers, moved to a peer, or queued again after Redis restarted empty.\n# TYPE keyshard_jobs_total counter\n\
+             keyshard_jobs_total{{event=\"finished\"}} {}\nkeyshard_jobs_total{{event=\"rescued\"}} {}\nkeyshard_jobs_total{{event=\"moved\"}} {}\nkeyshard_jobs_total{{event=\"requeued\"}} {}",
+            cluster.jobs_finished, cluster.jobs_rescued, cluster.jobs_moved, cluster.jobs_requeued
         );
         let _ = writeln!(out, "# HELP keyshard_provider_requests_total Provider calls, by provider and result class.\n# TYPE keyshard_provider_requests_total counter");
         for p in &cluster.providers {

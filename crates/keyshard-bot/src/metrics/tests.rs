@@ -25,6 +25,7 @@ fn renders_labelled_counters_and_histogram() {
         in_flight: 0,
         jobs_finished: 3,
         jobs_rescued: 1,
+        jobs_requeued: 0,
         jobs_moved: 0,
         providers: vec![keyshard_providers::ProviderStats {
             provider: keyshard_providers::ProviderKind::OpenAi,

@@ -24,6 +24,12 @@ pub(crate) fn scenario(users: u32, rate: f64, secs: u64, mix: &str) -> ScenarioC
     cfg.discord = keyshard_sim::discord::DiscordConfig::quick();
     // Tests always use their own private Redis, whatever the environment says.
     cfg.redis_url = None;
+    // To look into a failure: `KEYSHARD_SCENARIO_LOGS=/tmp/x cargo test …` keeps every
+    // instance's log, at debug, under `/tmp/x-{pid}/` (a fresh temp dir, removed, otherwise).
+    if let Ok(dir) = std::env::var("KEYSHARD_SCENARIO_LOGS") {
+        cfg.run_dir = Some(PathBuf::from(format!("{dir}-{}", std::process::id())));
+        cfg.rust_log = "info,keyshard=debug,keyshard_bot=debug,keyshard_cluster=debug".into();
+    }
     cfg
 }
 
@@ -41,7 +47,11 @@ pub(crate) fn assert_exactly_once(r: &Report) {
     assert_eq!(i.lost, 0, "lost: {:?}", r.lost_examples);
     assert_eq!(i.duplicate_acks, 0);
     assert_eq!(i.late_acks, 0);
-    assert_eq!(i.completed, i.sent);
+    assert_eq!(
+        i.completed, i.sent,
+        "every interaction answered; unanswered: {:?}",
+        r.unanswered_examples
+    );
     assert_eq!(i.duplicate_answers, 0);
     assert_ledger_exact(r);
 }

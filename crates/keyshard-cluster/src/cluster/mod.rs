@@ -61,6 +61,9 @@ struct Inner {
     /// after an outage. For one heartbeat lifetime after it, a peer missing from Redis is not
     /// dead.
     restarted_at: Mutex<Option<Instant>>,
+    /// Counts the Redis restarts without data this instance has seen (the job shelter queues
+    /// its copies again after each).
+    empty_restarts: AtomicU64,
     wake_heartbeat: Arc<Notify>,
     wake_snapshot: Arc<Notify>,
     metrics: ClusterMetrics,
@@ -93,6 +96,7 @@ impl Cluster {
                 link_epoch: AtomicU64::new(0),
                 server: Mutex::new(None),
                 restarted_at: Mutex::new(None),
+                empty_restarts: AtomicU64::new(0),
                 wake_heartbeat: Arc::new(Notify::new()),
                 wake_snapshot: Arc::new(Notify::new()),
                 metrics: ClusterMetrics::default(),

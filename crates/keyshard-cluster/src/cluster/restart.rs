@@ -84,6 +84,18 @@ async fn read_identity(
 }
 
 impl Cluster {
+    /// How many times this instance has seen Redis restart empty.
+    pub(crate) fn empty_restarts(&self) -> u64 {
+        self.inner.empty_restarts.load(Ordering::Relaxed)
+    }
+
+    /// The generation (`{c}:gen`) of the Redis this instance last saw; `None` before the
+    /// first look. A reader that finds another value talks to a Redis not noticed yet.
+    pub(crate) fn generation_seen(&self) -> Option<String> {
+        let seen = self.inner.server.lock().unwrap_or_else(|e| e.into_inner());
+        seen.as_ref().and_then(|s| s.generation.clone())
+    }
+
     /// The membership tick's look, before it reads the snapshot: `SET NX` of the generation
     /// (so a Redis that restarted empty gets one), then its value and `INFO server`, in one
     /// round trip. A restart found here is noted (see [`note_server`](Self::note_server)) so
@@ -149,10 +161,13 @@ impl Cluster {
             inner.link_epoch.fetch_add(1, Ordering::Relaxed);
             *inner.restarted_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             match restart {
-                Restart::Empty => tracing::warn!(
-                    instance = inner.cfg.instance_id,
-                    "Redis restarted empty; claims made before it are gone"
-                ),
+                Restart::Empty => {
+                    inner.empty_restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        instance = inner.cfg.instance_id,
+                        "Redis restarted empty; claims made before it are gone"
+                    )
+                }
                 Restart::KeptData => tracing::warn!(
                     instance = inner.cfg.instance_id,
                     "Redis restarted with its data; heartbeats may have lapsed while it was away"

@@ -13,7 +13,7 @@ use crate::{keys, ClusterError};
 
 /// How long a done marker or saved job state lives: interaction tokens die after 15 minutes
 /// and late results go to the channel at once, so an hour covers every job's life with room.
-const JOB_KEY_TTL_MS: u64 = 60 * 60 * 1000;
+pub(super) const JOB_KEY_TTL_MS: u64 = 60 * 60 * 1000;
 
 /// Sets the done marker and, only when this run set it, appends the job's ledger row to this
 /// instance's ledger stream (`KEYS[1]` the marker, `KEYS[2]` the stream; `ARGV` me, the
@@ -87,7 +87,7 @@ impl JobContext {
                     .await
             })
             .await;
-        match r {
+        let first = match r {
             Ok(v) => v.is_some(),
             Err(e) => {
                 tracing::warn!(
@@ -96,7 +96,11 @@ impl JobContext {
                 );
                 true
             }
+        };
+        if first {
+            self.jobs.remember_answered(job_id);
         }
+        first
     }
 
     /// [`begin_delivery`](Self::begin_delivery) with the job's usage-ledger row (JSON, opaque
@@ -124,7 +128,7 @@ impl JobContext {
                     .await
             })
             .await;
-        match r {
+        let delivery = match r {
             Ok(Some(entry)) => Delivery::First { entry },
             Ok(None) => Delivery::Again,
             Err(e) => {
@@ -134,7 +138,11 @@ impl JobContext {
                 );
                 Delivery::Unchecked
             }
+        };
+        if delivery != Delivery::Again {
+            self.jobs.remember_answered(job_id);
         }
+        delivery
     }
 
     /// Saves resumable progress (e.g. a provider's task id) so a rescuer continues the job

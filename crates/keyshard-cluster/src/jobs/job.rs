@@ -193,6 +193,8 @@ pub struct JobStats {
     pub moved: u64,
     /// Waiting jobs taken from busier peers.
     pub stolen: u64,
+    /// Jobs queued again from this process's copies after Redis restarted empty.
+    pub requeued: u64,
     pub queue_depth: u64,
     pub in_flight: u64,
     pub service_rate: f64,

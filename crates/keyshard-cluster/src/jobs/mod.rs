@@ -25,6 +25,9 @@
 //!   so the row is recorded once too.
 //! - When Redis cannot take a job, it runs in this process at once: nothing is lost, only
 //!   the durability of that one job.
+//! - Every job waiting in Redis has a copy in the process that queued it (`shelter`): when
+//!   Redis restarts empty, each instance writes again the done markers of the jobs it answered
+//!   lately and then queues its copies again.
 //!
 //! The decisions are routing's, as plain functions over the membership snapshot:
 //! [`move_target`](keyshard_routing::move_target) (where a job moves),
@@ -51,6 +54,8 @@
 //!   a steal when idle, and a blocking read for new entries.
 //! - `rescue`: moving a dead instance's jobs into this instance's streams.
 //! - `steal`: taking one waiting job from a peer.
+//! - `shelter`: the copies of the jobs waiting in Redis and of the answers given here, and
+//!   what is done with them when Redis restarts empty.
 //! - `waiting`: honest waiting's read of the jobs waiting here, each with its place in the
 //!   fair pick's order and its expected wait ([`Jobs::waiting`]), and the per-job fence that
 //!   keeps a waiting edit of a reply from landing after the answer.
@@ -63,6 +68,7 @@ mod pick;
 mod reader;
 mod rescue;
 mod run;
+mod shelter;
 mod steal;
 mod stream;
 mod waiting;
@@ -90,6 +96,7 @@ pub use crate::keys::job_stream as stream_key;
 pub use crate::keys::JOB_GROUP as GROUP;
 
 use self::reader::Reader;
+use self::shelter::Shelter;
 use crate::config::Load;
 use crate::conn::Redis;
 use crate::task::run_every;
@@ -134,6 +141,9 @@ struct JobsInner {
     rescued: AtomicU64,
     moved: AtomicU64,
     stolen: AtomicU64,
+    /// Copies of the jobs waiting in Redis, for a Redis that restarts empty (`shelter`).
+    shelter: Shelter,
+    requeued: AtomicU64,
 }
 
 impl Jobs {
@@ -158,6 +168,8 @@ impl Jobs {
                 rescued: AtomicU64::new(0),
                 moved: AtomicU64::new(0),
                 stolen: AtomicU64::new(0),
+                shelter: Shelter::starting_at(cluster.empty_restarts()),
+                requeued: AtomicU64::new(0),
                 cluster: cluster.clone(),
             }),
         }
@@ -186,7 +198,10 @@ impl Jobs {
     pub async fn submit(&self, job: Job) -> Result<(), ClusterError> {
         let stream = self.stream(self.inner.me, job.kind());
         match stream::add(&self.inner.redis, &stream, &job, Arrival::default()).await {
-            Ok(()) => Ok(()),
+            Ok(queued) => {
+                self.shelter(&stream, job.kind(), queued);
+                Ok(())
+            }
             Err(e) => {
                 tracing::warn!(
                     job = job.id,
@@ -268,6 +283,7 @@ impl Jobs {
             rescued: self.inner.rescued.load(Ordering::Relaxed),
             moved: self.inner.moved.load(Ordering::Relaxed),
             stolen: self.inner.stolen.load(Ordering::Relaxed),
+            requeued: self.requeued(),
             queue_depth: load.queue_depth,
             in_flight: load.in_flight,
             service_rate: load.service_rate,
@@ -293,8 +309,9 @@ impl Jobs {
             let reader = Reader::new(self.clone(), kind, n, handler.clone());
             tasks.push(tokio::spawn(reader.run(shutdown.clone())));
         }
-        // Both follow the heartbeat: the load is sampled as often as it is published, and a
-        // dead instance is rescued within a heartbeat of being seen dead.
+        // All three follow the heartbeat: the load is sampled as often as it is published, a
+        // dead instance is rescued within a heartbeat of being seen dead, and the shelter's
+        // copies are pruned (or queued again after Redis restarted empty) as often.
         let interval = self.inner.cluster.config().heartbeat;
         let jobs = self.clone();
         tasks.push(tokio::spawn(run_every(
@@ -305,6 +322,17 @@ impl Jobs {
             move || {
                 let jobs = jobs.clone();
                 async move { jobs.sample_load().await }
+            },
+        )));
+        let jobs = self.clone();
+        tasks.push(tokio::spawn(run_every(
+            "job shelter",
+            interval,
+            shutdown.clone(),
+            None,
+            move || {
+                let jobs = jobs.clone();
+                async move { jobs.shelter_tick().await }
             },
         )));
         let jobs = self.clone();

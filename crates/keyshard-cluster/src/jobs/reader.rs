@@ -211,6 +211,8 @@ impl Reader {
         permit: OwnedSemaphorePermit,
         slot: Option<Slot>,
     ) {
+        // It runs here now: an empty Redis restart no longer loses it.
+        self.jobs.unshelter(&self.stream, &entry.id);
         let work = match stream::parse(&entry) {
             Ok(work) => work,
             Err(not) => {

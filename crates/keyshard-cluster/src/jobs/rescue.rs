@@ -101,7 +101,10 @@ impl Jobs {
         let mut moved = 0;
         for entry in entries {
             let why = stream::Move::Rescue;
-            if stream::move_entry(&self.inner.redis, dead_stream, &entry, &mine, why).await? {
+            if let Some(queued) =
+                stream::move_entry(&self.inner.redis, dead_stream, &entry, &mine, why).await?
+            {
+                self.shelter(&mine, kind, queued);
                 moved += 1;
             }
         }

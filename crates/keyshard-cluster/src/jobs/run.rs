@@ -147,7 +147,8 @@ impl Jobs {
                 job.attempt += 1;
                 let to = self.stream(peer, job.kind());
                 match stream::add(&self.inner.redis, &to, &job, arrival).await {
-                    Ok(()) => {
+                    Ok(queued) => {
+                        self.shelter(&to, job.kind(), queued);
                         self.inner.moved.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(job = job.id, to = peer, %reason, "moved the job to a peer");
                     }

@@ -33,9 +33,10 @@ impl Jobs {
                 continue;
             };
             let why = stream::Move::Steal;
-            if let Ok(true) =
+            if let Ok(Some(queued)) =
                 stream::move_entry(&self.inner.redis, &theirs, &entry, &mine, why).await
             {
+                self.shelter(&mine, kind, queued);
                 self.inner.stolen.fetch_add(1, Ordering::Relaxed);
                 return true;
             }

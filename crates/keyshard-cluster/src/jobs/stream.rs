@@ -31,6 +31,15 @@ const RESCUE_READ_BUDGET: Duration = Duration::from_secs(2);
 const RESCUED: &str = "rescued";
 const STOLEN: &str = "stolen";
 
+/// An entry as queued: its id, the job's JSON as written and how the job got there (what the
+/// job shelter keeps a copy of).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Queued {
+    pub(super) id: String,
+    pub(super) payload: Vec<u8>,
+    pub(super) arrival: Arrival,
+}
+
 /// Queues `job` on `stream`, with what its arrival was so far (a job moved to a peer keeps
 /// having been rescued or stolen).
 pub(super) async fn add(
@@ -38,32 +47,38 @@ pub(super) async fn add(
     stream: &str,
     job: &Job,
     arrival: Arrival,
-) -> Result<(), ClusterError> {
+) -> Result<Queued, ClusterError> {
     let payload = serde_json::to_vec(job).expect("a job serializes");
     add_payload(redis, stream, payload, arrival).await
 }
 
 /// Queues the JSON of a job, as written, on `stream`.
-async fn add_payload(
+pub(super) async fn add_payload(
     redis: &Redis,
     stream: &str,
     payload: Vec<u8>,
     arrival: Arrival,
-) -> Result<(), ClusterError> {
+) -> Result<Queued, ClusterError> {
     let stream = stream.to_owned();
-    redis
+    let sent = payload.clone();
+    let id = redis
         .run("queue job", OP_BUDGET, move |mut c| async move {
             let mut cmd = redis::cmd("XADD");
-            cmd.arg(&stream).arg("*").arg("job").arg(payload);
+            cmd.arg(&stream).arg("*").arg("job").arg(sent);
             if arrival.rescued {
                 cmd.arg(RESCUED).arg(1);
             }
             if arrival.stolen {
                 cmd.arg(STOLEN).arg(1);
             }
-            cmd.query_async::<String>(&mut c).await.map(|_| ())
+            cmd.query_async::<String>(&mut c).await
         })
-        .await
+        .await?;
+    Ok(Queued {
+        id,
+        payload,
+        arrival,
+    })
 }
 
 /// How the job in `entry` got to its stream.
@@ -213,8 +228,8 @@ pub(super) async fn lengths(redis: &Redis, streams: &[String]) -> Result<Vec<u64
 
 /// Moves `entry` of stream `from` to stream `to`: queued there first, then acknowledged on
 /// `from` (a crash in between runs the job twice, and the done marker keeps the answer
-/// single). An entry that is not a job is dropped. `Ok(true)` when a job moved. The new entry
-/// carries the old one's arrival and `why` it moved.
+/// single). An entry that is not a job is dropped. `Ok(Some(queued))` when a job moved: the
+/// new entry, which carries the old one's arrival and `why` it moved.
 ///
 /// The job's JSON moves as written, not decoded and written again: a job whose arguments
 /// this version cannot read still reaches a handler that tells its user, and fields that a
@@ -225,7 +240,7 @@ pub(super) async fn move_entry(
     entry: &StreamId,
     to: &str,
     why: Move,
-) -> Result<bool, ClusterError> {
+) -> Result<Option<Queued>, ClusterError> {
     let payload = match parse(entry) {
         Ok(_) => payload(entry),
         Err(not) => {
@@ -233,14 +248,14 @@ pub(super) async fn move_entry(
             None
         }
     };
-    let moved = payload.is_some();
+    let mut moved = None;
     if let Some(payload) = payload {
         let mut arrival = arrival(entry);
         match why {
             Move::Rescue => arrival.rescued = true,
             Move::Steal => arrival.stolen = true,
         }
-        add_payload(redis, to, payload, arrival).await?;
+        moved = Some(add_payload(redis, to, payload, arrival).await?);
     }
     ack(redis, from, &entry.id).await?;
     Ok(moved)

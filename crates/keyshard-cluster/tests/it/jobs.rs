@@ -447,20 +447,7 @@ async fn readers_reconnect_after_redis_restarts_empty() {
     // They went through the new stream, not in-process: all five were added to it, and it is
     // empty now, so a reader took and acknowledged every one.
     let stream = keyshard_cluster::jobs::stream_key(&tc.name, 2, JobKind::Chat);
-    let client = redis::Client::open(tc.redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let count = |field: &str| redis::from_redis_value_ref::<i64>(&info[field]).unwrap();
-    assert_eq!(
-        (count("entries-added"), count("length")),
-        (5, 0),
-        "{info:?}"
-    );
+    assert_eq!(stream_counts(&tc.redis.url(), &stream).await, (5, 0));
     stop.cancel();
 }
 
@@ -612,4 +599,105 @@ async fn the_ledger_row_is_recorded_with_the_done_marker_once() {
     for s in stops {
         s.cancel();
     }
+}
+
+/// Waits until `id`'s heartbeat is in the (restarted) Redis again.
+async fn wait_heartbeat_back(tc: &TestCluster, id: InstanceId) {
+    let hb = keys::heartbeat(&tc.name, id);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while redis_get(&tc.redis.url(), &hb).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no heartbeat after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Jobs waiting in Redis when it restarts empty were acknowledged to their users and exist
+/// nowhere else in Redis: the instance that queued them queues its copies again, and each is
+/// answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_when_redis_restarts_empty_are_queued_again_and_answered_once() {
+    let mut tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    // Queued with no worker running yet: all five wait in the stream.
+    let jobs = Jobs::new(tc.node(2));
+    for id in 810..=814 {
+        jobs.submit(job(id, 2)).await.unwrap();
+    }
+    tc.redis.kill();
+    tc.redis.restart();
+    wait_heartbeat_back(&tc, 2).await;
+    let stop = CancellationToken::new();
+    let handler = Recorder::new(2, Mode::Finish, &delivered);
+    let _tasks = jobs.spawn(Arc::new(handler), SLOTS, stop.clone());
+    wait_for("the waiting jobs delivered", PATIENCE, || {
+        delivered.lock().unwrap().len() == 5
+    })
+    .await;
+    delivered_once(&delivered, 810..=814);
+    assert_eq!(jobs.stats().requeued, 5);
+    stop.cancel();
+}
+
+/// After an empty restart, an instance writes again the done markers of the jobs it answered,
+/// so a copy of one that a peer still holds (an entry taken just before the restart) is not
+/// answered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_done_markers_of_recent_answers_are_written_again_after_an_empty_restart() {
+    let mut tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    let (jobs, stop, _tasks) =
+        start_workers(tc.node(3), Recorder::new(3, Mode::Finish, &delivered));
+    jobs.submit(job(820, 3)).await.unwrap();
+    wait_for("the job delivered", PATIENCE, || {
+        delivered.lock().unwrap().contains_key(&820)
+    })
+    .await;
+    let done = keys::done(&tc.name, 820);
+    assert_eq!(
+        redis_get(&tc.redis.url(), &done).await.as_deref(),
+        Some("3")
+    );
+    tc.redis.kill();
+    tc.redis.restart();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while redis_get(&tc.redis.url(), &done).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the done marker was not written again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A copy of the job queued now (as a peer's stale copy would be) is not answered again.
+    jobs.submit(job(820, 3)).await.unwrap();
+    let stream = keyshard_cluster::jobs::stream_key(&tc.name, 3, JobKind::Chat);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while stream_counts(&tc.redis.url(), &stream).await != (1, 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the copy was not taken and acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    delivered_once(&delivered, 820..=820);
+    stop.cancel();
+}
+
+/// `(entries-added, length)` of a job stream (`XINFO STREAM`), read on a fresh connection.
+async fn stream_counts(url: &str, stream: &str) -> (i64, i64) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    let count = |field: &str| {
+        info.get(field)
+            .map_or(0, |v| redis::from_redis_value_ref::<i64>(v).unwrap())
+    };
+    (count("entries-added"), count("length"))
 }

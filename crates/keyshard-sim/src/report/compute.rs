@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::model::{
     AckLatency, CommandReport, CompletionLatency, Fairness, GatewayReport, InstanceReport,
     Interactions, LaneUse, LedgerReport, LostExample, Report, RouteExample, Routing,
-    ScenarioSummary,
+    ScenarioSummary, UnansweredExample,
 };
 use super::{quantile, r2, steady_window};
 use crate::discord::{CallbackAttempt, Completion, GatewayStats, InteractionRecord};
@@ -78,6 +78,7 @@ struct Tally<'i, 'a> {
     steady_completions: u64,
     misrouted_examples: Vec<RouteExample>,
     lost_examples: Vec<LostExample>,
+    unanswered_examples: Vec<UnansweredExample>,
     /// Completion latencies of queued jobs (refusals left out): the noisy user's, the others'.
     noisy: Vec<f64>,
     others: Vec<f64>,
@@ -111,6 +112,7 @@ impl<'i, 'a> Tally<'i, 'a> {
             steady_completions: 0,
             misrouted_examples: Vec::new(),
             lost_examples: Vec::new(),
+            unanswered_examples: Vec::new(),
             noisy: Vec::new(),
             others: Vec::new(),
             slowest: BTreeMap::new(),
@@ -148,8 +150,18 @@ impl<'i, 'a> Tally<'i, 'a> {
         if r.has_duplicate_answer() {
             self.ix.duplicate_answers += 1;
         }
-        if let Some(done) = r.completion() {
-            self.completed(r, ack.instance, &done);
+        match r.completion() {
+            Some(done) => self.completed(r, ack.instance, &done),
+            None if self.unanswered_examples.len() < MAX_EXAMPLES => {
+                self.unanswered_examples.push(UnansweredExample {
+                    interaction_id: r.id,
+                    user_id: r.user_id,
+                    command: r.command.clone(),
+                    acked_by: ack.instance,
+                    sent_at_s: self.secs(r.sent_at),
+                })
+            }
+            None => {}
         }
     }
 
@@ -381,6 +393,7 @@ impl<'i, 'a> Tally<'i, 'a> {
             }),
             misrouted_examples: self.misrouted_examples,
             lost_examples: self.lost_examples,
+            unanswered_examples: self.unanswered_examples,
             unattributed_messages: input.unattributed_messages,
             unknown_routes: input.unknown_routes,
             drain_timed_out: input.drain_timed_out,

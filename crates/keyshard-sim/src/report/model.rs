@@ -175,6 +175,16 @@ pub struct LostExample {
     pub attempts: Vec<(u32, f64, u16)>,
 }
 
+/// An interaction acknowledged but never answered (a job lost after its acknowledgement).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UnansweredExample {
+    pub interaction_id: u64,
+    pub user_id: u64,
+    pub command: String,
+    pub acked_by: u32,
+    pub sent_at_s: f64,
+}
+
 /// What the scenario was, echoed into the report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ScenarioSummary {
@@ -286,6 +296,8 @@ pub struct Report {
     pub misrouted_examples: Vec<RouteExample>,
     /// The first few lost interactions.
     pub lost_examples: Vec<LostExample>,
+    /// The first few interactions acknowledged and never answered.
+    pub unanswered_examples: Vec<UnansweredExample>,
     /// Channel messages that could not be tied to an interaction.
     pub unattributed_messages: u64,
     /// REST calls the fake had no route for (a fidelity gap, should be 0).

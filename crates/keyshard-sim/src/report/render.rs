@@ -378,8 +378,12 @@ impl Report {
         );
     }
 
-    fn render_examples(&self, s: &mut String) {
-        if !self.misrouted_examples.is_empty() || !self.lost_examples.is_empty() {
+    /// The first few misrouted, lost and unanswered interactions, to look up in the logs.
+    fn render_misses(&self, s: &mut String) {
+        if !self.misrouted_examples.is_empty()
+            || !self.lost_examples.is_empty()
+            || !self.unanswered_examples.is_empty()
+        {
             let _ = writeln!(s);
         }
         for e in &self.misrouted_examples {
@@ -396,6 +400,17 @@ impl Report {
                 e.interaction_id, e.user_id, e.primary, e.sent_at_s, e.attempts
             );
         }
+        for e in &self.unanswered_examples {
+            let _ = writeln!(
+                s,
+                "unanswered: interaction {} of user {} ({}) sent at {:.2} s, acknowledged by #{}, never answered",
+                e.interaction_id, e.user_id, e.command, e.sent_at_s, e.acked_by
+            );
+        }
+    }
+
+    fn render_examples(&self, s: &mut String) {
+        self.render_misses(s);
         for k in &self.revoked_keys {
             let restored = k.restored_s.map_or("never restored".to_owned(), |t| {
                 format!("restored at {t:.1} s")

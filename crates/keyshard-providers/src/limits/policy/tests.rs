@@ -440,14 +440,6 @@ fn drive(provider: Provider, headers: bool, up_ms: u64, rtt_ms: u64, secs: u64) 
         }
         match p.try_admit(now, 0) {
             Decision::Go(id) => {
-                if std::env::var("DBG").is_ok() && now - t0 < Duration::from_secs(8) {
-                    eprintln!(
-                        "go {:?} burst {} interval {:?}",
-                        now - t0,
-                        p.burst(),
-                        p.interval()
-                    );
-                }
                 let up = ms(rng.random_range(0..=up_ms));
                 let back = ms(rng.random_range(10..=rtt_ms.max(10)));
                 arrivals.push((now + up, id, back));

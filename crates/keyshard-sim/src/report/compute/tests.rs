@@ -147,6 +147,28 @@ fn a_job_finished_elsewhere_counts_for_both_instances() {
 }
 
 #[test]
+fn a_deferred_interaction_never_answered_is_an_unanswered_example() {
+    let t0 = Instant::now();
+    // User 6: deferred by instance 3 and then nothing (its job lost after the ack).
+    let mut r = rec(6, t0, vec![(3, 2.0, 204)]);
+    r.callbacks[0].kind = 5;
+    let report = Report::compute(&input(&[r], &[], &[], t0));
+    assert_eq!(
+        (report.interactions.acked, report.interactions.completed),
+        (1, 0)
+    );
+    let e = &report.unanswered_examples;
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        (e[0].interaction_id, e[0].user_id, e[0].acked_by),
+        (60, 6, 3)
+    );
+    assert!(report
+        .render()
+        .contains("unanswered: interaction 60 of user 6"));
+}
+
+#[test]
 fn refusals_are_answers_without_latency_and_fairness_splits_the_noisy_user() {
     let t0 = Instant::now();
     let answered = |user, ms| rec(user, t0, vec![(1, ms, 204)]);
