@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use keyshard_cluster::{
-    publish_info, run_every, Cluster, IdentifyQueue, Jobs, Memory, Quotas, RequestsPerDay, Stats,
+    publish_info, run_every, Cluster, IdentifyQueue, JobKind, Jobs, Memory, Quotas, RequestsPerDay,
+    Stats,
 };
 use keyshard_providers::Providers;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .map_err(|e| anyhow::anyhow!("provider setup: {e}"))?;
     let jobs = Jobs::new(&cluster);
+    // A job waiting past half its command's maximum goes first, oldest first.
+    for kind in JobKind::ALL {
+        jobs.set_max_wait(kind, config.max_wait.of(kind));
+    }
     let stats = Stats::new(&cluster);
     let quotas = Quotas::new(&cluster);
     let work_stop = CancellationToken::new();

@@ -9,8 +9,14 @@
 //! before that user's next one; and where one worker serves a kind, so that the heavy user's
 //! previous job is done by the next pick, "served longest ago" still puts the others first.
 //! That is round robin over users: nobody waits behind another user's hundredth job. With one
-//! job per user the order stays first come, first served. The pick always returns a job when any waits: the rule reorders, it never
-//! holds work back (work-conserving; a heavy user's job runs the moment it is the only one).
+//! job per user the order stays first come, first served. The pick always returns a job when
+//! any waits: the rule reorders, it never holds work back (work-conserving; a heavy user's job
+//! runs the moment it is the only one).
+//!
+//! One exception bounds every wait: a job that has waited past a share of its command's
+//! maximum wait is *overdue*, and overdue jobs go first, oldest first. Without it, under
+//! sustained overload a job of a user served a moment ago is passed by every newly admitted job
+//! of a user served longer ago, and can wait far past the maximum it was admitted under.
 //!
 //! The wait estimate is the overload rule's arithmetic (waiting ÷ service rate) for one kind:
 //! the jobs of that kind waiting in the cluster, plus the new one, over the rate at which the
@@ -31,11 +37,24 @@ pub struct Waiting {
     /// When a job of this user was last picked, as a cluster-wide sequence number that only
     /// grows (no clocks to compare); 0 for never (or forgotten).
     pub last_served: u64,
+    /// The job has waited past its share of its command's maximum wait ([`overdue`]).
+    pub overdue: bool,
 }
 
-/// The index of the job to run next in `waiting` (oldest first): the first job of a user with
-/// the least service in hand, served longest ago among equals. `None` only when nothing waits.
+/// Whether a job that has waited `waited` is overdue: past half of its command's `max_wait`
+/// (none: never). Half leaves the other half for the jobs overdue before it, served oldest
+/// first, and for its own run.
+pub fn overdue(waited: Duration, max_wait: Option<Duration>) -> bool {
+    max_wait.is_some_and(|max| waited >= max / 2)
+}
+
+/// The index of the job to run next in `waiting` (oldest first): the oldest overdue job if
+/// any; otherwise the first job of a user with the least service in hand, served longest ago
+/// among equals. `None` only when nothing waits.
 pub fn fair_pick(waiting: &[Waiting]) -> Option<usize> {
+    if let Some(i) = waiting.iter().position(|w| w.overdue) {
+        return Some(i);
+    }
     // `min_by_key` keeps the first of equal keys, so ties go to the oldest job.
     waiting
         .iter()
@@ -92,7 +111,26 @@ mod tests {
             user,
             in_hand,
             last_served: 0,
+            overdue: false,
         }
+    }
+
+    #[test]
+    fn an_overdue_job_goes_first_and_the_oldest_overdue_first() {
+        let late = |user, in_hand| Waiting {
+            overdue: true,
+            ..w(user, in_hand)
+        };
+        assert_eq!(fair_pick(&[w(1, 0), late(2, 5), late(3, 9)]), Some(1));
+        assert_eq!(
+            fair_pick(&[w(1, 0), w(2, 0)]),
+            Some(0),
+            "none overdue: fair"
+        );
+        let max = Some(Duration::from_secs(60));
+        assert!(!overdue(Duration::from_secs(29), max));
+        assert!(overdue(Duration::from_secs(30), max));
+        assert!(!overdue(Duration::from_secs(3600), None), "no maximum");
     }
 
     #[test]

@@ -138,6 +138,7 @@ mod tests {
             user,
             in_hand,
             last_served: 0,
+            overdue: false,
         }
     }
 

@@ -112,6 +112,8 @@ struct KindCounters {
     /// This instance's keys cannot serve the kind now (out of service): its reader does not
     /// take peers' waiting jobs, which it would only move on.
     unavailable: AtomicBool,
+    /// The kind's maximum wait in ms (0: none), for the fair pick's overdue jobs.
+    max_wait_ms: AtomicU64,
 }
 
 /// This instance's job queues and workers. Cheap to clone.
@@ -223,6 +225,28 @@ impl Jobs {
 
     fn is_available(&self, kind: JobKind) -> bool {
         !self.counters(kind).unavailable.load(Ordering::Relaxed)
+    }
+
+    /// The longest a job of `kind` may wait (the command's `MAX_WAIT_SECS_*`; `None`: no
+    /// maximum). A job waiting past half of it is overdue: the fair pick takes overdue jobs
+    /// first, oldest first (routing's [`overdue`](keyshard_routing::overdue)).
+    pub fn set_max_wait(&self, kind: JobKind, max: Option<Duration>) {
+        let ms = max.map_or(0, |m| m.as_millis().clamp(1, u128::from(u64::MAX)) as u64);
+        self.counters(kind).max_wait_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether a job of `kind` whose interaction was made at `created_ms` is overdue now (an
+    /// unknown time, 0, never is).
+    fn overdue(&self, kind: JobKind, created_ms: u64) -> bool {
+        if created_ms == 0 {
+            return false;
+        }
+        let max = self.counters(kind).max_wait_ms.load(Ordering::Relaxed);
+        let waited = crate::clock::now_ms().saturating_sub(created_ms);
+        keyshard_routing::overdue(
+            Duration::from_millis(waited),
+            (max > 0).then(|| Duration::from_millis(max)),
+        )
     }
 
     /// The load to publish with the heartbeat.

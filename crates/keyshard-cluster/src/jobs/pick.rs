@@ -28,7 +28,7 @@ use keyshard_types::ProviderKind;
 use redis::streams::{StreamClaimReply, StreamId};
 
 use super::stream::OP_BUDGET;
-use super::Jobs;
+use super::{JobKind, Jobs};
 use crate::keys::{self, JOB_GROUP, JOB_POOL};
 use crate::ClusterError;
 
@@ -48,10 +48,11 @@ const FAIR_KEYS_TTL_MS: u64 = 60 * 60 * 1000;
 const TAKE_ATTEMPTS: usize = 3;
 
 /// KEYS: stream, served, busy hashes of every instance. ARGV: group, pool, scan limit.
-/// Returns `[id, user, in_hand, last_served, model, …]` for the pooled entries, oldest first
-/// (`model`: the provider an image job's user chose, `''` for none). Both fields are found by
-/// their quoted key: inside the prompt's JSON string a quote is escaped, so `"model":"` only
-/// matches the real field.
+/// Returns `[id, user, in_hand, last_served, model, created_ms, …]` for the pooled entries,
+/// oldest first (`model`: the provider an image job's user chose, `''` for none; `created_ms`:
+/// when the interaction was made, for its wait so far). The fields are found by their quoted
+/// key: inside the prompt's JSON string a quote is escaped, so `"model":"` only matches the
+/// real field.
 const VIEW_SCRIPT: &str = r#"
 local s = KEYS[1]
 local group, pool, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -68,12 +69,13 @@ for _, p in ipairs(pending) do
     -- Deleted while pooled: nothing to run, so it leaves the pending list.
     redis.call('XACK', s, group, id)
   else
-    local user, model = '0', ''
+    local user, model, created = '0', '', '0'
     local fields = e[2]
     for i = 1, #fields, 2 do
       if fields[i] == 'job' then
         user = string.match(fields[i + 1], '"user_id":(%d+)') or '0'
         model = string.match(fields[i + 1], '"model":"(%a+)"') or ''
+        created = string.match(fields[i + 1], '"created_ms":(%d+)') or '0'
       end
     end
     local held, last = service(user)
@@ -82,6 +84,7 @@ for _, p in ipairs(pending) do
     table.insert(out, held)
     table.insert(out, last)
     table.insert(out, model)
+    table.insert(out, created)
   end
 end
 return out
@@ -168,6 +171,8 @@ struct Pooled {
     waiting: Waiting,
     /// The provider its user chose (`""`: none).
     model: String,
+    /// When its interaction was made (ms since the epoch; 0: unknown).
+    created_ms: u64,
 }
 
 /// Whether a job whose user chose `model` (`""`: none) can be served by a send reserved on
@@ -177,18 +182,22 @@ fn serves(lane: Option<ProviderKind>, model: &str) -> bool {
 }
 
 impl Jobs {
-    /// Takes the waiting entry of `stream` (instance `owner`'s) that the fair pick chooses,
-    /// as `owner`'s consumer `i{owner}`, among those `lane`'s provider can serve if any
-    /// (see [`serves`]); `None` when nothing waits there.
+    /// Takes the waiting entry of `stream` (instance `owner`'s, of `kind`) that the fair pick
+    /// chooses, as `owner`'s consumer `i{owner}`, among those `lane`'s provider can serve if
+    /// any (see [`serves`]); `None` when nothing waits there.
     pub(super) async fn pick(
         &self,
         stream: &str,
+        kind: JobKind,
         owner: keyshard_routing::InstanceId,
         taker: Taker,
         lane: Option<ProviderKind>,
     ) -> Result<Option<Picked>, ClusterError> {
         for _ in 0..TAKE_ATTEMPTS {
-            let pool = self.view(stream).await?;
+            let mut pool = self.view(stream).await?;
+            for p in &mut pool {
+                p.waiting.overdue = self.overdue(kind, p.created_ms);
+            }
             let fitting: Vec<&Pooled> = pool.iter().filter(|p| serves(lane, &p.model)).collect();
             let (candidates, fits) = if fitting.is_empty() {
                 (pool.iter().collect(), false)
@@ -320,25 +329,29 @@ impl Jobs {
     }
 }
 
-/// `[id, user, in_hand, last_served, model, …]` as [`Pooled`]; a malformed one is skipped.
+/// `[id, user, in_hand, last_served, model, created_ms, …]` as [`Pooled`]; a malformed one is
+/// skipped. Not overdue until the pick says so.
 fn parse_view(raw: &[String]) -> Vec<Pooled> {
-    raw.chunks_exact(5)
+    raw.chunks_exact(6)
         .filter_map(|q| {
             Some(Pooled {
                 id: q[0].clone(),
                 waiting: parse_service(&q[1..4])?,
                 model: q[4].clone(),
+                created_ms: q[5].parse().unwrap_or(0),
             })
         })
         .collect()
 }
 
-/// `[user, in_hand, last_served]` of a fair view's row as the pick's [`Waiting`].
+/// `[user, in_hand, last_served]` of a fair view's row as the pick's [`Waiting`] (not overdue:
+/// the caller knows the job's age and its kind's maximum).
 pub(super) fn parse_service(row: &[String]) -> Option<Waiting> {
     Some(Waiting {
         user: row.first()?.parse().ok()?,
         in_hand: row.get(1)?.parse().ok()?,
         last_served: row.get(2)?.parse().ok()?,
+        overdue: false,
     })
 }
 
@@ -347,10 +360,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_view_reads_as_quintuples() {
-        let raw: Vec<String> = ["1-0", "7", "2", "5", "", "2-0", "8", "0", "0", "minimax"]
-            .map(String::from)
-            .to_vec();
+    fn a_view_reads_as_sextuples() {
+        let raw: Vec<String> = [
+            "1-0", "7", "2", "5", "", "100", "2-0", "8", "0", "0", "minimax", "200",
+        ]
+        .map(String::from)
+        .to_vec();
         let view = parse_view(&raw);
         assert_eq!(view.len(), 2);
         assert_eq!(
@@ -360,9 +375,11 @@ mod tests {
                 waiting: Waiting {
                     user: 8,
                     in_hand: 0,
-                    last_served: 0
+                    last_served: 0,
+                    overdue: false,
                 },
                 model: "minimax".to_owned(),
+                created_ms: 200,
             }
         );
     }

@@ -96,6 +96,7 @@ impl Reader {
                     .jobs
                     .pick(
                         &self.stream,
+                        self.kind,
                         self.jobs.inner.me,
                         Taker::Worker,
                         ready.provider,

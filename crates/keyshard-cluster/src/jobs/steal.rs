@@ -28,7 +28,8 @@ impl Jobs {
             // consumer, so if the move fails (or this instance dies mid-way) the entry waits
             // in the peer's pending list, where its restart scan and a dead-instance rescue
             // find it.
-            let Ok(Some(Picked { entry, .. })) = self.pick(&theirs, peer, Taker::Thief, None).await
+            let Ok(Some(Picked { entry, .. })) =
+                self.pick(&theirs, kind, peer, Taker::Thief, None).await
             else {
                 continue;
             };

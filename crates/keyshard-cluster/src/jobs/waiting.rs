@@ -136,7 +136,10 @@ impl Jobs {
         let raw = self
             .read_fair_view("waiting view", &WAITING, &stream)
             .await?;
-        let (jobs, view) = parse_waiting(&raw);
+        let (jobs, mut view) = parse_waiting(&raw);
+        for (w, job) in view.iter_mut().zip(&jobs) {
+            w.overdue = self.overdue(kind, job.created_ms);
+        }
         let rate = self.kind_rate(kind);
         Ok(jobs
             .into_iter()

@@ -85,6 +85,37 @@ async fn a_light_users_job_is_not_queued_behind_a_heavy_users_jobs() {
     stop.cancel();
 }
 
+/// A job that has waited past half its kind's maximum is overdue and goes first, oldest
+/// first, even before a light user's job: under sustained overload the fair order alone lets
+/// newer jobs pass it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_job_goes_before_a_light_users_job() {
+    let tc = TestCluster::start().await;
+    let jobs = Jobs::new(tc.node(1));
+    jobs.set_max_wait(JobKind::Chat, Some(std::time::Duration::from_secs(60)));
+    // The heavy user's first job is fresh; the second has waited 40 s (past half of 60 s);
+    // the light user's is fresh.
+    jobs.submit(chat_job(1, HEAVY, 1)).await.unwrap();
+    let mut late = chat_job(2, HEAVY, 1);
+    late.created_ms -= 40_000;
+    jobs.submit(late).await.unwrap();
+    jobs.submit(chat_job(3, LIGHT, 1)).await.unwrap();
+    let order = Order::default();
+    let ran = order.ran.clone();
+    let stop = CancellationToken::new();
+    jobs.spawn(Arc::new(order), &[(JobKind::Chat, 1)], stop.clone());
+    wait_for("all three jobs run", PATIENCE, || {
+        ran.lock().unwrap().len() == 3
+    })
+    .await;
+    let ids: Vec<u64> = ran.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    // Without the overdue rule: 1 (the oldest, nobody served yet), 3 (the light user), 2.
+    // With it, the overdue job first; the heavy user was served just now, so the light one
+    // goes next.
+    assert_eq!(ids, [2, 3, 1], "the overdue job first, then the fair order");
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_peer_steals_the_job_the_fair_pick_chooses() {
     let tc = TestCluster::start().await;

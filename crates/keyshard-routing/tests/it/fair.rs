@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use keyshard_routing::{fair_pick, Waiting};
+use rand::{Rng, SeedableRng};
 use proptest::prelude::*;
 
 use crate::runner;
@@ -22,6 +23,7 @@ fn queue() -> impl Strategy<Value = Vec<Waiting>> {
                     user: u as u64,
                     in_hand: in_hand[u],
                     last_served: last_served[u],
+                    overdue: false,
                 })
                 .collect()
         })
@@ -75,6 +77,7 @@ fn a_light_users_job_does_not_wait_behind_a_heavy_users_queue() {
                             user: *u,
                             in_hand: in_hand.get(u).copied().unwrap_or(0),
                             last_served: last_served.get(u).copied().unwrap_or(0),
+                            overdue: false,
                         })
                         .collect();
                     let Some(i) = fair_pick(&view) else { break };
@@ -100,4 +103,49 @@ fn a_light_users_job_does_not_wait_behind_a_heavy_users_queue() {
             Ok(())
         })
         .unwrap();
+}
+
+/// The longest wait of an admitted job in a toy cluster under sustained 3x overload: 500 users,
+/// 3 arrivals and 1 service a tick for 3,000 ticks, a job admitted while its first-come
+/// estimate (the queue plus itself, a tick each) is within `max` ticks, and the fair pick with
+/// overdue jobs marked (`ageing`) or not.
+fn longest_wait_at_3x(max: u64, ageing: bool) -> u64 {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(14);
+    let mut queue: Vec<(u64, u64)> = Vec::new(); // (user, arrived at)
+    let mut last_served: HashMap<u64, u64> = HashMap::new();
+    let mut longest = 0;
+    for tick in 0..3_000u64 {
+        for _ in 0..3 {
+            if (queue.len() as u64) < max {
+                queue.push((rng.random_range(0..500), tick));
+            }
+        }
+        let view: Vec<Waiting> = queue
+            .iter()
+            .map(|&(user, at)| Waiting {
+                user,
+                in_hand: 0,
+                last_served: last_served.get(&user).copied().unwrap_or(0),
+                overdue: ageing && 2 * (tick - at) >= max,
+            })
+            .collect();
+        if let Some(i) = fair_pick(&view) {
+            let (user, at) = queue.remove(i);
+            last_served.insert(user, tick + 1);
+            longest = longest.max(tick + 1 - at);
+        }
+    }
+    longest
+}
+
+/// Without overdue jobs, a job of a user served a moment ago is passed by every newly admitted
+/// job of a user served longer ago: under sustained overload it waits many times the maximum it
+/// was admitted under. Overdue jobs going first, oldest first, keep every wait within it.
+#[test]
+fn under_sustained_overload_overdue_jobs_keep_every_wait_within_the_maximum() {
+    let max = 20;
+    let without = longest_wait_at_3x(max, false);
+    assert!(without > 3 * max, "the fair pick alone: {without} ticks");
+    let with = longest_wait_at_3x(max, true);
+    assert!(with <= max + max / 10, "with overdue jobs first: {with} ticks");
 }
