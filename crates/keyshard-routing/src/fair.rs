@@ -13,15 +13,18 @@
 //! any waits: the rule reorders, it never holds work back (work-conserving; a heavy user's job
 //! runs the moment it is the only one).
 //!
-//! One exception bounds every wait: a job that has waited past a share of its command's
-//! maximum wait is *overdue*, and overdue jobs go first, oldest first. Without it, under
-//! sustained overload a job of a user served a moment ago is passed by every newly admitted job
-//! of a user served longer ago, and can wait far past the maximum it was admitted under.
+//! One exception bounds every wait: a job that has waited past half its command's maximum
+//! wait is *overdue*, and an overdue job whose user has nothing in flight goes first, oldest
+//! first. Without it, under sustained overload a job of a user served a moment ago is passed by
+//! every newly admitted job of a user served longer ago, and can wait far past the maximum it
+//! was admitted under. "Nothing in flight" keeps the exception from undoing the fair share: a
+//! heavy user, whose jobs run back to back, gets no more than the rule gives it; a user with
+//! one job at a time (everyone, when the overload is many users) is not passed for good.
 //!
 //! The wait estimate is the overload rule's arithmetic (waiting ÷ service rate) for one kind:
-//! the jobs of that kind waiting in the cluster, plus the new one, over the rate at which the
-//! cluster finishes that kind. It is what a job of a user with nothing in hand waits at most
-//! under the fair pick, and roughly what anyone waits when no one is heavy.
+//! the jobs of that kind waiting in the queue the new one joins, plus the new one, over the
+//! rate at which that queue is served. It is what a job of a user with nothing in hand waits at
+//! most under the fair pick, and roughly what anyone waits when no one is heavy.
 
 use std::time::Duration;
 
@@ -48,11 +51,11 @@ pub fn overdue(waited: Duration, max_wait: Option<Duration>) -> bool {
     max_wait.is_some_and(|max| waited >= max / 2)
 }
 
-/// The index of the job to run next in `waiting` (oldest first): the oldest overdue job if
-/// any; otherwise the first job of a user with the least service in hand, served longest ago
-/// among equals. `None` only when nothing waits.
+/// The index of the job to run next in `waiting` (oldest first): the oldest overdue job of a
+/// user with nothing in flight, if any; otherwise the first job of a user with the least
+/// service in hand, served longest ago among equals. `None` only when nothing waits.
 pub fn fair_pick(waiting: &[Waiting]) -> Option<usize> {
-    if let Some(i) = waiting.iter().position(|w| w.overdue) {
+    if let Some(i) = waiting.iter().position(|w| w.overdue && w.in_hand == 0) {
         return Some(i);
     }
     // `min_by_key` keeps the first of equal keys, so ties go to the oldest job.
@@ -94,14 +97,6 @@ pub fn admit(estimate: Option<Duration>, max_wait: Duration) -> Admission {
     }
 }
 
-/// Splits a cluster-wide rate estimate from one instance's measurement: the cluster finishes
-/// a kind at `local_rate × live` when its `live` instances are alike (same keys, same worker
-/// pools), which is how keyshard is deployed. The instance's own rate is the freshest
-/// figure it has; peers publish only their total.
-pub fn cluster_rate(local_rate: f64, live: usize) -> f64 {
-    local_rate * live.max(1) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,12 +111,14 @@ mod tests {
     }
 
     #[test]
-    fn an_overdue_job_goes_first_and_the_oldest_overdue_first() {
+    fn an_overdue_job_of_a_user_with_nothing_in_flight_goes_first_oldest_first() {
         let late = |user, in_hand| Waiting {
             overdue: true,
             ..w(user, in_hand)
         };
-        assert_eq!(fair_pick(&[w(1, 0), late(2, 5), late(3, 9)]), Some(1));
+        assert_eq!(fair_pick(&[w(1, 1), late(2, 0), late(3, 0)]), Some(1));
+        // A user with jobs in flight gets no more than the fair order gives it.
+        assert_eq!(fair_pick(&[w(1, 1), late(2, 5), w(3, 0)]), Some(2));
         assert_eq!(
             fair_pick(&[w(1, 0), w(2, 0)]),
             Some(0),
@@ -171,7 +168,5 @@ mod tests {
         let over = Duration::from_secs(61);
         assert_eq!(admit(Some(over), max), Admission::Refuse { estimate: over });
         assert_eq!(admit(None, max), Admission::Queue { estimate: None });
-        assert_eq!(cluster_rate(0.5, 4), 2.0);
-        assert_eq!(cluster_rate(0.5, 0), 0.5, "this instance is alive");
     }
 }

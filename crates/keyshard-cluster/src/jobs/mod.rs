@@ -79,7 +79,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyshard_routing::{cluster_rate, estimate_wait, move_target, InstanceId, ServiceRate};
+use keyshard_routing::{estimate_wait, move_target, InstanceId, ServiceRate};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -281,23 +281,16 @@ impl Jobs {
 
     /// The expected wait of a new job of `kind` queued now (routing's
     /// [`estimate_wait`](keyshard_routing::estimate_wait)): the jobs of that kind waiting in
-    /// the cluster (the published snapshot, no Redis call: the claim path asks this before it
-    /// acknowledges) over the cluster's rate for the kind, this instance's own measured rate
-    /// times the live instances (see [`cluster_rate`](keyshard_routing::cluster_rate)).
-    /// `None` while no rate is known.
+    /// this instance's own stream, where the job goes, as this process counts them (no Redis
+    /// call: the claim path asks this before it acknowledges), over the rate at which this
+    /// instance finishes the kind. `None` while no rate is known.
+    ///
+    /// Local, not the cluster's sum over its rate: under overload every instance has a queue
+    /// and none steals, so a job waits for the queue it is in; and the published loads are up
+    /// to a heartbeat old, so instances admitting against the same stale sum overshoot the
+    /// maximum together, by the arrivals of that heartbeat.
     pub fn estimated_wait(&self, kind: JobKind) -> Option<Duration> {
-        let membership = self.inner.cluster.membership();
-        let live: Vec<_> = membership.iter().filter(|s| s.alive).collect();
-        let ahead: u64 = live.iter().map(|s| s.waiting_of(kind.as_str())).sum();
-        let now = self.now();
-        let local = self
-            .inner
-            .kind_rates
-            .lock()
-            .expect("jobs lock")
-            .get(&kind)
-            .map_or(0.0, |r| r.rate(now));
-        estimate_wait(ahead, cluster_rate(local, live.len()))
+        estimate_wait(self.waiting_here(kind), self.kind_rate(kind))
     }
 
     pub fn stats(&self) -> JobStats {

@@ -45,8 +45,9 @@ const MARKER_BATCH: usize = 500;
 /// Where an entry is: its stream and its id there.
 type Place = (String, String);
 
-/// A copy of one queued entry.
-#[derive(Clone, Debug, PartialEq)]
+/// A copy of one queued entry. Its `Debug` shows the payload's length only: the job's JSON
+/// holds the interaction token.
+#[derive(Clone, PartialEq)]
 struct Kept {
     kind: JobKind,
     payload: Vec<u8>,
@@ -62,6 +63,9 @@ struct Kept {
 struct ShelterState {
     /// `(stream, entry id)` → its copy.
     copies: HashMap<Place, Kept>,
+    /// The number of copies per stream: for this instance's own streams, the jobs waiting
+    /// there now (every submit counted at once, every take by a worker here too).
+    per_stream: HashMap<String, u64>,
     /// Jobs answered here, oldest first.
     answered: VecDeque<(u64, Instant)>,
     /// The empty restarts this instance has recovered from (markers written, copies queued).
@@ -86,19 +90,38 @@ enum Step {
 
 impl ShelterState {
     fn keep(&mut self, stream: &str, queued: Queued, kind: JobKind, epoch: u64) {
-        self.copies.insert(
-            (stream.to_owned(), queued.id),
-            Kept {
-                kind,
-                payload: queued.payload,
-                arrival: queued.arrival,
-                epoch,
-            },
-        );
+        let kept = Kept {
+            kind,
+            payload: queued.payload,
+            arrival: queued.arrival,
+            epoch,
+        };
+        if self
+            .copies
+            .insert((stream.to_owned(), queued.id), kept)
+            .is_none()
+        {
+            *self.per_stream.entry(stream.to_owned()).or_default() += 1;
+        }
     }
 
     fn taken(&mut self, stream: &str, id: &str) {
-        self.copies.remove(&(stream.to_owned(), id.to_owned()));
+        if self
+            .copies
+            .remove(&(stream.to_owned(), id.to_owned()))
+            .is_some()
+        {
+            if let Some(n) = self.per_stream.get_mut(stream) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_stream.remove(stream);
+                }
+            }
+        }
+    }
+
+    fn waiting_in(&self, stream: &str) -> u64 {
+        self.per_stream.get(stream).copied().unwrap_or(0)
     }
 
     fn answered(&mut self, job: u64, now: Instant) {
@@ -153,6 +176,17 @@ impl ShelterState {
     }
 }
 
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept")
+            .field("kind", &self.kind)
+            .field("payload_bytes", &self.payload.len())
+            .field("arrival", &self.arrival)
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
 /// A stream entry id (`ms-seq`) as numbers, for ordering.
 fn entry_order(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
@@ -199,6 +233,15 @@ impl Jobs {
     /// This instance posted the answer of `job` (its done marker is set).
     pub(super) fn remember_answered(&self, job: u64) {
         self.inner.shelter.state().answered(job, Instant::now());
+    }
+
+    /// The jobs waiting in this instance's own stream of `kind` as this process counts them:
+    /// queued here (or rescued, stolen, queued again) and not yet taken by one of its workers
+    /// nor gone from the stream (a theft, noticed within a heartbeat). Exact at once for what
+    /// this instance does, unlike the stream's length sampled each heartbeat.
+    pub(super) fn waiting_here(&self, kind: JobKind) -> u64 {
+        let stream = self.stream(self.inner.me, kind);
+        self.inner.shelter.state().waiting_in(&stream)
     }
 
     /// Jobs queued again after Redis restarted empty, for metrics.
@@ -374,6 +417,8 @@ mod tests {
         s.keep("s:chat", queued("3-1"), JobKind::Chat, 0);
         s.keep("s:image", queued("4-0"), JobKind::Image, 0);
         s.taken("s:image", "4-0");
+        s.taken("s:image", "4-0");
+        assert_eq!((s.waiting_in("s:chat"), s.waiting_in("s:image")), (2, 0));
         assert_eq!(s.step(0, t0, GRACE), Step::Prune, "nothing lost yet");
         s.answered(77, t0);
         assert_eq!(s.step(1, t0, GRACE), Step::Remark(vec![77]));

@@ -32,8 +32,8 @@ const RESCUED: &str = "rescued";
 const STOLEN: &str = "stolen";
 
 /// An entry as queued: its id, the job's JSON as written and how the job got there (what the
-/// job shelter keeps a copy of).
-#[derive(Clone, Debug, PartialEq)]
+/// job shelter keeps a copy of). No `Debug`: the JSON holds the interaction token.
+#[derive(Clone, PartialEq)]
 pub(super) struct Queued {
     pub(super) id: String,
     pub(super) payload: Vec<u8>,

@@ -155,7 +155,7 @@ impl Jobs {
     /// Jobs of `kind` this instance finished per second lately (routing's [`ServiceRate`]).
     ///
     /// [`ServiceRate`]: keyshard_routing::ServiceRate
-    fn kind_rate(&self, kind: JobKind) -> f64 {
+    pub(super) fn kind_rate(&self, kind: JobKind) -> f64 {
         let now = self.now();
         self.inner
             .kind_rates

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use keyshard_routing::{fair_pick, Waiting};
-use rand::{Rng, SeedableRng};
 use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
 
 use crate::runner;
 
@@ -147,5 +147,8 @@ fn under_sustained_overload_overdue_jobs_keep_every_wait_within_the_maximum() {
     let without = longest_wait_at_3x(max, false);
     assert!(without > 3 * max, "the fair pick alone: {without} ticks");
     let with = longest_wait_at_3x(max, true);
-    assert!(with <= max + max / 10, "with overdue jobs first: {with} ticks");
+    assert!(
+        with <= max + max / 10,
+        "with overdue jobs first: {with} ticks"
+    );
 }
