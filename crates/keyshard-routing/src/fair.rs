@@ -67,14 +67,17 @@ pub fn fair_pick(waiting: &[Waiting]) -> Option<usize> {
 }
 
 /// The expected wait of a new job with `ahead` jobs of its kind waiting before it, when the
-/// cluster finishes `rate` jobs of that kind per second: `(ahead + 1) ÷ rate`, the time until
-/// this job too is done at that pace. `None` when the rate is unknown (0, negative or not
-/// finite: nothing finished recently), where no estimate is honest.
-pub fn estimate_wait(ahead: u64, rate: f64) -> Option<Duration> {
+/// queue is served at `rate` jobs per second and a job of the kind takes `service` to run:
+/// `ahead ÷ rate` until it starts, then its own run (at least `1 ÷ rate`: no less than one
+/// more job's share of the rate). A video renders for seconds while its queue moves a job
+/// every half second, so counting the job itself as one more `1 ÷ rate` would promise it too
+/// early. `None` when the rate is unknown (0, negative or not finite: nothing finished
+/// recently), where no estimate is honest.
+pub fn estimate_wait(ahead: u64, rate: f64, service: Duration) -> Option<Duration> {
     if !rate.is_finite() || rate <= 0.0 {
         return None;
     }
-    let secs = (ahead as f64 + 1.0) / rate;
+    let secs = ahead as f64 / rate + service.as_secs_f64().max(1.0 / rate);
     Duration::try_from_secs_f64(secs).ok()
 }
 
@@ -149,12 +152,19 @@ mod tests {
     }
 
     #[test]
-    fn the_estimate_counts_the_new_job_and_needs_a_rate() {
-        assert_eq!(estimate_wait(9, 2.0), Some(Duration::from_secs(5)));
-        assert_eq!(estimate_wait(0, 1.0), Some(Duration::from_secs(1)));
-        assert_eq!(estimate_wait(10, 0.0), None);
-        assert_eq!(estimate_wait(10, f64::NAN), None);
-        assert_eq!(estimate_wait(10, -1.0), None);
+    fn the_estimate_counts_the_new_jobs_run_and_needs_a_rate() {
+        let none = Duration::ZERO;
+        assert_eq!(estimate_wait(9, 2.0, none), Some(Duration::from_secs(5)));
+        assert_eq!(estimate_wait(0, 1.0, none), Some(Duration::from_secs(1)));
+        // A long run counts in full: 9 ahead at 2/s, then 7 s of rendering.
+        let render = Duration::from_secs(7);
+        assert_eq!(
+            estimate_wait(9, 2.0, render),
+            Some(Duration::from_millis(11_500))
+        );
+        assert_eq!(estimate_wait(10, 0.0, render), None);
+        assert_eq!(estimate_wait(10, f64::NAN, none), None);
+        assert_eq!(estimate_wait(10, -1.0, none), None);
     }
 
     #[test]

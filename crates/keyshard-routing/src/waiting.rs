@@ -7,7 +7,7 @@
 //! jobs if nothing new arrived: each pick counts one more job in hand for its user, as the
 //! take does, so a heavy user's jobs interleave with everybody else's. The estimate is the
 //! same arithmetic as the max-wait rule ([`estimate_wait`](crate::estimate_wait)): the jobs
-//! ahead plus this one, over the rate at which the instance finishes the kind.
+//! ahead over the rate at which the instance finishes the kind, then the job's own run.
 
 use std::time::Duration;
 

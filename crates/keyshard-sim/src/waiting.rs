@@ -53,6 +53,8 @@ pub struct OverloadReport {
     /// Accepted requests answered later than their command's maximum wait + 10 %, or not at
     /// all. Must be 0.
     pub accepted_over_max_wait: u64,
+    /// The same per command.
+    pub over_max_wait_by_command: BTreeMap<String, u64>,
     /// How long a refused request waited for its refusal (the acknowledgement itself), ms.
     pub refusal_ack_p99_ms: f64,
     pub refusal_ack_max_ms: f64,
@@ -133,6 +135,9 @@ pub fn judge_overload(
         let limit_ms = max as f64 * 1000.0 * SLACK;
         if max > 0 && answered_ms.is_none_or(|ms| ms > limit_ms) {
             out.accepted_over_max_wait += 1;
+            *out.over_max_wait_by_command
+                .entry(r.command.clone())
+                .or_default() += 1;
         }
     }
     refusal_ms.sort_by(f64::total_cmp);
@@ -217,6 +222,7 @@ mod tests {
         assert_eq!((o.accepted, o.refused, o.accepted_over_max_wait), (3, 1, 2));
         assert_eq!(o.refusal_ack_p99_ms, 4.5);
         assert_eq!(o.slowest_ms["채팅"], 23_000.0);
+        assert_eq!(o.over_max_wait_by_command["채팅"], 2);
         let w = judge_waiting(&records);
         assert_eq!(
             w,

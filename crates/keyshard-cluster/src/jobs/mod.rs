@@ -135,6 +135,8 @@ struct JobsInner {
     rate: Mutex<ServiceRate>,
     /// The same per kind, for a new job's expected wait ([`Jobs::estimated_wait`]).
     kind_rates: Mutex<HashMap<JobKind, ServiceRate>>,
+    /// Each kind's typical run time (a moving average), for the same.
+    kind_runs: Mutex<HashMap<JobKind, Duration>>,
     /// Bounds jobs run in-process while Redis is down, per kind (the worker pools' sizes).
     local: Mutex<HashMap<JobKind, Arc<Semaphore>>>,
     handler: Mutex<Option<Arc<dyn JobHandler>>>,
@@ -164,6 +166,7 @@ impl Jobs {
                 started: Instant::now(),
                 rate: Mutex::new(ServiceRate::new(Duration::ZERO)),
                 kind_rates: Mutex::new(HashMap::new()),
+                kind_runs: Mutex::new(HashMap::new()),
                 local: Mutex::new(HashMap::new()),
                 handler: Mutex::new(None),
                 finished: AtomicU64::new(0),
@@ -283,14 +286,24 @@ impl Jobs {
     /// [`estimate_wait`](keyshard_routing::estimate_wait)): the jobs of that kind waiting in
     /// this instance's own stream, where the job goes, as this process counts them (no Redis
     /// call: the claim path asks this before it acknowledges), over the rate at which this
-    /// instance finishes the kind. `None` while no rate is known.
+    /// instance finishes the kind, then the kind's typical run. `None` while no rate is known.
     ///
     /// Local, not the cluster's sum over its rate: under overload every instance has a queue
     /// and none steals, so a job waits for the queue it is in; and the published loads are up
     /// to a heartbeat old, so instances admitting against the same stale sum overshoot the
     /// maximum together, by the arrivals of that heartbeat.
     pub fn estimated_wait(&self, kind: JobKind) -> Option<Duration> {
-        estimate_wait(self.waiting_here(kind), self.kind_rate(kind))
+        estimate_wait(
+            self.waiting_here(kind),
+            self.kind_rate(kind),
+            self.kind_run(kind),
+        )
+    }
+
+    /// How long a job of `kind` typically runs here (zero before the first).
+    pub(super) fn kind_run(&self, kind: JobKind) -> Duration {
+        let runs = self.inner.kind_runs.lock().expect("jobs lock");
+        runs.get(&kind).copied().unwrap_or_default()
     }
 
     pub fn stats(&self) -> JobStats {

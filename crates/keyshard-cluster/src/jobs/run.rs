@@ -85,8 +85,9 @@ impl Jobs {
         } else {
             match work {
                 Work::Job(job) => {
+                    let began = std::time::Instant::now();
                     let outcome = handler.handle(job.clone(), ctx).await;
-                    self.finish(job, outcome, arrival).await;
+                    self.finish(job, outcome, arrival, began.elapsed()).await;
                 }
                 Work::Unreadable(job) => {
                     let kind = job.kind();
@@ -94,7 +95,7 @@ impl Jobs {
                     handler.unreadable(job, ctx).await;
                     // Answered (with an error): a completion like any other, so the
                     // backlog and the service rate stay true.
-                    self.record_finished(kind);
+                    self.record_finished(kind, None);
                 }
             }
         }
@@ -134,10 +135,11 @@ impl Jobs {
         Ok(())
     }
 
-    /// Records a finished job, or moves it to a peer (keeping how it arrived here).
-    async fn finish(&self, mut job: Job, outcome: Outcome, arrival: Arrival) {
+    /// Records a finished job (its run took `took`), or moves it to a peer (keeping how it
+    /// arrived here).
+    async fn finish(&self, mut job: Job, outcome: Outcome, arrival: Arrival, took: Duration) {
         match outcome {
-            Outcome::Finished => self.record_finished(job.kind()),
+            Outcome::Finished => self.record_finished(job.kind(), Some(took)),
             Outcome::MoveToPeer { reason } => {
                 let Some(peer) = self.move_target(&job) else {
                     tracing::warn!(job = job.id, %reason, "no peer left to move the job to");
@@ -163,9 +165,15 @@ impl Jobs {
 }
 
 impl Jobs {
-    /// Counts a finished job, in the totals and in the service rates (all kinds, its kind).
-    fn record_finished(&self, kind: JobKind) {
+    /// Counts a finished job, in the totals and in the service rates (all kinds, its kind),
+    /// and how long its run took in the kind's typical run time.
+    fn record_finished(&self, kind: JobKind, took: Option<Duration>) {
         self.inner.finished.fetch_add(1, Ordering::Relaxed);
+        if let Some(took) = took {
+            let mut runs = self.inner.kind_runs.lock().expect("jobs lock");
+            let typical = runs.entry(kind).or_insert(took);
+            *typical = ewma(*typical, took);
+        }
         let now = self.now();
         self.inner.rate.lock().expect("jobs lock").record(now);
         self.inner
@@ -175,6 +183,16 @@ impl Jobs {
             .entry(kind)
             .or_insert_with(|| ServiceRate::new(Duration::ZERO))
             .record(now);
+    }
+}
+
+/// A kind's typical run time moved an eighth of the way to the latest run: a few dozen runs of
+/// memory, so one slow answer does not swing the estimate.
+fn ewma(typical: Duration, latest: Duration) -> Duration {
+    if latest >= typical {
+        typical + (latest - typical) / 8
+    } else {
+        typical - (typical - latest) / 8
     }
 }
 

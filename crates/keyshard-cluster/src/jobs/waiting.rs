@@ -140,14 +140,14 @@ impl Jobs {
         for (w, job) in view.iter_mut().zip(&jobs) {
             w.overdue = self.overdue(kind, job.created_ms);
         }
-        let rate = self.kind_rate(kind);
+        let (rate, run) = (self.kind_rate(kind), self.kind_run(kind));
         Ok(jobs
             .into_iter()
             .zip(fair_order(&view))
             .map(|(job, ahead)| WaitingJob {
                 job,
                 ahead,
-                estimate: estimate_wait(ahead, rate),
+                estimate: estimate_wait(ahead, rate, run),
             })
             .collect())
     }

@@ -96,8 +96,8 @@ impl Report {
         if let Some(o) = &self.overload {
             let _ = writeln!(
                 s,
-                "overload      accepted {}  refused {}  accepted_over_max_wait {}  refusal ack p99 {:.1} ms (max {:.1})  slowest {:?}  max_wait_secs {:?}",
-                o.accepted, o.refused, o.accepted_over_max_wait, o.refusal_ack_p99_ms, o.refusal_ack_max_ms, o.slowest_ms, o.max_wait_secs
+                "overload      accepted {}  refused {}  accepted_over_max_wait {} {:?}  refusal ack p99 {:.1} ms (max {:.1})  slowest {:?}  max_wait_secs {:?}",
+                o.accepted, o.refused, o.accepted_over_max_wait, o.over_max_wait_by_command, o.refusal_ack_p99_ms, o.refusal_ack_max_ms, o.slowest_ms, o.max_wait_secs
             );
         }
         if let Some(q) = &self.quota {
