@@ -13,13 +13,15 @@
 //! any waits: the rule reorders, it never holds work back (work-conserving; a heavy user's job
 //! runs the moment it is the only one).
 //!
-//! One exception bounds every wait: a job that has waited past half its command's maximum
-//! wait is *overdue*, and an overdue job whose user has nothing in flight goes first, oldest
-//! first. Without it, under sustained overload a job of a user served a moment ago is passed by
-//! every newly admitted job of a user served longer ago, and can wait far past the maximum it
-//! was admitted under. "Nothing in flight" keeps the exception from undoing the fair share: a
-//! heavy user, whose jobs run back to back, gets no more than the rule gives it; a user with
-//! one job at a time (everyone, when the overload is many users) is not passed for good.
+//! One exception bounds every wait ([`lateness`]): a job that has waited past half its
+//! command's maximum wait is *overdue*, and an overdue job whose user has nothing in flight
+//! goes first, oldest first; a job past nine tenths of it is *late* and goes first whatever
+//! its user has in flight. Without it, under sustained overload a job of a user served a moment
+//! ago is passed by every newly admitted job of a user served longer ago, and can wait far
+//! past the maximum it was admitted under. "Nothing in flight" keeps the exception from undoing
+//! the fair share: a heavy user, whose jobs run back to back, gets no more than the rule gives
+//! it until a job of theirs is about to break its promise; a user with one job at a time
+//! (everyone, when the overload is many users) is not passed for good.
 //!
 //! The wait estimate is the overload rule's arithmetic (waiting ÷ service rate) for one kind:
 //! the jobs of that kind waiting in the queue the new one joins, plus the new one, over the
@@ -40,22 +42,42 @@ pub struct Waiting {
     /// When a job of this user was last picked, as a cluster-wide sequence number that only
     /// grows (no clocks to compare); 0 for never (or forgotten).
     pub last_served: u64,
-    /// The job has waited past its share of its command's maximum wait ([`overdue`]).
-    pub overdue: bool,
+    /// How much of its command's maximum wait the job has used ([`lateness`]).
+    pub lateness: Lateness,
 }
 
-/// Whether a job that has waited `waited` is overdue: past half of its command's `max_wait`
-/// (none: never). Half leaves the other half for the jobs overdue before it, served oldest
+/// How much of its command's maximum wait a waiting job has used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lateness {
+    /// Under half: the fair order alone.
+    #[default]
+    OnTime,
+    /// Half or more: first, oldest first, when its user has nothing in flight.
+    Overdue,
+    /// Nine tenths or more: first, oldest first, whatever its user has in flight.
+    Late,
+}
+
+/// The lateness of a job that has waited `waited` against its command's `max_wait` (none:
+/// always on time). Half leaves the other half for the overdue jobs before it, served oldest
 /// first, and for its own run.
-pub fn overdue(waited: Duration, max_wait: Option<Duration>) -> bool {
-    max_wait.is_some_and(|max| waited >= max / 2)
+pub fn lateness(waited: Duration, max_wait: Option<Duration>) -> Lateness {
+    match max_wait {
+        Some(max) if waited >= max.mul_f64(0.9) => Lateness::Late,
+        Some(max) if waited >= max / 2 => Lateness::Overdue,
+        _ => Lateness::OnTime,
+    }
 }
 
-/// The index of the job to run next in `waiting` (oldest first): the oldest overdue job of a
-/// user with nothing in flight, if any; otherwise the first job of a user with the least
-/// service in hand, served longest ago among equals. `None` only when nothing waits.
+/// The index of the job to run next in `waiting` (oldest first): the oldest late job; else
+/// the oldest overdue job of a user with nothing in flight; otherwise the first job of a user
+/// with the least service in hand, served longest ago among equals. `None` only when nothing
+/// waits.
 pub fn fair_pick(waiting: &[Waiting]) -> Option<usize> {
-    if let Some(i) = waiting.iter().position(|w| w.overdue && w.in_hand == 0) {
+    let first = |urgent: fn(&Waiting) -> bool| waiting.iter().position(urgent);
+    if let Some(i) = first(|w| w.lateness == Lateness::Late)
+        .or_else(|| first(|w| w.lateness == Lateness::Overdue && w.in_hand == 0))
+    {
         return Some(i);
     }
     // `min_by_key` keeps the first of equal keys, so ties go to the oldest job.
@@ -109,28 +131,38 @@ mod tests {
             user,
             in_hand,
             last_served: 0,
-            overdue: false,
+            lateness: Lateness::OnTime,
         }
     }
 
     #[test]
-    fn an_overdue_job_of_a_user_with_nothing_in_flight_goes_first_oldest_first() {
-        let late = |user, in_hand| Waiting {
-            overdue: true,
+    fn overdue_jobs_of_users_with_nothing_in_flight_and_late_jobs_go_first_oldest_first() {
+        let overdue = |user, in_hand| Waiting {
+            lateness: Lateness::Overdue,
             ..w(user, in_hand)
         };
-        assert_eq!(fair_pick(&[w(1, 1), late(2, 0), late(3, 0)]), Some(1));
-        // A user with jobs in flight gets no more than the fair order gives it.
-        assert_eq!(fair_pick(&[w(1, 1), late(2, 5), w(3, 0)]), Some(2));
+        let late = |user, in_hand| Waiting {
+            lateness: Lateness::Late,
+            ..w(user, in_hand)
+        };
+        assert_eq!(fair_pick(&[w(1, 1), overdue(2, 0), overdue(3, 0)]), Some(1));
+        // An overdue job of a user with jobs in flight: no more than the fair order gives it.
+        assert_eq!(fair_pick(&[w(1, 1), overdue(2, 5), w(3, 0)]), Some(2));
+        // A late one goes first all the same, before any overdue one.
+        assert_eq!(
+            fair_pick(&[w(3, 0), overdue(4, 0), late(2, 5), late(5, 0)]),
+            Some(2)
+        );
         assert_eq!(
             fair_pick(&[w(1, 0), w(2, 0)]),
             Some(0),
             "none overdue: fair"
         );
         let max = Some(Duration::from_secs(60));
-        assert!(!overdue(Duration::from_secs(29), max));
-        assert!(overdue(Duration::from_secs(30), max));
-        assert!(!overdue(Duration::from_secs(3600), None), "no maximum");
+        assert_eq!(lateness(Duration::from_secs(29), max), Lateness::OnTime);
+        assert_eq!(lateness(Duration::from_secs(30), max), Lateness::Overdue);
+        assert_eq!(lateness(Duration::from_secs(54), max), Lateness::Late);
+        assert_eq!(lateness(Duration::from_secs(3600), None), Lateness::OnTime);
     }
 
     #[test]

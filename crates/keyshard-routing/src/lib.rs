@@ -39,7 +39,7 @@ pub mod snowflake;
 pub mod waiting;
 
 pub use claim::{claim_turn, sweep_delay, ClaimTiming, ClaimTurn};
-pub use fair::{admit, estimate_wait, fair_pick, overdue, Admission, Waiting};
+pub use fair::{admit, estimate_wait, fair_pick, lateness, Admission, Lateness, Waiting};
 pub use gateway::{
     bucket, identify_turn, keeps_reserve, local_delay, restart_delay, shard_count, starts_within,
     IdentifyPolicy, IdentifyTurn, IdentifyView, RestartPolicy, SessionBudget, ShardSetting,

@@ -138,7 +138,7 @@ mod tests {
             user,
             in_hand,
             last_served: 0,
-            overdue: false,
+            lateness: crate::fair::Lateness::OnTime,
         }
     }
 

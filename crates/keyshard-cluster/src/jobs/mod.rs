@@ -112,7 +112,7 @@ struct KindCounters {
     /// This instance's keys cannot serve the kind now (out of service): its reader does not
     /// take peers' waiting jobs, which it would only move on.
     unavailable: AtomicBool,
-    /// The kind's maximum wait in ms (0: none), for the fair pick's overdue jobs.
+    /// The kind's maximum wait in ms (0: none), for the fair pick's overdue and late jobs.
     max_wait_ms: AtomicU64,
 }
 
@@ -231,22 +231,22 @@ impl Jobs {
     }
 
     /// The longest a job of `kind` may wait (the command's `MAX_WAIT_SECS_*`; `None`: no
-    /// maximum). A job waiting past half of it is overdue: the fair pick takes overdue jobs
-    /// first, oldest first (routing's [`overdue`](keyshard_routing::overdue)).
+    /// maximum). A job waiting past half of it is overdue, past nine tenths late: the fair pick
+    /// takes those first, oldest first (routing's [`lateness`](keyshard_routing::lateness)).
     pub fn set_max_wait(&self, kind: JobKind, max: Option<Duration>) {
         let ms = max.map_or(0, |m| m.as_millis().clamp(1, u128::from(u64::MAX)) as u64);
         self.counters(kind).max_wait_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Whether a job of `kind` whose interaction was made at `created_ms` is overdue now (an
-    /// unknown time, 0, never is).
-    fn overdue(&self, kind: JobKind, created_ms: u64) -> bool {
+    /// The lateness of a job of `kind` whose interaction was made at `created_ms` (an unknown
+    /// time, 0, is on time).
+    fn lateness(&self, kind: JobKind, created_ms: u64) -> keyshard_routing::Lateness {
         if created_ms == 0 {
-            return false;
+            return keyshard_routing::Lateness::OnTime;
         }
         let max = self.counters(kind).max_wait_ms.load(Ordering::Relaxed);
         let waited = crate::clock::now_ms().saturating_sub(created_ms);
-        keyshard_routing::overdue(
+        keyshard_routing::lateness(
             Duration::from_millis(waited),
             (max > 0).then(|| Duration::from_millis(max)),
         )

@@ -23,7 +23,7 @@
 //! again, uncounted, from the pending list. Both hashes expire an hour after their last
 //! change, so a count that leaked (a panicking handler) fades instead of lasting for good.
 
-use keyshard_routing::{fair_pick, Waiting};
+use keyshard_routing::{fair_pick, Lateness, Waiting};
 use keyshard_types::ProviderKind;
 use redis::streams::{StreamClaimReply, StreamId};
 
@@ -196,7 +196,7 @@ impl Jobs {
         for _ in 0..TAKE_ATTEMPTS {
             let mut pool = self.view(stream).await?;
             for p in &mut pool {
-                p.waiting.overdue = self.overdue(kind, p.created_ms);
+                p.waiting.lateness = self.lateness(kind, p.created_ms);
             }
             let fitting: Vec<&Pooled> = pool.iter().filter(|p| serves(lane, &p.model)).collect();
             let (candidates, fits) = if fitting.is_empty() {
@@ -330,7 +330,7 @@ impl Jobs {
 }
 
 /// `[id, user, in_hand, last_served, model, created_ms, …]` as [`Pooled`]; a malformed one is
-/// skipped. Not overdue until the pick says so.
+/// skipped. On time until the pick says otherwise.
 fn parse_view(raw: &[String]) -> Vec<Pooled> {
     raw.chunks_exact(6)
         .filter_map(|q| {
@@ -344,14 +344,14 @@ fn parse_view(raw: &[String]) -> Vec<Pooled> {
         .collect()
 }
 
-/// `[user, in_hand, last_served]` of a fair view's row as the pick's [`Waiting`] (not overdue:
+/// `[user, in_hand, last_served]` of a fair view's row as the pick's [`Waiting`] (on time:
 /// the caller knows the job's age and its kind's maximum).
 pub(super) fn parse_service(row: &[String]) -> Option<Waiting> {
     Some(Waiting {
         user: row.first()?.parse().ok()?,
         in_hand: row.get(1)?.parse().ok()?,
         last_served: row.get(2)?.parse().ok()?,
-        overdue: false,
+        lateness: Lateness::OnTime,
     })
 }
 
@@ -376,7 +376,7 @@ mod tests {
                     user: 8,
                     in_hand: 0,
                     last_served: 0,
-                    overdue: false,
+                    lateness: Lateness::OnTime,
                 },
                 model: "minimax".to_owned(),
                 created_ms: 200,

@@ -138,7 +138,7 @@ impl Jobs {
             .await?;
         let (jobs, mut view) = parse_waiting(&raw);
         for (w, job) in view.iter_mut().zip(&jobs) {
-            w.overdue = self.overdue(kind, job.created_ms);
+            w.lateness = self.lateness(kind, job.created_ms);
         }
         let (rate, run) = (self.kind_rate(kind), self.kind_run(kind));
         Ok(jobs

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use keyshard_routing::{fair_pick, Waiting};
+use std::time::Duration;
+
+use keyshard_routing::{fair_pick, lateness, Lateness, Waiting};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 
@@ -23,7 +25,7 @@ fn queue() -> impl Strategy<Value = Vec<Waiting>> {
                     user: u as u64,
                     in_hand: in_hand[u],
                     last_served: last_served[u],
-                    overdue: false,
+                    lateness: Lateness::OnTime,
                 })
                 .collect()
         })
@@ -77,7 +79,7 @@ fn a_light_users_job_does_not_wait_behind_a_heavy_users_queue() {
                             user: *u,
                             in_hand: in_hand.get(u).copied().unwrap_or(0),
                             last_served: last_served.get(u).copied().unwrap_or(0),
-                            overdue: false,
+                            lateness: Lateness::OnTime,
                         })
                         .collect();
                     let Some(i) = fair_pick(&view) else { break };
@@ -126,7 +128,14 @@ fn longest_wait_at_3x(max: u64, ageing: bool) -> u64 {
                 user,
                 in_hand: 0,
                 last_served: last_served.get(&user).copied().unwrap_or(0),
-                overdue: ageing && 2 * (tick - at) >= max,
+                lateness: if ageing {
+                    lateness(
+                        Duration::from_secs(tick - at),
+                        Some(Duration::from_secs(max)),
+                    )
+                } else {
+                    Lateness::OnTime
+                },
             })
             .collect();
         if let Some(i) = fair_pick(&view) {
