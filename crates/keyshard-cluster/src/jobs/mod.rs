@@ -343,39 +343,25 @@ impl Jobs {
         // dead instance is rescued within a heartbeat of being seen dead, and the shelter's
         // copies are pruned (or queued again after Redis restarted empty) as often.
         let interval = self.inner.cluster.config().heartbeat;
-        let jobs = self.clone();
-        tasks.push(tokio::spawn(run_every(
-            "job load",
-            interval,
-            shutdown.clone(),
-            None,
-            move || {
-                let jobs = jobs.clone();
-                async move { jobs.sample_load().await }
-            },
-        )));
-        let jobs = self.clone();
-        tasks.push(tokio::spawn(run_every(
-            "job shelter",
-            interval,
-            shutdown.clone(),
-            None,
-            move || {
-                let jobs = jobs.clone();
-                async move { jobs.shelter_tick().await }
-            },
-        )));
-        let jobs = self.clone();
-        tasks.push(tokio::spawn(run_every(
-            "job rescue",
-            interval,
-            shutdown,
-            None,
-            move || {
-                let jobs = jobs.clone();
-                async move { jobs.rescue_dead().await }
-            },
-        )));
+        let every_heartbeat = |name, tick: fn(Jobs) -> BoxFuture<Result<(), ClusterError>>| {
+            let jobs = self.clone();
+            tokio::spawn(run_every(
+                name,
+                interval,
+                shutdown.clone(),
+                None,
+                move || tick(jobs.clone()),
+            ))
+        };
+        tasks.push(every_heartbeat("job load", |j| {
+            Box::pin(async move { j.sample_load().await })
+        }));
+        tasks.push(every_heartbeat("job shelter", |j| {
+            Box::pin(async move { j.shelter_tick().await })
+        }));
+        tasks.push(every_heartbeat("job rescue", |j| {
+            Box::pin(async move { j.rescue_dead().await })
+        }));
         tasks
     }
 

@@ -16,7 +16,9 @@ use keyshard_cluster::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{chat_job, now_ms, redis_get, wait_for, TestCluster, PATIENCE};
+use crate::support::{
+    chat_job, now_ms, redis_get, wait_for, wait_for_async, TestCluster, PATIENCE,
+};
 
 /// What a recording handler does with a job.
 #[derive(Clone, Copy, PartialEq)]
@@ -425,15 +427,7 @@ async fn readers_reconnect_after_redis_restarts_empty() {
     tc.redis.kill();
     tc.redis.restart();
     // The shared connection is back once the node's heartbeat is in the new Redis.
-    let hb = keyshard_cluster::keys::heartbeat(&tc.name, 2);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while redis_get(&tc.redis.url(), &hb).await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no heartbeat after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_heartbeat_back(&tc, 2).await;
     // Queued in Redis, not in-process: only a reader that reconnected (and made the group
     // again) can run it.
     for id in 701..=705 {
@@ -603,15 +597,11 @@ async fn the_ledger_row_is_recorded_with_the_done_marker_once() {
 
 /// Waits until `id`'s heartbeat is in the (restarted) Redis again.
 async fn wait_heartbeat_back(tc: &TestCluster, id: InstanceId) {
-    let hb = keys::heartbeat(&tc.name, id);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while redis_get(&tc.redis.url(), &hb).await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no heartbeat after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (url, hb) = (tc.redis.url(), keys::heartbeat(&tc.name, id));
+    wait_for_async("a heartbeat after the restart", PATIENCE, || async {
+        redis_get(&url, &hb).await.is_some()
+    })
+    .await;
 }
 
 /// Jobs waiting in Redis when it restarts empty were acknowledged to their users and exist
@@ -662,25 +652,18 @@ async fn the_done_markers_of_recent_answers_are_written_again_after_an_empty_res
     );
     tc.redis.kill();
     tc.redis.restart();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while redis_get(&tc.redis.url(), &done).await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the done marker was not written again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = tc.redis.url();
+    wait_for_async("the done marker written again", PATIENCE, || async {
+        redis_get(&url, &done).await.is_some()
+    })
+    .await;
     // A copy of the job queued now (as a peer's stale copy would be) is not answered again.
     jobs.submit(job(820, 3)).await.unwrap();
     let stream = keyshard_cluster::jobs::stream_key(&tc.name, 3, JobKind::Chat);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while stream_counts(&tc.redis.url(), &stream).await != (1, 0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the copy was not taken and acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_async("the copy taken and acknowledged", PATIENCE, || async {
+        stream_counts(&url, &stream).await == (1, 0)
+    })
+    .await;
     delivered_once(&delivered, 820..=820);
     stop.cancel();
 }
