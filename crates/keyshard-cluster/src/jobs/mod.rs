@@ -102,6 +102,13 @@ use crate::conn::Redis;
 use crate::task::run_every;
 use crate::{keys, Cluster, ClusterError};
 
+/// How fast this instance finishes one kind, and how long a job of it runs.
+struct Pace {
+    rate: ServiceRate,
+    /// A moving average of run times; `None` before the first run.
+    run: Option<Duration>,
+}
+
 /// Per-kind counters for the load published with the heartbeat.
 #[derive(Default)]
 struct KindCounters {
@@ -133,10 +140,9 @@ struct JobsInner {
     /// Completions and the service rate they make. A std Mutex: recorded and read in
     /// microseconds, never held across an await.
     rate: Mutex<ServiceRate>,
-    /// The same per kind, for a new job's expected wait ([`Jobs::estimated_wait`]).
-    kind_rates: Mutex<HashMap<JobKind, ServiceRate>>,
-    /// Each kind's typical run time (a moving average), for the same.
-    kind_runs: Mutex<HashMap<JobKind, Duration>>,
+    /// The same per kind, with the kind's typical run time, for a new job's expected wait
+    /// ([`Jobs::estimated_wait`]) and the waiting edits' estimates.
+    kind_pace: Mutex<HashMap<JobKind, Pace>>,
     /// Bounds jobs run in-process while Redis is down, per kind (the worker pools' sizes).
     local: Mutex<HashMap<JobKind, Arc<Semaphore>>>,
     handler: Mutex<Option<Arc<dyn JobHandler>>>,
@@ -165,8 +171,7 @@ impl Jobs {
                     .collect(),
                 started: Instant::now(),
                 rate: Mutex::new(ServiceRate::new(Duration::ZERO)),
-                kind_rates: Mutex::new(HashMap::new()),
-                kind_runs: Mutex::new(HashMap::new()),
+                kind_pace: Mutex::new(HashMap::new()),
                 local: Mutex::new(HashMap::new()),
                 handler: Mutex::new(None),
                 finished: AtomicU64::new(0),
@@ -293,17 +298,18 @@ impl Jobs {
     /// to a heartbeat old, so instances admitting against the same stale sum overshoot the
     /// maximum together, by the arrivals of that heartbeat.
     pub fn estimated_wait(&self, kind: JobKind) -> Option<Duration> {
-        estimate_wait(
-            self.waiting_here(kind),
-            self.kind_rate(kind),
-            self.kind_run(kind),
-        )
+        let (rate, run) = self.kind_pace(kind);
+        estimate_wait(self.waiting_here(kind), rate, run)
     }
 
-    /// How long a job of `kind` typically runs here (zero before the first).
-    pub(super) fn kind_run(&self, kind: JobKind) -> Duration {
-        let runs = self.inner.kind_runs.lock().expect("jobs lock");
-        runs.get(&kind).copied().unwrap_or_default()
+    /// Jobs of `kind` this instance finished per second lately (routing's [`ServiceRate`]),
+    /// and how long one typically runs here (zero before the first).
+    pub(super) fn kind_pace(&self, kind: JobKind) -> (f64, Duration) {
+        let now = self.now();
+        let pace = self.inner.kind_pace.lock().expect("jobs lock");
+        pace.get(&kind).map_or((0.0, Duration::ZERO), |p| {
+            (p.rate.rate(now), p.run.unwrap_or_default())
+        })
     }
 
     pub fn stats(&self) -> JobStats {

@@ -169,20 +169,17 @@ impl Jobs {
     /// and how long its run took in the kind's typical run time.
     fn record_finished(&self, kind: JobKind, took: Option<Duration>) {
         self.inner.finished.fetch_add(1, Ordering::Relaxed);
-        if let Some(took) = took {
-            let mut runs = self.inner.kind_runs.lock().expect("jobs lock");
-            let typical = runs.entry(kind).or_insert(took);
-            *typical = ewma(*typical, took);
-        }
         let now = self.now();
         self.inner.rate.lock().expect("jobs lock").record(now);
-        self.inner
-            .kind_rates
-            .lock()
-            .expect("jobs lock")
-            .entry(kind)
-            .or_insert_with(|| ServiceRate::new(Duration::ZERO))
-            .record(now);
+        let mut pace = self.inner.kind_pace.lock().expect("jobs lock");
+        let pace = pace.entry(kind).or_insert_with(|| super::Pace {
+            rate: ServiceRate::new(Duration::ZERO),
+            run: None,
+        });
+        pace.rate.record(now);
+        if let Some(took) = took {
+            pace.run = Some(pace.run.map_or(took, |typical| ewma(typical, took)));
+        }
     }
 }
 

@@ -140,7 +140,7 @@ impl Jobs {
         for (w, job) in view.iter_mut().zip(&jobs) {
             w.lateness = self.lateness(kind, job.created_ms);
         }
-        let (rate, run) = (self.kind_rate(kind), self.kind_run(kind));
+        let (rate, run) = self.kind_pace(kind);
         Ok(jobs
             .into_iter()
             .zip(fair_order(&view))
@@ -150,19 +150,6 @@ impl Jobs {
                 estimate: estimate_wait(ahead, rate, run),
             })
             .collect())
-    }
-
-    /// Jobs of `kind` this instance finished per second lately (routing's [`ServiceRate`]).
-    ///
-    /// [`ServiceRate`]: keyshard_routing::ServiceRate
-    pub(super) fn kind_rate(&self, kind: JobKind) -> f64 {
-        let now = self.now();
-        self.inner
-            .kind_rates
-            .lock()
-            .expect("jobs lock")
-            .get(&kind)
-            .map_or(0.0, |r| r.rate(now))
     }
 
     /// Before a waiting edit of job `id`'s reply: `true` (the fence is up) unless a run of
