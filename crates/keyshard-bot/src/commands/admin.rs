@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use keyshard_cluster::{read_info, read_window, ClusterStatus};
+use keyshard_cluster::{read_info, read_window, ClusterStatus, Window};
 use poise::serenity_prelude as serenity;
 
 use crate::context::{Answered, Context, Error};
+use crate::replies::admin::Freshness;
 use crate::{replies, respond};
 
 /// Whether the caller may run admin commands.
@@ -63,8 +64,8 @@ pub async fn loadbalancer(ctx: Context<'_>) -> Result<(), Error> {
         return Ok(());
     }
     let data = ctx.data();
-    let (Some(status), Ok(window)) = (status(ctx).await, read_window(&data.cluster, 5).await)
-    else {
+    let (status, window) = futures::future::join(status(ctx), read_window(&data.cluster, 5)).await;
+    let Some(status) = status else {
         return respond::ephemeral(
             ctx,
             replies::STATS_UNAVAILABLE,
@@ -72,8 +73,24 @@ pub async fn loadbalancer(ctx: Context<'_>) -> Result<(), Error> {
         )
         .await;
     };
-    let info = read_info(&data.cluster).await.unwrap_or_default();
-    let remaining = match data.state.shards.queue() {
+    // Redis down is when an operator most wants this view: show the last snapshot, say so.
+    let (window, freshness) = match window {
+        Ok(w) => (w, Freshness::Live),
+        Err(e) => {
+            tracing::debug!(error = %e, "statistics read for /로드밸런서 failed");
+            let age = data.cluster.snapshot_age().unwrap_or_default();
+            let snapshot_age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+            (Window::default(), Freshness::RedisDown { snapshot_age_ms })
+        }
+    };
+    // With Redis down the other two reads would fail too, each after its own timeout.
+    let live = freshness == Freshness::Live;
+    let info = if live {
+        read_info(&data.cluster).await.unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let remaining = match data.state.shards.queue().filter(|_| live) {
         Some(q) => q.remaining().await.ok().flatten().map(|(n, _)| n),
         None => None,
     };
@@ -81,8 +98,14 @@ pub async fn loadbalancer(ctx: Context<'_>) -> Result<(), Error> {
         remaining,
         reserve: data.config.gateway.identify.reserve,
     };
-    let view =
-        replies::admin::load_balancer(data.config.instance_id, &status, &window, &info, starts);
+    let view = replies::admin::load_balancer(
+        data.config.instance_id,
+        &status,
+        &window,
+        &info,
+        starts,
+        freshness,
+    );
     respond::ephemeral_embed(ctx, view).await
 }
 

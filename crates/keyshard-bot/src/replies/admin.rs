@@ -18,6 +18,17 @@ pub struct SessionStarts {
     pub reserve: u32,
 }
 
+/// How fresh `/로드밸런서`'s view is. While Redis is unreachable the view is the membership
+/// snapshot the instance read last, and the five-minute counts are missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    Live,
+    /// Redis did not answer; the snapshot is this many milliseconds old.
+    RedisDown {
+        snapshot_age_ms: u64,
+    },
+}
+
 /// `/로드밸런서`: every instance with its state, heartbeat, load, recent work, key budget and
 /// shards. `me` is the instance answering; `window` covers the last five minutes.
 pub fn load_balancer(
@@ -26,17 +37,25 @@ pub fn load_balancer(
     window: &Window,
     info: &BTreeMap<InstanceId, serde_json::Value>,
     starts: SessionStarts,
+    freshness: Freshness,
 ) -> serenity::CreateEmbed {
     let remaining = starts
         .remaining
         .map_or("확인 전".to_owned(), |r| r.to_string());
+    let banner = match freshness {
+        Freshness::Live => String::new(),
+        Freshness::RedisDown { snapshot_age_ms } => format!(
+            "⚠️ Redis에 연결할 수 없어 {} 전에 읽은 상태예요. 최근 5분 처리 수는 빠져 있어요.\n",
+            secs(snapshot_age_ms)
+        ),
+    };
     let mut embed = serenity::CreateEmbed::new()
         .title(format!(
             "⚖️ 로드밸런서 — {} (인스턴스 {}개)",
             status.cluster_name, status.instance_count
         ))
         .description(format!(
-            "응답: 인스턴스 #{me} · 과부하 기준: 예상 대기 {}\n\
+            "{banner}응답: 인스턴스 #{me} · 과부하 기준: 예상 대기 {}\n\
              게이트웨이 세션 시작 잔량(오늘): {remaining} · 예약분 {}\n\
              한도 거절(최근 5분): {}",
             secs(status.max_wait_ms),

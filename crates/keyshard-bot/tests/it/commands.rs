@@ -465,6 +465,46 @@ async fn admin_commands_show_the_cluster_and_refuse_non_admins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_still_answers_while_redis_is_down() {
+    let mut c = TestCluster::start(2).await;
+    c.wait_converged(2).await;
+    c.redis.kill();
+
+    // The admin's primary answers by the static rule, from its last membership snapshot.
+    let lb = c
+        .ask(InteractionSpec::guild("로드밸런서", ADMIN_USER_ID))
+        .await;
+    let embed = &lb.ack().unwrap().embeds[0];
+    let description = embed["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("⚠️ Redis에 연결할 수 없어")
+            && description.contains("전에 읽은 상태"),
+        "{embed}"
+    );
+    let fields = embed["fields"].as_array().unwrap();
+    assert_eq!(fields.len(), 2, "{embed}");
+    assert!(
+        fields[0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("#1 🟢 정상"),
+        "{embed}"
+    );
+
+    c.redis.restart();
+    c.wait_converged(2).await;
+    let lb = c
+        .ask(InteractionSpec::guild("로드밸런서", ADMIN_USER_ID))
+        .await;
+    let description = lb.ack().unwrap().embeds[0]["description"].to_string();
+    assert!(
+        !description.contains("Redis에 연결할 수 없어"),
+        "{description}"
+    );
+    c.procs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_arguments_cannot_be_read_is_answered_with_an_error() {
     let c = TestCluster::start(1).await;
     // An interaction the instance has acknowledged, so its token can edit the reply: a /핑,
