@@ -56,7 +56,7 @@ pub use rate::ServiceRate;
 pub use snowflake::{
     ack_deadline_ms, created_at_ms, snowflake_at, ACK_WINDOW_MS, DISCORD_EPOCH_MS,
 };
-pub use waiting::{fair_order, round_estimate, Notice, Shown, WaitingPolicy};
+pub use waiting::{fair_order, round_ahead, round_estimate, Notice, Shown, WaitingPolicy};
 
 /// An instance number, 1-based: instance `k` of an `N`-instance cluster has `1 <= k <= N`.
 pub type InstanceId = u32;

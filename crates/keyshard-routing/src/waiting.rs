@@ -38,10 +38,11 @@ pub fn fair_order(waiting: &[Waiting]) -> Vec<u64> {
     ranks
 }
 
-/// What a waiting job's reply says: the jobs ahead of it and its expected wait, rounded so
-/// that a small change in the measured rate does not make an edit.
+/// What a waiting job's reply says: the jobs ahead of it and its expected wait, both rounded
+/// so that the queue moving by one job, or a small change in the measured rate, makes no edit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Notice {
+    /// Rounded up ([`round_ahead`]): exact under 10.
     pub ahead: u64,
     /// Seconds, rounded up ([`round_estimate`]); `None` while no rate is known.
     pub estimate_secs: Option<u64>,
@@ -50,10 +51,23 @@ pub struct Notice {
 impl Notice {
     pub fn new(ahead: u64, estimate: Option<Duration>) -> Notice {
         Notice {
-            ahead,
+            ahead: round_ahead(ahead),
             estimate_secs: estimate.map(round_estimate),
         }
     }
+}
+
+/// The jobs ahead as the user reads them: exact under 10, then rounded up to 5 under 50, to
+/// 10 under 200 and to 50 beyond. "287 ahead" and "290 ahead" tell the user the same; exact
+/// counts deep in a queue would change at every pass and cost an edit each.
+pub fn round_ahead(n: u64) -> u64 {
+    let step = match n {
+        0..10 => 1,
+        10..50 => 5,
+        50..200 => 10,
+        _ => 50,
+    };
+    n.div_ceil(step) * step
 }
 
 /// An estimate as the user reads it, rounded up: to 10 s under a minute, to 30 s under ten
@@ -82,7 +96,8 @@ pub struct WaitingPolicy {
     /// No edit before the job has waited this long: a job the next free worker takes within
     /// it keeps Discord's "thinking…" and costs no call.
     pub first_after: Duration,
-    /// At least this long between two edits of one reply.
+    /// At least this long between two edits of one reply; longer while the wait ahead is
+    /// long ([`WaitingPolicy::gap`]).
     pub min_gap: Duration,
     /// No edit once the job is this old: its interaction token (15 minutes) is about to die,
     /// and the answer then goes to the channel instead.
@@ -123,9 +138,19 @@ impl WaitingPolicy {
             None => true,
             Some(s) => {
                 s.notice != notice
-                    && now_ms.saturating_sub(s.at_ms) >= self.min_gap.as_millis() as u64
+                    && now_ms.saturating_sub(s.at_ms) >= self.gap(notice).as_millis() as u64
             }
         }
+    }
+
+    /// The gap before a reply that now says `notice` is edited again: `min_gap`, or a quarter
+    /// of the wait still ahead when that is longer. A user told "about 2 minutes" learns
+    /// nothing from an edit every 5 s; a deep queue would otherwise cost an edit per waiting
+    /// job every `min_gap`, calls that grow with the backlog exactly when the instance is
+    /// busiest. Near the front the gap falls back to `min_gap`, so the last stretch is live.
+    pub fn gap(&self, notice: Notice) -> Duration {
+        let remaining = Duration::from_secs(notice.estimate_secs.unwrap_or(0));
+        self.min_gap.max(remaining / 4)
     }
 }
 
@@ -178,6 +203,37 @@ mod tests {
                 assert_eq!(ranks, (0..u64::from(n)).collect::<Vec<_>>(), "{view:?}");
             }
         }
+    }
+
+    #[test]
+    fn places_round_up_in_steps_that_grow_with_the_queue() {
+        assert_eq!(round_ahead(0), 0);
+        assert_eq!(round_ahead(9), 9);
+        assert_eq!(round_ahead(10), 10);
+        assert_eq!(round_ahead(11), 15);
+        assert_eq!(round_ahead(49), 50);
+        assert_eq!(round_ahead(51), 60);
+        assert_eq!(round_ahead(200), 200);
+        assert_eq!(round_ahead(287), 300);
+        assert_eq!(Notice::new(287, None).ahead, 300);
+        assert_eq!(Notice::new(3, None).ahead, 3);
+    }
+
+    #[test]
+    fn a_long_wait_is_edited_less_often() {
+        let p = WaitingPolicy::default();
+        let s = Duration::from_secs;
+        assert_eq!(p.gap(Notice::new(3, Some(s(20)))), s(5));
+        assert_eq!(p.gap(Notice::new(3, None)), s(5));
+        assert_eq!(p.gap(Notice::new(300, Some(s(120)))), s(30));
+        // Moved from 300 ahead and 2 minutes to 250 ahead and 90 s: edited after 22.5 s, not 5.
+        let last = Shown {
+            at_ms: 10_000,
+            notice: Notice::new(300, Some(s(120))),
+        };
+        let moved = Notice::new(250, Some(s(90)));
+        assert!(!p.should_edit(s(20), 32_499, Some(&last), moved));
+        assert!(p.should_edit(s(20), 32_500, Some(&last), moved));
     }
 
     #[test]

@@ -47,10 +47,11 @@ pub const QUEUED_PREFIX: &str = "⏳ 대기 중이에요";
 
 /// A job waiting for a worker: `ahead` jobs before it, and its expected wait when known.
 pub fn queued(ahead: u64, estimate_secs: Option<u64>) -> String {
-    let place = if ahead == 0 {
-        "곧 시작해요".to_owned()
-    } else {
-        format!("앞에 {ahead}개")
+    // From 10 on, the count is rounded ([`keyshard_routing::round_ahead`]): "about".
+    let place = match ahead {
+        0 => "곧 시작해요".to_owned(),
+        1..10 => format!("앞에 {ahead}개"),
+        _ => format!("앞에 약 {ahead}개"),
     };
     match estimate_secs {
         Some(s) => format!("{QUEUED_PREFIX} · {place} · 예상 약 {}", duration(s)),
@@ -83,6 +84,10 @@ mod tests {
             "⏳ 대기 중이에요 · 앞에 3개 · 예상 약 45초"
         );
         assert_eq!(queued(0, None), "⏳ 대기 중이에요 · 곧 시작해요");
+        assert_eq!(
+            queued(300, Some(120)),
+            "⏳ 대기 중이에요 · 앞에 약 300개 · 예상 약 2분"
+        );
         assert!(!wait_refused(1, 1).starts_with(crate::replies::ERROR_PREFIX));
     }
 
