@@ -182,7 +182,7 @@ pub struct CommonArgs {
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
     /// RUST_LOG for the instances (their logs go to `instance-N.log` in the run directory).
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    #[arg(long, env = "RUST_LOG", default_value = keyshard_sim::cluster::INSTANCE_LOG)]
     pub instance_log: String,
     /// Seconds to wait for outstanding answers after the load.
     #[arg(long, default_value_t = 120.0)]

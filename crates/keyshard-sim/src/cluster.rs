@@ -34,6 +34,13 @@ const READY_PROBE_EVERY: Duration = Duration::from_millis(50);
 /// What `keyshard` prints when its `HTTP_BIND` cannot be bound (see `keyshard_bot::http::serve`).
 const BIND_FAILED: &str = "cannot listen on HTTP_BIND=";
 
+/// The instances' `RUST_LOG` unless told otherwise: the bot's own default filter
+/// (`keyshard-bot`'s `logging::DEFAULT_FILTER`). A bare `info` would also turn on serenity's
+/// and poise's `info` spans, which format every gateway event they dispatch, a cost no
+/// operator on the defaults pays: with 4 instances at 1,000 interactions/s a bare `info`
+/// gave an ack p50 of 1.65 ms and p99 of 9.0 ms, this filter 1.20 and 6.1 ms.
+pub const INSTANCE_LOG: &str = "info,serenity=warn,poise=warn";
+
 /// How to start the instances.
 #[derive(Clone)]
 pub struct ProcessConfig {
@@ -76,7 +83,7 @@ impl ProcessConfig {
             cluster_name: format!("sim{}x{}", std::process::id(), crate::discord::unix_ms()),
             run_dir,
             admin_user_ids: vec![ADMIN_USER_ID],
-            rust_log: "info".into(),
+            rust_log: INSTANCE_LOG.into(),
             heartbeat_ms: 250,
             dead_after_ms: 1_000,
             overload_wait_secs: None,

@@ -109,7 +109,8 @@ pub struct ScenarioConfig {
     /// answer edits its reply several times).
     pub settle: Duration,
     pub discord: DiscordConfig,
-    /// `RUST_LOG` for the instances (`info` by default: starts, stops and takeovers).
+    /// `RUST_LOG` for the instances ([`crate::cluster::INSTANCE_LOG`] by default: starts, stops
+    /// and takeovers).
     pub rust_log: String,
     pub heartbeat_ms: u64,
     pub dead_after_ms: u64,
@@ -161,7 +162,7 @@ impl ScenarioConfig {
             drain_deadline: Duration::from_secs(120),
             settle: Duration::from_millis(500),
             discord: DiscordConfig::default(),
-            rust_log: "info".into(),
+            rust_log: crate::cluster::INSTANCE_LOG.into(),
             heartbeat_ms: 250,
             dead_after_ms: 1_000,
             overload_wait_secs: None,
