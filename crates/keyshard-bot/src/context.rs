@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Quotas, RoundTrips, Stats};
+use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Quotas, Receipt, RoundTrips, Stats};
 use keyshard_ledger::{LedgerRow, Routing, Status};
 use keyshard_providers::Providers;
 use keyshard_routing::Assignment;
@@ -66,7 +66,40 @@ pub struct EdgeState {
     pub draining: AtomicBool,
     /// Interactions this instance has claimed and not finished answering.
     pub in_flight: AtomicUsize,
+    /// Interactions received, and waited for when this instance is a fallback, but not yet
+    /// claimed (see `edge`).
+    pub receipts: Receipts,
 }
+
+/// The [`Receipt`] of each interaction the edge handed to poise, for the claim check to take.
+/// A std Mutex: an insert or a removal, never held across an await.
+#[derive(Default)]
+pub struct Receipts(std::sync::Mutex<std::collections::HashMap<u64, Receipt>>);
+
+impl Receipts {
+    /// Past this many receipts, those older than [`RECEIPT_LIFE_MS`] are dropped: an event
+    /// poise never checks (an unknown command) leaves its receipt behind.
+    const PRUNE_ABOVE: usize = 4_096;
+
+    pub fn put(&self, interaction_id: u64, receipt: Receipt) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::PRUNE_ABOVE {
+            let since = receipt.received_ms.saturating_sub(RECEIPT_LIFE_MS);
+            map.retain(|_, r| r.received_ms >= since);
+        }
+        map.insert(interaction_id, receipt);
+    }
+
+    pub fn take(&self, interaction_id: u64) -> Option<Receipt> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&interaction_id)
+    }
+}
+
+/// Longer than any wait before a claim, which ends before Discord's 3 s deadline.
+const RECEIPT_LIFE_MS: u64 = 60_000;
 
 impl EdgeState {
     pub fn is_draining(&self) -> bool {

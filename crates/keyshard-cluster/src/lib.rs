@@ -65,7 +65,7 @@ pub mod task;
 
 mod conn;
 
-pub use cluster::{ClaimOutcome, Cluster, Confirmed, BACKGROUND_BUDGET, CLAIM_BUDGET};
+pub use cluster::{ClaimOutcome, Cluster, Confirmed, Receipt, BACKGROUND_BUDGET, CLAIM_BUDGET};
 pub use config::{ClusterConfig, Load};
 pub use error::{redact_url, ClusterError};
 pub use gateway::{sync_commands, BudgetSource, CommandSync, Grant, IdentifyQueue, IdentifyWait};

@@ -103,29 +103,75 @@ pub enum Confirmed {
     Unknown,
 }
 
+/// What a claim does first ([`Cluster::step`]).
+enum Step {
+    /// The static rule decides (Redis unreachable: `degraded`; or takeover off).
+    Static { degraded: bool },
+    /// Redis just came back and the primary is alive: only it answers, as while degraded.
+    Decline,
+    /// Claim at once, or after a fallback's delay.
+    Turn(ClaimTurn),
+}
+
+/// An interaction as it arrived, before its claim: when, the Redis link's epoch then, and how
+/// long a fallback waits before it claims. Taken by [`Cluster::receive`] as soon as the event
+/// is read, so that the wait can happen before the framework builds its (much larger) state
+/// for the command: every instance receives every interaction, and a fallback waits its turn
+/// for each one its peers own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    pub received_ms: u64,
+    epoch: u64,
+    /// The fallback's delay from [`claim_turn`] (zero: it claims at once, or the static
+    /// rule decides).
+    delay: Duration,
+    /// How much of `delay` the caller already waited ([`Receipt::waited`]).
+    waited: Duration,
+}
+
+impl Receipt {
+    /// How long to wait before the claim.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The same receipt after the caller waited its whole delay: the claim then waits only
+    /// for a longer delay from a membership that changed meanwhile.
+    pub fn waited(self) -> Receipt {
+        Receipt {
+            waited: self.delay,
+            ..self
+        }
+    }
+}
+
 impl Cluster {
-    /// Decides whether this instance answers interaction `interaction_id` from `user`,
-    /// received at Unix time `received_ms`.
-    ///
-    /// The effective owner claims at once; a fallback first sleeps its delay from
-    /// [`claim_turn`]. Cancel-safe: dropping the future during the delay claims nothing.
-    /// While Redis is unreachable the static rule decides (`primary(user) == me`) without
-    /// waiting; the primary still tries the `SET NX` first, so a Redis that is back already
-    /// keeps exactly-once with peers that noticed it earlier.
-    pub async fn claim(&self, interaction_id: u64, user: UserId, received_ms: u64) -> ClaimOutcome {
+    /// The interaction `interaction_id` from `user` arrived at Unix time `received_ms`: its
+    /// [`Receipt`], with the delay [`claim`](Self::claim) would sleep before its `SET NX`
+    /// (zero for the effective owner, and whenever the claim does not wait: Redis
+    /// unreachable, takeover off, or Redis just back with the primary alive).
+    pub fn receive(&self, interaction_id: u64, user: UserId, received_ms: u64) -> Receipt {
+        let delay = match self.step(interaction_id, user, received_ms) {
+            Step::Turn(ClaimTurn::After { delay, .. }) => delay,
+            _ => Duration::ZERO,
+        };
+        Receipt {
+            received_ms,
+            epoch: self.inner.link_epoch.load(Ordering::Relaxed),
+            delay,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// What the claim does first, from the current membership (see [`Step`]).
+    fn step(&self, interaction_id: u64, user: UserId, received_ms: u64) -> Step {
         let cfg = &self.inner.cfg;
         let me = cfg.instance_id;
-        let is_primary = primary(user, cfg.instance_count) == me;
-
         // The static rule: while Redis is unreachable, or always with takeover switched off.
         let degraded = self.is_degraded();
         if degraded || !cfg.takeover {
-            return self
-                .claim_statically(interaction_id, user, is_primary, degraded)
-                .await;
+            return Step::Static { degraded };
         }
-
-        let epoch = self.inner.link_epoch.load(Ordering::Relaxed);
         let members = self.membership();
         // Within one heartbeat lifetime of Redis coming back, a primary that is alive may not
         // have noticed yet and still answer its users by the static rule, without a claim key
@@ -133,15 +179,15 @@ impl Cluster {
         // while degraded. A primary already dead before the outage is not alive here, so its
         // users are still taken over.
         let primary_id = primary(user, cfg.instance_count);
-        if !is_primary
+        if primary_id != me
             && self.recovering()
             && members
                 .get(primary_id)
                 .is_some_and(|s| s.alive && !s.draining)
         {
-            return self.degraded(user, false);
+            return Step::Decline;
         }
-        let turn = claim_turn(
+        Step::Turn(claim_turn(
             me,
             user,
             interaction_id,
@@ -149,7 +195,44 @@ impl Cluster {
             &members,
             &cfg.overload,
             &cfg.claim,
-        );
+        ))
+    }
+
+    /// Decides whether this instance answers interaction `interaction_id` from `user`,
+    /// received at Unix time `received_ms`: [`claim_received`](Self::claim_received) with a
+    /// receipt taken now.
+    pub async fn claim(&self, interaction_id: u64, user: UserId, received_ms: u64) -> ClaimOutcome {
+        let receipt = self.receive(interaction_id, user, received_ms);
+        self.claim_received(interaction_id, user, receipt).await
+    }
+
+    /// Decides whether this instance answers interaction `interaction_id` from `user`, as it
+    /// arrived (`receipt`, from [`receive`](Self::receive)).
+    ///
+    /// The effective owner claims at once; a fallback first sleeps its delay from
+    /// [`claim_turn`]. Cancel-safe: dropping the future during the delay claims nothing.
+    /// While Redis is unreachable the static rule decides (`primary(user) == me`) without
+    /// waiting; the primary still tries the `SET NX` first, so a Redis that is back already
+    /// keeps exactly-once with peers that noticed it earlier.
+    pub async fn claim_received(
+        &self,
+        interaction_id: u64,
+        user: UserId,
+        receipt: Receipt,
+    ) -> ClaimOutcome {
+        let received_ms = receipt.received_ms;
+        let is_primary = primary(user, self.inner.cfg.instance_count) == self.inner.cfg.instance_id;
+        // Redis away or back since the receipt: the checks below see it.
+        let epoch = receipt.epoch;
+        let turn = match self.step(interaction_id, user, received_ms) {
+            Step::Static { degraded } => {
+                return self
+                    .claim_statically(interaction_id, user, is_primary, degraded)
+                    .await
+            }
+            Step::Decline => return self.degraded(user, false),
+            Step::Turn(turn) => turn,
+        };
         let (assignment, rank) = match turn {
             ClaimTurn::Now(a) => (a, None),
             ClaimTurn::After {
@@ -157,7 +240,8 @@ impl Cluster {
                 rank,
                 delay,
             } => {
-                tokio::time::sleep(delay).await;
+                // The receipt's wait is deducted: the membership may have changed meanwhile.
+                tokio::time::sleep(delay.saturating_sub(receipt.waited)).await;
                 if !is_primary && self.redis_came_back_since(epoch).await {
                     return self.degraded(user, false);
                 }

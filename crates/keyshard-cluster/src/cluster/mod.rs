@@ -5,7 +5,7 @@
 mod claim;
 mod restart;
 
-pub use claim::{ClaimOutcome, Confirmed, CLAIM_BUDGET};
+pub use claim::{ClaimOutcome, Confirmed, Receipt, CLAIM_BUDGET};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -2,6 +2,7 @@
 //! next instance on the ladder when it stalls.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use keyshard_cluster::{keys, ClaimOutcome, Reason};
 use keyshard_routing::primary;
@@ -143,6 +144,39 @@ async fn stalled_owner_is_replaced_by_the_next_instance_within_its_grace() {
             .as_deref(),
         Some("3")
     );
+}
+
+/// The receipt taken on arrival says how long each instance waits before its claim (the
+/// owner not at all, fallbacks by their rank), and a claim on a receipt whose wait is done
+/// does not wait again: the edge waits before the framework builds its state, not twice.
+#[tokio::test]
+async fn a_receipt_carries_the_fallbacks_wait_and_a_waited_one_claims_at_once() {
+    let tc = TestCluster::start().await;
+    tc.wait_all_see_all_alive().await;
+    let user = user_of(2, 9);
+    let id = interaction(7);
+    let now = now_ms();
+    assert_eq!(tc.node(2).receive(id, user, now).delay(), Duration::ZERO);
+    assert_eq!(tc.node(3).receive(id, user, now).delay(), TIMING.grace);
+    assert_eq!(
+        tc.node(4).receive(id, user, now).delay(),
+        TIMING.grace + TIMING.step
+    );
+
+    // Owner 2 stalls; fallback 3 has waited its turn already.
+    let receipt = tc.node(3).receive(id, user, now_ms()).waited();
+    let started = std::time::Instant::now();
+    let outcome = tc.node(3).claim_received(id, user, receipt).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome, ClaimOutcome::Won { rank: Some(0), .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        took < TIMING.grace,
+        "claimed at once, not after a second grace: {took:?}"
+    );
+    assert_eq!(tc.claim_on(&[2], id, user).await[0].1, ClaimOutcome::Lost);
 }
 
 /// With takeover off (the static rule, kept for benchmark comparisons) only the primary
