@@ -379,6 +379,73 @@ async fn the_heartbeat_carries_the_job_backlog() {
     stop.cancel();
 }
 
+/// The shelter's copies follow the stream: a copy whose entry left it (moved by a peer, here
+/// deleted by hand) is dropped by the next heartbeat's prune, and the others stay. Its count
+/// is what the max-wait estimate reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shelter_drops_copies_of_entries_gone_from_the_stream() {
+    let tc = TestCluster::start().await;
+    let delivered = Arc::default();
+    let (jobs, stop, _tasks) = start_workers(tc.node(2), Recorder::new(2, Mode::Hang, &delivered));
+    // 4 chat slots hang, so 6 of 10 jobs wait in the stream.
+    for id in 700..710 {
+        jobs.submit(job(id, 2)).await.unwrap();
+    }
+    wait_for("six jobs waiting", PATIENCE, || {
+        jobs.waiting_here(JobKind::Chat) == 6
+    })
+    .await;
+    let stream = keyshard_cluster::jobs::stream_key(&tc.name, 2, JobKind::Chat);
+    let mut conn = redis::Client::open(tc.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ids: Vec<String> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async::<Vec<(String, Vec<(String, String)>)>>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    // The entries its hanging workers took (consumer `i2`); the rest wait.
+    let taken: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg(keyshard_cluster::keys::JOB_GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .arg(keyshard_cluster::keys::job_consumer(2))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 4, "{taken:?}");
+    let waiting: Vec<&String> = ids
+        .iter()
+        .filter(|id| !taken.iter().any(|t| &t.0 == *id))
+        .collect();
+    assert_eq!(waiting.len(), 6);
+    // One at a time, each awaited: a prune that dropped a copy still in the stream would skip
+    // past the exact counts.
+    for (gone, left) in [(waiting[5], 5), (waiting[4], 4)] {
+        let _: u64 = redis::cmd("XDEL")
+            .arg(&stream)
+            .arg(gone)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        wait_for("the copy pruned", PATIENCE, || {
+            jobs.waiting_here(JobKind::Chat) == left
+        })
+        .await;
+    }
+    assert_eq!(jobs.waiting_here(JobKind::Chat), 4);
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_instance_takes_waiting_jobs_from_a_busy_peer() {
     let tc = TestCluster::start().await;
