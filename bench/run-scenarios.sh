@@ -37,6 +37,16 @@ want=${1:-all}
 [[ $want == all || $want == seeds ]] && run saturate-s2 --instances 4 --load-factor 1.5 --seed 2 "${common[@]}"
 [[ $want == all || $want == seeds ]] && run saturate-s3 --instances 4 --load-factor 1.5 --seed 3 "${common[@]}"
 [[ $want == all || $want == scale16 ]] && run scale-16 --instances 16 --load-factor 1.5 "${common[@]}"
+# The same at a quarter of the keys' rate (--provider-rpm 30): a quarter of the interactions
+# per second, so that the cluster, not the 2 cores every instance and the simulator share,
+# sets the figure (every instance receives and decodes every interaction).
+quarter=(--users 500 --duration 60 --mix "chat=1,image=3,video=1" --provider-rpm 30
+  --overload-wait-secs 5)
+for seed in 1 2 3; do
+  [[ $want == all || $want == seeds30 ]] && run saturate30-s$seed --instances 4 --load-factor 1.5 --seed $seed "${quarter[@]}"
+done
+[[ $want == all || $want == scale30 ]] && run scale30-1 --instances 1 --load-factor 1.5 "${quarter[@]}"
+[[ $want == all || $want == scale30 ]] && run scale30-16 --instances 16 --load-factor 1.5 "${quarter[@]}"
 [[ $want == all || $want == failover16 ]] && run failover-16 --instances 16 --load-factor 1.0 --kill 2@20 "${common[@]}"
 [[ $want == all || $want == ack1000 ]] && run ack-1000 --instances 4 --users 2000 --mix ping=1 --rate 1000 --duration 30
 [[ $want == all || $want == ack16 ]] && run ack-16 --instances 16 --users 2000 --mix ping=1 --rate 200 --duration 30
