@@ -96,6 +96,8 @@ pub(crate) async fn light_chat_rank(c: &mut TestCluster, heavy_chats: usize) -> 
         let spec = InteractionSpec::guild("채팅", heavy).string("질문", &format!("질문 {k}"));
         ids.push(c.discord.send_interaction(spec).id);
     }
+    // The light user's chat comes after the heavy ones in the queue, not merely on the wire.
+    c.wait_jobs_queued(1, "chat", heavy_chats as u64).await;
     let light_id = c
         .discord
         .send_interaction(InteractionSpec::guild("채팅", light).string("질문", "나도"))

@@ -283,6 +283,40 @@ impl TestCluster {
         }
     }
 
+    /// Waits until `n` jobs were ever queued on instance `id`'s stream of `kind`: the stream's
+    /// `entries-added` (`XINFO STREAM`), which taking and deleting entries do not lower. Each
+    /// interaction is dispatched on a task of its own, so interactions sent in a row may
+    /// queue their jobs in another order; a test about the order jobs are picked in waits
+    /// for this between the ones whose order matters.
+    pub async fn wait_jobs_queued(&self, id: u32, kind: &str, n: u64) {
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let stream = format!("{}:jobs:{id}:{kind}", self.cluster_name);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // No stream yet before the first job: nothing queued.
+            let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&stream)
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            let added: u64 = info
+                .get("entries-added")
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or(0);
+            if added >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} queued {added} of {n} {kind} jobs"
+            );
+            // A job is queued one Redis round trip after its acknowledgement.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The number of stored turns of a conversation in Redis.
     pub async fn conversation_len(&self, user: u64, channel: u64) -> usize {
         let client = redis::Client::open(self.redis.url()).unwrap();
