@@ -66,12 +66,13 @@ pub struct EdgeState {
     pub draining: AtomicBool,
     /// Interactions this instance has claimed and not finished answering.
     pub in_flight: AtomicUsize,
-    /// Interactions received, and waited for when this instance is a fallback, but not yet
-    /// claimed (see `edge`).
+    /// Interactions this instance waited for as a fallback and has not yet claimed (see
+    /// `edge`).
     pub receipts: Receipts,
 }
 
-/// The [`Receipt`] of each interaction the edge handed to poise, for the claim check to take.
+/// The [`Receipt`] of each interaction the edge waited for as a fallback before it handed it
+/// to poise, for the claim check to take.
 /// A std Mutex: an insert or a removal, never held across an await.
 #[derive(Default)]
 pub struct Receipts(std::sync::Mutex<std::collections::HashMap<u64, Receipt>>);

@@ -28,7 +28,7 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
         let command: &str = &ctx.command().name;
         let interaction = app.interaction;
         let (id, user) = (interaction.id.get(), interaction.user.id.get());
-        // Taken (and waited for) by `Edge::dispatch` before poise saw the event.
+        // A fallback's, waited for by `Edge::dispatch` before poise saw the event.
         let receipt = data.state.receipts.take(id);
         if data.state.is_draining() {
             // Peers see the draining flag in our heartbeat and the fallback ladder takes over.
@@ -314,12 +314,13 @@ impl serenity::Framework for Edge {
             } = &*event
             {
                 let (id, user) = (command.id.get(), command.user.id.get());
-                let mut receipt = self.data.cluster.receive(id, user, unix_ms());
+                let receipt = self.data.cluster.receive(id, user, unix_ms());
+                // Only a fallback's wait is handed on; the owner's claim check takes its
+                // receipt itself, with no map in between.
                 if !receipt.delay().is_zero() {
                     tokio::time::sleep(receipt.delay()).await;
-                    receipt = receipt.waited();
+                    self.data.state.receipts.put(id, receipt.waited());
                 }
-                self.data.state.receipts.put(id, receipt);
             }
             serenity::Framework::dispatch(&self.poise, ctx, *event).await;
         })
