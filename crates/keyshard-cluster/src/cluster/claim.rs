@@ -3,10 +3,10 @@
 //! fallback sweeps for a claim that lapsed unconfirmed, and a degraded handle follows the
 //! static rule. Exactly-once rests on the one `SET NX` per interaction.
 //!
-//! The confirmation ([`Cluster::confirm_recording`]) is also where an interaction answered
-//! without a job gets its usage-ledger row: the row is appended to `{c}:ledger:{me}` in the
-//! same script that confirms the claim, so a row exists exactly when the holder of the claim
-//! confirmed an answer (see that method for the cases).
+//! Round trips: the owner's claim is one (`SET NX` + `GET`), and so is a fallback's, whose
+//! look for a Redis restart runs in the same script as its `SET NX`
+//! ([`FALLBACK_CLAIM_SCRIPT`]). What follows the answer (the confirmation, with the
+//! interaction's usage-ledger row) is in `confirm.rs`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use keyshard_routing::{
     claim_turn, primary, sweep_delay, Assignment, ClaimTurn, InstanceId, Reason, UserId,
 };
 
+use super::restart::ServerIdentity;
 use super::Cluster;
 use crate::{clock, keys, ClusterError};
 
@@ -60,48 +61,26 @@ impl ClaimOutcome {
     }
 }
 
-/// Extends a claim to its full life only if this instance still holds it (a lapsed claim taken
-/// by a sweeping fallback must not be taken back).
-const CONFIRM_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
-
-/// The confirmation of an answered interaction with its ledger row (`KEYS[1]` the claim,
-/// `KEYS[2]` this instance's ledger stream; `ARGV` me, the claim TTL, the row's JSON):
-/// - held by me: extend it, append the row, return the entry id;
-/// - lapsed and taken by nobody (this instance answered slower than the pending life and no
-///   fallback swept it): take it back for its full life and append the row, since this
-///   instance did answer and no one else will record it;
-/// - held by another instance (a fallback swept it): nothing; that instance records the row
-///   (its own answer, or this one's on its behalf when Discord told it "already answered").
+/// A fallback's claim with its look for a Redis restart, in one round trip (`KEYS[1]` the
+/// generation, `KEYS[2]` the claim; `ARGV` the generation and `run_id` last seen (empty:
+/// unknown), me, the pending life in ms):
+/// - Redis restarted since that look (another generation, or another `run_id`, as
+///   `ServerIdentity::restart_since` tells them): nothing is claimed, and the reply is
+///   `{0, generation, run_id}` (empty for none);
+/// - else the claim's `SET NX PX`, and the reply is `{1, holder, its PTTL}`.
 ///
-/// Returns the stream entry id, or `false` (nil) when the row was not appended.
-const CONFIRM_RECORDING_SCRIPT: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-elseif holder == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-else
-  return false
+/// Atomic, so no restart can fall between the look and the claim, which two round trips left
+/// open. `INFO server` inside the script costs Redis a few microseconds and sends nothing back.
+const FALLBACK_CLAIM_SCRIPT: &str = r"
+local gen = redis.call('GET', KEYS[1])
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+if gen ~= ARGV[1] or (ARGV[2] ~= '' and run_id ~= '' and run_id ~= ARGV[2]) then
+  return {0, gen or '', run_id}
 end
-return redis.call('XADD', KEYS[2], '*', 'row', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4])
+local holder = redis.call('GET', KEYS[2])
+return {1, holder or '', tostring(redis.call('PTTL', KEYS[2]))}
 ";
-
-/// What [`Cluster::confirm_recording`] did with the row.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Confirmed {
-    /// The claim is confirmed and the row is entry `entry` of this instance's ledger stream.
-    Recorded { entry: String },
-    /// Another instance holds the claim (a fallback swept it): it records the row.
-    NotHolder,
-    /// Redis did not answer (unreachable, or slower than the budget): the row may or may not
-    /// be in the stream. The caller keeps it in memory; Postgres keeps one copy.
-    Unknown,
-}
 
 /// What a claim does first ([`Cluster::step`]).
 enum Step {
@@ -242,16 +221,23 @@ impl Cluster {
             } => {
                 // The receipt's wait is deducted: the membership may have changed meanwhile.
                 tokio::time::sleep(delay.saturating_sub(receipt.waited)).await;
-                if !is_primary && self.redis_came_back_since(epoch).await {
-                    return self.degraded(user, false);
-                }
                 (assignment, Some(rank))
             }
         };
-        match self.try_claim(interaction_id).await {
-            Ok(Held::Me) => self.won(assignment, rank, None),
-            Ok(Held::By(holder))
-                if rank == Some(0) && !self.claim_confirmed(interaction_id).await =>
+        let tried = if rank.is_some() && !is_primary {
+            // A fallback that is not the primary declines across a Redis restart; it looks
+            // for one and claims in the same round trip.
+            match self.claim_looking(interaction_id, epoch).await {
+                Some(tried) => tried,
+                None => return self.degraded(user, false),
+            }
+        } else {
+            self.try_claim(interaction_id, None).await
+        };
+        match tried {
+            Ok(Tried::Held(Held::Me, _)) => self.won(assignment, rank, None),
+            Ok(Tried::Held(Held::By(holder), ttl))
+                if rank == Some(0) && !self.claim_confirmed(interaction_id, ttl).await =>
             {
                 let sweep = Sweep {
                     epoch,
@@ -261,8 +247,43 @@ impl Cluster {
                 self.sweep(interaction_id, received_ms, assignment, sweep)
                     .await
             }
-            Ok(Held::By(_)) => self.lost(),
-            Err(_) => self.degraded(user, is_primary),
+            Ok(Tried::Held(Held::By(_), _)) => self.lost(),
+            // Only a look finds a restart, and a look's restart returned above.
+            Ok(Tried::Restarted(_)) | Err(_) => self.degraded(user, is_primary),
+        }
+    }
+
+    /// A fallback's claim with its look for a Redis restart ([`redis_came_back_since`]) in
+    /// the same round trip ([`FALLBACK_CLAIM_SCRIPT`]): `None` when Redis restarted or was
+    /// away since `epoch` (or cannot be reached now), and the fallback declines.
+    ///
+    /// Before the first look there is no server to compare with: the look and the claim
+    /// then go as two round trips, as the sweep's do.
+    ///
+    /// [`redis_came_back_since`]: Self::redis_came_back_since
+    async fn claim_looking(
+        &self,
+        interaction_id: u64,
+        epoch: u64,
+    ) -> Option<Result<Tried, ClusterError>> {
+        if self.inner.link_epoch.load(Ordering::Relaxed) != epoch {
+            return None;
+        }
+        let Some(seen) = self.server_seen() else {
+            if self.redis_came_back_since(epoch).await {
+                return None;
+            }
+            return Some(self.try_claim(interaction_id, None).await);
+        };
+        match self.try_claim(interaction_id, Some(&seen)).await {
+            Ok(Tried::Restarted(current)) => {
+                // Noted at once, so that other claims in flight see `link_epoch` move.
+                self.note_server(current);
+                None
+            }
+            // An unreachable Redis counts as restarted, as in degraded mode.
+            Err(_) => None,
+            held => Some(held),
         }
     }
 
@@ -289,9 +310,9 @@ impl Cluster {
             owner: Some(me),
             reason: Reason::Primary,
         };
-        match self.try_claim(interaction_id).await {
-            Ok(Held::Me) => self.won(assignment, None, None),
-            Ok(Held::By(_)) => self.lost(),
+        match self.try_claim(interaction_id, None).await {
+            Ok(Tried::Held(Held::Me, _)) => self.won(assignment, None, None),
+            Ok(_) => self.lost(),
             Err(_) => self.degraded(user, true),
         }
     }
@@ -335,101 +356,39 @@ impl Cluster {
         if self.redis_came_back_since(epoch).await {
             return self.lost();
         }
-        match self.try_claim(interaction_id).await {
-            Ok(Held::Me) => {
+        match self.try_claim(interaction_id, None).await {
+            Ok(Tried::Held(Held::Me, _)) => {
                 tracing::info!(
                     interaction_id,
                     "took over an unconfirmed claim (its owner died before answering)"
                 );
                 self.won(assignment, Some(0), holder)
             }
-            Ok(Held::By(_)) => self.lost(),
+            Ok(_) => self.lost(),
             Err(_) => self.degraded(assignment.user, is_primary),
         }
     }
 
-    /// Whether the holder of a claim has confirmed it (its TTL is past the pending one). An
-    /// unreadable claim counts as confirmed: no sweep without evidence of a lapse.
-    async fn claim_confirmed(&self, interaction_id: u64) -> bool {
-        let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
+    /// Whether the holder of a claim has confirmed it (its TTL is past the pending one), from
+    /// `ttl` when the claim read it already, else from a `PTTL`. An unreadable claim counts as
+    /// confirmed: no sweep without evidence of a lapse.
+    async fn claim_confirmed(&self, interaction_id: u64, ttl: Option<i64>) -> bool {
         let pending = self.inner.cfg.claim.pending.as_millis() as i64;
-        let ttl: Result<i64, _> = self
-            .inner
-            .redis
-            .run("claim ttl", CLAIM_BUDGET, |mut c| async move {
-                redis::cmd("PTTL").arg(&key).query_async(&mut c).await
-            })
-            .await;
+        let ttl: Result<i64, _> = match ttl {
+            Some(t) => Ok(t),
+            None => {
+                let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
+                self.inner
+                    .redis
+                    .run("claim ttl", CLAIM_BUDGET, |mut c| async move {
+                        redis::cmd("PTTL").arg(&key).query_async(&mut c).await
+                    })
+                    .await
+            }
+        };
         // -2: no key (lapsed already), worth a sweep; a TTL within the pending life: not
         // confirmed yet.
         !matches!(ttl, Ok(t) if t == -2 || (0..=pending).contains(&t))
-    }
-
-    /// Confirms that this instance acknowledged the interaction it claimed: the claim then
-    /// holds for the token's 15 minutes instead of lapsing after `ClaimTiming::pending`. Call
-    /// it right after the acknowledgement; a failure only means a fallback's sweep may try
-    /// (and get Discord's "already acknowledged").
-    pub async fn confirm(&self, interaction_id: u64) {
-        let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
-        let me = self.inner.cfg.instance_id.to_string();
-        static SCRIPT: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_SCRIPT));
-        let script = &*SCRIPT;
-        let result: Result<i64, _> = self
-            .inner
-            .redis
-            .run("confirm claim", CLAIM_BUDGET, |mut c| async move {
-                script
-                    .key(&key)
-                    .arg(&me)
-                    .arg(keys::CLAIM_TTL_MS)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::debug!(interaction_id, "could not confirm the claim: {e}");
-        }
-    }
-
-    /// [`confirm`](Self::confirm) for an interaction this instance answered without a job,
-    /// with its usage-ledger row (JSON, opaque here) appended to `{c}:ledger:{me}` in the same
-    /// script ([`CONFIRM_RECORDING_SCRIPT`]): the row is in Redis exactly when the claim is
-    /// confirmed as this instance's, so a crash between the answer and this call leaves no
-    /// row and a lapsed claim, which the first fallback's sweep then finds (and records the
-    /// row on this instance's behalf when Discord says the interaction was answered).
-    ///
-    /// Off the acknowledgement's path like `confirm`: it runs after the answer.
-    pub async fn confirm_recording(&self, interaction_id: u64, row: &str) -> Confirmed {
-        let cfg = &self.inner.cfg;
-        let claim = keys::claim(&cfg.cluster_name, interaction_id);
-        let stream = keys::ledger_stream(&cfg.cluster_name, cfg.instance_id);
-        let me = cfg.instance_id.to_string();
-        static SCRIPT: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| redis::Script::new(CONFIRM_RECORDING_SCRIPT));
-        let script = &*SCRIPT;
-        let result: Result<Option<String>, _> = self
-            .inner
-            .redis
-            .run("confirm claim", CLAIM_BUDGET, |mut c| async move {
-                script
-                    .key(&claim)
-                    .key(&stream)
-                    .arg(&me)
-                    .arg(keys::CLAIM_TTL_MS)
-                    .arg(row)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await;
-        match result {
-            Ok(Some(entry)) => Confirmed::Recorded { entry },
-            Ok(None) => Confirmed::NotHolder,
-            Err(e) => {
-                tracing::debug!(interaction_id, "could not confirm the claim: {e}");
-                Confirmed::Unknown
-            }
-        }
     }
 
     fn won(
@@ -473,50 +432,102 @@ impl Cluster {
     /// process, not an unreachable one), its `SET` may still have landed, and the second try
     /// reads back `{me}` instead of reporting a loss, or names the peer that won meanwhile,
     /// instead of this instance answering by the static rule next to that peer.
-    async fn try_claim(&self, interaction_id: u64) -> Result<Held, ClusterError> {
-        let mut result = self.claim_once(interaction_id).await;
+    ///
+    /// With `look` (the server last seen), a try is [`FALLBACK_CLAIM_SCRIPT`] instead: it
+    /// claims only on that same server, and reads the claim's TTL as well.
+    async fn try_claim(
+        &self,
+        interaction_id: u64,
+        look: Option<&ServerIdentity>,
+    ) -> Result<Tried, ClusterError> {
+        let mut result = self.claim_once(interaction_id, look).await;
         if result.as_ref().is_err_and(ClusterError::is_timeout) {
             tracing::debug!(
                 interaction_id,
                 "claim timed out; asking Redis again who holds it"
             );
-            result = self.claim_once(interaction_id).await;
+            result = self.claim_once(interaction_id, look).await;
         }
         self.observe(&result);
         result
     }
 
-    async fn claim_once(&self, interaction_id: u64) -> Result<Held, ClusterError> {
-        let key = keys::claim(&self.inner.cfg.cluster_name, interaction_id);
-        let pending_ms = self.inner.cfg.claim.pending.as_millis() as u64;
-        let me = self.inner.cfg.instance_id.to_string();
-        self.inner
+    async fn claim_once(
+        &self,
+        interaction_id: u64,
+        look: Option<&ServerIdentity>,
+    ) -> Result<Tried, ClusterError> {
+        let cfg = &self.inner.cfg;
+        let key = keys::claim(&cfg.cluster_name, interaction_id);
+        let pending_ms = cfg.claim.pending.as_millis() as u64;
+        let me = cfg.instance_id.to_string();
+        let held = |holder: Option<String>| {
+            if holder.as_deref() == Some(me.as_str()) {
+                Held::Me
+            } else {
+                // `None`: the key vanished between the two commands (it expired), or holds
+                // something that is not an instance id.
+                Held::By(holder.and_then(|h| h.parse().ok()))
+            }
+        };
+        let Some(seen) = look else {
+            return self
+                .inner
+                .redis
+                .run_retrying("claim", CLAIM_BUDGET, |mut c| {
+                    let (key, me) = (key.clone(), me.clone());
+                    async move {
+                        let (_created, holder): (Option<String>, Option<String>) = redis::pipe()
+                            .cmd("SET")
+                            .arg(&key)
+                            .arg(&me)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(pending_ms)
+                            .cmd("GET")
+                            .arg(&key)
+                            .query_async(&mut c)
+                            .await?;
+                        Ok(holder)
+                    }
+                })
+                .await
+                .map(|holder| Tried::Held(held(holder), None));
+        };
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(FALLBACK_CLAIM_SCRIPT));
+        let script = &*SCRIPT;
+        let generation = keys::generation(&cfg.cluster_name);
+        let (seen_generation, seen_run_id) = seen.parts();
+        let (claimed, first, second): (i64, String, String) = self
+            .inner
             .redis
             .run_retrying("claim", CLAIM_BUDGET, |mut c| {
-                let (key, me) = (key.clone(), me.clone());
-                async move {
-                    let (_created, holder): (Option<String>, Option<String>) = redis::pipe()
-                        .cmd("SET")
-                        .arg(&key)
-                        .arg(&me)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(pending_ms)
-                        .cmd("GET")
-                        .arg(&key)
-                        .query_async(&mut c)
-                        .await?;
-                    Ok(if holder.as_deref() == Some(me.as_str()) {
-                        Held::Me
-                    } else {
-                        // `None`: the key vanished between the two commands (it expired), or
-                        // holds something that is not an instance id.
-                        Held::By(holder.and_then(|h| h.parse().ok()))
-                    })
-                }
+                let mut invocation = script.key(&generation);
+                invocation
+                    .key(&key)
+                    .arg(seen_generation)
+                    .arg(seen_run_id)
+                    .arg(&me)
+                    .arg(pending_ms);
+                async move { invocation.invoke_async(&mut c).await }
             })
-            .await
+            .await?;
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        Ok(if claimed == 1 {
+            Tried::Held(held(some(first)), second.parse().ok())
+        } else {
+            Tried::Restarted(ServerIdentity::new(some(first), some(second)))
+        })
     }
+}
+
+/// What one claim try found.
+enum Tried {
+    /// Who holds the claim now, and its TTL in ms when the try read it.
+    Held(Held, Option<i64>),
+    /// A look found Redis restarted since `look` (its identity now): nothing was claimed.
+    Restarted(ServerIdentity),
 }
 
 /// What a sweep carries over from the claim it follows.

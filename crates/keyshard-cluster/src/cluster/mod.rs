@@ -3,9 +3,11 @@
 //! [`ClaimOutcome`]); noticing a Redis restart (empty or with its data) in `restart`.
 
 mod claim;
+mod confirm;
 mod restart;
 
-pub use claim::{ClaimOutcome, Confirmed, Receipt, CLAIM_BUDGET};
+pub use claim::{ClaimOutcome, Receipt, CLAIM_BUDGET};
+pub use confirm::Confirmed;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -41,6 +41,18 @@ pub(super) enum Restart {
 }
 
 impl ServerIdentity {
+    pub(super) fn new(generation: Option<String>, run_id: Option<String>) -> Self {
+        ServerIdentity { generation, run_id }
+    }
+
+    /// The generation and `run_id` as a script's arguments (empty for none).
+    pub(super) fn parts(&self) -> (&str, &str) {
+        (
+            self.generation.as_deref().unwrap_or(""),
+            self.run_id.as_deref().unwrap_or(""),
+        )
+    }
+
     /// Whether (and how) Redis restarted between `seen` and `self`.
     pub(super) fn restart_since(&self, seen: &ServerIdentity) -> Option<Restart> {
         if self.generation != seen.generation {
@@ -96,6 +108,15 @@ impl Cluster {
         seen.as_ref().and_then(|s| s.generation.clone())
     }
 
+    /// The server this instance last saw; `None` before the first look.
+    pub(super) fn server_seen(&self) -> Option<ServerIdentity> {
+        self.inner
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The membership tick's look, before it reads the snapshot: `SET NX` of the generation
     /// (so a Redis that restarted empty gets one), then its value and `INFO server`, in one
     /// round trip. A restart found here is noted (see [`note_server`](Self::note_server)) so
@@ -126,8 +147,9 @@ impl Cluster {
     }
 
     /// Whether Redis restarted since this instance last looked (one round trip: the
-    /// generation's `GET` and `INFO server`). A fallback asks right before it claims, closing
-    /// the gap until the next membership tick; a restart found here is noted at once, so
+    /// generation's `GET` and `INFO server`). A sweeping fallback asks right before it claims
+    /// (a first try looks in its own claim script), closing the gap until the next membership
+    /// tick; a restart found here is noted at once, so
     /// other claims in flight see `link_epoch` move. An unreachable Redis counts as
     /// restarted: the fallback then declines, as in degraded mode.
     pub(super) async fn restarted_since_seen(&self) -> bool {
@@ -153,7 +175,7 @@ impl Cluster {
     /// answers were given without one (the static rule while it was away), so waiting
     /// fallbacks decline (`link_epoch`), and for one heartbeat lifetime a peer missing from
     /// Redis is not dead (`restarted_at`). Returns how it restarted.
-    fn note_server(&self, current: ServerIdentity) -> Option<Restart> {
+    pub(super) fn note_server(&self, current: ServerIdentity) -> Option<Restart> {
         let inner = &self.inner;
         let mut seen = inner.server.lock().unwrap_or_else(|e| e.into_inner());
         let restart = seen.as_ref().and_then(|s| current.restart_since(s));

@@ -152,3 +152,47 @@ async fn a_claim_that_lapsed_unconfirmed_across_a_restart_with_data_is_not_swept
         "the fallback swept a claim whose holder answered before the restart: {outcome:?}"
     );
 }
+
+/// Redis restarts with its data between a fallback's receipt and its claim, and the fallback
+/// has not looked at the server since (its loops are stopped, so no membership tick can):
+/// the look in its claim script finds the new `run_id`, and it claims nothing. With no claim
+/// key from the primary (answering by the static rule meanwhile), a claim here would answer
+/// a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_claims_nothing_on_a_restarted_redis_no_tick_has_seen() {
+    let mut tc = TestCluster::start().await;
+    let user = user_of(1, 17);
+    let id = interaction(4);
+    tc.nodes[QUIET as usize - 1].shutdown.cancel();
+    wait_for("the loops of 2 to stop", PATIENCE, || {
+        tc.nodes[QUIET as usize - 1].task.is_finished()
+    })
+    .await;
+    let fallback = tc.node(QUIET).clone();
+    // The control: on the server it saw, the same fallback claims what nobody else did.
+    let before = interaction(5);
+    let receipt = fallback.receive(before, user, now_ms());
+    let outcome = fallback.claim_received(before, user, receipt).await;
+    assert!(
+        matches!(outcome, ClaimOutcome::Won { rank: Some(_), .. }),
+        "a fallback claims what its owner did not: {outcome:?}"
+    );
+
+    let receipt = fallback.receive(id, user, now_ms());
+    assert!(
+        !receipt.delay().is_zero(),
+        "instance 2 is a fallback for instance 1's user: {receipt:?}"
+    );
+    tc.redis.restart_with_data();
+
+    let outcome = fallback.claim_received(id, user, receipt).await;
+    assert!(
+        matches!(outcome, ClaimOutcome::Degraded { answer: false, .. }),
+        "the fallback claimed on a Redis that restarted since it last looked: {outcome:?}"
+    );
+    assert_eq!(
+        redis_get(&tc.redis.url(), &format!("kstest:claim:{id}")).await,
+        None,
+        "the declining fallback left a claim key"
+    );
+}
