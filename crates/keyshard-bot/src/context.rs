@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Quotas, Receipt, RoundTrips, Stats};
+use keyshard_cluster::{ClaimInfo, Cluster, InstanceId, Jobs, Quotas, RoundTrips, Stats};
 use keyshard_ledger::{LedgerRow, Routing, Status};
 use keyshard_providers::Providers;
 use keyshard_routing::Assignment;
@@ -66,32 +66,44 @@ pub struct EdgeState {
     pub draining: AtomicBool,
     /// Interactions this instance has claimed and not finished answering.
     pub in_flight: AtomicUsize,
-    /// Interactions this instance waited for as a fallback and has not yet claimed (see
+    /// Interactions the edge claimed for this instance and poise has not yet checked (see
     /// `edge`).
-    pub receipts: Receipts,
+    pub decided: Decisions,
 }
 
-/// The [`Receipt`] of each interaction the edge waited for as a fallback before it handed it
-/// to poise, for the claim check to take.
-/// A std Mutex: an insert or a removal, never held across an await.
-#[derive(Default)]
-pub struct Receipts(std::sync::Mutex<std::collections::HashMap<u64, Receipt>>);
+/// What the edge's claim decided for an interaction this instance answers, before poise saw
+/// it: the claim check takes it to build the [`Claimed`].
+pub struct Decided {
+    pub assignment: Assignment,
+    pub how: HowClaimed,
+    /// How long the claim took when this instance claimed as the owner (one round trip).
+    pub redis_rtt: Option<Duration>,
+    /// The claim's Redis round trips, the start of the interaction's count.
+    pub trips: RoundTrips,
+    /// When the interaction arrived (Unix ms), for [`Decisions`]' pruning.
+    pub received_ms: u64,
+}
 
-impl Receipts {
-    /// Past this many receipts, those older than [`RECEIPT_LIFE_MS`] are dropped: an event
-    /// poise never checks (an unknown command) leaves its receipt behind.
+/// The [`Decided`] claim of each interaction the edge hands to poise, for the claim check to
+/// take. A std Mutex: an insert or a removal, never held across an await.
+#[derive(Default)]
+pub struct Decisions(std::sync::Mutex<std::collections::HashMap<u64, Decided>>);
+
+impl Decisions {
+    /// Past this many, decisions older than [`DECISION_LIFE_MS`] are dropped: one poise never
+    /// checks (a panic in its parsing) would otherwise stay.
     const PRUNE_ABOVE: usize = 4_096;
 
-    pub fn put(&self, interaction_id: u64, receipt: Receipt) {
+    pub fn put(&self, interaction_id: u64, decided: Decided) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= Self::PRUNE_ABOVE {
-            let since = receipt.received_ms.saturating_sub(RECEIPT_LIFE_MS);
-            map.retain(|_, r| r.received_ms >= since);
+            let since = decided.received_ms.saturating_sub(DECISION_LIFE_MS);
+            map.retain(|_, d| d.received_ms >= since);
         }
-        map.insert(interaction_id, receipt);
+        map.insert(interaction_id, decided);
     }
 
-    pub fn take(&self, interaction_id: u64) -> Option<Receipt> {
+    pub fn take(&self, interaction_id: u64) -> Option<Decided> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -100,7 +112,7 @@ impl Receipts {
 }
 
 /// Longer than any wait before a claim, which ends before Discord's 3 s deadline.
-const RECEIPT_LIFE_MS: u64 = 60_000;
+const DECISION_LIFE_MS: u64 = 60_000;
 
 impl EdgeState {
     pub fn is_draining(&self) -> bool {

@@ -14,66 +14,36 @@ use poise::serenity_prelude as serenity;
 
 use crate::clock::unix_ms;
 use crate::config::Config;
-use crate::context::{command_name, Answered, Asked, Claimed, Context, Data, Error, HowClaimed};
+use crate::context::{
+    command_name, Answered, Asked, Claimed, Context, Data, Decided, Error, HowClaimed,
+};
 use crate::redact::redact;
 use crate::{replies, respond};
 
-/// The framework-wide check: route and claim. `Ok(false)` means another instance answers.
+/// The framework-wide check: the edge's claim, carried into the command. `Ok(false)` means
+/// another instance answers (the edge hands poise only what this instance won, so that is an
+/// interaction that did not come through it).
 fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
     Box::pin(async move {
         let poise::Context::Application(app) = ctx else {
             return Ok(false);
         };
-        let data = ctx.data();
-        let command: &str = &ctx.command().name;
-        let interaction = app.interaction;
-        let (id, user) = (interaction.id.get(), interaction.user.id.get());
-        // A fallback's, waited for by `Edge::dispatch` before poise saw the event.
-        let receipt = data.state.receipts.take(id);
-        if data.state.is_draining() {
-            // Peers see the draining flag in our heartbeat and the fallback ladder takes over.
-            data.metrics.interactions.inc(&[command, "draining"]);
-            return Ok(false);
+        // poise runs the check once per level of the command tree (`/한도 설정`: twice); the
+        // first one took the decision.
+        if ctx.invocation_data::<Claimed>().await.is_some() {
+            return Ok(true);
         }
-        let receipt = receipt.unwrap_or_else(|| data.cluster.receive(id, user, unix_ms()));
-        let started = Instant::now();
-        // The claim's round trips start the interaction's count (`Claimed::trips`).
-        let trips = keyshard_cluster::RoundTrips::new();
-        let outcome = trips
-            .scope(data.cluster.claim_received(id, user, receipt))
-            .await;
-        let (assignment, how, redis_rtt) = match outcome {
-            // An owner's claim is one Redis round trip: it doubles as /핑's measurement.
-            ClaimOutcome::Won {
-                assignment,
-                rank,
-                swept_from,
-            } => (
-                assignment,
-                HowClaimed {
-                    degraded: false,
-                    swept_from,
-                },
-                rank.is_none().then(|| started.elapsed()),
-            ),
-            ClaimOutcome::Degraded {
-                answer: true,
-                assignment,
-            } => (
-                assignment,
-                HowClaimed {
-                    degraded: true,
-                    swept_from: None,
-                },
-                None,
-            ),
-            ClaimOutcome::Lost | ClaimOutcome::Degraded { answer: false, .. } => {
-                data.metrics.interactions.inc(&[command, "not_ours"]);
-                return Ok(false);
-            }
+        let data = ctx.data();
+        let interaction = app.interaction;
+        let Some(decided) = data.state.decided.take(interaction.id.get()) else {
+            return Ok(false);
         };
-        data.stats
-            .handled(assignment.owner.is_some_and(|o| o != assignment.primary));
+        data.stats.handled(
+            decided
+                .assignment
+                .owner
+                .is_some_and(|o| o != decided.assignment.primary),
+        );
         let asked = Asked {
             interaction_id: interaction.id.get(),
             user_id: interaction.user.id.get(),
@@ -81,12 +51,109 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
             channel_id: interaction.channel_id.get(),
             command: command_name(ctx.command()).to_owned(),
         };
-        let mut claimed = Claimed::new(assignment, how, redis_rtt, asked, data);
-        claimed.trips = trips;
+        let mut claimed = Claimed::new(
+            decided.assignment,
+            decided.how,
+            decided.redis_rtt,
+            asked,
+            data,
+        );
+        claimed.trips = decided.trips;
         ctx.set_invocation_data(claimed).await;
-        data.metrics.interactions.inc(&[command, "answered"]);
+        data.metrics
+            .interactions
+            .inc(&[&ctx.command().name, "answered"]);
         Ok(true)
     })
+}
+
+/// Routes and claims one command interaction as it arrives: `Some` when this instance
+/// answers it. A fallback first waits its turn on the ladder, to a [`FALLBACK_TICK`].
+async fn decide(data: &Data, command: &str, id: u64, user: u64) -> Option<Decided> {
+    let receipt = data.cluster.receive(id, user, unix_ms());
+    let receipt = if receipt.delay().is_zero() {
+        receipt
+    } else {
+        tokio::time::sleep_until(on_tick(receipt.delay())).await;
+        receipt.waited()
+    };
+    if data.state.is_draining() {
+        // Peers see the draining flag in our heartbeat and the fallback ladder takes over.
+        data.metrics.interactions.inc(&[command, "draining"]);
+        return None;
+    }
+    // Boxed: inline, the claim's state (several KB) would sit in every waiting fallback's
+    // future through its wait.
+    Box::pin(claim(data, command, id, user, receipt)).await
+}
+
+/// The claim of [`decide`], after any wait.
+async fn claim(
+    data: &Data,
+    command: &str,
+    id: u64,
+    user: u64,
+    receipt: keyshard_cluster::Receipt,
+) -> Option<Decided> {
+    let started = Instant::now();
+    // The claim's round trips start the interaction's count (`Claimed::trips`).
+    let trips = keyshard_cluster::RoundTrips::new();
+    let outcome = trips
+        .scope(data.cluster.claim_received(id, user, receipt))
+        .await;
+    let (assignment, how, redis_rtt) = match outcome {
+        // An owner's claim is one Redis round trip: it doubles as /핑's measurement.
+        ClaimOutcome::Won {
+            assignment,
+            rank,
+            swept_from,
+        } => (
+            assignment,
+            HowClaimed {
+                degraded: false,
+                swept_from,
+            },
+            rank.is_none().then(|| started.elapsed()),
+        ),
+        ClaimOutcome::Degraded {
+            answer: true,
+            assignment,
+        } => (
+            assignment,
+            HowClaimed {
+                degraded: true,
+                swept_from: None,
+            },
+            None,
+        ),
+        ClaimOutcome::Lost | ClaimOutcome::Degraded { answer: false, .. } => {
+            data.metrics.interactions.inc(&[command, "not_ours"]);
+            return None;
+        }
+    };
+    Some(Decided {
+        assignment,
+        how,
+        redis_rtt,
+        trips,
+        received_ms: receipt.received_ms,
+    })
+}
+
+/// The grain of a fallback's wake-up. Every instance receives every interaction, and waits
+/// out most of them as a fallback (three in four with 4 instances) before a claim that finds
+/// the owner's: woken on a shared 10 ms tick, those claims leave together, in one write to
+/// Redis instead of one each, for at most 10 ms more of a ladder step (400 ms and up).
+const FALLBACK_TICK: Duration = Duration::from_millis(10);
+
+/// The first [`FALLBACK_TICK`] at or after `delay` from now.
+fn on_tick(delay: Duration) -> tokio::time::Instant {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
+    let due = tokio::time::Instant::now() + delay;
+    let tick = FALLBACK_TICK.as_nanos();
+    let ticks = (due - origin).as_nanos().div_ceil(tick);
+    origin + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
 }
 
 /// Whether Discord says the interaction was already answered or is gone: another instance won
@@ -276,15 +343,13 @@ fn on_event<'a>(
     })
 }
 
-/// poise's framework with a fallback's wait in front of it. Every instance receives every
+/// poise's framework with the claim in front of it. Every instance receives every
 /// interaction and, for those a peer owns, waits its turn on the fallback ladder before it
-/// tries the claim (almost always to find the owner's). Waiting inside poise kept poise's
-/// dispatch state for the command alive meanwhile, about 40 KB per interaction: at 1,000
-/// interactions/s with 4 instances, some 500 waits at once in each, 20 MB of its heap (RSS
-/// 48 MB; 28 MB with the wait here). Here the wait holds only the boxed event; the claim check
-/// then deducts it ([`Receipt::waited`]).
-///
-/// [`Receipt::waited`]: keyshard_cluster::Receipt::waited
+/// tries the claim, almost always to find the owner's. Both happen here, before poise: poise
+/// builds some 40 KB of dispatch state per command, which a wait inside it kept alive (at
+/// 1,000 interactions/s with 4 instances, some 500 waits at once in each: RSS 48 MB, 28 MB
+/// with the wait here), and which a lost claim never needs. poise sees only the interactions
+/// this instance answers; its claim check takes the edge's [`Decided`].
 struct Edge {
     poise: poise::Framework<Data, Error>,
     data: Data,
@@ -313,13 +378,21 @@ impl serenity::Framework for Edge {
                 interaction: serenity::Interaction::Command(command),
             } = &*event
             {
-                let (id, user) = (command.id.get(), command.user.id.get());
-                let receipt = self.data.cluster.receive(id, user, unix_ms());
-                // Only a fallback's wait is handed on; the owner's claim check takes its
-                // receipt itself, with no map in between.
-                if !receipt.delay().is_zero() {
-                    tokio::time::sleep(receipt.delay()).await;
-                    self.data.state.receipts.put(id, receipt.waited());
+                let name = &command.data.name;
+                // A command this build does not know (a stale registration) goes to poise
+                // unclaimed, which ignores it, as before the edge claimed.
+                if self
+                    .poise
+                    .options()
+                    .commands
+                    .iter()
+                    .any(|c| &c.name == name)
+                {
+                    let (id, user) = (command.id.get(), command.user.id.get());
+                    match decide(&self.data, name, id, user).await {
+                        Some(decided) => self.data.state.decided.put(id, decided),
+                        None => return,
+                    }
                 }
             }
             serenity::Framework::dispatch(&self.poise, ctx, *event).await;
