@@ -267,14 +267,17 @@ async fn start_gateway(
         }
     }
     state.shards.set_queue(queue.clone());
+    // The edge's sieve keeps, in the relay, the interactions this instance only waits for.
+    let sieve = edge::Sieve::new(data.clone());
     let relay = Relay::start(
         plan.url.clone(),
         Arc::new(queue.clone()),
         state.shards.clone(),
+        Some(Arc::new(sieve.clone())),
     )
     .await
     .context("starting the gateway relay")?;
-    let clients = edge::build_clients(data, plan.shards, &relay.url()).await?;
+    let clients = edge::build_clients(data, plan.shards, &relay.url(), &sieve).await?;
     state
         .shards
         .set_managers(clients.iter().map(|c| c.shard_manager.clone()).collect());

@@ -6,7 +6,10 @@
 //! The top of the bot's import graph: `edge → commands → {context, respond, replies}`. Nothing
 //! below names `edge`; what commands and edge both need to answer a user lives in `respond`.
 
+mod sieve;
+
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyshard_cluster::ClaimOutcome;
@@ -19,6 +22,8 @@ use crate::context::{
 };
 use crate::redact::redact;
 use crate::{replies, respond};
+
+pub use sieve::Sieve;
 
 /// The framework-wide check: the edge's claim, carried into the command. `Ok(false)` means
 /// another instance answers (the edge hands poise only what this instance won, so that is an
@@ -67,10 +72,15 @@ fn claim_check(ctx: Context<'_>) -> poise::BoxFuture<'_, Result<bool, Error>> {
     })
 }
 
-/// Routes and claims one command interaction as it arrives: `Some` when this instance
-/// answers it. A fallback first waits its turn on the ladder, to a [`FALLBACK_TICK`].
-async fn decide(data: &Data, command: &str, id: u64, user: u64) -> Option<Decided> {
-    let receipt = data.cluster.receive(id, user, unix_ms());
+/// Routes and claims one command interaction, received as `receipt` says: `Some` when this
+/// instance answers it. A fallback first waits its turn on the ladder, to a [`FALLBACK_TICK`].
+async fn decide(
+    data: &Data,
+    command: &str,
+    id: u64,
+    user: u64,
+    receipt: keyshard_cluster::Receipt,
+) -> Option<Decided> {
     let receipt = if receipt.delay().is_zero() {
         receipt
     } else {
@@ -309,10 +319,11 @@ pub async fn build_clients(
     data: Data,
     shards: u32,
     relay_url: &str,
+    sieve: &Arc<Sieve>,
 ) -> anyhow::Result<Vec<serenity::Client>> {
     let mut clients = Vec::with_capacity(shards as usize);
-    for _ in 0..shards {
-        let client = build_client(data.clone()).await?;
+    for shard in 0..shards {
+        let client = build_client(data.clone(), shard, sieve.clone()).await?;
         *client.ws_url.lock().await = relay_url.to_owned();
         clients.push(client);
     }
@@ -351,14 +362,21 @@ fn on_event<'a>(
 /// with the wait here), and which a lost claim never needs. poise sees only the interactions
 /// this instance answers; its claim check takes the edge's [`Decided`].
 struct Edge {
-    poise: poise::Framework<Data, Error>,
+    poise: Arc<poise::Framework<Data, Error>>,
     data: Data,
+    /// The shard this client runs, and the sieve that hands it the interactions it kept.
+    shard: u32,
+    sieve: Arc<Sieve>,
 }
 
 #[serenity::async_trait]
 impl serenity::Framework for Edge {
     async fn init(&mut self, client: &serenity::Client) {
-        serenity::Framework::init(&mut self.poise, client).await;
+        match Arc::get_mut(&mut self.poise) {
+            Some(poise) => serenity::Framework::init(poise, client).await,
+            None => unreachable!("the framework is shared only once initialised"),
+        }
+        self.sieve.framework(self.shard, self.poise.clone());
     }
 
     // Written out rather than as an `async fn`: that would keep the event (4 KB inline) in
@@ -374,34 +392,44 @@ impl serenity::Framework for Edge {
     {
         let event = Box::new(event);
         Box::pin(async move {
-            if let serenity::FullEvent::InteractionCreate {
-                interaction: serenity::Interaction::Command(command),
-            } = &*event
-            {
-                let name = &command.data.name;
-                // A command this build does not know (a stale registration) goes to poise
-                // unclaimed, which ignores it, as before the edge claimed.
-                if self
-                    .poise
-                    .options()
-                    .commands
-                    .iter()
-                    .any(|c| &c.name == name)
-                {
-                    let (id, user) = (command.id.get(), command.user.id.get());
-                    match decide(&self.data, name, id, user).await {
-                        Some(decided) => self.data.state.decided.put(id, decided),
-                        None => return,
+            match &*event {
+                serenity::FullEvent::InteractionCreate {
+                    interaction: serenity::Interaction::Command(command),
+                } => {
+                    let name = &command.data.name;
+                    // A command this build does not know (a stale registration) goes to poise
+                    // unclaimed, which ignores it.
+                    if self
+                        .poise
+                        .options()
+                        .commands
+                        .iter()
+                        .any(|c| &c.name == name)
+                    {
+                        let (id, user) = (command.id.get(), command.user.id.get());
+                        let receipt = self.data.cluster.receive(id, user, unix_ms());
+                        match decide(&self.data, name, id, user, receipt).await {
+                            Some(decided) => self.data.state.decided.put(id, decided),
+                            None => return,
+                        }
                     }
                 }
+                serenity::FullEvent::Ready { .. } | serenity::FullEvent::Resume { .. } => {
+                    self.sieve.context(self.shard, &ctx);
+                }
+                _ => {}
             }
-            serenity::Framework::dispatch(&self.poise, ctx, *event).await;
+            serenity::Framework::dispatch(&*self.poise, ctx, *event).await;
         })
     }
 }
 
 /// One serenity client with the poise framework.
-async fn build_client(data: Data) -> anyhow::Result<serenity::Client> {
+async fn build_client(
+    data: Data,
+    shard: u32,
+    sieve: Arc<Sieve>,
+) -> anyhow::Result<serenity::Client> {
     let config = data.config.clone();
     let edge_data = data.clone();
     let framework = poise::Framework::builder()
@@ -437,8 +465,10 @@ async fn build_client(data: Data) -> anyhow::Result<serenity::Client> {
     let intents = serenity::GatewayIntents::empty();
     let builder = serenity::ClientBuilder::new_with_http(http(&config), intents);
     let edge = Edge {
-        poise: framework,
+        poise: Arc::new(framework),
         data: edge_data,
+        shard,
+        sieve,
     };
     Ok(builder.framework(edge).await?)
 }

@@ -15,6 +15,10 @@
 //! (zlib) frames pass untouched; only small text frames are parsed (client frames, and
 //! server frames short enough to be op 9), so dispatches cost one loopback hop and no JSON.
 //!
+//! A [`Sieve`] may take a dispatch over: serenity then reads a small stand-in with the same
+//! sequence number. The edge's takes the interactions this instance only waits for as a
+//! fallback, so that serenity does not decode every peer's interaction.
+//!
 //! Closing: a close frame from serenity goes upstream, and once Discord has answered (or
 //! after [`CLOSE_ECHO`]) the relay answers serenity, so serenity's shutdown sees its handshake
 //! complete. A socket that serenity drops without a close frame (it is about to resume on a
@@ -75,6 +79,15 @@ impl Gate for keyshard_cluster::IdentifyQueue {
     }
 }
 
+/// What may take a dispatch over before serenity reads it: the edge's sieve (`edge::sieve`),
+/// which keeps the interactions this instance is only a fallback for.
+pub trait Sieve: Send + Sync + 'static {
+    /// A dispatch for `shard` (a server text frame too large to be a control frame):
+    /// `Some(stand_in)` when the sieve took `frame` over, and serenity reads `stand_in`
+    /// instead (which carries the frame's sequence number on); `None` to pass it on.
+    fn sift(&self, shard: u32, frame: &str) -> Option<String>;
+}
+
 /// The relay: its listener and connections.
 pub struct Relay {
     addr: SocketAddr,
@@ -86,6 +99,7 @@ struct Shared {
     upstream: String,
     gate: Arc<dyn Gate>,
     board: Arc<ShardBoard>,
+    sieve: Option<Arc<dyn Sieve>>,
     next_conn: AtomicU64,
     closing: CancellationToken,
 }
@@ -104,11 +118,12 @@ fn ws_config() -> WebSocketConfig {
 
 impl Relay {
     /// Listens on a free loopback port and relays every connection to `upstream` (the gateway
-    /// URL Discord gave, without a query string).
+    /// URL Discord gave, without a query string), each dispatch through `sieve` when given.
     pub async fn start(
         upstream: String,
         gate: Arc<dyn Gate>,
         board: Arc<ShardBoard>,
+        sieve: Option<Arc<dyn Sieve>>,
     ) -> std::io::Result<Relay> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -118,6 +133,7 @@ impl Relay {
             upstream: upstream.trim_end_matches('/').to_owned(),
             gate,
             board,
+            sieve,
             next_conn: AtomicU64::new(1),
             closing: closing.clone(),
         });
@@ -208,6 +224,16 @@ fn server_op(msg: &Message) -> Option<u64> {
             v.get("op")?.as_u64()
         }
         _ => None,
+    }
+}
+
+/// A server frame as serenity gets it: the sieve's stand-in when it took the frame over.
+fn sift(shared: &Shared, shard: Option<u32>, msg: Message) -> Message {
+    match (&msg, shard, &shared.sieve) {
+        (Message::Text(t), Some(shard), Some(sieve)) if t.len() > PEEK_LIMIT => {
+            sieve.sift(shard, t).map_or(msg, Message::Text)
+        }
+        _ => msg,
     }
 }
 
@@ -308,6 +334,7 @@ async fn pump(shared: &Shared, conn: u64, down: Ws, up: Up) -> Option<u32> {
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 other => {
+                    let other = sift(shared, shard, other);
                     if server_op(&other) == Some(9) {
                         if let Some(s) = shard {
                             shared.board.invalidated(s, conn);

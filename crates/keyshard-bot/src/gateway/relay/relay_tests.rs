@@ -40,9 +40,14 @@ async fn setup(permits: usize) -> Setup {
     });
     let board = Arc::new(ShardBoard::default());
     board.plan(2);
-    let relay = Relay::start(fake.gateway_url(1), Arc::new(hand.clone()), board.clone())
-        .await
-        .unwrap();
+    let relay = Relay::start(
+        fake.gateway_url(1),
+        Arc::new(hand.clone()),
+        board.clone(),
+        None,
+    )
+    .await
+    .unwrap();
     Setup {
         fake,
         hand,
