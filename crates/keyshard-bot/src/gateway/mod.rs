@@ -5,9 +5,10 @@
 //!   session start limit, the gateway URL) and [`DiscordBudget`], the cluster queue's
 //!   [`BudgetSource`] over the same call;
 //! - [`relay`]: the loopback websocket relay that holds each IDENTIFY until the queue grants
-//!   it (and passes everything else, RESUMEs included, at once).
+//!   it (and passes everything else, RESUMEs included, at once), each dispatch through the
+//!   edge's [`relay::Sieve`] first.
 //!
-//! Named only by `app`, like `edge`; it knows serenity's HTTP client and the cluster's queue,
+//! Named by `app`, and by `edge::sieve` for the `Sieve` trait; it knows serenity's HTTP client and the cluster's queue,
 //! and leaves commands and the framework to `edge`.
 
 pub mod relay;
