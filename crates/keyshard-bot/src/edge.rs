@@ -150,6 +150,12 @@ async fn claim(
     })
 }
 
+/// Whether `poise` has the command `name`: the edge and the sieve claim only those, and leave
+/// a stale registration's interactions to poise, which ignores them.
+fn knows(poise: &poise::Framework<Data, Error>, name: &str) -> bool {
+    poise.options().commands.iter().any(|c| c.name == name)
+}
+
 /// The grain of a fallback's wake-up. Every instance receives every interaction, and waits
 /// out most of them as a fallback (three in four with 4 instances) before a claim that finds
 /// the owner's: woken on a shared 10 ms tick, those claims leave together, in one write to
@@ -399,13 +405,7 @@ impl serenity::Framework for Edge {
                     let name = &command.data.name;
                     // A command this build does not know (a stale registration) goes to poise
                     // unclaimed, which ignores it.
-                    if self
-                        .poise
-                        .options()
-                        .commands
-                        .iter()
-                        .any(|c| &c.name == name)
-                    {
+                    if knows(&self.poise, name) {
                         let (id, user) = (command.id.get(), command.user.id.get());
                         let receipt = self.data.cluster.receive(id, user, unix_ms());
                         match decide(&self.data, name, id, user, receipt).await {

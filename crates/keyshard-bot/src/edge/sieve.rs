@@ -196,12 +196,7 @@ impl relay::Sieve for Arc<Sieve> {
         let routed = routed(frame)?;
         let known = {
             let shards = self.lock();
-            let poise = &shards.get(&shard)?.poise;
-            poise
-                .options()
-                .commands
-                .iter()
-                .any(|c| c.name == routed.name)
+            super::knows(&shards.get(&shard)?.poise, routed.name)
         };
         if !known {
             return None;
