@@ -8,6 +8,7 @@
 //! deadline derived from the interaction's snowflake, but never below `grace`, so a skewed
 //! local clock cannot make fallbacks race a healthy owner.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::load::{Membership, OverloadPolicy};
@@ -90,10 +91,20 @@ pub fn claim_turn(
     policy: &OverloadPolicy,
     timing: &ClaimTiming,
 ) -> ClaimTurn {
-    let mut view = members.clone();
-    if let Some(own) = view.get(me).cloned() {
-        view.set(crate::InstanceState { alive: true, ..own });
-    }
+    // Every instance runs this for every interaction it receives: copy the snapshot (every
+    // instance's state, with its per-kind waiting map) only in the rare case that it has `me`
+    // dead (a heartbeat that lapsed while this instance was stalled).
+    let view = match members.get(me) {
+        Some(own) if !own.alive => {
+            let mut view = members.clone();
+            view.set(crate::InstanceState {
+                alive: true,
+                ..own.clone()
+            });
+            Cow::Owned(view)
+        }
+        _ => Cow::Borrowed(members),
+    };
     let assignment = effective_owner(user, &view, policy);
     let owner = match assignment.owner {
         Some(owner) if owner != me => owner,
@@ -158,6 +169,34 @@ mod tests {
             delays,
             vec![t.grace, t.grace + t.step, t.grace + t.step * 2]
         );
+    }
+
+    #[test]
+    fn an_instance_counts_itself_alive_whatever_the_snapshot_says() {
+        // Instance 2's own heartbeat lapsed in the snapshot (it was stalled): it still owns
+        // its user 1, and as a fallback for user 3 (primary 4) it keeps its rank after 1.
+        let mut m = Membership::all_idle(4);
+        let own = m.get(2).unwrap().clone();
+        m.set(crate::InstanceState {
+            alive: false,
+            ..own
+        });
+        let id = snowflake_at(NOW, 1);
+        let t = ClaimTiming::default();
+        let p = OverloadPolicy::default();
+        match claim_turn(2, 1, id, NOW, &m, &p, &t) {
+            ClaimTurn::Now(a) => assert_eq!(a.owner, Some(2)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            claim_turn(2, 3, id, NOW, &m, &p, &t).delay(),
+            t.grace + t.step
+        );
+        // Its peers see it dead: user 1 goes to the next on the ladder, 3.
+        assert!(matches!(
+            claim_turn(3, 1, id, NOW, &m, &p, &t),
+            ClaimTurn::Now(_)
+        ));
     }
 
     #[test]
