@@ -339,7 +339,12 @@ impl LanePolicy {
         let (pace, blocked, provider) = self.holds(now, tokens);
         let ready = pace.max(blocked);
         if ready <= now {
-            self.pacer.record(now, interval, burst);
+            if burst < self.limits.burst.max(1) {
+                // The provider reports a burst allowance (see `burst`).
+                self.pacer.record_from_start(now, interval, burst);
+            } else {
+                self.pacer.record(now, interval, burst);
+            }
             self.reserved.pop_front();
             return Decision::Go(self.ledger.record(now, tokens));
         }

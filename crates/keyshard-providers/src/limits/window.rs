@@ -302,9 +302,25 @@ impl Pacer {
     }
 
     pub fn record(&mut self, now: Instant, interval: Duration, burst: u32) {
+        self.record_with(now, interval, burst, true);
+    }
+
+    /// [`record`](Self::record) for a lane whose provider reports a small burst allowance (a
+    /// token bucket refilled at the pace): there a late request keeps no slot, since the next
+    /// one would then start sooner after it than the bucket refills, and find it empty.
+    pub fn record_from_start(&mut self, now: Instant, interval: Duration, burst: u32) {
+        self.record_with(now, interval, burst, false);
+    }
+
+    fn record_with(&mut self, now: Instant, interval: Duration, burst: u32, keep_slot: bool) {
         let (due, credit) = self.at(now, interval, burst);
         let slot = self.anchor.map(|a| a + interval * (self.ahead + 1));
-        if let Some(slot) = slot.filter(|s| now >= *s && now < *s + interval) {
+        // Only lateness of the lane's own making: a request held back past its slot by
+        // something else (its window, the provider's reported state) starts the pace again from
+        // now, or the next one would follow it closely into a provider's small burst allowance.
+        let own = |s: &Instant| self.held.is_none_or(|h| h <= *s);
+        if let Some(slot) = slot.filter(|s| keep_slot && now >= *s && now < *s + interval && own(s))
+        {
             // Late by less than an interval (the worker took a moment to pick its job, or the
             // window let the slot go a little after the pace): the request still takes its
             // slot, and the pace goes on from the slot's time, not from now. Moving the pace to
