@@ -17,6 +17,7 @@
 
 pub mod daily;
 pub mod day_store;
+pub mod pacer;
 pub mod policy;
 pub mod reported;
 pub(crate) mod ticket;
