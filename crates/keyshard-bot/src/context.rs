@@ -184,6 +184,8 @@ pub struct Claimed {
     /// A job command refused by its quota (the class): answered without a job, so a sweeping
     /// fallback that finds it answered records its row as refused.
     refused: Option<&'static str>,
+    /// The claim needs no confirmation when the invocation ends ([`Claimed::settled`]).
+    settled: bool,
     me: InstanceId,
     instance_count: u32,
     cluster: Cluster,
@@ -215,6 +217,7 @@ impl Claimed {
             answer: None,
             recovered_for: None,
             refused: None,
+            settled: false,
             me: data.config.instance_id,
             instance_count: data.config.instance_count,
             cluster: data.cluster.clone(),
@@ -262,13 +265,21 @@ impl Claimed {
         self.refused.is_some()
     }
 
-    /// What a job queued for this interaction carries about its claim.
-    pub fn claim_info(&self) -> ClaimInfo {
+    /// What a job queued for this interaction carries about its claim; `recovered` when this
+    /// instance queues it for the one whose lapsed claim it swept.
+    pub fn claim_info(&self, recovered: bool) -> ClaimInfo {
         ClaimInfo {
             reason: self.assignment.reason,
             degraded: self.how.degraded,
             acked_ms: self.acked_ms.unwrap_or_else(unix_ms),
+            recovered,
         }
+    }
+
+    /// The job's queueing confirmed the claim, or found it swept: the invocation's end needs
+    /// no confirmation of its own (one round trip fewer).
+    pub fn settled(&mut self) {
+        self.settled = true;
     }
 
     /// The ledger row of an interaction answered without a job.
@@ -303,7 +314,8 @@ impl Claimed {
 impl Drop for Claimed {
     /// The invocation is over, so the interaction has been acknowledged (or failed beyond
     /// help): confirm the claim so it no longer lapses, off the acknowledgement's path, with
-    /// the ledger row when the interaction was answered without a job. The interaction stays
+    /// the ledger row when the interaction was answered without a job (a queued job's claim
+    /// was confirmed with its queueing, see [`Claimed::settled`]). The interaction stays
     /// in flight until the confirmation is done, so a draining instance records its last rows.
     fn drop(&mut self) {
         let (cluster, id, state) = (
@@ -313,11 +325,13 @@ impl Drop for Claimed {
         );
         let row = self.ledger.clone().zip(self.row());
         let (trips, metrics) = (self.trips.clone(), self.metrics.clone());
+        let settled = self.settled;
         tokio::spawn(async move {
             trips
                 .scope(async {
                     match row {
                         Some((ledger, row)) => ledger.confirm(&cluster, row).await,
+                        None if settled => {}
                         None => cluster.confirm(id).await,
                     }
                 })

@@ -85,6 +85,16 @@ pub async fn fill_deferred(
     Ok(())
 }
 
+/// Whether Discord says the interaction was acknowledged already (40060): another instance
+/// answered or deferred it.
+pub fn is_already_acknowledged(err: &Error) -> bool {
+    matches!(
+        err.downcast_ref::<serenity::Error>(),
+        Some(serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(resp)))
+            if resp.error.code == 40060
+    )
+}
+
 /// Counts the acknowledgement's latency from the claim decision.
 async fn observe_ack(ctx: Context<'_>) {
     if let Some(c) = ctx.invocation_data::<Claimed>().await {

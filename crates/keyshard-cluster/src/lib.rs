@@ -72,7 +72,7 @@ pub use gateway::{sync_commands, BudgetSource, CommandSync, Grant, IdentifyQueue
 pub use heartbeat::Heartbeat;
 pub use jobs::{
     Arrival, ClaimInfo, Delivery, Job, JobArgs, JobContext, JobHandler, JobKind, JobStats, Jobs,
-    Outcome, Ready, Slot, UnreadableJob,
+    Outcome, Ready, Slot, Submitted, UnreadableJob,
 };
 pub use key_marks::{KeyMarks, MarkedKey};
 pub use ledger::LedgerStream;

@@ -46,7 +46,9 @@ pub enum Routing {
     Degraded,
     /// Recorded by the fallback whose sweep took the lapsed claim of the instance that
     /// answered (`served_by`) and died or stalled before confirming it
-    /// (`migrations/0002_recovered_reason.sql`).
+    /// (`migrations/0002_recovered_reason.sql`); or a job that fallback queued because that
+    /// instance acknowledged and died or stalled before queueing it (`served_by` the instance
+    /// that ran it, `migrations/0004_recovered_job_reason.sql`).
     Recovered,
 }
 

@@ -292,6 +292,7 @@ impl Worker {
     ) -> LedgerRow {
         let primary = keyshard_routing::primary(job.user_id, self.inner.instance_count);
         let reason = match job.claim {
+            Some(c) if c.recovered => Routing::Recovered,
             Some(c) if c.degraded => Routing::Degraded,
             Some(c) => Routing::from(c.reason),
             // A job queued by a version that did not say how it was claimed: the primary's

@@ -1,7 +1,9 @@
 //! The usage ledger end to end: real instances against a private Redis, a private Postgres,
 //! the fake Discord and the fake providers. Every kind of answer gets one row with its fields;
 //! a job rescued from a killed instance gets one row; an instance killed between its answer
-//! and its claim confirmation gets its row recorded by the fallback that swept its claim;
+//! and its claim confirmation gets its row recorded by the fallback that swept its claim, and
+//! one killed (or stalled) between its acknowledgement and its job's queueing gets its job
+//! queued by that fallback;
 //! `/사용량` for a user and for an admin, `/성능`'s ledger lines, and `keyshard usage` /
 //! `keyshard migrate`. (Postgres restarted under load: `scenarios`.)
 
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use keyshard_routing::primary;
 use keyshard_sim::cluster::ADMIN_USER_ID;
-use keyshard_sim::discord::{InteractionSpec, SIM_GUILD_ID};
+use keyshard_sim::discord::{InteractionRecord, InteractionSpec, SIM_GUILD_ID};
 
 use crate::commands::{slow_videos, user_on, video_rendering_on};
 use crate::support::{final_messages, final_text, Row, Setup, TestCluster};
@@ -19,6 +21,29 @@ fn row(rows: &[Row], id: u64) -> &Row {
     rows.iter()
         .find(|r| r.interaction_id == id)
         .unwrap_or_else(|| panic!("no row for {id}: {rows:#?}"))
+}
+
+/// Waits until Discord has taken instance 1's acknowledgement of interaction `id`.
+async fn wait_acked_by_1(c: &TestCluster, id: u64) {
+    let acked = c
+        .discord
+        .wait_for(
+            |rs| rs.iter().any(|r| r.id == id && r.acked_by() == Some(1)),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(acked, "instance 1 acknowledged");
+}
+
+/// The sweeper (instance 2) tried to acknowledge and Discord said "already acknowledged".
+fn assert_instance_2_heard_40060(r: &InteractionRecord) {
+    assert!(
+        r.callbacks
+            .iter()
+            .any(|cb| cb.instance == 2 && cb.error_code == Some(40060)),
+        "the sweeper tried and heard 40060: {:?}",
+        r.callbacks
+    );
 }
 
 /// The rollup counts each row once (no double counting between the two tables).
@@ -166,14 +191,7 @@ async fn a_direct_answer_whose_instance_died_before_confirming_is_recovered_by_t
         .discord
         .send_interaction(InteractionSpec::guild("핑", user))
         .id;
-    let acked = c
-        .discord
-        .wait_for(
-            |rs| rs.iter().any(|r| r.id == id && r.acked_by() == Some(1)),
-            Duration::from_secs(5),
-        )
-        .await;
-    assert!(acked, "instance 1 answered");
+    wait_acked_by_1(&c, id).await;
     c.procs.kill(1).await.unwrap();
     let rows = c.wait_rows(&[id]).await;
     assert_eq!(rows.len(), 1);
@@ -185,13 +203,65 @@ async fn a_direct_answer_whose_instance_died_before_confirming_is_recovered_by_t
     );
     let r = c.discord.interaction(id).unwrap();
     assert_eq!(r.acked_by(), Some(1));
-    assert!(
-        r.callbacks
-            .iter()
-            .any(|cb| cb.instance == 2 && cb.error_code == Some(40060)),
-        "the sweeper tried and heard 40060: {:?}",
-        r.callbacks
+    assert_instance_2_heard_40060(&r);
+    c.procs.shutdown().await;
+}
+
+/// A `/채팅` whose claim instance 1 holds and acknowledges, with Discord holding the answer
+/// to its deferral for 3 s, longer than the claim's pending life (instance 1 cannot queue the
+/// job before it hears that answer): instance 2 sweeps the lapsed claim and hears "already
+/// acknowledged". Started with instance 1 killed or not.
+async fn slow_deferral_of_a_chat(kill: bool) -> (TestCluster, u64) {
+    let mut setup = Setup::new(2).with_providers().with_ledger();
+    setup.discord.callback_delay = Some((1, Duration::from_secs(3)));
+    let mut c = TestCluster::setup(setup).await;
+    let spec = InteractionSpec::guild("채팅", user_on(1, 12)).string("질문", "안녕");
+    let id = c.discord.send_interaction(spec).id;
+    wait_acked_by_1(&c, id).await;
+    if kill {
+        c.procs.kill(1).await.unwrap();
+    }
+    (c, id)
+}
+
+/// The answer of [`slow_deferral_of_a_chat`]: once, by instance 2's job, with one row that
+/// says the job was queued by the sweeper (`recovered`), after instance 2 heard 40060.
+async fn assert_answered_once_by_the_sweeper(c: &TestCluster, id: u64) {
+    let r = c.wait_final(id, Duration::from_secs(20)).await;
+    let finals: Vec<u32> = final_messages(&r).map(|m| m.instance).collect();
+    assert_eq!(finals, [2], "one answer, from the sweeper's job");
+    assert_instance_2_heard_40060(&r);
+    let rows = c.wait_rows(&[id]).await;
+    assert_eq!(rows.len(), 1);
+    let got = &rows[0];
+    assert_eq!(
+        (got.served_by, got.reason, got.command.as_str(), got.status),
+        (2, 6, "chat", 0),
+        "{got:?}"
     );
+}
+
+/// Instance 1 is killed between its acknowledgement and its job's queueing: the sweeper
+/// queues the job itself, and the user gets the answer (before, the interaction stayed
+/// "thinking" for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_instance_died_between_its_ack_and_its_queueing_is_queued_by_the_sweeper() {
+    let (mut c, id) = slow_deferral_of_a_chat(true).await;
+    assert_answered_once_by_the_sweeper(&c, id).await;
+    c.procs.shutdown().await;
+}
+
+/// Instance 1 lives on: when it hears its deferral was accepted, the claim is the sweeper's,
+/// and it queues nothing (the claim's confirmation and the job's queueing are one script).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_owner_whose_claim_was_swept_queues_no_second_job() {
+    let (mut c, id) = slow_deferral_of_a_chat(false).await;
+    assert_answered_once_by_the_sweeper(&c, id).await;
+    c.wait_log(1, "the sweeper queues the job").await;
+    let added = c.jobs_ever_queued(1, "chat").await;
+    assert_eq!(added, 0, "instance 1 queued no job of its own");
+    let r = c.discord.interaction(id).unwrap();
+    assert_eq!(final_messages(&r).count(), 1, "{r:#?}");
     c.procs.shutdown().await;
 }
 

@@ -283,28 +283,15 @@ impl TestCluster {
         }
     }
 
-    /// Waits until `n` jobs were ever queued on instance `id`'s stream of `kind`: the stream's
-    /// `entries-added` (`XINFO STREAM`), which taking and deleting entries do not lower. Each
-    /// interaction is dispatched on a task of its own, so interactions sent in a row may
-    /// queue their jobs in another order; a test about the order jobs are picked in waits
-    /// for this between the ones whose order matters.
+    /// Waits until `n` jobs were ever queued on instance `id`'s stream of `kind`
+    /// ([`jobs_ever_queued`](Self::jobs_ever_queued)). Each interaction is dispatched on a
+    /// task of its own, so interactions sent in a row may queue their jobs in another order; a
+    /// test about the order jobs are picked in waits for this between the ones whose order
+    /// matters.
     pub async fn wait_jobs_queued(&self, id: u32, kind: &str, n: u64) {
-        let client = redis::Client::open(self.redis.url()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let stream = format!("{}:jobs:{id}:{kind}", self.cluster_name);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            // No stream yet before the first job: nothing queued.
-            let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
-                .arg("STREAM")
-                .arg(&stream)
-                .query_async(&mut c)
-                .await
-                .unwrap_or_default();
-            let added: u64 = info
-                .get("entries-added")
-                .and_then(|v| redis::from_redis_value_ref(v).ok())
-                .unwrap_or(0);
+            let added = self.jobs_ever_queued(id, kind).await;
             if added >= n {
                 return;
             }
@@ -314,6 +301,42 @@ impl TestCluster {
             );
             // A job is queued one Redis round trip after its acknowledgement.
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// How many jobs were ever queued on instance `id`'s stream of `kind`: the stream's
+    /// `entries-added` (`XINFO STREAM`), which taking and deleting entries do not lower.
+    pub async fn jobs_ever_queued(&self, id: u32, kind: &str) -> u64 {
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let stream = format!("{}:jobs:{id}:{kind}", self.cluster_name);
+        // No stream yet before the first job: nothing queued.
+        let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&stream)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        info.get("entries-added")
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until instance `id`'s log has a line containing `needle` (an event the instance
+    /// logs, for a test that must know it happened before it asserts what did not).
+    pub async fn wait_log(&self, id: u32, needle: &str) {
+        let path = self.procs.log_path(id).expect("instance log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::fs::read_to_string(&path).is_ok_and(|log| log.contains(needle)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} never logged {needle:?}:\n{}",
+                keyshard_sim::cluster::log_tail(&path, 30)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -58,6 +58,11 @@ pub struct ClaimInfo {
     pub degraded: bool,
     /// When the acknowledgement (the deferred reply) went out, Unix ms.
     pub acked_ms: u64,
+    /// Queued by the fallback that swept the lapsed claim of an instance that acknowledged
+    /// the interaction and died (or stalled) before it queued the job. Left out of the JSON
+    /// when `false`, so other jobs' JSON is as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 /// How a job reached the stream its run took it from: moved there from a dead instance's

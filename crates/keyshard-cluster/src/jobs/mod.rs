@@ -95,6 +95,20 @@ pub use crate::keys::job_stream as stream_key;
 /// The consumer group every job stream has.
 pub use crate::keys::JOB_GROUP as GROUP;
 
+/// What became of a job handed to [`Jobs::submit_claimed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// On this instance's stream, its claim confirmed for the token's life.
+    Queued,
+    /// Redis could not take it: it runs in this process.
+    InProcess,
+    /// Nothing was queued: another instance holds the claim. This instance took longer than
+    /// the claim's pending life to acknowledge, a fallback swept the lapsed claim, and that
+    /// fallback, told by Discord that the interaction was acknowledged already, queues the
+    /// job itself.
+    Swept,
+}
+
 use self::reader::Reader;
 use self::shelter::Shelter;
 use crate::config::Load;
@@ -218,6 +232,33 @@ impl Jobs {
                     "Redis cannot take the job; running it in-process: {e}"
                 );
                 self.run_local(job)
+            }
+        }
+    }
+
+    /// Queues the job of an interaction this instance claimed and acknowledged, and confirms
+    /// the claim in the same round trip, so that the job is queued exactly when the claim is
+    /// confirmed (see `stream::add_confirming`). The acknowledgement path's second and last
+    /// round trip after the claim: the job's interaction needs no separate confirmation.
+    ///
+    /// When Redis cannot take the job, it runs in this process at once, as with
+    /// [`submit`](Self::submit) (its claim then lapses unconfirmed, as Redis is away).
+    pub async fn submit_claimed(&self, job: Job) -> Result<Submitted, ClusterError> {
+        let stream = self.stream(self.inner.me, job.kind());
+        let claim = keys::claim(&self.inner.prefix, job.id);
+        match stream::add_confirming(&self.inner.redis, &stream, &claim, self.inner.me, &job).await
+        {
+            Ok(Some(queued)) => {
+                self.shelter(&stream, job.kind(), queued);
+                Ok(Submitted::Queued)
+            }
+            Ok(None) => Ok(Submitted::Swept),
+            Err(e) => {
+                tracing::warn!(
+                    job = job.id,
+                    "Redis cannot take the job; running it in-process: {e}"
+                );
+                self.run_local(job).map(|()| Submitted::InProcess)
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The Redis stream calls of the job engine, each written once: queue (`XADD`), finish
+//! The Redis stream calls of the job engine, each written once: queue (`XADD`, and a new job's
+//! `XADD` with its claim's confirmation), finish
 //! (`XACK` + `XDEL`), the consumer group's creation, the reads (own entries, a dead stream's
 //! batch), the backlog (`XLEN`) and the move of an entry between streams.
 //!
@@ -9,6 +10,7 @@
 
 use std::time::Duration;
 
+use keyshard_routing::InstanceId;
 use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisResult;
@@ -79,6 +81,61 @@ pub(super) async fn add_payload(
         payload,
         arrival,
     })
+}
+
+/// A new job's queueing together with its claim's confirmation (`KEYS[1]` the stream,
+/// `KEYS[2]` the claim; `ARGV` me, the claim's full life in ms, the job's JSON):
+/// - held by me: extend it and queue the job;
+/// - lapsed and taken by nobody: take it back for its full life and queue the job;
+/// - held by another instance (a fallback swept the lapsed claim): queue nothing. That
+///   fallback hears Discord say "already acknowledged" and queues the job itself.
+///
+/// Returns the entry id, or `false` (nil) when nothing was queued. Atomic, so a job is queued
+/// exactly when its claim is confirmed: a fallback can only sweep a claim whose job is not
+/// queued, and an instance whose claim was swept queues no second job.
+const QUEUE_CONFIRMING_SCRIPT: &str = r"
+local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+elseif holder == false then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+else
+  return false
+end
+return redis.call('XADD', KEYS[1], '*', 'job', ARGV[3])
+";
+
+/// Queues `job`, new, on `stream` and confirms its interaction's `claim` for `me` in the
+/// same round trip ([`QUEUE_CONFIRMING_SCRIPT`]): `None` when another instance holds the
+/// claim and nothing was queued.
+pub(super) async fn add_confirming(
+    redis: &Redis,
+    stream: &str,
+    claim: &str,
+    me: InstanceId,
+    job: &Job,
+) -> Result<Option<Queued>, ClusterError> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(QUEUE_CONFIRMING_SCRIPT));
+    let payload = serde_json::to_vec(job).expect("a job serializes");
+    let (stream, claim, sent) = (stream.to_owned(), claim.to_owned(), payload.clone());
+    let id: Option<String> = redis
+        .run("queue job", OP_BUDGET, move |mut c| async move {
+            SCRIPT
+                .key(&stream)
+                .key(&claim)
+                .arg(me.to_string())
+                .arg(crate::keys::CLAIM_TTL_MS)
+                .arg(sent)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await?;
+    Ok(id.map(|id| Queued {
+        id,
+        payload,
+        arrival: Arrival::default(),
+    }))
 }
 
 /// How the job in `entry` got to its stream.

@@ -278,12 +278,21 @@ mod tests {
             reason: Reason::PrimaryDown,
             degraded: false,
             acked_ms: 1_700_000_000_123,
+            recovered: false,
         });
         let wire = serde_json::to_string(&j).unwrap();
         assert!(
             wire.ends_with(
                 r#""attempt":1,"claim":{"reason":"primary_down","degraded":false,"acked_ms":1700000000123}}"#
             ),
+            "{wire}"
+        );
+        assert_eq!(decode(wire.as_bytes()).unwrap().claim, j.claim);
+        // A job queued by a sweeping fallback says so; the flag round trips.
+        j.claim.as_mut().unwrap().recovered = true;
+        let wire = serde_json::to_string(&j).unwrap();
+        assert!(
+            wire.contains(r#""acked_ms":1700000000123,"recovered":true}"#),
             "{wire}"
         );
         assert_eq!(decode(wire.as_bytes()).unwrap().claim, j.claim);

@@ -1,5 +1,6 @@
 //! The claim: exactly one instance wins each interaction, the owner when it is there, the
-//! next instance on the ladder when it stalls.
+//! next instance on the ladder when it stalls; its confirmation, alone or with a ledger row or
+//! a queued job.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -275,25 +276,14 @@ async fn a_confirmation_records_the_row_only_for_the_holder_of_the_claim() {
     use keyshard_cluster::Confirmed;
     let tc = TestCluster::start().await;
     let url = tc.redis.url();
-    let stream_len = |id: u32| {
-        let (url, key) = (url.clone(), keys::ledger_stream(&tc.name, id));
-        async move {
-            let client = redis::Client::open(url).unwrap();
-            let mut c = client.get_multiplexed_async_connection().await.unwrap();
-            redis::cmd("XLEN")
-                .arg(&key)
-                .query_async::<u64>(&mut c)
-                .await
-                .unwrap()
-        }
-    };
+    let ledger = |id: u32| keys::ledger_stream(&tc.name, id);
 
     // Held by me: confirmed for the token's life, and the row is appended.
     let (user, id) = (user_of(3, 31), interaction(31));
     assert!(tc.node(3).claim(id, user, now_ms()).await.answers());
     let got = tc.node(3).confirm_recording(id, r#"{"row":1}"#).await;
     assert!(matches!(got, Confirmed::Recorded { .. }), "{got:?}");
-    assert_eq!(stream_len(3).await, 1);
+    assert_eq!(redis_xlen(&url, &ledger(3)).await, 1);
     let ttl = redis_pttl(&url, &keys::claim(&tc.name, id)).await;
     assert!(ttl > TIMING.pending.as_millis() as i64, "confirmed: {ttl}");
 
@@ -302,7 +292,7 @@ async fn a_confirmation_records_the_row_only_for_the_holder_of_the_claim() {
     assert!(tc.node(1).claim(id, user, now_ms()).await.answers());
     let got = tc.node(2).confirm_recording(id, r#"{"row":2}"#).await;
     assert_eq!(got, Confirmed::NotHolder);
-    assert_eq!(stream_len(2).await, 0);
+    assert_eq!(redis_xlen(&url, &ledger(2)).await, 0);
     assert_eq!(
         redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
         Some("1"),
@@ -314,7 +304,60 @@ async fn a_confirmation_records_the_row_only_for_the_holder_of_the_claim() {
     let id = interaction(33);
     let got = tc.node(4).confirm_recording(id, r#"{"row":3}"#).await;
     assert!(matches!(got, Confirmed::Recorded { .. }), "{got:?}");
-    assert_eq!(stream_len(4).await, 1);
+    assert_eq!(redis_xlen(&url, &ledger(4)).await, 1);
+    assert_eq!(
+        redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
+        Some("4")
+    );
+}
+
+/// A job command's job is queued with its claim's confirmation, in one script: queued exactly
+/// when the claim is (or becomes) this instance's, never when a fallback swept it (that
+/// fallback queues the job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_queued_only_by_the_holder_of_its_claim() {
+    use keyshard_cluster::{JobKind, Jobs, Submitted};
+    let tc = TestCluster::start().await;
+    let url = tc.redis.url();
+    // No workers: what is queued stays in the stream.
+    let chats = |id: u32| keys::job_stream(&tc.name, id, JobKind::Chat);
+    let jobs = |id: u32| Jobs::new(tc.node(id));
+
+    // Held by me: queued, and the claim confirmed for the token's life.
+    let (user, id) = (user_of(3, 41), interaction(41));
+    assert!(tc.node(3).claim(id, user, now_ms()).await.answers());
+    let got = jobs(3).submit_claimed(chat_job(id, user, 3)).await.unwrap();
+    assert_eq!(got, Submitted::Queued);
+    assert_eq!(redis_xlen(&url, &chats(3)).await, 1);
+    let ttl = redis_pttl(&url, &keys::claim(&tc.name, id)).await;
+    assert!(ttl > TIMING.pending.as_millis() as i64, "confirmed: {ttl}");
+
+    // Held by another instance (a fallback swept it): nothing queued, the claim untouched.
+    let (user, id) = (user_of(1, 42), interaction(42));
+    assert!(tc.node(1).claim(id, user, now_ms()).await.answers());
+    let got = jobs(2).submit_claimed(chat_job(id, user, 2)).await.unwrap();
+    assert_eq!(got, Submitted::Swept);
+    assert_eq!(redis_xlen(&url, &chats(2)).await, 0);
+    assert_eq!(
+        redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
+        Some("1"),
+        "the holder keeps its claim"
+    );
+    let ttl = redis_pttl(&url, &keys::claim(&tc.name, id)).await;
+    assert!(
+        ttl <= TIMING.pending.as_millis() as i64,
+        "not extended: {ttl}"
+    );
+
+    // Lapsed and taken by nobody: this instance acknowledged, so it takes the claim back for
+    // its full life and queues the job.
+    let id = interaction(43);
+    let got = jobs(4)
+        .submit_claimed(chat_job(id, user_of(4, 43), 4))
+        .await
+        .unwrap();
+    assert_eq!(got, Submitted::Queued);
+    assert_eq!(redis_xlen(&url, &chats(4)).await, 1);
     assert_eq!(
         redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
         Some("4")

@@ -15,16 +15,6 @@ fn ids(entries: &[Entry]) -> Vec<String> {
     entries.iter().map(|e| e.id.clone()).collect()
 }
 
-async fn xlen(url: &str, key: &str) -> u64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("XLEN")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap()
-}
-
 /// A handle that never runs its loops: a dead instance as far as its peers can tell.
 fn silent(url: &str, id: u32) -> LedgerStream {
     LedgerStream::new(&Cluster::new(config(url, "kstest", id)).unwrap())
@@ -61,7 +51,7 @@ async fn rows_are_read_until_acknowledged_pending_first() {
 
     s.ack(1, &ids(&b.entries[..3])).await.unwrap();
     assert_eq!(
-        xlen(&redis.url(), &key).await,
+        redis_xlen(&redis.url(), &key).await,
         3,
         "acknowledged entries are deleted"
     );

@@ -229,6 +229,17 @@ pub async fn redis_get(url: &str, key: &str) -> Option<String> {
         .unwrap()
 }
 
+/// `XLEN` of a stream (0: no stream), read on a fresh connection.
+pub async fn redis_xlen(url: &str, key: &str) -> u64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// `PTTL` of a key (-2: no key, -1: no expiry).
 pub async fn redis_pttl(url: &str, key: &str) -> i64 {
     let client = redis::Client::open(url).unwrap();
