@@ -175,12 +175,7 @@ fn on_tick(delay: Duration) -> tokio::time::Instant {
 /// Whether Discord says the interaction was already answered or is gone: another instance won
 /// the race, or the 3 s window passed. Never a user-facing error.
 pub fn is_lost_race(err: &serenity::Error) -> bool {
-    match err {
-        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(resp)) => {
-            matches!(resp.error.code, 40060 | 10062)
-        }
-        _ => false,
-    }
+    matches!(respond::discord_code(err), Some(40060 | 10062))
 }
 
 /// A log-safe description of an error: Discord's code and message, never a token.
@@ -213,7 +208,8 @@ async fn tell(ctx: Context<'_>, text: &str, answered: Answered) {
 /// Discord said the interaction was answered already. For a command answered without a job,
 /// when this instance swept the lapsed claim of another, that instance answered and died (or
 /// stalled) before confirming: its ledger row is recorded from here, on its behalf. A job
-/// command's row comes from its job (the one that instance queued, if it did).
+/// command's row comes from its job: the one that instance queued, or, when it acknowledged
+/// and died before queueing it, the one this instance queued (`commands::queue`).
 async fn recover(ctx: Context<'_>) {
     if let Some(mut claimed) = ctx.invocation_data::<Claimed>().await {
         // A job command's row comes from its job, unless its quota refused it (no job).

@@ -85,14 +85,21 @@ pub async fn fill_deferred(
     Ok(())
 }
 
+/// Discord's error code when `err` is Discord refusing a request (40060 already acknowledged,
+/// 10062 unknown interaction, …).
+pub fn discord_code(err: &serenity::Error) -> Option<isize> {
+    match err {
+        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(resp)) => {
+            Some(resp.error.code)
+        }
+        _ => None,
+    }
+}
+
 /// Whether Discord says the interaction was acknowledged already (40060): another instance
 /// answered or deferred it.
 pub fn is_already_acknowledged(err: &Error) -> bool {
-    matches!(
-        err.downcast_ref::<serenity::Error>(),
-        Some(serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(resp)))
-            if resp.error.code == 40060
-    )
+    err.downcast_ref::<serenity::Error>().and_then(discord_code) == Some(40060)
 }
 
 /// Counts the acknowledgement's latency from the claim decision.

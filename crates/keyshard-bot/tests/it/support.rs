@@ -289,9 +289,12 @@ impl TestCluster {
     /// test about the order jobs are picked in waits for this between the ones whose order
     /// matters.
     pub async fn wait_jobs_queued(&self, id: u32, kind: &str, n: u64) {
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let stream = format!("{}:jobs:{id}:{kind}", self.cluster_name);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let added = self.jobs_ever_queued(id, kind).await;
+            let added = entries_added(&mut c, &stream).await;
             if added >= n {
                 return;
             }
@@ -304,22 +307,11 @@ impl TestCluster {
         }
     }
 
-    /// How many jobs were ever queued on instance `id`'s stream of `kind`: the stream's
-    /// `entries-added` (`XINFO STREAM`), which taking and deleting entries do not lower.
+    /// How many jobs were ever queued on instance `id`'s stream of `kind` ([`entries_added`]).
     pub async fn jobs_ever_queued(&self, id: u32, kind: &str) -> u64 {
         let client = redis::Client::open(self.redis.url()).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let stream = format!("{}:jobs:{id}:{kind}", self.cluster_name);
-        // No stream yet before the first job: nothing queued.
-        let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&stream)
-            .query_async(&mut c)
-            .await
-            .unwrap_or_default();
-        info.get("entries-added")
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-            .unwrap_or(0)
+        entries_added(&mut c, &format!("{}:jobs:{id}:{kind}", self.cluster_name)).await
     }
 
     /// Waits until instance `id`'s log has a line containing `needle` (an event the instance
@@ -350,6 +342,20 @@ impl TestCluster {
             .await
             .unwrap()
     }
+}
+
+/// The entries ever added to `stream`: its `entries-added` (`XINFO STREAM`), which taking
+/// and deleting entries do not lower (0 before the stream exists).
+async fn entries_added(c: &mut redis::aio::MultiplexedConnection, stream: &str) -> u64 {
+    let info: std::collections::HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query_async(c)
+        .await
+        .unwrap_or_default();
+    info.get("entries-added")
+        .and_then(|v| redis::from_redis_value_ref(v).ok())
+        .unwrap_or(0)
 }
 
 /// One usage-ledger row as the tests read it back (`psql`, the way the simulator does).

@@ -2,9 +2,10 @@
 //! workers that take jobs as capacity frees up, idempotent delivery, the rescue of a dead
 //! peer's jobs, and the move of a job to a peer when this instance's keys cannot serve it.
 //!
-//! Life of a job: the instance that won an interaction acknowledges it and [`Jobs::submit`]s
-//! a [`Job`] to `{c}:jobs:{me}:{kind}`. A reader per kind takes one entry whenever a worker
-//! slot is free *and* the handler has reserved a send that a provider lane of the kind can
+//! Life of a job: the instance that won an interaction acknowledges it and
+//! [`Jobs::submit_claimed`]s a [`Job`] to `{c}:jobs:{me}:{kind}`, with the claim's confirmation
+//! in the same script. A reader per kind takes one entry whenever a worker slot is free *and*
+//! the handler has reserved a send that a provider lane of the kind can
 //! make at once ([`JobHandler::ready`]), and runs the [`JobHandler`]: the waiting entry of the
 //! user with the least service in hand (`pick`) that the reserved lane can serve, new entries
 //! waited for with `XREADGROUP … BLOCK` on a dedicated connection, because a blocking read
@@ -221,35 +222,33 @@ impl Jobs {
     /// this process at once (within the kind's worker limit) instead of being lost.
     pub async fn submit(&self, job: Job) -> Result<(), ClusterError> {
         let stream = self.stream(self.inner.me, job.kind());
-        match stream::add(&self.inner.redis, &stream, &job, Arrival::default()).await {
-            Ok(queued) => {
-                self.shelter(&stream, job.kind(), queued);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(
-                    job = job.id,
-                    "Redis cannot take the job; running it in-process: {e}"
-                );
-                self.run_local(job)
-            }
-        }
+        let added = stream::add(&self.inner.redis, &stream, &job, Arrival::default()).await;
+        self.take_submitted(&stream, job, added.map(Some))
+            .map(|_| ())
     }
 
-    /// Queues the job of an interaction this instance claimed and acknowledged, and confirms
-    /// the claim in the same round trip, so that the job is queued exactly when the claim is
-    /// confirmed (see `stream::add_confirming`). The acknowledgement path's second and last
-    /// round trip after the claim: the job's interaction needs no separate confirmation.
-    ///
-    /// When Redis cannot take the job, it runs in this process at once, as with
-    /// [`submit`](Self::submit) (its claim then lapses unconfirmed, as Redis is away).
+    /// [`submit`](Self::submit) for the job of an interaction this instance claimed and
+    /// acknowledged: the claim is confirmed in the same round trip, so that the job is queued
+    /// exactly when the claim is confirmed (`stream::add_confirming`), and the interaction
+    /// needs no confirmation of its own. When Redis cannot take the job, it runs in this
+    /// process and its claim lapses unconfirmed.
     pub async fn submit_claimed(&self, job: Job) -> Result<Submitted, ClusterError> {
         let stream = self.stream(self.inner.me, job.kind());
-        let claim = keys::claim(&self.inner.prefix, job.id);
-        match stream::add_confirming(&self.inner.redis, &stream, &claim, self.inner.me, &job).await
-        {
+        let added = stream::add_confirming(&self.inner.cluster, &stream, &job).await;
+        self.take_submitted(&stream, job, added)
+    }
+
+    /// What a submission's `XADD` on `stream` came to: the copy kept in the shelter, nothing
+    /// (another instance holds the claim), or the job run in this process (Redis failed).
+    fn take_submitted(
+        &self,
+        stream: &str,
+        job: Job,
+        added: Result<Option<stream::Queued>, ClusterError>,
+    ) -> Result<Submitted, ClusterError> {
+        match added {
             Ok(Some(queued)) => {
-                self.shelter(&stream, job.kind(), queued);
+                self.shelter(stream, job.kind(), queued);
                 Ok(Submitted::Queued)
             }
             Ok(None) => Ok(Submitted::Swept),

@@ -1,6 +1,5 @@
-//! The Redis stream calls of the job engine, each written once: queue (`XADD`, and a new job's
-//! `XADD` with its claim's confirmation), finish
-//! (`XACK` + `XDEL`), the consumer group's creation, the reads (own entries, a dead stream's
+//! The Redis stream calls of the job engine, each written once: queue (`XADD`, or a new job's
+//! with its claim's confirmation), finish (`XACK` + `XDEL`), the consumer group's creation, the reads (own entries, a dead stream's
 //! batch), the backlog (`XLEN`) and the move of an entry between streams.
 //!
 //! Every call but one runs on the shared connection within [`OP_BUDGET`] or its own budget.
@@ -10,7 +9,6 @@
 
 use std::time::Duration;
 
-use keyshard_routing::InstanceId;
 use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisResult;
@@ -19,7 +17,7 @@ use super::run::Work;
 use super::{decode, Arrival, DecodeError, Job};
 use crate::conn::Redis;
 use crate::keys::JOB_GROUP;
-use crate::ClusterError;
+use crate::{Cluster, ClusterError};
 
 /// Time budget of the non-blocking job operations on the shared connection: one small
 /// command, well over a healthy Redis's millisecond, well under a user's patience.
@@ -28,6 +26,9 @@ pub(super) const OP_BUDGET: Duration = Duration::from_millis(500);
 /// Time budget of one rescue read: an `XAUTOCLAIM` and an `XREADGROUP` of up to a batch of
 /// entries each, kilobytes per entry, so more than a single small command.
 const RESCUE_READ_BUDGET: Duration = Duration::from_secs(2);
+
+/// The entry field that holds a job's JSON.
+const JOB: &str = "job";
 
 /// The entry fields that say how a job got to its stream ([`Arrival`]), beside `job`.
 const RESCUED: &str = "rescued";
@@ -66,7 +67,7 @@ pub(super) async fn add_payload(
     let id = redis
         .run("queue job", OP_BUDGET, move |mut c| async move {
             let mut cmd = redis::cmd("XADD");
-            cmd.arg(&stream).arg("*").arg("job").arg(sent);
+            cmd.arg(&stream).arg("*").arg(JOB).arg(sent);
             if arrival.rescued {
                 cmd.arg(RESCUED).arg(1);
             }
@@ -83,53 +84,18 @@ pub(super) async fn add_payload(
     })
 }
 
-/// A new job's queueing together with its claim's confirmation (`KEYS[1]` the stream,
-/// `KEYS[2]` the claim; `ARGV` me, the claim's full life in ms, the job's JSON):
-/// - held by me: extend it and queue the job;
-/// - lapsed and taken by nobody: take it back for its full life and queue the job;
-/// - held by another instance (a fallback swept the lapsed claim): queue nothing. That
-///   fallback hears Discord say "already acknowledged" and queues the job itself.
-///
-/// Returns the entry id, or `false` (nil) when nothing was queued. Atomic, so a job is queued
-/// exactly when its claim is confirmed: a fallback can only sweep a claim whose job is not
-/// queued, and an instance whose claim was swept queues no second job.
-const QUEUE_CONFIRMING_SCRIPT: &str = r"
-local holder = redis.call('GET', KEYS[2])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-elseif holder == false then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-else
-  return false
-end
-return redis.call('XADD', KEYS[1], '*', 'job', ARGV[3])
-";
-
-/// Queues `job`, new, on `stream` and confirms its interaction's `claim` for `me` in the
-/// same round trip ([`QUEUE_CONFIRMING_SCRIPT`]): `None` when another instance holds the
-/// claim and nothing was queued.
+/// Queues `job`, new, on `stream` and confirms its interaction's claim for this instance in
+/// the same script (`Cluster::confirm_appending`), so that a job is queued exactly when its
+/// claim is confirmed: `None` when another instance holds the claim (a fallback swept it) and
+/// nothing was queued.
 pub(super) async fn add_confirming(
-    redis: &Redis,
+    cluster: &Cluster,
     stream: &str,
-    claim: &str,
-    me: InstanceId,
     job: &Job,
 ) -> Result<Option<Queued>, ClusterError> {
-    static SCRIPT: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(QUEUE_CONFIRMING_SCRIPT));
     let payload = serde_json::to_vec(job).expect("a job serializes");
-    let (stream, claim, sent) = (stream.to_owned(), claim.to_owned(), payload.clone());
-    let id: Option<String> = redis
-        .run("queue job", OP_BUDGET, move |mut c| async move {
-            SCRIPT
-                .key(&stream)
-                .key(&claim)
-                .arg(me.to_string())
-                .arg(crate::keys::CLAIM_TTL_MS)
-                .arg(sent)
-                .invoke_async(&mut c)
-                .await
-        })
+    let id = cluster
+        .confirm_appending(job.id, stream, (JOB, &payload), ("queue job", OP_BUDGET))
         .await?;
     Ok(id.map(|id| Queued {
         id,
@@ -320,7 +286,7 @@ pub(super) async fn move_entry(
 
 /// The `job` field of a stream entry; `None` for a deleted entry still pending.
 fn payload(entry: &StreamId) -> Option<Vec<u8>> {
-    let raw = entry.map.get("job")?;
+    let raw = entry.map.get(JOB)?;
     redis::from_redis_value_ref(raw).ok()
 }
 

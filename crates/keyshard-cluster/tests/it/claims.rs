@@ -82,7 +82,7 @@ async fn four_handles_race_and_each_interaction_is_claimed_once_by_its_owner() {
     // The claim key names the winner.
     let (&some_id, &some_user) = users.iter().next().unwrap();
     assert_eq!(
-        redis_get(&tc.redis.url(), &keys::claim(&tc.name, some_id)).await,
+        tc.claim_holder(some_id).await,
         Some(primary(some_user, N).to_string())
     );
 
@@ -139,12 +139,7 @@ async fn stalled_owner_is_replaced_by_the_next_instance_within_its_grace() {
 
     // The stalled owner wakes up late: it must not answer too.
     assert_eq!(tc.claim_on(&[2], id, user).await[0].1, ClaimOutcome::Lost);
-    assert_eq!(
-        redis_get(&tc.redis.url(), &keys::claim(&tc.name, id))
-            .await
-            .as_deref(),
-        Some("3")
-    );
+    assert_eq!(tc.claim_holder(id).await.as_deref(), Some("3"));
 }
 
 /// The receipt taken on arrival says how long each instance waits before its claim (the
@@ -284,7 +279,7 @@ async fn a_confirmation_records_the_row_only_for_the_holder_of_the_claim() {
     let got = tc.node(3).confirm_recording(id, r#"{"row":1}"#).await;
     assert!(matches!(got, Confirmed::Recorded { .. }), "{got:?}");
     assert_eq!(redis_xlen(&url, &ledger(3)).await, 1);
-    let ttl = redis_pttl(&url, &keys::claim(&tc.name, id)).await;
+    let ttl = tc.claim_ttl(id).await;
     assert!(ttl > TIMING.pending.as_millis() as i64, "confirmed: {ttl}");
 
     // Held by another instance (a fallback swept it): no row from me.
@@ -294,7 +289,7 @@ async fn a_confirmation_records_the_row_only_for_the_holder_of_the_claim() {
     assert_eq!(got, Confirmed::NotHolder);
     assert_eq!(redis_xlen(&url, &ledger(2)).await, 0);
     assert_eq!(
-        redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
+        tc.claim_holder(id).await.as_deref(),
         Some("1"),
         "the holder keeps its claim"
     );
@@ -305,10 +300,7 @@ async fn a_confirmation_records_the_row_only_for_the_holder_of_the_claim() {
     let got = tc.node(4).confirm_recording(id, r#"{"row":3}"#).await;
     assert!(matches!(got, Confirmed::Recorded { .. }), "{got:?}");
     assert_eq!(redis_xlen(&url, &ledger(4)).await, 1);
-    assert_eq!(
-        redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
-        Some("4")
-    );
+    assert_eq!(tc.claim_holder(id).await.as_deref(), Some("4"));
 }
 
 /// A job command's job is queued with its claim's confirmation, in one script: queued exactly
@@ -329,7 +321,7 @@ async fn a_job_is_queued_only_by_the_holder_of_its_claim() {
     let got = jobs(3).submit_claimed(chat_job(id, user, 3)).await.unwrap();
     assert_eq!(got, Submitted::Queued);
     assert_eq!(redis_xlen(&url, &chats(3)).await, 1);
-    let ttl = redis_pttl(&url, &keys::claim(&tc.name, id)).await;
+    let ttl = tc.claim_ttl(id).await;
     assert!(ttl > TIMING.pending.as_millis() as i64, "confirmed: {ttl}");
 
     // Held by another instance (a fallback swept it): nothing queued, the claim untouched.
@@ -339,11 +331,11 @@ async fn a_job_is_queued_only_by_the_holder_of_its_claim() {
     assert_eq!(got, Submitted::Swept);
     assert_eq!(redis_xlen(&url, &chats(2)).await, 0);
     assert_eq!(
-        redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
+        tc.claim_holder(id).await.as_deref(),
         Some("1"),
         "the holder keeps its claim"
     );
-    let ttl = redis_pttl(&url, &keys::claim(&tc.name, id)).await;
+    let ttl = tc.claim_ttl(id).await;
     assert!(
         ttl <= TIMING.pending.as_millis() as i64,
         "not extended: {ttl}"
@@ -358,8 +350,5 @@ async fn a_job_is_queued_only_by_the_holder_of_its_claim() {
         .unwrap();
     assert_eq!(got, Submitted::Queued);
     assert_eq!(redis_xlen(&url, &chats(4)).await, 1);
-    assert_eq!(
-        redis_get(&url, &keys::claim(&tc.name, id)).await.as_deref(),
-        Some("4")
-    );
+    assert_eq!(tc.claim_holder(id).await.as_deref(), Some("4"));
 }

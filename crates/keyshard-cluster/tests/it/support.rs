@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyshard_cluster::{
-    ClaimOutcome, ClaimTiming, Cluster, ClusterConfig, InstanceId, Job, JobArgs, UserId,
+    keys, ClaimOutcome, ClaimTiming, Cluster, ClusterConfig, InstanceId, Job, JobArgs, UserId,
 };
 use keyshard_routing::snowflake_at;
 use keyshard_testkit::RedisServer;
@@ -79,6 +79,16 @@ impl TestCluster {
         let tc = TestCluster { redis, name, nodes };
         tc.wait_all_see_all_alive().await;
         tc
+    }
+
+    /// Who holds the claim on interaction `id` (`None`: nobody).
+    pub async fn claim_holder(&self, id: u64) -> Option<String> {
+        redis_get(&self.redis.url(), &keys::claim(&self.name, id)).await
+    }
+
+    /// The `PTTL` of the claim on interaction `id`.
+    pub async fn claim_ttl(&self, id: u64) -> i64 {
+        redis_pttl(&self.redis.url(), &keys::claim(&self.name, id)).await
     }
 
     pub fn node(&self, id: InstanceId) -> &Cluster {
@@ -218,37 +228,26 @@ pub fn answering(outcomes: &[(InstanceId, ClaimOutcome, Duration)]) -> Vec<Insta
         .collect()
 }
 
-/// The value of a key, read on a fresh connection.
-pub async fn redis_get(url: &str, key: &str) -> Option<String> {
+/// One command's reply, on a fresh connection.
+async fn redis_query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> T {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
+    cmd.query_async(&mut conn).await.unwrap()
 }
 
-/// `XLEN` of a stream (0: no stream), read on a fresh connection.
+/// The value of a key, read on a fresh connection.
+pub async fn redis_get(url: &str, key: &str) -> Option<String> {
+    redis_query(url, redis::cmd("GET").arg(key)).await
+}
+
+/// `XLEN` of a stream (0: no stream).
 pub async fn redis_xlen(url: &str, key: &str) -> u64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("XLEN")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
+    redis_query(url, redis::cmd("XLEN").arg(key)).await
 }
 
 /// `PTTL` of a key (-2: no key, -1: no expiry).
 pub async fn redis_pttl(url: &str, key: &str) -> i64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
+    redis_query(url, redis::cmd("PTTL").arg(key)).await
 }
 
 /// A chat job from `user` claimed by `origin`, as the bot would queue it.
