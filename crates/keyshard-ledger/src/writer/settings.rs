@@ -1,6 +1,8 @@
-//! The writer's settings ([`WriterConfig`]), its retry pause ([`backoff_delay`]) and what it
-//! reports ([`WriterStats`]).
+//! The writer's settings ([`WriterConfig`]), its retry pause ([`backoff_delay`]), how it
+//! spreads its statements ([`statements`], [`stagger`]) and what it reports ([`WriterStats`],
+//! [`LedgerWriter::stats`](super::LedgerWriter::stats)).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -25,6 +27,10 @@ pub struct WriterConfig {
     /// How often to look for dead peers' streams: about once per heartbeat, as often as
     /// liveness can change.
     pub takeover_every: Duration,
+    /// Rows per statement while a tick's rows are few (see [`statements`]).
+    pub spread_rows: usize,
+    /// The pause between two of a tick's spread statements.
+    pub spread_gap: Duration,
     pub limits: Limits,
 }
 
@@ -36,9 +42,43 @@ impl Default for WriterConfig {
             batches_per_tick: 20,
             max_backoff: Duration::from_secs(5),
             takeover_every: Duration::from_secs(1),
+            spread_rows: 16,
+            spread_gap: Duration::from_millis(5),
             limits: Limits::default(),
         }
     }
+}
+
+/// How `rows` rows read in one go are written: `(rows per statement, pause between two)`.
+///
+/// Postgres spends ~15 µs of CPU per row here (the insert, its indexes, the rollup): 60 rows,
+/// a quarter second of 1,000 interactions/s shared by 4 instances, are 1–2 ms of one core at
+/// once. On a machine that Postgres shares with the instances, every acknowledgement in that
+/// moment waits for a core (ack p99 at 1,000/s on two cores: 2.4 ms with one statement per
+/// tick, ~2.0 ms spread; BENCHMARKS.md). So a tick's rows go in statements of
+/// `spread_rows`, `spread_gap` apart, as long as they are done within half an interval; more
+/// than that (a backlog after an outage) go in statements of `batch` rows, back to back.
+pub fn statements(rows: usize, cfg: &WriterConfig) -> (usize, Duration) {
+    let spread = cfg.spread_rows.max(1);
+    let gaps = rows.div_ceil(spread).saturating_sub(1);
+    let spread_fits = !cfg.spread_gap.is_zero()
+        && cfg
+            .spread_gap
+            .saturating_mul(u32::try_from(gaps).unwrap_or(u32::MAX))
+            <= cfg.interval / 2;
+    if rows > spread && spread_fits {
+        (spread, cfg.spread_gap)
+    } else {
+        (cfg.batch.max(1), Duration::ZERO)
+    }
+}
+
+/// How long after the others instance `me` of `count` starts its write loop: the N writers
+/// of instances started together (a compose file) would otherwise send their statements to
+/// Postgres in the same milliseconds, each tick.
+pub fn stagger(me: u32, count: u32, interval: Duration) -> Duration {
+    let count = count.max(1);
+    interval / count * (me.saturating_sub(1) % count)
 }
 
 /// The pause after `failures` failed writes in a row: `base`, doubling, at most `max`.
@@ -80,4 +120,43 @@ pub struct WriterStats {
     pub oldest_buffered_age_ms: Option<u64>,
     /// Writes have failed since the last success.
     pub postgres_failing: bool,
+}
+
+impl super::LedgerWriter {
+    pub fn stats(&self) -> WriterStats {
+        let c = &self.inner.counters;
+        let (bc, buffered, not_in_redis, oldest) = {
+            let b = self.buffer();
+            (
+                b.counters(),
+                b.len() as u64,
+                b.not_in_redis() as u64,
+                b.oldest_recorded_ms(),
+            )
+        };
+        let failing = self
+            .inner
+            .backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failures
+            > 0;
+        WriterStats {
+            recorded: c.recorded.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            write_failures: c.write_failures.load(Ordering::Relaxed),
+            push_failures: c.push_failures.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
+            taken_over: c.taken_over.load(Ordering::Relaxed),
+            dropped: bc.dropped,
+            unprotected: bc.unprotected,
+            repushed: bc.repushed,
+            buffered,
+            not_in_redis,
+            oldest_buffered_age_ms: oldest.map(|t| super::now_ms().saturating_sub(t)),
+            postgres_failing: failing,
+        }
+    }
 }
