@@ -5,8 +5,9 @@
 //!
 //! Round trips: the owner's claim is one (`SET NX` + `GET`), and so is a fallback's, whose
 //! look for a Redis restart runs in the same script as its `SET NX`
-//! ([`FALLBACK_CLAIM_SCRIPT`]). What follows the answer (the confirmation, with the
-//! interaction's usage-ledger row) is in `confirm.rs`.
+//! ([`CLAIMS_SCRIPT`]), shared with the other fallback claims of the moment (`claim_batch.rs`).
+//! What follows the answer (the confirmation, with the interaction's usage-ledger row) is in
+//! `confirm.rs`.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,6 +16,9 @@ use keyshard_routing::{
     claim_turn, primary, sweep_delay, Assignment, ClaimTurn, InstanceId, Reason, UserId,
 };
 
+#[cfg(doc)]
+use super::claim_batch::CLAIMS_SCRIPT;
+use super::claim_batch::{ClaimBatcher, Found};
 use super::restart::ServerIdentity;
 use super::Cluster;
 use crate::{clock, keys, ClusterError};
@@ -60,27 +64,6 @@ impl ClaimOutcome {
         )
     }
 }
-
-/// A fallback's claim with its look for a Redis restart, in one round trip (`KEYS[1]` the
-/// generation, `KEYS[2]` the claim; `ARGV` the generation and `run_id` last seen (empty:
-/// unknown), me, the pending life in ms):
-/// - Redis restarted since that look (another generation, or another `run_id`, as
-///   `ServerIdentity::restart_since` tells them): nothing is claimed, and the reply is
-///   `{0, generation, run_id}` (empty for none);
-/// - else the claim's `SET NX PX`, and the reply is `{1, holder, its PTTL}`.
-///
-/// Atomic, so no restart can fall between the look and the claim, which two round trips left
-/// open. `INFO server` inside the script costs Redis a few microseconds and sends nothing back.
-const FALLBACK_CLAIM_SCRIPT: &str = r"
-local gen = redis.call('GET', KEYS[1])
-local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
-if gen ~= ARGV[1] or (ARGV[2] ~= '' and run_id ~= '' and run_id ~= ARGV[2]) then
-  return {0, gen or '', run_id}
-end
-redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4])
-local holder = redis.call('GET', KEYS[2])
-return {1, holder or '', tostring(redis.call('PTTL', KEYS[2]))}
-";
 
 /// What a claim does first ([`Cluster::step`]).
 enum Step {
@@ -254,7 +237,7 @@ impl Cluster {
     }
 
     /// A fallback's claim with its look for a Redis restart ([`redis_came_back_since`]) in
-    /// the same round trip ([`FALLBACK_CLAIM_SCRIPT`]): `None` when Redis restarted or was
+    /// the same round trip ([`CLAIMS_SCRIPT`]): `None` when Redis restarted or was
     /// away since `epoch` (or cannot be reached now), and the fallback declines.
     ///
     /// Before the first look there is no server to compare with: the look and the claim
@@ -433,7 +416,7 @@ impl Cluster {
     /// reads back `{me}` instead of reporting a loss, or names the peer that won meanwhile,
     /// instead of this instance answering by the static rule next to that peer.
     ///
-    /// With `look` (the server last seen), a try is [`FALLBACK_CLAIM_SCRIPT`] instead: it
+    /// With `look` (the server last seen), a try is [`CLAIMS_SCRIPT`] instead: it
     /// claims only on that same server, and reads the claim's TTL as well.
     async fn try_claim(
         &self,
@@ -450,6 +433,19 @@ impl Cluster {
         }
         self.observe(&result);
         result
+    }
+
+    /// The batcher of this handle's fallback claims, started on first use.
+    fn claim_batcher(&self) -> &ClaimBatcher {
+        self.inner.claim_batcher.get_or_init(|| {
+            let cfg = &self.inner.cfg;
+            ClaimBatcher::spawn(
+                self.inner.redis.clone(),
+                keys::generation(&cfg.cluster_name),
+                cfg.instance_id.to_string(),
+                cfg.claim.pending.as_millis() as u64,
+            )
+        })
     }
 
     async fn claim_once(
@@ -494,30 +490,15 @@ impl Cluster {
                 .await
                 .map(|holder| Tried::Held(held(holder), None));
         };
-        static SCRIPT: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| redis::Script::new(FALLBACK_CLAIM_SCRIPT));
-        let script = &*SCRIPT;
-        let generation = keys::generation(&cfg.cluster_name);
-        let (seen_generation, seen_run_id) = seen.parts();
-        let (claimed, first, second): (i64, String, String) = self
-            .inner
-            .redis
-            .run_retrying("claim", CLAIM_BUDGET, |mut c| {
-                let mut invocation = script.key(&generation);
-                invocation
-                    .key(&key)
-                    .arg(seen_generation)
-                    .arg(seen_run_id)
-                    .arg(&me)
-                    .arg(pending_ms);
-                async move { invocation.invoke_async(&mut c).await }
-            })
-            .await?;
+        // Batched with the other fallbacks' claims of the moment: one round trip for each.
+        crate::round_trips::record("claim");
+        let found = self.claim_batcher().claim(key, seen.parts()).await?;
         let some = |s: String| (!s.is_empty()).then_some(s);
-        Ok(if claimed == 1 {
-            Tried::Held(held(some(first)), second.parse().ok())
-        } else {
-            Tried::Restarted(ServerIdentity::new(some(first), some(second)))
+        Ok(match found {
+            Found::Held { holder, ttl } => Tried::Held(held(some(holder)), ttl.parse().ok()),
+            Found::Restarted { generation, run_id } => {
+                Tried::Restarted(ServerIdentity::new(some(generation), some(run_id)))
+            }
         })
     }
 }

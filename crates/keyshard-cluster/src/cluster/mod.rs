@@ -3,6 +3,7 @@
 //! [`ClaimOutcome`]); noticing a Redis restart (empty or with its data) in `restart`.
 
 mod claim;
+mod claim_batch;
 mod confirm;
 mod restart;
 
@@ -69,6 +70,8 @@ struct Inner {
     wake_heartbeat: Arc<Notify>,
     wake_snapshot: Arc<Notify>,
     metrics: ClusterMetrics,
+    /// Fallback claims go to Redis in batches (`claim_batch.rs`); started on first use.
+    claim_batcher: std::sync::OnceLock<claim_batch::ClaimBatcher>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -102,6 +105,7 @@ impl Cluster {
                 wake_heartbeat: Arc::new(Notify::new()),
                 wake_snapshot: Arc::new(Notify::new()),
                 metrics: ClusterMetrics::default(),
+                claim_batcher: std::sync::OnceLock::new(),
                 redis,
                 cfg,
             }),

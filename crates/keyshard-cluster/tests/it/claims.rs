@@ -175,6 +175,52 @@ async fn a_receipt_carries_the_fallbacks_wait_and_a_waited_one_claims_at_once() 
     assert_eq!(tc.claim_on(&[2], id, user).await[0].1, ClaimOutcome::Lost);
 }
 
+/// The fallback claims an instance makes at one moment (its fallbacks wake on a shared tick)
+/// go to Redis as one script call, and each still learns its own answer: won where the owner
+/// never claimed, lost to the owner where it did.
+#[tokio::test]
+async fn a_moments_fallback_claims_share_one_round_trip_and_keep_their_answers() {
+    let tc = TestCluster::start().await;
+    tc.wait_all_see_all_alive().await;
+    let url = tc.redis.url();
+    // Instance 4 is second in line after owner 2 (no sweep: that is the first fallback's).
+    let fallback = tc.node(4);
+    let ids: Vec<u64> = (0..9).map(interaction).collect();
+    let user = |seq: usize| user_of(2, seq as u64);
+    let claim = |seq: usize| {
+        let (id, user) = (ids[seq], user(seq));
+        async move {
+            let receipt = fallback.receive(id, user, now_ms()).waited();
+            fallback.claim_received(id, user, receipt).await
+        }
+    };
+    // A first claim starts the batcher and loads the script.
+    assert!(claim(8).await.answers());
+    // Owner 2 claimed the even ones and stalled on the odd ones.
+    for seq in (0..8).step_by(2) {
+        assert!(tc.claim_on(&[2], ids[seq], user(seq)).await[0].1.answers());
+    }
+    let before = redis_script_calls(&url).await;
+    let outcomes = futures::future::join_all((0..8).map(claim)).await;
+    assert_eq!(
+        redis_script_calls(&url).await - before,
+        1,
+        "one call for eight claims"
+    );
+    for (seq, outcome) in outcomes.iter().enumerate() {
+        if seq % 2 == 0 {
+            assert_eq!(*outcome, ClaimOutcome::Lost, "claim {seq}");
+            assert_eq!(tc.claim_holder(ids[seq]).await.as_deref(), Some("2"));
+        } else {
+            assert!(
+                matches!(outcome, ClaimOutcome::Won { rank: Some(1), .. }),
+                "claim {seq}: {outcome:?}"
+            );
+            assert_eq!(tc.claim_holder(ids[seq]).await.as_deref(), Some("4"));
+        }
+    }
+}
+
 /// With takeover off (the static rule, kept for benchmark comparisons) only the primary
 /// answers, even while it is down: its users wait instead of moving to a peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

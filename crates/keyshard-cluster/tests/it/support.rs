@@ -245,6 +245,22 @@ pub async fn redis_xlen(url: &str, key: &str) -> u64 {
     redis_query(url, redis::cmd("XLEN").arg(key)).await
 }
 
+/// How many script calls (`EVALSHA` and `EVAL`) Redis has run, from `INFO commandstats`.
+pub async fn redis_script_calls(url: &str) -> u64 {
+    let info: String = redis_query(url, redis::cmd("INFO").arg("commandstats")).await;
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// `PTTL` of a key (-2: no key, -1: no expiry).
 pub async fn redis_pttl(url: &str, key: &str) -> i64 {
     redis_query(url, redis::cmd("PTTL").arg(key)).await
