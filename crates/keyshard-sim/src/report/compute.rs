@@ -206,24 +206,6 @@ impl<'i, 'a> Tally<'i, 'a> {
             .0
             .acked += 1;
         self.acks.push(ack.after_ms);
-        if std::env::var_os("DUMP_ACKS").is_some() {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open("/tmp/acks.csv")
-                .unwrap();
-            let _ = writeln!(
-                f,
-                "{},{},{},{}",
-                r.sent_at
-                    .saturating_duration_since(self.input.start)
-                    .as_secs_f64(),
-                ack.after_ms,
-                ack.instance,
-                r.user_id
-            );
-        }
         if let Some(i) = self.slot(ack.instance) {
             self.per[i].acks += 1;
             self.served[(p - 1) as usize][i] += 1;
