@@ -32,7 +32,7 @@
 //! and one round trip serve many rows (per-row cost is what limits throughput), while a row
 //! is in Postgres a quarter of a second after it was recorded, which nobody reading usage can
 //! tell from instant; four small statements a second per instance cost Postgres nothing.
-//! A tick's rows still go in statements of 16, 5 ms apart, and each instance's ticks start at
+//! A tick's rows still go in statements of 16, 5 ms apart, and each instance's ticks fall at
 //! its own point of the interval ([`statements`], [`stagger`]): Postgres's CPU for 60 rows at
 //! once, with every instance's at the same moment, was what delayed acknowledgements most on
 //! a machine that Postgres shares with the instances.
@@ -90,8 +90,8 @@ struct Inner {
     pool: PgPool,
     cfg: WriterConfig,
     me: InstanceId,
-    /// How long the write loop waits before its first tick ([`stagger`]).
-    stagger: Duration,
+    /// The cluster's instance count, for the write loop's [`stagger`].
+    instances: u32,
     /// A std Mutex: every use is a few in-memory operations and never spans an await.
     buffer: Mutex<Buffer>,
     wake_push: Arc<Notify>,
@@ -113,14 +113,6 @@ impl std::fmt::Debug for LedgerWriter {
     }
 }
 
-/// Waits for `f` unless `stop` comes first: whether it did.
-async fn until(f: impl std::future::Future<Output = ()>, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        () = f => true,
-        () = stop.cancelled() => false,
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -137,11 +129,7 @@ impl LedgerWriter {
                 stream: LedgerStream::new(cluster),
                 pool,
                 me: cluster.instance_id(),
-                stagger: stagger(
-                    cluster.instance_id(),
-                    cluster.config().instance_count,
-                    cfg.interval,
-                ),
+                instances: cluster.config().instance_count,
                 buffer: Mutex::new(Buffer::new(cfg.limits)),
                 wake_push: Arc::new(Notify::new()),
                 counters: Counters::default(),
@@ -244,10 +232,8 @@ impl LedgerWriter {
         let after_schema = move |stop: CancellationToken| {
             let mut gate = gate.clone();
             async move {
-                tokio::select! {
-                    r = gate.wait_for(|ready| *ready) => r.is_ok(),
-                    () = stop.cancelled() => false,
-                }
+                let ready = stop.run_until_cancelled(gate.wait_for(|ready| *ready));
+                ready.await.is_some_and(|r| r.is_ok())
             }
         };
         let push = {
@@ -266,8 +252,18 @@ impl LedgerWriter {
         let write = {
             let (me, stop, ready) = (self.clone(), shutdown.clone(), after_schema.clone());
             async move {
-                let stagger = tokio::time::sleep(me.inner.stagger);
-                if ready(stop.clone()).await && until(stagger, &stop).await {
+                // Its first tick at this instance's point of the interval, once writing may start.
+                if ready(stop.clone()).await
+                    && stop
+                        .run_until_cancelled(tokio::time::sleep(stagger(
+                            now_ms(),
+                            me.inner.me,
+                            me.inner.instances,
+                            cfg.interval,
+                        )))
+                        .await
+                        .is_some()
+                {
                     run_every("ledger write", cfg.interval, stop, None, move || {
                         let me = me.clone();
                         async move { me.write_tick().await }
