@@ -32,7 +32,7 @@
 //! and one round trip serve many rows (per-row cost is what limits throughput), while a row
 //! is in Postgres a quarter of a second after it was recorded, which nobody reading usage can
 //! tell from instant; four small statements a second per instance cost Postgres nothing.
-//! A tick's rows still go in statements of 16, 5 ms apart, and each instance's ticks fall at
+//! A tick's rows still go in statements of 16, 5 ms apart, and each instance's ticks start at
 //! its own point of the interval ([`statements`], [`stagger`]): Postgres's CPU for 60 rows at
 //! once, with every instance's at the same moment, was what delayed acknowledgements most on
 //! a machine that Postgres shares with the instances.
@@ -90,8 +90,9 @@ struct Inner {
     pool: PgPool,
     cfg: WriterConfig,
     me: InstanceId,
-    /// The cluster's instance count, for the write loop's [`stagger`].
-    instances: u32,
+    /// How long the write loop waits, once writing may start, before its first tick
+    /// ([`stagger`]).
+    stagger: Duration,
     /// A std Mutex: every use is a few in-memory operations and never spans an await.
     buffer: Mutex<Buffer>,
     wake_push: Arc<Notify>,
@@ -129,7 +130,11 @@ impl LedgerWriter {
                 stream: LedgerStream::new(cluster),
                 pool,
                 me: cluster.instance_id(),
-                instances: cluster.config().instance_count,
+                stagger: stagger(
+                    cluster.instance_id(),
+                    cluster.config().instance_count,
+                    cfg.interval,
+                ),
                 buffer: Mutex::new(Buffer::new(cfg.limits)),
                 wake_push: Arc::new(Notify::new()),
                 counters: Counters::default(),
@@ -252,15 +257,11 @@ impl LedgerWriter {
         let write = {
             let (me, stop, ready) = (self.clone(), shutdown.clone(), after_schema.clone());
             async move {
-                // Its first tick at this instance's point of the interval, once writing may start.
+                // The stagger counts from when writing may start (instances that waited for
+                // the schema together become ready together): its sleep is made after `ready`.
                 if ready(stop.clone()).await
                     && stop
-                        .run_until_cancelled(tokio::time::sleep(stagger(
-                            now_ms(),
-                            me.inner.me,
-                            me.inner.instances,
-                            cfg.interval,
-                        )))
+                        .run_until_cancelled(tokio::time::sleep(me.inner.stagger))
                         .await
                         .is_some()
                 {

@@ -73,19 +73,13 @@ pub fn statements(rows: usize, cfg: &WriterConfig) -> (usize, Duration) {
     }
 }
 
-/// How long instance `me` of `count` waits, from `now_ms`, for its own point of the write
-/// interval: `(me − 1) / count` of the way through each interval of the wall clock. The
-/// instances of one machine share its clock, so their writers tick apart however they
-/// started: together from a compose file, or together once the schema they waited for is in
-/// place. Otherwise the N writers send their statements to Postgres in the same
+/// How long after writing may start instance `me` of `count` starts its write loop: the N
+/// writers of instances started together (a compose file), or made ready together by the
+/// schema they waited for, would otherwise send their statements to Postgres in the same
 /// milliseconds, each tick.
-pub fn stagger(now_ms: u64, me: u32, count: u32, interval: Duration) -> Duration {
-    let period = u64::try_from(interval.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    let count = u64::from(count.max(1));
-    let slot = period / count * (u64::from(me.saturating_sub(1)) % count);
-    Duration::from_millis((slot + period - now_ms % period) % period)
+pub fn stagger(me: u32, count: u32, interval: Duration) -> Duration {
+    let count = count.max(1);
+    interval / count * (me.saturating_sub(1) % count)
 }
 
 /// The pause after `failures` failed writes in a row: `base`, doubling, at most `max`.
