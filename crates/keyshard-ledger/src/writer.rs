@@ -44,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keyshard_cluster::ledger::Entry;
 use keyshard_cluster::{run_every, Cluster, InstanceId, LedgerStream};
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -90,8 +90,8 @@ struct Inner {
     pool: PgPool,
     cfg: WriterConfig,
     me: InstanceId,
-    /// How long the write loop waits, once writing may start, before its first tick
-    /// ([`stagger`]).
+    /// How long the write and takeover loops wait, once the schema is in place, before their
+    /// first tick ([`stagger`]).
     stagger: Duration,
     /// A std Mutex: every use is a few in-memory operations and never spans an await.
     buffer: Mutex<Buffer>,
@@ -112,6 +112,23 @@ impl std::fmt::Debug for LedgerWriter {
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
+}
+
+/// Whether writing may start: once `gate` opens, and this instance's `stagger` after that
+/// (instances that waited for the schema together become ready together); `false` when
+/// `stop` comes first.
+async fn opened(
+    mut gate: watch::Receiver<bool>,
+    stagger: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let open = async {
+        gate.wait_for(|open| *open).await.is_ok() && {
+            tokio::time::sleep(stagger).await;
+            true
+        }
+    };
+    stop.run_until_cancelled(open).await == Some(true)
 }
 
 fn now_ms() -> u64 {
@@ -220,27 +237,8 @@ impl LedgerWriter {
         schema: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> JoinHandle<()> {
         let cfg = self.inner.cfg;
-        let gate = {
-            let (me, stop) = (self.clone(), shutdown.clone());
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = schema => {
-                        me.inner.schema_ready.store(true, Ordering::Release);
-                        let _ = tx.send(true);
-                    }
-                    () = stop.cancelled() => {}
-                }
-            });
-            rx
-        };
-        let after_schema = move |stop: CancellationToken| {
-            let mut gate = gate.clone();
-            async move {
-                let ready = stop.run_until_cancelled(gate.wait_for(|ready| *ready));
-                ready.await.is_some_and(|r| r.is_ok())
-            }
-        };
+        let gate = self.schema_gate(shutdown.clone(), schema);
+        let stagger = self.inner.stagger;
         let push = {
             let me = self.clone();
             run_every(
@@ -255,16 +253,9 @@ impl LedgerWriter {
             )
         };
         let write = {
-            let (me, stop, ready) = (self.clone(), shutdown.clone(), after_schema.clone());
+            let (me, stop, gate) = (self.clone(), shutdown.clone(), gate.clone());
             async move {
-                // The stagger counts from when writing may start (instances that waited for
-                // the schema together become ready together): its sleep is made after `ready`.
-                if ready(stop.clone()).await
-                    && stop
-                        .run_until_cancelled(tokio::time::sleep(me.inner.stagger))
-                        .await
-                        .is_some()
-                {
+                if opened(gate, stagger, &stop).await {
                     run_every("ledger write", cfg.interval, stop, None, move || {
                         let me = me.clone();
                         async move { me.write_tick().await }
@@ -274,9 +265,9 @@ impl LedgerWriter {
             }
         };
         let takeover = {
-            let (me, ready) = (self.clone(), after_schema);
+            let me = self.clone();
             async move {
-                if ready(shutdown.clone()).await {
+                if opened(gate, stagger, &shutdown).await {
                     run_every(
                         "ledger takeover",
                         cfg.takeover_every,
@@ -296,6 +287,22 @@ impl LedgerWriter {
             tokio::join!(push, write, takeover);
             me.finish().await;
         })
+    }
+
+    /// A gate that opens (`true`) once `schema` resolves, unless `stop` comes first.
+    fn schema_gate(
+        &self,
+        stop: CancellationToken,
+        schema: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> watch::Receiver<bool> {
+        let (me, (tx, rx)) = (self.clone(), watch::channel(false));
+        tokio::spawn(async move {
+            if stop.run_until_cancelled(schema).await.is_some() {
+                me.inner.schema_ready.store(true, Ordering::Release);
+                let _ = tx.send(true);
+            }
+        });
+        rx
     }
 
     /// Shutdown: what is only in memory goes to Redis, or to Postgres if Redis is down; then
